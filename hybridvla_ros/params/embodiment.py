@@ -1,0 +1,74 @@
+"""What every node knows about the robot: the ``/**`` section of ``config/<robot>.yaml``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from hybridvla_ros.params.base import ParameterError, param
+
+EMBODIMENTS = ("franka", "aloha", "hello", "leap")
+COMMAND_TYPES = (
+    "trajectory_msgs/JointTrajectory",   # ros2_control joint_trajectory_controller
+    "std_msgs/Float64MultiArray",        # ros2_control forward_command_controller
+    "geometry_msgs/Twist",               # a mobile base's cmd_vel
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbodimentParams:
+    """The robot: joints, action space, rates, limits and the driver's topics."""
+
+    # --- identity and action space
+    embodiment: str = param("robot name; selects the policy head", choices=EMBODIMENTS)
+    joint_names: tuple[str, ...] = param("joints as the robot's driver names them, in action order", min_len=1)
+    action_dim: int = param("length of one action (equals len(joint_names))", min=1, max=64)
+    head_type: Literal["token", "flow"] = param("policy head: token (fast, coarse) or flow (precise)")
+    instruction: str = param("language instruction given to the policy", "reach the target")
+    # --- timing
+    control_rate_hz: float = param("rate of commands to the robot", min=1.0, max=1000.0)
+    chunk_size: int = param("actions per chunk the policy predicts", min=1, max=1024)
+    recompute_every: int = param("control periods a chunk is recycled before the next inference", min=1)
+    # --- limits from the robot's specifications (cite them in the parameter file)
+    position_min: tuple[float, ...] = param("lower joint / workspace bound per action dim (rad or m)")
+    position_max: tuple[float, ...] = param("upper joint / workspace bound per action dim (rad or m)")
+    max_velocity: tuple[float, ...] = param("max speed per action dim (rad/s or m/s)", min=1e-6)
+    max_acceleration: tuple[float, ...] = param("max acceleration per action dim (rad/s^2 or m/s^2)", min=1e-6)
+    home_position: tuple[float, ...] = param("a safe start configuration (rad or m)")
+    # --- the driver's interface
+    camera_topic: str = param("sensor_msgs/Image topic (CompressedImage on <topic>/compressed)", "camera/image_raw")
+    joint_states_topic: str = param("sensor_msgs/JointState topic", "joint_states")
+    wrench_topic: str = param("geometry_msgs/WrenchStamped topic, '' if the robot has no F/T sensor", "")
+    command_topic: str = param("topic of the robot's controller")
+    command_type: str = param("message type the controller takes", choices=COMMAND_TYPES)
+
+    def __post_init__(self) -> None:
+        if len(self.joint_names) != self.action_dim:
+            raise ParameterError(
+                f"joint_names: {len(self.joint_names)} names but action_dim is {self.action_dim}")
+        if len(set(self.joint_names)) != len(self.joint_names):
+            raise ParameterError(f"joint_names: duplicate names in {list(self.joint_names)}")
+        for name in ("position_min", "position_max", "max_velocity", "max_acceleration", "home_position"):
+            if len(getattr(self, name)) != self.action_dim:
+                raise ParameterError(
+                    f"{name}: needs {self.action_dim} values (one per joint), got {len(getattr(self, name))}")
+        lo, hi = np.asarray(self.position_min), np.asarray(self.position_max)
+        if np.any(lo >= hi):
+            i = int(np.argmax(lo >= hi))
+            raise ParameterError(
+                f"position_min: {self.joint_names[i]} has min {lo[i]} >= max {hi[i]}")
+        home = np.asarray(self.home_position)
+        if np.any(home < lo) or np.any(home > hi):
+            i = int(np.argmax((home < lo) | (home > hi)))
+            raise ParameterError(
+                f"home_position: {self.joint_names[i]}={home[i]} is outside [{lo[i]}, {hi[i]}]")
+        if self.recompute_every > self.chunk_size:
+            raise ParameterError(
+                f"recompute_every: {self.recompute_every} is more than chunk_size {self.chunk_size}; "
+                "the buffer would run dry before the next chunk")
+
+    @property
+    def control_period_s(self) -> float:
+        """Seconds between two commands."""
+        return 1.0 / self.control_rate_hz

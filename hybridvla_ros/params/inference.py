@@ -1,0 +1,17 @@
+"""Parameters of ``inference_node``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hybridvla_ros.params.base import param
+from hybridvla_ros.params.embodiment import EmbodimentParams
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceParams(EmbodimentParams):
+    """Policy loading and scheduling."""
+
+    checkpoint_path: str = param("directory with model.safetensors and config.json")
+    num_threads: int = param("torch intra-op threads", 1, min=1, max=64)
+    max_observation_age_s: float = param("do not run on observations older than this", 0.5, min=0.01, max=10.0)
+    confidence_samples: int = param("samples drawn in one batch to estimate confidence (flow heads)", 5, min=1, max=64)
