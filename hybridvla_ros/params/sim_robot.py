@@ -18,3 +18,4 @@ class SimRobotParams(EmbodimentParams):
     camera_frame_id: str = param("frame_id of the camera images", "camera_optical_frame")
     seed: int = param("random seed of the scene (target placement)", 0, min=0)
     episode_s: float = param("seconds before a new target is placed (0: never)", 0.0, min=0.0)
+    publish_compressed: bool = param("also publish <camera_topic>/compressed (JPEG)", False)

@@ -1,0 +1,114 @@
+"""The node graph, described once for both ``ros2 launch`` and our own runner.
+
+``launch_ros`` cannot be installed on machines without a ROS distribution, so the list
+of nodes, their parameter files, overrides and remappings is plain data here: the launch
+file turns it into ``launch_ros.actions.Node``s and ``hybridvla run`` into processes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from hybridvla_ros.params import ParameterError, load_node_params
+from hybridvla_ros.params.embodiment import EMBODIMENTS
+
+PACKAGE = "hybridvla_ros"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the graph, as ``ros2 launch`` would start it."""
+
+    executable: str                                   # console script, e.g. "sync_node"
+    name: str                                         # node name, e.g. "sync"
+    params_file: str                                  # the embodiment's parameter file
+    parameters: dict[str, Any] = field(default_factory=dict)     # -p overrides
+    remappings: tuple[tuple[str, str], ...] = ()
+    package: str = PACKAGE
+
+    @property
+    def module(self) -> str:
+        """Python module that holds the node's main()."""
+        return f"{self.package}.nodes.{self.executable}"
+
+    def ros_arguments(self) -> list[str]:
+        """The ``--ros-args`` part of the command line that starts this node."""
+        args = ["--ros-args", "-r", f"__node:={self.name}", "--params-file", self.params_file]
+        for key, value in self.parameters.items():
+            args += ["-p", f"{key}:={_yaml_scalar(value)}"]
+        for src, dst in self.remappings:
+            args += ["-r", f"{src}:={dst}"]
+        return args
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return repr(value)
+
+
+def default_config_dir() -> str:
+    """config/ of the source tree, or share/hybridvla_ros/config of an install."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    source = os.path.join(os.path.dirname(here), "config")
+    if os.path.isdir(source):
+        return source
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return os.path.join(get_package_share_directory(PACKAGE), "config")
+    except Exception:  # noqa: BLE001 - ament_index may be absent or the package not installed
+        return source
+
+
+def params_file_for(embodiment: str, config_dir: str | None = None) -> str:
+    """Path of ``config/<embodiment>.yaml``; raises ParameterError for an unknown robot or missing file."""
+    if embodiment not in EMBODIMENTS:
+        raise ParameterError(f"embodiment: {embodiment!r} is not one of {list(EMBODIMENTS)}")
+    path = os.path.join(config_dir or default_config_dir(), f"{embodiment}.yaml")
+    if not os.path.isfile(path):
+        raise ParameterError(f"embodiment: parameter file {path!r} not found")
+    return path
+
+
+def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str | None = None,
+                   checkpoint_path: str | None = None, params_file: str | None = None) -> list[NodeSpec]:
+    """The nodes for one robot: sync, inference, action_buffer, safety_filter (+ sim_robot).
+
+    Topics (relative, so a namespace applies to all): observation, action_chunk,
+    policy_action -> action_command (the safety filter's input; a handoff node takes
+    this seat later), safety_filter/status, action_buffer/status, and the driver topics
+    named in the parameter file.
+    """
+    path = params_file or params_file_for(embodiment, config_dir)
+    overrides: dict[str, Any] = {}
+    if checkpoint_path:
+        overrides["checkpoint_path"] = checkpoint_path
+    nodes = [
+        NodeSpec("sync_node", "sync", path),
+        NodeSpec("inference_node", "inference", path, dict(overrides)),
+        NodeSpec("action_buffer_node", "action_buffer", path),
+        NodeSpec("safety_filter_node", "safety_filter", path, remappings=(("action_command", "policy_action"),)),
+    ]
+    if sim:
+        nodes.append(NodeSpec("sim_robot_node", "sim_robot", path))
+    return nodes
+
+
+def validate_graph(nodes: list[NodeSpec]) -> None:
+    """Check every node's parameter file section before anything starts; raises ParameterError."""
+    from hybridvla_ros.params import from_params
+    from hybridvla_ros.params.action_buffer import ActionBufferParams
+    from hybridvla_ros.params.inference import InferenceParams
+    from hybridvla_ros.params.safety_filter import SafetyFilterParams
+    from hybridvla_ros.params.sim_robot import SimRobotParams
+    from hybridvla_ros.params.sync import SyncParams
+
+    schemas = {"sync": SyncParams, "inference": InferenceParams, "action_buffer": ActionBufferParams,
+               "safety_filter": SafetyFilterParams, "sim_robot": SimRobotParams}
+    for spec in nodes:
+        values = load_node_params(spec.params_file, spec.name)
+        values.update(spec.parameters)
+        from_params(schemas[spec.name], values, spec.name)

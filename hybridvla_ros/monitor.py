@@ -1,0 +1,213 @@
+"""A listener on a running graph: what the report, the benchmark and the end-to-end test see.
+
+It subscribes like any other ROS node (over real DDS) and turns what it hears into
+numbers: commands sent and their rate and jitter, inference latency, frame-to-command
+latency, safety interventions and e-stops, and the simulated task error.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import Twist, WrenchStamped
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from std_msgs.msg import Float64, Float64MultiArray
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from hybridvla_msgs.msg import ActionChunk, ActionStep, BufferStatus, Observation, SafetyStatus
+from hybridvla_ros.core.stats import percentiles, rate_and_jitter
+from hybridvla_ros.params.embodiment import EmbodimentParams
+
+
+@dataclass
+class Recording:
+    """Everything heard, with monotonic receive times (seconds)."""
+
+    command_times: list[float] = field(default_factory=list)
+    commands: list[np.ndarray] = field(default_factory=list)          # (D,) targets or (3,) twist
+    chunk_info: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # seq -> (obs stamp, latency, conf)
+    chunk_recv_times: list[float] = field(default_factory=list)
+    first_step_of_chunk: dict[int, float] = field(default_factory=dict)   # chunk seq -> ROS time of first step
+    frame_to_command_s: list[float] = field(default_factory=list)
+    observation_skews: list[float] = field(default_factory=list)
+    safety: SafetyStatus | None = None
+    buffer: BufferStatus | None = None
+    buffer_holds: int = 0
+    task_errors: list[float] = field(default_factory=list)
+
+
+class GraphMonitor:
+    """Runs a listening node in a background thread with its own rclpy context."""
+
+    def __init__(self, params: EmbodimentParams, node_name: str = "hybridvla_monitor") -> None:
+        self.params = params
+        self.rec = Recording()
+        self._lock = threading.Lock()
+        self._pending_first_step: list[tuple[int, float]] = []   # (chunk seq, ros time of first step)
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = Node(node_name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        n, qos = self.node, QoSProfile(depth=50)
+        kind = {"trajectory_msgs/JointTrajectory": JointTrajectory, "std_msgs/Float64MultiArray": Float64MultiArray,
+                "geometry_msgs/Twist": Twist}[params.command_type]
+        n.create_subscription(kind, params.command_topic, self._on_command, qos)
+        n.create_subscription(ActionChunk, "action_chunk", self._on_chunk, qos)
+        n.create_subscription(ActionStep, "policy_action", self._on_step, qos)
+        n.create_subscription(Observation, "observation", self._on_observation, qos)
+        n.create_subscription(SafetyStatus, "safety_filter/status", self._on_safety, qos)
+        n.create_subscription(BufferStatus, "action_buffer/status", self._on_buffer, qos)
+        n.create_subscription(Float64, "sim_robot/task_error", self._on_task_error, qos)
+        self.push_pub = n.create_publisher(WrenchStamped, "sim_robot/push", QoSProfile(depth=5))
+        self.reset_client = n.create_client(Trigger, "safety_filter/reset_estop")
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._stop = threading.Event()
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def _ros_now_s(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    # --- callbacks
+    def _on_command(self, msg: Any) -> None:
+        t = time.monotonic()
+        if isinstance(msg, Twist):
+            value = np.array([msg.linear.x, msg.linear.y, msg.angular.z])
+        elif isinstance(msg, Float64MultiArray):
+            value = np.asarray(msg.data, dtype=np.float64)
+        else:
+            value = np.asarray(msg.points[-1].positions if msg.points else [], dtype=np.float64)
+        ros_t = self._ros_now_s()
+        with self._lock:
+            self.rec.command_times.append(t)
+            self.rec.commands.append(value)
+            # The first command after the first step of a chunk is the first derived from its frame.
+            while self._pending_first_step:
+                seq, _ = self._pending_first_step.pop(0)
+                info = self.rec.chunk_info.get(seq)
+                if info is not None:
+                    obs_stamp, latency, _conf = info
+                    self.rec.frame_to_command_s.append(ros_t - obs_stamp - latency)
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        with self._lock:
+            self.rec.chunk_info[msg.seq] = (stamp, msg.inference_latency_s, msg.confidence)
+            self.rec.chunk_recv_times.append(time.monotonic())
+
+    def _on_step(self, msg: ActionStep) -> None:
+        with self._lock:
+            if msg.chunk_seq not in self.rec.first_step_of_chunk:
+                t = self._ros_now_s()
+                self.rec.first_step_of_chunk[msg.chunk_seq] = t
+                self._pending_first_step.append((msg.chunk_seq, t))
+
+    def _on_observation(self, msg: Observation) -> None:
+        with self._lock:
+            self.rec.observation_skews.append(msg.proprio_skew_s)
+
+    def _on_safety(self, msg: SafetyStatus) -> None:
+        with self._lock:
+            self.rec.safety = msg
+
+    def _on_buffer(self, msg: BufferStatus) -> None:
+        with self._lock:
+            if msg.holding and (self.rec.buffer is None or not self.rec.buffer.holding):
+                self.rec.buffer_holds += 1
+            self.rec.buffer = msg
+
+    def _on_task_error(self, msg: Float64) -> None:
+        with self._lock:
+            self.rec.task_errors.append(msg.data)
+
+    # --- actions on the graph
+    def push(self, force_n: tuple[float, float, float]) -> None:
+        """Push the simulated robot (sim_robot/push) with this force for a moment."""
+        msg = WrenchStamped()
+        msg.wrench.force.x, msg.wrench.force.y, msg.wrench.force.z = force_n
+        self.push_pub.publish(msg)
+
+    def reset_estop(self, timeout_s: float = 5.0) -> tuple[bool, str]:
+        """Call safety_filter/reset_estop; returns (success, message)."""
+        if not self.reset_client.wait_for_service(timeout_sec=timeout_s):
+            return False, "service safety_filter/reset_estop not available"
+        future = self.reset_client.call_async(Trigger.Request())
+        end = time.monotonic() + timeout_s
+        while not future.done() and time.monotonic() < end:
+            time.sleep(0.02)
+        if not future.done():
+            return False, "no answer"
+        res = future.result()
+        return bool(res.success), str(res.message)
+
+    def wait_for(self, predicate: Any, timeout_s: float, poll_s: float = 0.05) -> bool:
+        """Wait until predicate(recording) is true; returns whether it became true in time."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            with self._lock:
+                if predicate(self.rec):
+                    return True
+            time.sleep(poll_s)
+        return False
+
+    def snapshot(self) -> Recording:
+        """A copy of the recording so far (lists copied, safe to read while spinning)."""
+        with self._lock:
+            r = self.rec
+            return Recording(list(r.command_times), list(r.commands), dict(r.chunk_info), list(r.chunk_recv_times),
+                             dict(r.first_step_of_chunk), list(r.frame_to_command_s), list(r.observation_skews),
+                             r.safety, r.buffer, r.buffer_holds, list(r.task_errors))
+
+    def report(self, skip_first_s: float = 0.0) -> dict[str, Any]:
+        """Summary numbers of what was heard (commands after ``skip_first_s`` of the first one)."""
+        r = self.snapshot()
+        times = np.asarray(r.command_times)
+        if times.size:
+            times = times[times >= times[0] + skip_first_s]
+        rj = rate_and_jitter(times, self.params.control_period_s)
+        lat = percentiles(v[1] for v in r.chunk_info.values())
+        f2c = percentiles(r.frame_to_command_s)
+        skew = percentiles(r.observation_skews)
+        s = r.safety
+        return {
+            "embodiment": self.params.embodiment,
+            "commands_sent": len(r.command_times),
+            "control_rate_target_hz": self.params.control_rate_hz,
+            "control_rate_achieved_hz": rj["rate_hz"],
+            "command_jitter_p50_ms": rj["jitter_p50_s"] * 1e3,
+            "command_jitter_p99_ms": rj["jitter_p99_s"] * 1e3,
+            "chunks": len(r.chunk_info),
+            "inference_latency_p50_ms": lat["p50"] * 1e3,
+            "inference_latency_p99_ms": lat["p99"] * 1e3,
+            "frame_to_command_minus_model_p50_ms": f2c["p50"] * 1e3,
+            "frame_to_command_minus_model_p99_ms": f2c["p99"] * 1e3,
+            "observation_skew_p50_ms": skew["p50"] * 1e3,
+            "mean_confidence": float(np.mean([v[2] for v in r.chunk_info.values()])) if r.chunk_info else float("nan"),
+            "safety_commands_modified": int(s.commands_modified) if s else 0,
+            "safety_estop_trips": int(s.estop_trips) if s else 0,
+            "safety_watchdog_holds": int(s.watchdog_holds) if s else 0,
+            "estop_latched": bool(s.estop_latched) if s else False,
+            "buffer_holds": r.buffer_holds,
+            "task_error_start_m": r.task_errors[0] if r.task_errors else float("nan"),
+            "task_error_final_m": r.task_errors[-1] if r.task_errors else float("nan"),
+            "task_error_min_m": float(np.min(r.task_errors)) if r.task_errors else float("nan"),
+        }
+
+    def close(self) -> None:
+        """Stop spinning and shut the context down."""
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)

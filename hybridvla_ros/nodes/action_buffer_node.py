@@ -1,0 +1,86 @@
+"""action_buffer: ActionChunks -> one ActionStep per control period.
+
+Placement in time, seam blending, recycling and holding live in
+hybridvla_ros.core.action_buffer.
+"""
+from __future__ import annotations
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+
+from hybridvla_msgs.msg import ActionChunk, ActionStep, BufferStatus
+from hybridvla_ros.core.action_buffer import ActionBuffer, ActionBufferConfig
+from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, stamp_to_s
+from hybridvla_ros.params.action_buffer import ActionBufferParams
+
+
+class ActionBufferNode(Node):
+    """Publishes ``policy_action`` (ActionStep) and ``action_buffer/status`` (BufferStatus)."""
+
+    def __init__(self) -> None:
+        super().__init__("action_buffer", automatically_declare_parameters_from_overrides=True)
+        self.params = p = load_schema(self, ActionBufferParams)
+        self.buffer = ActionBuffer(ActionBufferConfig(
+            control_period_s=p.control_period_s, recompute_every=p.recompute_every,
+            blend_steps=p.blend_steps, hold_grace_s=p.hold_grace_s, max_chunk_age_s=p.max_chunk_age_s),
+            action_dim=p.action_dim)
+        self.pub = self.create_publisher(ActionStep, "policy_action", QoSProfile(depth=5))
+        self.status_pub = self.create_publisher(BufferStatus, "action_buffer/status", QoSProfile(depth=5))
+        self.create_subscription(ActionChunk, "action_chunk", self._on_chunk, QoSProfile(depth=5))
+        self.create_timer(p.control_period_s, self._tick)
+        self._was_holding = True
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        if msg.embodiment and msg.embodiment != self.params.embodiment:
+            self.get_logger().warn(f"chunk for {msg.embodiment!r} ignored (this is {self.params.embodiment})",
+                                   throttle_duration_sec=5.0)
+            return
+        flat = np.asarray(msg.actions, dtype=np.float64)
+        if msg.action_dim == 0 or flat.size != msg.chunk_length * msg.action_dim:
+            self.get_logger().warn(
+                f"chunk rejected: {flat.size} values for {msg.chunk_length}x{msg.action_dim}", throttle_duration_sec=2.0)
+            return
+        actions = flat.reshape(msg.chunk_length, msg.action_dim)  # (T, D)
+        ok, reason = self.buffer.add_chunk(actions, stamp_to_s(msg.header.stamp), msg.step_period_s,
+                                           now_s(self), seq=msg.seq)
+        if not ok:
+            self.get_logger().warn(f"chunk rejected: {reason}", throttle_duration_sec=2.0)
+
+    def _tick(self) -> None:
+        t = now_s(self)
+        step = self.buffer.step(t)
+        if step.action is not None:
+            msg = ActionStep()
+            s_to_stamp(t, msg.header.stamp)
+            msg.embodiment = self.params.embodiment
+            msg.action = step.action.astype(np.float64).tolist()
+            msg.source = ActionStep.SOURCE_POLICY
+            msg.chunk_seq = max(step.chunk_seq, 0)
+            msg.step_index = step.step_index
+            msg.blended = step.blended
+            self.pub.publish(msg)
+        if step.holding != self._was_holding:
+            log = self.get_logger().warn if step.holding else self.get_logger().info
+            log("holding: " + step.reason if step.holding else "streaming actions")
+            self._was_holding = step.holding
+        stats = self.buffer.stats
+        status = BufferStatus()
+        s_to_stamp(t, status.header.stamp)
+        status.holding = step.holding
+        status.reason = step.reason
+        status.depth = max(step.depth, 0)
+        status.chunks_received = stats.get("chunks_received", 0)
+        status.chunks_rejected = stats.get("chunks_received", 0) - stats.get("chunks_accepted", 0)
+        status.actions_emitted = stats.get("actions_emitted", 0)
+        status.actions_skipped_past = stats.get("actions_skipped_past", 0)
+        self.status_pub.publish(status)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``action_buffer_node`` executable."""
+    return run_node(ActionBufferNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""What every node shares: parameter loading, stamps, and a clean main().
+
+Kept thin on purpose: nodes only translate messages and call the core modules.
+"""
+from __future__ import annotations
+
+import array
+import sys
+from typing import Any, Callable, TypeVar
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from hybridvla_ros.params import ParameterError, from_params
+
+T = TypeVar("T")
+
+
+def node_parameters(node: Node) -> dict[str, Any]:
+    """All parameters the node was given (from --params-file and -p), as plain Python values."""
+    out: dict[str, Any] = {}
+    for name, p in node.get_parameters_by_prefix("").items():
+        value = p.value
+        if isinstance(value, array.array):
+            value = list(value)
+        out[name] = value
+    return out
+
+
+def load_schema(node: Node, schema: type[T]) -> T:
+    """Validate the node's parameters against its schema; raises ParameterError naming the field."""
+    return from_params(schema, node_parameters(node), node.get_name())
+
+
+def stamp_to_s(stamp: Any) -> float:
+    """builtin_interfaces/Time -> seconds."""
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def s_to_stamp(t_s: float, msg_stamp: Any) -> Any:
+    """Fill a builtin_interfaces/Time from seconds and return it."""
+    sec = int(t_s // 1)
+    msg_stamp.sec = sec
+    msg_stamp.nanosec = min(int(round((t_s - sec) * 1e9)), 999_999_999)
+    return msg_stamp
+
+
+def now_s(node: Node) -> float:
+    """The node's clock (ROS time) in seconds."""
+    return node.get_clock().now().nanoseconds * 1e-9
+
+
+def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
+    """Create the node, spin until Ctrl-C or shutdown, clean up; returns the exit code.
+
+    A bad parameter file gives a one-line error naming the parameter and exit code 2,
+    not a traceback.
+    """
+    rclpy.init(args=args)
+    node: Node | None = None
+    code = 0
+    try:
+        node = factory()
+        rclpy.spin(node)
+    except ParameterError as exc:
+        print(f"[FATAL] bad parameter: {exc}", file=sys.stderr, flush=True)
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code

@@ -1,0 +1,155 @@
+"""safety_filter: the last word before the robot.
+
+Every ActionStep on ``action_command`` goes through hybridvla_ros.core.safety (NaN/Inf
+rejection, joint bounds, velocity and acceleration limits that keep the direction of
+motion, force/torque e-stop latch, watchdog) and comes out in the message type of the
+embodiment's controller. ``~/reset_estop`` (std_srvs/Trigger) clears a latched e-stop.
+"""
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import Twist, WrenchStamped
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from hybridvla_msgs.msg import ActionStep, SafetyStatus
+from hybridvla_ros.core.command import pose_step_to_twist
+from hybridvla_ros.core.safety import SafetyFilter, SafetyLimits, SafetyResult
+from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, stamp_to_s
+from hybridvla_ros.params.safety_filter import SafetyFilterParams
+
+MESSAGE_TYPES = {
+    "trajectory_msgs/JointTrajectory": JointTrajectory,
+    "std_msgs/Float64MultiArray": Float64MultiArray,
+    "geometry_msgs/Twist": Twist,
+}
+
+
+class SafetyFilterNode(Node):
+    """Publishes the controller command on ``command_topic`` and ``safety_filter/status``."""
+
+    def __init__(self) -> None:
+        super().__init__("safety_filter", automatically_declare_parameters_from_overrides=True)
+        self.params = p = load_schema(self, SafetyFilterParams)
+        self.filter = SafetyFilter(SafetyLimits(
+            position_min=np.asarray(p.position_min), position_max=np.asarray(p.position_max),
+            max_velocity=np.asarray(p.max_velocity), max_acceleration=np.asarray(p.max_acceleration),
+            max_force_n=p.max_force_n, max_torque_nm=p.max_torque_nm,
+            watchdog_timeout_s=p.watchdog_timeout_s, velocity_scale=p.velocity_scale),
+            control_period_s=p.control_period_s)
+        self._last_sent: np.ndarray | None = None
+        self._last_result: SafetyResult | None = None
+        self.commands_sent = 0
+        self.estop_trips = 0
+        self.watchdog_holds = 0
+        self._last_force_n = 0.0
+        self._last_torque_nm = 0.0
+        self.cmd_pub = self.create_publisher(MESSAGE_TYPES[p.command_type], p.command_topic, QoSProfile(depth=5))
+        self.status_pub = self.create_publisher(SafetyStatus, "safety_filter/status", QoSProfile(depth=5))
+        self.create_subscription(ActionStep, "action_command", self._on_action, QoSProfile(depth=5))
+        self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, QoSProfile(depth=20))
+        if p.wrench_topic:
+            self.create_subscription(WrenchStamped, p.wrench_topic, self._on_wrench, QoSProfile(depth=20))
+        self.create_service(Trigger, "~/reset_estop", self._on_reset)
+        self.create_timer(p.control_period_s, self._tick)
+        self._index = None  # joint order of the driver's joint_states, learnt from the first message
+        self.get_logger().info(f"safety filter for {p.embodiment} -> {p.command_topic} ({p.command_type})")
+
+    # --- inputs
+    def _on_joint_state(self, msg: JointState) -> None:
+        names = list(msg.name)
+        try:
+            if self._index is None or len(names) != len(self._index[0]) or names != self._index[0]:
+                self._index = (names, [names.index(j) for j in self.params.joint_names])
+            positions = np.asarray(msg.position, dtype=np.float64)[self._index[1]]
+        except (ValueError, IndexError):
+            self._index = None
+            self.get_logger().warn("joint_states without all joints; ignored", throttle_duration_sec=5.0)
+            return
+        self.filter.update_measured(positions, stamp_to_s(msg.header.stamp))
+
+    def _on_wrench(self, msg: WrenchStamped) -> None:
+        f, t = msg.wrench.force, msg.wrench.torque
+        force, torque = np.array([f.x, f.y, f.z]), np.array([t.x, t.y, t.z])
+        self._last_force_n = float(np.linalg.norm(force))
+        self._last_torque_nm = float(np.linalg.norm(torque))
+        was = self.filter.estop_latched
+        if self.filter.update_wrench(force, torque, stamp_to_s(msg.header.stamp)) and not was:
+            self.estop_trips += 1
+            self.get_logger().error(f"E-STOP latched: {self.filter.estop_reason}; call ~/reset_estop to resume")
+
+    def _on_action(self, msg: ActionStep) -> None:
+        self._send(self.filter.filter(np.asarray(msg.action, dtype=np.float64), now_s(self)))
+
+    def _on_reset(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        res.success, res.message = self.filter.reset_estop(now_s(self))
+        (self.get_logger().info if res.success else self.get_logger().warn)(f"reset_estop: {res.message}")
+        return res
+
+    # --- outputs
+    def _tick(self) -> None:
+        result = self.filter.tick(now_s(self))
+        if result is not None:
+            if "watchdog" in result.limits_hit:
+                self.watchdog_holds += 1
+            self._send(result)
+        self._publish_status()
+
+    def _send(self, result: SafetyResult) -> None:
+        self._last_result = result
+        if result.command is None:
+            return
+        cmd = result.command
+        p = self.params
+        if p.command_type == "geometry_msgs/Twist":
+            msg = Twist()
+            if not result.holding and self._last_sent is not None:
+                tw = pose_step_to_twist(self._last_sent, cmd, p.control_period_s)
+                msg.linear.x, msg.linear.y, msg.angular.z = tw.linear_x_mps, tw.linear_y_mps, tw.angular_z_radps
+        elif p.command_type == "std_msgs/Float64MultiArray":
+            msg = Float64MultiArray()
+            msg.data = cmd.tolist()
+        else:
+            msg = JointTrajectory()
+            msg.joint_names = list(p.joint_names)
+            point = JointTrajectoryPoint()
+            point.positions = cmd.tolist()
+            horizon = p.trajectory_horizon_s or p.control_period_s
+            point.time_from_start = Duration(sec=int(horizon), nanosec=int((horizon % 1.0) * 1e9))
+            msg.points = [point]
+        self._last_sent = cmd.copy()
+        self.cmd_pub.publish(msg)
+        self.commands_sent += 1
+
+    def _publish_status(self) -> None:
+        status = SafetyStatus()
+        s_to_stamp(now_s(self), status.header.stamp)
+        status.estop_latched = self.filter.estop_latched
+        status.estop_reason = self.filter.estop_reason
+        r = self._last_result
+        if r is not None:
+            status.holding, status.hold_reason = r.holding, r.reason
+            status.modified = r.modified
+            status.limits_hit = list(r.limits_hit)
+        stats = self.filter.stats
+        status.commands_sent = self.commands_sent
+        status.commands_modified = int(stats.get("modified", 0))
+        status.estop_trips = self.estop_trips
+        status.watchdog_holds = self.watchdog_holds
+        status.last_force_n = self._last_force_n
+        status.last_torque_nm = self._last_torque_nm
+        self.status_pub.publish(status)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``safety_filter_node`` executable."""
+    return run_node(SafetyFilterNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

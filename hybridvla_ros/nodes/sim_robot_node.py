@@ -1,0 +1,129 @@
+"""sim_robot: a kinematic simulated robot that talks like the real robot's driver.
+
+Takes the controller command named in the parameter file (JointTrajectory,
+Float64MultiArray or Twist), publishes joint_states (100 Hz), a camera image (30 Hz)
+showing the scene and the target, and a wrench when the robot has a F/T sensor.
+``sim_robot/push`` (geometry_msgs/WrenchStamped) applies an external force for 0.3 s,
+the way a person pushing the robot would; ``sim_robot/task_error`` reports the distance
+from the tool to the target (m). The kinematics live in hybridvla_ros.core.kinematic_sim.
+"""
+from __future__ import annotations
+
+import numpy as np
+from geometry_msgs.msg import Twist, WrenchStamped
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float64, Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory
+
+from hybridvla_ros.core.image import encode_compressed
+from hybridvla_ros.core.kinematic_sim import KinematicSim
+from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp
+from hybridvla_ros.params.sim_robot import SimRobotParams
+
+PUSH_DURATION_S = 0.3
+
+
+class SimRobotNode(Node):
+    """The simulated robot's driver."""
+
+    def __init__(self) -> None:
+        super().__init__("sim_robot", automatically_declare_parameters_from_overrides=True)
+        self.params = p = load_schema(self, SimRobotParams)
+        self.sim = KinematicSim(p, image_width=p.image_width, image_height=p.image_height, seed=p.seed)
+        self.sim.reset(seed=p.seed)
+        self._last_step_s = now_s(self)
+        self._episode_start_s = self._last_step_s
+        self._episode = 0
+        self.commands_received = 0
+        self.commands_rejected = 0
+        self.js_pub = self.create_publisher(JointState, p.joint_states_topic, QoSProfile(depth=20))
+        self.image_pub = self.create_publisher(Image, p.camera_topic, qos_profile_sensor_data)
+        self.compressed_pub = (self.create_publisher(CompressedImage, p.camera_topic + "/compressed",
+                                                     qos_profile_sensor_data) if p.publish_compressed else None)
+        self.wrench_pub = (self.create_publisher(WrenchStamped, p.wrench_topic, QoSProfile(depth=20))
+                           if p.wrench_topic else None)
+        self.error_pub = self.create_publisher(Float64, "sim_robot/task_error", QoSProfile(depth=5))
+        kind = {"trajectory_msgs/JointTrajectory": JointTrajectory, "std_msgs/Float64MultiArray": Float64MultiArray,
+                "geometry_msgs/Twist": Twist}[p.command_type]
+        self.create_subscription(kind, p.command_topic, self._on_command, QoSProfile(depth=10))
+        self.create_subscription(WrenchStamped, "sim_robot/push", self._on_push, QoSProfile(depth=5))
+        self.create_timer(1.0 / p.joint_state_rate_hz, self._on_physics_tick)
+        self.create_timer(1.0 / p.camera_rate_hz, self._on_camera_tick)
+        self.get_logger().info(f"simulated {p.embodiment}: {p.command_topic} ({p.command_type}) in, "
+                               f"{p.joint_states_topic} / {p.camera_topic} out")
+
+    def _on_command(self, msg: JointTrajectory | Float64MultiArray | Twist) -> None:
+        try:
+            if isinstance(msg, Twist):
+                self.sim.command_twist(msg.linear.x, msg.linear.y, msg.angular.z)
+            elif isinstance(msg, Float64MultiArray):
+                self.sim.command_positions(np.asarray(msg.data, dtype=np.float64))
+            else:
+                if not msg.points:
+                    raise ValueError("JointTrajectory without points")
+                names = list(msg.joint_names)
+                order = [names.index(j) for j in self.params.joint_names]
+                target = np.asarray(msg.points[-1].positions, dtype=np.float64)[order]
+                self.sim.command_positions(target)
+            self.commands_received += 1
+        except (ValueError, IndexError) as exc:
+            self.commands_rejected += 1
+            self.get_logger().warn(f"command rejected: {exc}", throttle_duration_sec=2.0)
+
+    def _on_push(self, msg: WrenchStamped) -> None:
+        f = msg.wrench.force
+        self.sim.apply_external_force(np.array([f.x, f.y, f.z]), PUSH_DURATION_S)
+
+    def _on_physics_tick(self) -> None:
+        t = now_s(self)
+        dt = min(max(t - self._last_step_s, 0.0), 0.1)  # a stalled process must not teleport the robot
+        self._last_step_s = t
+        self.sim.step(dt)
+        js = JointState()
+        s_to_stamp(t, js.header.stamp)
+        js.name = list(self.params.joint_names)
+        js.position = self.sim.positions.astype(np.float64).tolist()
+        js.velocity = self.sim.velocities.astype(np.float64).tolist()
+        self.js_pub.publish(js)
+        if self.wrench_pub is not None:
+            force, torque = self.sim.wrench()
+            w = WrenchStamped()
+            w.header.stamp = js.header.stamp
+            w.header.frame_id = "tool0"
+            w.wrench.force.x, w.wrench.force.y, w.wrench.force.z = (float(v) for v in force)
+            w.wrench.torque.x, w.wrench.torque.y, w.wrench.torque.z = (float(v) for v in torque)
+            self.wrench_pub.publish(w)
+        if self.params.episode_s > 0 and t - self._episode_start_s > self.params.episode_s:
+            self._episode += 1
+            self._episode_start_s = t
+            self.sim.new_target(seed=self.params.seed + self._episode)
+
+    def _on_camera_tick(self) -> None:
+        t = now_s(self)
+        rgb = self.sim.render()  # (H, W, 3) uint8
+        msg = Image()
+        s_to_stamp(t, msg.header.stamp)
+        msg.header.frame_id = self.params.camera_frame_id
+        msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+        msg.encoding = "rgb8"
+        msg.step = int(rgb.shape[1] * 3)
+        msg.data = np.ascontiguousarray(rgb).tobytes()
+        self.image_pub.publish(msg)
+        if self.compressed_pub is not None:
+            cmsg = CompressedImage()
+            cmsg.header = msg.header
+            cmsg.format, data = encode_compressed(rgb, "jpeg")
+            cmsg.data = data
+            self.compressed_pub.publish(cmsg)
+        self.error_pub.publish(Float64(data=float(self.sim.task_error_m())))
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``sim_robot_node`` executable."""
+    return run_node(SimRobotNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

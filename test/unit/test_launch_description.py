@@ -1,0 +1,38 @@
+"""The one graph description that ros2 launch and `hybridvla run` share."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from hybridvla_ros.launch_description import describe_graph, params_file_for
+from hybridvla_ros.params import ParameterError
+from hybridvla_ros.runner import GraphRunner
+
+
+def test_graph_with_and_without_the_simulated_robot() -> None:
+    names = [s.name for s in describe_graph("franka", sim=True)]
+    assert names == ["sync", "inference", "action_buffer", "safety_filter", "sim_robot"]
+    assert "sim_robot" not in [s.name for s in describe_graph("aloha", sim=False)]
+
+
+def test_ros_arguments_carry_name_params_file_overrides_and_remaps() -> None:
+    specs = {s.name: s for s in describe_graph("hello", sim=False, checkpoint_path="/tmp/ckpt")}
+    args = specs["inference"].ros_arguments()
+    assert args[:3] == ["--ros-args", "-r", "__node:=inference"]
+    assert args[args.index("--params-file") + 1].endswith(os.path.join("config", "hello.yaml"))
+    assert "checkpoint_path:=/tmp/ckpt" in args
+    # Until a handoff node sits between them, the safety filter listens to the buffer directly.
+    assert "action_command:=policy_action" in specs["safety_filter"].ros_arguments()
+
+
+def test_runner_starts_each_node_as_its_own_python_module() -> None:
+    spec = describe_graph("franka", sim=True)[0]
+    cmd = GraphRunner([spec]).command_for(spec)
+    assert cmd[:3] == [sys.executable, "-m", "hybridvla_ros.nodes.sync_node"]
+
+
+def test_unknown_embodiment_is_a_clear_error() -> None:
+    with pytest.raises(ParameterError, match="'ur5' is not one of"):
+        params_file_for("ur5")
