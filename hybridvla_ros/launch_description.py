@@ -6,9 +6,13 @@ file turns it into ``launch_ros.actions.Node``s and ``hybridvla run`` into proce
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
+
+import yaml
 
 from hybridvla_ros.params import ParameterError, load_node_params
 from hybridvla_ros.params.embodiment import EMBODIMENTS
@@ -33,21 +37,33 @@ class NodeSpec:
         return f"{self.package}.nodes.{self.executable}"
 
     def ros_arguments(self) -> list[str]:
-        """The ``--ros-args`` part of the command line that starts this node."""
+        """The ``--ros-args`` part of the command line that starts this node.
+
+        Overrides go in a second parameter file under the node's own name: rcl files
+        ``-p`` values under ``/**``, and a node's own section in the first file would
+        win over them. (launch_ros does the same with dict parameters.)
+        """
         args = ["--ros-args", "-r", f"__node:={self.name}", "--params-file", self.params_file]
-        for key, value in self.parameters.items():
-            args += ["-p", f"{key}:={_yaml_scalar(value)}"]
+        if self.parameters:
+            args += ["--params-file", self.overrides_file()]
         for src, dst in self.remappings:
             args += ["-r", f"{src}:={dst}"]
         return args
 
 
-def _yaml_scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    return repr(value)
+    def overrides_file(self) -> str:
+        """Write ``parameters`` as ``<name>: ros__parameters:`` YAML in the temp dir; returns its path."""
+        text = yaml.safe_dump({self.name: {"ros__parameters": dict(self.parameters)}})
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        folder = os.path.join(tempfile.gettempdir(), "hybridvla_params")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{self.name}_{digest}.yaml")
+        if not os.path.isfile(path):
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        return path
 
 
 def default_config_dir() -> str:

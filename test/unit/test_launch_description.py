@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import yaml
 
 from hybridvla_ros.launch_description import describe_graph, params_file_for
 from hybridvla_ros.params import ParameterError
@@ -22,7 +23,10 @@ def test_ros_arguments_carry_name_params_file_overrides_and_remaps() -> None:
     args = specs["inference"].ros_arguments()
     assert args[:3] == ["--ros-args", "-r", "__node:=inference"]
     assert args[args.index("--params-file") + 1].endswith(os.path.join("config", "hello.yaml"))
-    assert "checkpoint_path:=/tmp/ckpt" in args
+    files = [args[i + 1] for i, a in enumerate(args) if a == "--params-file"]
+    assert len(files) == 2, "overrides come in a second, node-specific file"
+    with open(files[1], encoding="utf-8") as f:
+        assert yaml.safe_load(f) == {"inference": {"ros__parameters": {"checkpoint_path": "/tmp/ckpt"}}}
     # Until a handoff node sits between them, the safety filter listens to the buffer directly.
     assert "action_command:=policy_action" in specs["safety_filter"].ros_arguments()
 

@@ -1,0 +1,38 @@
+"""A node given a broken parameter file stops at start with a message naming the parameter."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from hybridvla_ros.launch_description import NodeSpec
+from hybridvla_ros.launch_description import default_config_dir
+
+CONFIG = default_config_dir()
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.mark.parametrize("node, section, name, value, expected", [
+    ("safety_filter", "safety_filter", "max_force_n", -1.0, "safety_filter.max_force_n: -1.0 is below the minimum"),
+    ("action_buffer", "/**", "max_velocity", [1.0, 1.0], "action_buffer.max_velocity: needs 7 values"),
+    ("sync", "/**", "joint_names", None, "sync.joint_names: missing required parameter"),
+])
+def test_node_exits_with_clear_message(ros, tmp_path, node, section, name, value, expected) -> None:
+    with open(os.path.join(CONFIG, "franka.yaml"), encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    if value is None:
+        del doc[section]["ros__parameters"][name]
+    else:
+        doc[section]["ros__parameters"][name] = value
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    spec = NodeSpec(f"{node}_node", node, str(path))
+    proc = subprocess.run([sys.executable, "-m", spec.module, *spec.ros_arguments()], env=ros.env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,124 @@
+"""safety_filter_node over real DDS: limits, NaN, e-stop latch and reset, watchdog."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+from geometry_msgs.msg import WrenchStamped
+from sensor_msgs.msg import JointState
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from hybridvla_msgs.msg import ActionStep, SafetyStatus
+from hybridvla_ros.launch_description import NodeSpec
+from hybridvla_ros.params import from_params, load_node_params
+from hybridvla_ros.params.safety_filter import SafetyFilterParams
+from hybridvla_ros.launch_description import default_config_dir
+
+CONFIG = default_config_dir()
+
+pytestmark = pytest.mark.ros
+FRANKA = os.path.join(CONFIG, "franka.yaml")
+
+
+def test_safety_filter_node_limits_latches_and_holds(ros) -> None:
+    p = from_params(SafetyFilterParams, load_node_params(FRANKA, "safety_filter"))
+    home = np.asarray(p.home_position)
+    ros.start([NodeSpec("safety_filter_node", "safety_filter", FRANKA)])
+    n = ros.node
+    js_pub = n.create_publisher(JointState, "joint_states", 10)
+    act_pub = n.create_publisher(ActionStep, "action_command", 10)
+    wrench_pub = n.create_publisher(WrenchStamped, p.wrench_topic, 10)
+    commands: list[np.ndarray] = []
+    statuses: list[SafetyStatus] = []
+    n.create_subscription(JointTrajectory, p.command_topic,
+                          lambda m: commands.append(np.asarray(m.points[0].positions)), 50)
+    n.create_subscription(SafetyStatus, "safety_filter/status", statuses.append, 50)
+    reset = n.create_client(Trigger, "safety_filter/reset_estop")
+
+    def joint_state() -> None:
+        js = JointState(name=list(reversed(p.joint_names)), position=list(reversed(home.tolist())))
+        js.header.stamp = n.get_clock().now().to_msg()
+        js_pub.publish(js)
+
+    def wrench(force_n: float) -> None:
+        w = WrenchStamped()
+        w.header.stamp = n.get_clock().now().to_msg()
+        w.wrench.force.z = force_n
+        wrench_pub.publish(w)
+
+    def act(target: np.ndarray, seconds: float) -> None:
+        for _ in range(int(seconds / p.control_period_s)):
+            joint_state()
+            wrench(1.0)
+            m = ActionStep(embodiment="franka", action=target.tolist())
+            m.header.stamp = n.get_clock().now().to_msg()
+            act_pub.publish(m)
+            ros.spin_for(p.control_period_s)
+
+    assert ros.spin_until(lambda: len(statuses) > 0, 20.0), ros.logs()
+    for _ in range(20):  # let discovery finish before counting commands
+        joint_state()
+        ros.spin_for(0.02)
+
+    # A target 1 rad away on joint 1 is approached at no more than max_velocity, joint 1 only.
+    far = home.copy()
+    far[0] += 1.0
+    commands.clear()
+    act(far, 0.6)
+    assert len(commands) >= 10
+    cmds = np.array(commands)
+    steps = np.diff(np.vstack([home, cmds]), axis=0)
+    assert np.all(np.abs(steps) <= np.asarray(p.max_velocity) * p.control_period_s * (1 + 1e-6) + 1e-9)
+    assert np.allclose(steps[:, 1:], 0.0, atol=1e-9), "direction of motion must be kept"
+    assert cmds[-1, 0] > home[0] + 0.05
+
+    # NaN never reaches the robot: the robot holds where it was.
+    last = commands[-1].copy()
+    commands.clear()
+    act(np.full(7, math.nan), 0.1)
+    assert commands and all(np.all(np.isfinite(c)) for c in commands)
+    assert np.allclose(commands[-1], last, atol=1e-9)
+    assert ros.spin_until(lambda: "nan" in statuses[-1].limits_hit, 2.0)
+
+    # A force spike latches the e-stop; the command holds while actions keep coming.
+    for _ in range(5):
+        wrench(200.0)
+        ros.spin_for(0.02)
+    assert ros.spin_until(lambda: statuses[-1].estop_latched, 3.0)
+    commands.clear()
+    for _ in range(15):
+        joint_state()
+        wrench(200.0)
+        m = ActionStep(embodiment="franka", action=far.tolist())
+        act_pub.publish(m)
+        ros.spin_for(p.control_period_s)
+    held = np.array(commands)
+    assert len(held) > 3 and np.allclose(held, held[0], atol=1e-12)
+
+    # Reset is refused while the force is still high, accepted once it is gone.
+    assert reset.wait_for_service(timeout_sec=5.0)
+    fut = reset.call_async(Trigger.Request())
+    assert ros.spin_until(fut.done, 5.0)
+    assert not fut.result().success
+    for _ in range(5):
+        wrench(0.0)
+        ros.spin_for(0.02)
+    fut = reset.call_async(Trigger.Request())
+    assert ros.spin_until(fut.done, 5.0)
+    assert fut.result().success, fut.result().message
+    assert ros.spin_until(lambda: not statuses[-1].estop_latched, 2.0)
+    assert statuses[-1].estop_trips == 1
+
+    # No more actions: the watchdog holds the robot.
+    commands.clear()
+    for _ in range(int(2 * p.watchdog_timeout_s / 0.02) + 5):
+        joint_state()
+        wrench(0.0)
+        ros.spin_for(0.02)
+    assert statuses[-1].holding and statuses[-1].watchdog_holds >= 1
+    assert "watchdog" in statuses[-1].limits_hit
+    assert commands, "the watchdog must keep commanding the hold position"
+    assert np.allclose(commands[-1], commands[0], atol=1e-9)

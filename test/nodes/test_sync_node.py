@@ -1,0 +1,100 @@
+"""sync_node over real DDS: one observation per frame, joint state interpolated at its stamp."""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+from sensor_msgs.msg import CompressedImage, Image, JointState
+
+from hybridvla_msgs.msg import Observation
+from hybridvla_ros.launch_description import NodeSpec, default_config_dir
+from hybridvla_ros.params import from_params, load_node_params
+from hybridvla_ros.params.sync import SyncParams
+
+pytestmark = pytest.mark.ros
+FRANKA = os.path.join(default_config_dir(), "franka.yaml")
+
+
+def _stream(ros, p: SyncParams, seconds: float, image_msg) -> None:
+    """100 Hz joint states (driver order shuffled, an extra joint) and 30 Hz frames; q_i(t) = i + t."""
+    n = ros.node
+    js_pub = n.create_publisher(JointState, p.joint_states_topic, 50)
+    img_pub = n.create_publisher(type(image_msg(0.0)), p.camera_topic + (
+        "/compressed" if p.image_transport == "compressed" else ""), 10)
+    names = ["panda_finger_joint1", *reversed(p.joint_names)]
+    t0 = ros.now_s()
+    next_frame = t0
+    while ros.now_s() - t0 < seconds:
+        t = ros.now_s()
+        js = JointState(name=names)
+        js.header.stamp = n.get_clock().now().to_msg()
+        rel = t - t0
+        js.position = [0.04] + [float(i + rel) for i in reversed(range(len(p.joint_names)))]
+        js_pub.publish(js)
+        if t >= next_frame:
+            # Frames are stamped at capture, 15 ms in the past, as a camera driver would.
+            msg = image_msg(t - 0.015)
+            img_pub.publish(msg)
+            next_frame += 1 / 30
+        ros.spin_for(0.01)
+
+
+def _raw_bgr(ros):
+    def make(stamp_s: float) -> Image:
+        img = np.zeros((48, 64, 3), np.uint8)
+        img[:, :, 0] = 255  # blue in BGR
+        msg = Image(height=48, width=64, encoding="bgr8", step=64 * 3, data=img.tobytes())
+        msg.header.stamp.sec = int(stamp_s)
+        msg.header.stamp.nanosec = int((stamp_s % 1) * 1e9)
+        return msg
+    return make
+
+
+def test_observations_interpolate_joint_state_at_frame_stamp(ros) -> None:
+    p = from_params(SyncParams, load_node_params(FRANKA, "sync"))
+    ros.start([NodeSpec("sync_node", "sync", FRANKA)])
+    obs: list[Observation] = []
+    ros.node.create_subscription(Observation, "observation", obs.append, 50)
+    _stream(ros, p, 1.0, _raw_bgr(ros))  # discovery
+    obs.clear()
+    _stream(ros, p, 2.0, _raw_bgr(ros))
+    ros.spin_for(0.2)
+    assert len(obs) >= 40, ros.logs()  # ~60 frames in 2 s; a few may fall in discovery gaps
+    for o in obs:
+        q = np.asarray(o.joint_positions)
+        assert list(o.joint_names) == list(p.joint_names)
+        # q_i = i + t: every joint has the same offset from its index, whatever the driver's order.
+        offsets = q - np.arange(7)
+        assert np.allclose(offsets, offsets[0], atol=1e-9)
+        assert o.proprio_skew_s <= p.max_skew_s
+        assert o.image.encoding == "rgb8" and o.image.width == p.observation_image_size
+        pixel = np.frombuffer(bytes(o.image.data), np.uint8).reshape(o.image.height, o.image.width, 3)[0, 0]
+        assert tuple(pixel) == (0, 0, 255)  # bgr8 blue arrives as rgb8 blue
+    assert sum(o.interpolated for o in obs) >= 0.9 * len(obs)
+
+
+def test_compressed_images_and_garbage_frames(ros) -> None:
+    p = from_params(SyncParams, load_node_params(FRANKA, "sync") | {"image_transport": "compressed"})
+    ros.start([NodeSpec("sync_node", "sync", FRANKA, {"image_transport": "compressed"})])
+    obs: list[Observation] = []
+    ros.node.create_subscription(Observation, "observation", obs.append, 50)
+    ok_jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 200, np.uint8))[1].tobytes()
+    frames = {"i": 0}
+
+    def make(stamp_s: float) -> CompressedImage:
+        frames["i"] += 1
+        # Every other frame is garbage: the node must drop it and keep going.
+        data = ok_jpeg if frames["i"] % 2 else b"not a jpeg"
+        msg = CompressedImage(format="rgb8; jpeg compressed bgr8", data=data)
+        msg.header.stamp.sec = int(stamp_s)
+        msg.header.stamp.nanosec = int((stamp_s % 1) * 1e9)
+        return msg
+
+    _stream(ros, p, 1.0, make)
+    obs.clear()
+    _stream(ros, p, 2.0, make)
+    ros.spin_for(0.2)
+    assert 15 <= len(obs) <= 35, ros.logs()
+    assert all(not r.dead() for r in ros.runners), "garbage frames must not kill the node"

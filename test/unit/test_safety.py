@@ -1,0 +1,394 @@
+"""SafetyFilter: the guarantees a robot user relies on, for D = 3, 7, 14, 24."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hybridvla_ros.core.safety import REASON_NO_STATE, SafetyFilter, SafetyLimits
+
+DT_S = 0.01
+DIMS = (3, 7, 14, 24)
+# Relative slack for float rounding in the limit checks.
+REL_TOL = 1e-9
+
+
+def make_limits(dim: int, seed: int = 0, **overrides: object) -> SafetyLimits:
+    rng = np.random.default_rng(seed)
+    kwargs: dict[str, object] = dict(
+        position_min=-1.0 - rng.uniform(0.0, 1.0, dim),
+        position_max=1.0 + rng.uniform(0.0, 1.0, dim),
+        max_velocity=rng.uniform(0.5, 2.0, dim),
+        max_acceleration=rng.uniform(2.0, 10.0, dim),
+        max_force_n=50.0,
+        max_torque_nm=10.0,
+        watchdog_timeout_s=0.2,
+    )
+    kwargs.update(overrides)
+    return SafetyLimits(**kwargs)  # type: ignore[arg-type]
+
+
+def make_filter(dim: int, seed: int = 0, start: np.ndarray | None = None, **overrides: object) -> SafetyFilter:
+    filt = SafetyFilter(make_limits(dim, seed, **overrides), DT_S)
+    filt.update_measured(np.zeros(dim) if start is None else start, 0.0)
+    return filt
+
+
+def is_brake(reason: str) -> bool:
+    return "braking" in reason
+
+
+def accel_feasible(d: np.ndarray, v0: np.ndarray, s_max: float, dv_max: np.ndarray) -> bool:
+    """Brute force: is there an s in [0, s_max] with |s*d - v0| <= dv_max everywhere?"""
+    s = np.linspace(0.0, s_max, 2001)[:, None]  # (S, 1)
+    return bool((np.abs(s * d[None, :] - v0[None, :]) <= dv_max[None, :] * (1 - 1e-6)).all(axis=1).any())
+
+
+# ----------------------------------------------------------------- property
+STEP_KINDS = ("smooth", "smooth", "smooth", "random", "near_bound", "beyond_bound", "huge",
+              "nan", "inf", "wrong_shape", "same")
+
+
+@settings(max_examples=40, deadline=None)
+@given(dim=st.sampled_from(DIMS), seed=st.integers(0, 2**16),
+       kinds=st.lists(st.sampled_from(STEP_KINDS), min_size=1, max_size=60),
+       velocity_scale=st.sampled_from([1.0, 0.5]))
+def test_commands_never_exceed_limits(dim: int, seed: int, kinds: list[str], velocity_scale: float) -> None:
+    rng = np.random.default_rng(seed)
+    limits = make_limits(dim, seed, velocity_scale=velocity_scale)
+    pmin, pmax = limits.position_min, limits.position_max
+    vmax = limits.max_velocity * velocity_scale
+    dv_max = limits.max_acceleration * DT_S
+    start = rng.uniform(pmin, pmax)
+    filt = SafetyFilter(limits, DT_S)
+    filt.update_measured(start, 0.0)
+    q_prev, v_prev = start.copy(), np.zeros(dim)
+    for k, kind in enumerate(kinds):
+        if kind == "smooth":
+            action = q_prev + rng.normal(0.0, 0.3, dim) * vmax * DT_S * 3
+        elif kind == "random":
+            action = rng.uniform(pmin, pmax)
+        elif kind == "near_bound":
+            action = np.where(rng.random(dim) < 0.5, pmin, pmax) + rng.normal(0, 1e-3, dim)
+        elif kind == "beyond_bound":
+            action = q_prev.copy()
+            j = rng.integers(dim)
+            action[j] = pmax[j] + 1.0 if rng.random() < 0.5 else pmin[j] - 1.0
+        elif kind == "huge":
+            action = rng.choice([-1e300, -1e9, 1e9, 1e300], size=dim)
+        elif kind in ("nan", "inf"):
+            action = q_prev + rng.normal(0, 0.01, dim)
+            action[rng.integers(dim)] = np.nan if kind == "nan" else rng.choice([np.inf, -np.inf])
+        elif kind == "wrong_shape":
+            action = np.zeros(dim + 1)
+        else:
+            action = q_prev.copy()
+        request = action.copy()
+        res = filt.filter(action, k * DT_S)
+        np.testing.assert_array_equal(action, request)  # the caller's array is not touched
+        q = res.command
+        assert q is not None and q.shape == (dim,) and np.isfinite(q).all()
+        # Position: always inside the box (the start was inside).
+        assert (q >= pmin).all() and (q <= pmax).all()
+        v = (q - q_prev) / DT_S
+        scale = np.maximum(1.0, np.abs(q_prev)) / DT_S * 1e-15  # rounding of q differences
+        # Velocity: always.
+        assert (np.abs(v) <= vmax * (1 + REL_TOL) + scale).all()
+        if kind in ("nan", "inf", "wrong_shape"):
+            assert res.holding and res.modified
+            assert res.limits_hit == (("shape",) if kind == "wrong_shape" else ("nan",))
+            np.testing.assert_array_equal(q, q_prev)
+        else:
+            assert not res.holding
+            d = (np.clip(request, pmin, pmax) - q_prev) / DT_S
+            s_vel = min(1.0, float(1.0 / (np.abs(d) / vmax).max())) if np.abs(d).max() > 0 else 1.0
+            if is_brake(res.reason):
+                # Braking only when no scaling of the request could respect the limit.
+                assert not accel_feasible(d, v_prev, s_vel, dv_max)
+            if not (is_brake(res.reason) and "position" in res.limits_hit):
+                # Acceleration: whenever position did not have to override it.
+                assert (np.abs(v - v_prev) <= dv_max * (1 + REL_TOL) + 2 * scale).all()
+            if not res.modified:
+                np.testing.assert_array_equal(q, request)
+                assert res.limits_hit == () and res.reason == ""
+            elif "position" not in res.limits_hit and not is_brake(res.reason):
+                # Scaled, not bent: the step points where the policy asked.
+                step, asked = q - q_prev, request - q_prev
+                if np.linalg.norm(step) > 1e-12:
+                    cosine = step @ asked / (np.linalg.norm(step) * np.linalg.norm(asked))
+                    assert cosine == pytest.approx(1.0, abs=1e-9)
+                assert np.linalg.norm(step) <= np.linalg.norm(asked) * (1 + REL_TOL)
+        v_prev = np.zeros(dim) if res.holding else v
+        q_prev = q
+
+
+# ------------------------------------------------------------- basic shape
+@pytest.mark.parametrize("dim", DIMS)
+def test_before_joint_state_there_is_no_command(dim: int) -> None:
+    filt = SafetyFilter(make_limits(dim), DT_S)
+    res = filt.filter(np.zeros(dim), 0.0)
+    assert res.command is None and res.holding and res.reason == REASON_NO_STATE
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_first_command_starts_from_the_measured_position(dim: int) -> None:
+    limits = make_limits(dim)
+    measured = np.linspace(-0.5, 0.5, dim)
+    filt = SafetyFilter(limits, DT_S)
+    filt.update_measured(measured, 0.0)
+    res = filt.filter(limits.position_max.copy(), 0.0)  # far away
+    # From rest, one period can move at most amax * dt^2 (and vmax * dt).
+    reach = np.minimum(limits.max_acceleration * DT_S**2, limits.max_velocity * DT_S)
+    assert (np.abs(res.command - measured) <= reach * (1 + REL_TOL)).all()
+    assert "acceleration" in res.limits_hit and res.modified
+
+
+def test_later_joint_states_do_not_move_the_command_and_bad_ones_are_counted() -> None:
+    filt = SafetyFilter(make_limits(3), DT_S)
+    filt.update_measured(np.array([np.nan, 0.0, 0.0]), 0.0)
+    filt.update_measured(np.zeros(4), 0.0)
+    filt.update_measured("junk", 0.0)  # type: ignore[arg-type]
+    assert filt.last_command is None
+    assert filt.stats["measured_rejected"] == 3
+    filt.update_measured(np.full(3, 0.1), 0.0)
+    filt.update_measured(np.full(3, 0.5), 0.01)
+    np.testing.assert_array_equal(filt.last_command, np.full(3, 0.1))
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_small_request_passes_unchanged(dim: int) -> None:
+    filt = make_filter(dim)
+    action = np.full(dim, 1e-5)
+    res = filt.filter(action, 0.0)
+    np.testing.assert_array_equal(res.command, action)
+    assert not res.modified and res.limits_hit == () and not res.holding and res.reason == ""
+
+
+def test_velocity_scale_slows_the_robot() -> None:
+    full, half = make_filter(3), make_filter(3, velocity_scale=0.5)
+    target = np.array([1.0, -1.0, 0.5])
+    q_full = q_half = np.zeros(3)
+    for k in range(100):  # long enough to reach cruise speed
+        q_full_new = full.filter(target, k * DT_S).command
+        q_half_new = half.filter(target, k * DT_S).command
+        step_full, step_half = q_full_new - q_full, q_half_new - q_half
+        q_full, q_half = q_full_new, q_half_new
+    vmax = make_limits(3).max_velocity
+    assert (np.abs(step_half) / DT_S <= 0.5 * vmax * (1 + REL_TOL)).all()
+    assert np.abs(step_half).max() < np.abs(step_full).max()
+
+
+def test_one_joint_beyond_its_limit_does_not_freeze_the_others() -> None:
+    # A policy closing the gripper "past closed" must not stop the arm.
+    limits = make_limits(3)
+    filt = make_filter(3)
+    q = np.zeros(3)
+    for k in range(300):
+        res = filt.filter(np.array([0.3, -0.3, limits.position_min[2] - 0.5]), k * DT_S)
+        q = res.command
+    np.testing.assert_allclose(q[:2], [0.3, -0.3])
+    assert q[2] == limits.position_min[2]
+    assert "position" in res.limits_hit
+
+
+def test_start_outside_bounds_only_moves_back_toward_them() -> None:
+    limits = make_limits(3)
+    start = np.array([limits.position_max[0] + 0.2, 0.0, limits.position_min[2] - 0.1])
+    filt = make_filter(3, start=start)
+    # Asking to go further out: those joints stay put, joint 1 moves.
+    q = start
+    for k in range(20):
+        q_new = filt.filter(np.array([limits.position_max[0] + 1.0, 0.2, limits.position_min[2] - 1.0]),
+                            k * DT_S).command
+        assert q_new[0] <= q[0] and q_new[2] >= q[2]
+        q = q_new
+    assert q[0] == start[0] and q[2] == start[2] and q[1] > 0
+    # Asking to come back: they move toward the box and end up inside.
+    for k in range(20, 600):
+        q_new = filt.filter(np.zeros(3), k * DT_S).command
+        assert q_new[0] <= q[0] + 1e-15 and q_new[2] >= q[2] - 1e-15
+        q = q_new
+    assert (q >= limits.position_min).all() and (q <= limits.position_max).all()
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_filter_reaches_a_reachable_target_and_stops_there(dim: int) -> None:
+    limits = make_limits(dim)
+    filt = make_filter(dim)
+    target = 0.5 * (limits.position_min + limits.position_max) + 0.3
+    for k in range(1000):
+        res = filt.filter(target, k * DT_S)
+    np.testing.assert_allclose(res.command, target, atol=1e-12)
+
+
+# ------------------------------------------------------------------- e-stop
+@pytest.mark.parametrize("dim", DIMS)
+def test_force_spike_latches_estop_until_reset(dim: int) -> None:
+    filt = make_filter(dim)
+    for k in range(10):
+        q_before = filt.filter(np.full(dim, 0.5), k * DT_S).command
+    assert not filt.update_wrench(np.array([1.0, 2.0, 3.0]), np.zeros(3), 0.1)
+    assert filt.update_wrench(np.array([0.0, 0.0, 80.0]), np.zeros(3), 0.1)
+    assert filt.estop_latched and "force" in filt.estop_reason
+    for k in range(10, 20):
+        res = filt.filter(np.full(dim, 0.9), k * DT_S)
+        assert res.holding and res.limits_hit == ("estop",) and res.reason.startswith("estop")
+        np.testing.assert_array_equal(res.command, q_before)
+        tick = filt.tick(k * DT_S)
+        assert tick is not None and tick.holding and tick.limits_hit == ("estop",)
+    # Still pressing: refused.
+    filt.update_wrench(np.array([0.0, 0.0, 60.0]), np.zeros(3), 0.2)
+    ok, reason = filt.reset_estop(0.2)
+    assert not ok and "force" in reason and filt.estop_latched
+    # Force gone: the latch holds until someone resets it.
+    assert not filt.update_wrench(np.zeros(3), np.zeros(3), 0.25)
+    assert filt.estop_latched
+    assert filt.filter(np.full(dim, 0.9), 0.25).holding
+    assert filt.reset_estop(0.26) == (True, "e-stop cleared")
+    assert not filt.estop_latched and filt.estop_reason == ""
+    # Motion resumes from the held position, from rest: no jump.
+    res = filt.filter(np.full(dim, 0.9), 0.27)
+    assert not res.holding
+    reach = filt.limits.max_acceleration * DT_S**2
+    assert (np.abs(res.command - q_before) <= reach * (1 + REL_TOL)).all()
+    assert filt.stats["estop_trips"] == 1 and filt.stats["estop_resets"] == 1
+
+
+def test_torque_spike_and_broken_sensor_latch_too() -> None:
+    filt = make_filter(3)
+    assert filt.update_wrench(np.zeros(3), np.array([0.0, 11.0, 0.0]), 0.0)
+    assert "torque" in filt.estop_reason
+    filt.update_wrench(np.zeros(3), np.zeros(3), 0.0)
+    assert filt.reset_estop(0.0)[0]
+    assert filt.update_wrench(np.array([np.nan, 0.0, 0.0]), np.zeros(3), 0.0)
+    assert "not finite" in filt.estop_reason
+    ok, reason = filt.reset_estop(0.0)  # a NaN reading cannot clear it
+    assert not ok and "not finite" in reason
+    filt.update_wrench(np.zeros(3), np.zeros(3), 0.0)
+    assert filt.reset_estop(0.0)[0]
+    assert filt.update_wrench(np.zeros(6), np.zeros(3), 0.0)
+    assert "shape" in filt.estop_reason
+
+
+def test_estop_keeps_the_first_cause_and_reset_needs_a_fresh_reading() -> None:
+    filt = make_filter(3)
+    filt.update_wrench(np.array([100.0, 0.0, 0.0]), np.zeros(3), 1.0)
+    filt.update_wrench(np.zeros(3), np.array([50.0, 0.0, 0.0]), 1.01)
+    assert "force" in filt.estop_reason
+    filt.update_wrench(np.zeros(3), np.zeros(3), 1.02)
+    ok, reason = filt.reset_estop(5.0)  # the sensor went quiet 4 s ago
+    assert not ok and "old" in reason
+    assert filt.reset_estop(1.05)[0]
+    assert filt.reset_estop(1.06) == (True, "not latched")
+
+
+def test_estop_before_joint_state_holds_without_command() -> None:
+    filt = SafetyFilter(make_limits(3), DT_S)
+    filt.update_wrench(np.array([100.0, 0.0, 0.0]), np.zeros(3), 0.0)
+    res = filt.tick(0.0)
+    assert res is not None and res.command is None and res.holding
+
+
+# ----------------------------------------------------------------- watchdog
+@pytest.mark.parametrize("dim", DIMS)
+def test_watchdog_holds_after_timeout(dim: int) -> None:
+    filt = make_filter(dim)
+    for k in range(20):
+        last = filt.filter(np.full(dim, 0.5), k * DT_S).command
+        assert filt.tick(k * DT_S) is None
+    t_last = 19 * DT_S
+    assert filt.tick(t_last + 0.15) is None
+    for t in (t_last + 0.21, t_last + 0.3, t_last + 1.0):
+        res = filt.tick(t)
+        assert res is not None and res.holding and res.limits_hit == ("watchdog",)
+        np.testing.assert_array_equal(res.command, last)
+    stats = filt.stats
+    assert stats["watchdog_trips"] == 1 and stats["watchdog"] == 3
+    # Actions return: the robot starts again from rest, without a jump.
+    res = filt.filter(np.full(dim, 0.9), t_last + 1.01)
+    reach = filt.limits.max_acceleration * DT_S**2
+    assert (np.abs(res.command - last) <= reach * (1 + REL_TOL)).all()
+    assert filt.tick(t_last + 1.02) is None
+
+
+def test_watchdog_runs_from_the_first_tick_when_no_action_ever_came() -> None:
+    filt = make_filter(3)
+    assert filt.tick(10.0) is None
+    assert filt.tick(10.1) is None
+    res = filt.tick(10.25)
+    assert res is not None and res.limits_hit == ("watchdog",)
+    np.testing.assert_array_equal(res.command, np.zeros(3))
+
+
+@pytest.mark.parametrize("now_s", [math.nan, math.inf])
+def test_non_finite_time_holds(now_s: float) -> None:
+    filt = make_filter(3)
+    res = filt.filter(np.full(3, 0.001), now_s)
+    assert res.holding and res.limits_hit == ("nan",)
+    tick = filt.tick(now_s)
+    assert tick is not None and tick.holding
+
+
+# ------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    ("field", "value", "quoted"),
+    [
+        ("position_min", [0.0, 2.0, 0.0], "2.0"),  # min >= max in dim 1
+        ("position_max", [1.0, 1.0], "2"),  # wrong length
+        ("max_velocity", [1.0, -0.5, 1.0], "-0.5"),
+        ("max_velocity", [1.0, np.nan, 1.0], "nan"),
+        ("max_acceleration", [1.0, 0.0, 1.0], "0.0"),
+        ("max_acceleration", "fast", "fast"),
+        ("max_force_n", 0.0, "0.0"),
+        ("max_torque_nm", -1.0, "-1.0"),
+        ("watchdog_timeout_s", math.inf, "inf"),
+        ("velocity_scale", 1.5, "1.5"),
+        ("velocity_scale", 0.0, "0.0"),
+    ],
+)
+def test_limits_reject_bad_values_naming_the_field(field: str, value: object, quoted: str) -> None:
+    kwargs: dict[str, object] = dict(
+        position_min=[-1.0, -1.0, -1.0], position_max=[1.0, 1.0, 1.0], max_velocity=[1.0, 1.0, 1.0],
+        max_acceleration=[5.0, 5.0, 5.0], max_force_n=50.0, max_torque_nm=10.0, watchdog_timeout_s=0.2)
+    kwargs[field] = value
+    with pytest.raises(ValueError) as info:
+        SafetyLimits(**kwargs)  # type: ignore[arg-type]
+    assert field in str(info.value) and quoted in str(info.value)
+
+
+def test_limits_are_read_only_float_arrays() -> None:
+    limits = SafetyLimits([-1, -1], [1, 1], [1, 1], [5, 5], 50, 10, 0.2)
+    assert limits.position_min.dtype == np.float64 and limits.dof == 2
+    with pytest.raises(ValueError):
+        limits.position_min[0] = 5.0
+
+
+def test_control_period_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="control_period_s"):
+        SafetyFilter(make_limits(3), 0.0)
+
+
+# ---------------------------------------------------------------- speed
+def test_filter_is_fast_for_24_dims() -> None:
+    """Budget is 50 us on a slow CPU; this guards against per-joint Python loops
+    with a margin that a loaded CI machine still meets."""
+    dim = 24
+    filt = make_filter(dim)
+    rng = np.random.default_rng(0)
+    smooth = [np.sin(0.01 * k + np.arange(dim)) * 0.01 for k in range(500)]
+    worst = [rng.uniform(-3, 3, dim) for _ in range(500)]  # every limit, braking
+    per_call_us = []
+    for actions in (smooth, worst):
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for k, a in enumerate(actions):
+                filt.filter(a, k * DT_S)
+            best = min(best, (time.perf_counter() - t0) / len(actions) * 1e6)
+        per_call_us.append(best)
+    assert max(per_call_us) < 150.0, per_call_us
