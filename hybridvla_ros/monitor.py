@@ -46,13 +46,14 @@ class Recording:
 class GraphMonitor:
     """Runs a listening node in a background thread with its own rclpy context."""
 
-    def __init__(self, params: EmbodimentParams, node_name: str = "hybridvla_monitor") -> None:
+    def __init__(self, params: EmbodimentParams, node_name: str = "hybridvla_monitor",
+                 domain_id: int | None = None) -> None:
         self.params = params
         self.rec = Recording()
         self._lock = threading.Lock()
         self._pending_first_step: list[tuple[int, float]] = []   # (chunk seq, ros time of first step)
         self.context = rclpy.Context()
-        rclpy.init(context=self.context)
+        rclpy.init(context=self.context, domain_id=domain_id)
         self.node = Node(node_name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)

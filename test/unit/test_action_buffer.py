@@ -191,7 +191,8 @@ def test_chunk_arriving_mid_blend_keeps_the_output_continuous() -> None:
         return max(float(np.abs(b - a).max()) for a, b in zip(outs, outs[1:]))
 
     assert run(0) == pytest.approx(1.0)
-    # Each period moves at most a fifth of the remaining gaps, never jumps back.
+    # The second seam starts mid-fade from the faded output, not from the
+    # old chunk: two unit seams, no period jumps by more than half a unit.
     assert run(4) <= 0.5 + 1e-12
 
 
@@ -427,7 +428,7 @@ chunk_event = st.tuples(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(events=st.lists(chunk_event, min_size=1, max_size=8), blend_steps=st.integers(0, 4),
        seed=st.integers(0, 2**16), back_jump=st.booleans())
 def test_output_is_always_a_mix_of_accepted_actions(
