@@ -172,24 +172,8 @@ class SafetyFilter:
         self._dof = limits.dof
         self._pmin = limits.position_min  # (D,)
         self._pmax = limits.position_max  # (D,)
-        # The limits are kept in per-period displacement units (rad or m per
-        # control period): one step of the robot is compared directly, which
-        # saves a numpy call per quantity on the hot path.
-        self._vmax = limits.max_velocity * limits.velocity_scale  # (D,) per second
-        self._step_max = self._vmax * self._dt_s  # (D,) largest step
-        self._inv_step_max = 1.0 / self._step_max  # (D,)
-        self._step_change_max = limits.max_acceleration * self._dt_s**2  # (D,) largest change of step
-        # _stop_step's constants. c/8 is the most the closed-form braking
-        # distance can be short by (c = a*dt^2); 0.005c more absorbs rounding.
-        c = self._step_change_max
-        self._stop_offset = 0.005 * c  # (D,)
-        self._stop_floor = 1.125 * c  # (D,) gives a step of exactly c
-        self._stop_two_c = 2.0 * c  # (D,)
-        self._stop_half_c = 0.5 * c  # (D,)
-        brake_dist = (self._vmax**2 / (2.0 * limits.max_acceleration)  # (D,)
-                      + self._step_max + 0.13 * c)
-        self._far_lo = self._pmin + brake_dist  # (D,)
-        self._far_hi = self._pmax - brake_dist  # (D,)
+        self._velocity_scale = limits.velocity_scale
+        self._derive_limits()
         self._zeros = np.zeros(self._dof)
         self._zeros.flags.writeable = False
 
@@ -222,6 +206,45 @@ class SafetyFilter:
             "estop_resets": 0,
             "watchdog_trips": 0,
         }
+
+    def _derive_limits(self) -> None:
+        """Per-period limit constants from the limits and the current velocity scale."""
+        limits = self._limits
+        # The limits are kept in per-period displacement units (rad or m per
+        # control period): one step of the robot is compared directly, which
+        # saves a numpy call per quantity on the hot path.
+        self._vmax = limits.max_velocity * self._velocity_scale  # (D,) per second
+        self._step_max = self._vmax * self._dt_s  # (D,) largest step
+        self._inv_step_max = 1.0 / self._step_max  # (D,)
+        self._step_change_max = limits.max_acceleration * self._dt_s**2  # (D,) largest change of step
+        # _stop_step's constants. c/8 is the most the closed-form braking
+        # distance can be short by (c = a*dt^2); 0.005c more absorbs rounding.
+        c = self._step_change_max
+        self._stop_offset = 0.005 * c  # (D,)
+        self._stop_floor = 1.125 * c  # (D,) gives a step of exactly c
+        self._stop_two_c = 2.0 * c  # (D,)
+        self._stop_half_c = 0.5 * c  # (D,)
+        brake_dist = (self._vmax**2 / (2.0 * limits.max_acceleration)  # (D,)
+                      + self._step_max + 0.13 * c)
+        self._far_lo = self._pmin + brake_dist  # (D,)
+        self._far_hi = self._pmax - brake_dist  # (D,)
+
+    def set_velocity_scale(self, scale: float) -> None:
+        """Use ``scale`` (0, 1] of max_velocity from now on (conservative mode uses < 1).
+
+        Never above the configured limits' own velocity_scale. Raises ValueError outside (0, 1].
+        """
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and 0.0 < scale <= 1.0):
+            raise ValueError(f"velocity_scale must be in (0, 1], got {scale!r}")
+        new = min(float(scale), self._limits.velocity_scale)
+        if new != self._velocity_scale:
+            self._velocity_scale = new
+            self._derive_limits()
+
+    @property
+    def velocity_scale(self) -> float:
+        """Fraction of max_velocity in force."""
+        return self._velocity_scale
 
     # ------------------------------------------------------------------ state
     @property

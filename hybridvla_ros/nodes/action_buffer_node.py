@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
+from std_srvs.srv import Trigger
 
 from hybridvla_msgs.msg import ActionChunk, ActionStep, BufferStatus
 from hybridvla_ros.core.action_buffer import ActionBuffer, ActionBufferConfig
@@ -29,7 +30,15 @@ class ActionBufferNode(Node):
         self.status_pub = self.create_publisher(BufferStatus, "action_buffer/status", QoSProfile(depth=5))
         self.create_subscription(ActionChunk, "action_chunk", self._on_chunk, QoSProfile(depth=5))
         self.create_timer(p.control_period_s, self._tick)
+        # Hand-back from a human: forget old chunks so the next one starts from the current state.
+        self.create_service(Trigger, "~/reset", self._on_reset)
         self._was_holding = True
+
+    def _on_reset(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        self.buffer.reset()
+        res.success, res.message = True, "action buffer cleared; waiting for a fresh chunk"
+        self.get_logger().info(res.message)
+        return res
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         if msg.embodiment and msg.embodiment != self.params.embodiment:

@@ -13,7 +13,7 @@ from geometry_msgs.msg import Twist, WrenchStamped
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Float64, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -55,6 +55,8 @@ class SafetyFilterNode(Node):
         self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, QoSProfile(depth=20))
         if p.wrench_topic:
             self.create_subscription(WrenchStamped, p.wrench_topic, self._on_wrench, QoSProfile(depth=20))
+        # The handoff node tightens the velocity limit in its conservative mode.
+        self.create_subscription(Float64, "handoff/velocity_scale", self._on_velocity_scale, QoSProfile(depth=5))
         self.create_service(Trigger, "~/reset_estop", self._on_reset)
         self.create_timer(p.control_period_s, self._tick)
         self._index = None  # joint order of the driver's joint_states, learnt from the first message
@@ -82,6 +84,17 @@ class SafetyFilterNode(Node):
         if self.filter.update_wrench(force, torque, stamp_to_s(msg.header.stamp)) and not was:
             self.estop_trips += 1
             self.get_logger().error(f"E-STOP latched: {self.filter.estop_reason}; call ~/reset_estop to resume")
+
+    def _on_velocity_scale(self, msg: Float64) -> None:
+        # Never looser than the parameter file allows; a bad value keeps the current scale.
+        try:
+            before = self.filter.velocity_scale
+            self.filter.set_velocity_scale(min(float(msg.data), self.params.velocity_scale))
+        except ValueError as exc:
+            self.get_logger().warn(f"handoff/velocity_scale ignored: {exc}", throttle_duration_sec=5.0)
+            return
+        if self.filter.velocity_scale != before:
+            self.get_logger().info(f"velocity scale {before:.2f} -> {self.filter.velocity_scale:.2f}")
 
     def _on_action(self, msg: ActionStep) -> None:
         self._send(self.filter.filter(np.asarray(msg.action, dtype=np.float64), now_s(self)))

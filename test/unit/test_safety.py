@@ -472,3 +472,26 @@ def test_filter_is_fast_for_24_dims() -> None:
             best = min(best, (time.perf_counter() - t0) / len(actions) * 1e6)
         per_call_us.append(best)
     assert max(per_call_us) < 150.0, per_call_us
+
+
+def test_velocity_scale_can_be_tightened_at_run_time() -> None:
+    """Conservative mode: after a short deceleration, steps stay within the scaled velocity."""
+    from hybridvla_ros.core.safety import SafetyFilter, SafetyLimits
+
+    d, dt = 3, 0.02
+    limits = SafetyLimits(position_min=-np.full(d, 10.0), position_max=np.full(d, 10.0),
+                          max_velocity=np.ones(d), max_acceleration=np.full(d, 20.0),
+                          max_force_n=10.0, max_torque_nm=1.0, watchdog_timeout_s=1.0)
+    f = SafetyFilter(limits, dt)
+    f.update_measured(np.zeros(d), 0.0)
+    target = np.array([5.0, 0.0, 0.0])
+    commands = [f.filter(target, i * dt).command for i in range(1, 40)]
+    assert np.diff(np.array(commands)[:, 0])[-1] == pytest.approx(1.0 * dt)
+    f.set_velocity_scale(0.3)
+    assert f.velocity_scale == 0.3
+    commands = [f.filter(target, (40 + i) * dt).command for i in range(40)]
+    steps = np.abs(np.diff(np.array(commands)[:, 0]))
+    assert np.all(np.diff(steps[:5]) <= 1e-12), "slows down, does not jump"
+    assert np.all(steps[10:] <= 0.3 * dt + 1e-12)
+    with pytest.raises(ValueError, match="velocity_scale"):
+        f.set_velocity_scale(0.0)
