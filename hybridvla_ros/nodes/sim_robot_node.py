@@ -98,7 +98,7 @@ class SimRobotNode(Node):
         if self.params.episode_s > 0 and t - self._episode_start_s > self.params.episode_s:
             self._episode += 1
             self._episode_start_s = t
-            self.sim.new_target(seed=self.params.seed + self._episode)
+            self.sim.randomize_target(seed=self.params.seed + self._episode)
 
     def _on_camera_tick(self) -> None:
         t = now_s(self)

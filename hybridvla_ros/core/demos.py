@@ -1,0 +1,197 @@
+"""Record scripted-expert demonstrations in the kinematic simulator (the training data contract).
+
+A demonstration set is a dict (saved as one ``.npz``) with N = episodes x steps samples:
+
+============== ===================== =====================================================
+key            shape / type          meaning
+============== ===================== =====================================================
+images         (N, S, S, 3) uint8    RGB camera image at the step, resized to S x S with
+                                     cv2.INTER_AREA (a square stretch of the whole image,
+                                     exactly what the inference node does to camera frames)
+proprio        (N, D) float32        measured joint positions at the step
+actions        (N, T, D) float32     T = chunk_size; ``actions[n, k]`` is the expert's clean
+                                     absolute position target commanded k control periods
+                                     after step n (k = 0: the one sent at step n), padded
+                                     with the episode's last target
+episode        (N,) int32            episode index of the sample
+embodiment     str                   params.embodiment
+instruction    str                   params.instruction
+control_period_s float               seconds between two steps (1 / control_rate_hz)
+============== ===================== =====================================================
+
+Recovery data (DART, Laskey et al. 2017): the command actually executed is the expert's
+target plus Gaussian noise of std ``action_noise * max_velocity * control_period`` per
+joint, so the robot drifts off the expert's path and the labels show how to come back;
+the recorded label is always the clean expert target.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+from hybridvla_ros.core.image import resize_for_policy
+from hybridvla_ros.core.kinematic_sim import KinematicSim
+from hybridvla_ros.params.embodiment import EmbodimentParams
+
+__all__ = [
+    "DEMO_KEYS",
+    "record_demonstrations",
+    "save_demonstrations",
+    "load_demonstrations",
+    "validate_demonstrations",
+]
+
+DEMO_KEYS: tuple[str, ...] = ("images", "proprio", "actions", "episode", "embodiment", "instruction",
+                              "control_period_s")
+
+
+def _positive_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per_episode: int,
+                          image_size: int = 96, seed: int = 0, action_noise: float = 0.02,
+                          progress: bool = False) -> dict[str, np.ndarray | str | float]:
+    """Roll out the expert of :class:`KinematicSim` at ``params.control_rate_hz`` and return the
+    demonstration dict described in the module docstring (N = num_episodes * steps_per_episode).
+
+    Each episode resets the sim with its own seed drawn from ``seed`` (same arguments, same
+    data). The camera renders at ``params.image_width x image_height`` when the params carry
+    them (SimRobotParams), else 160 x 120, as the sim node publishes. Raises ValueError for
+    non-positive counts/sizes, a negative seed or a negative/non-finite ``action_noise``."""
+    episodes = _positive_int("num_episodes", num_episodes)
+    steps = _positive_int("steps_per_episode", steps_per_episode)
+    size = _positive_int("image_size", image_size, 8)
+    seed = _positive_int("seed", seed, 0)
+    if isinstance(action_noise, bool) or not isinstance(action_noise, numbers.Real) \
+            or not math.isfinite(action_noise) or action_noise < 0:
+        raise ValueError(f"action_noise must be a finite number >= 0, got {action_noise!r}")
+
+    sim = KinematicSim(params, int(getattr(params, "image_width", 160)), int(getattr(params, "image_height", 120)),
+                       seed=seed)
+    period_s = params.control_period_s
+    dim, chunk = params.action_dim, params.chunk_size
+    lo, hi = np.asarray(params.position_min), np.asarray(params.position_max)
+    noise_std = action_noise * np.asarray(params.max_velocity) * period_s  # (D,)
+    seq = np.random.SeedSequence(seed)
+    episode_seeds = seq.generate_state(episodes)  # (E,) uint32, independent per episode
+    noise_rng = np.random.default_rng(seq.spawn(1)[0])
+
+    n_total = episodes * steps
+    images = np.empty((n_total, size, size, 3), dtype=np.uint8)
+    proprio = np.empty((n_total, dim), dtype=np.float32)
+    labels = np.empty((episodes, steps, dim), dtype=np.float64)  # clean expert targets
+    for e in range(episodes):
+        sim.reset(seed=int(episode_seeds[e]))
+        for k in range(steps):  # a rollout is sequential
+            n = e * steps + k
+            images[n] = resize_for_policy(sim.render(), size)
+            proprio[n] = sim.positions
+            target = sim.expert_target()
+            labels[e, k] = target
+            executed = np.clip(target + noise_rng.normal(0.0, 1.0, dim) * noise_std, lo, hi)
+            sim.command_positions(executed)
+            sim.step(period_s)
+        if progress:
+            print(f"[demos] {params.embodiment}: episode {e + 1}/{episodes}, "
+                  f"final task error {sim.task_error_m():.3f} m", file=sys.stderr, flush=True)
+
+    # actions[e, k, j] = labels[e, min(k + j, steps - 1)]: future targets, last one repeated.
+    future = np.minimum(np.arange(steps)[:, None] + np.arange(chunk)[None, :], steps - 1)  # (S, T)
+    actions = labels[:, future].reshape(n_total, chunk, dim).astype(np.float32)  # (N, T, D)
+    return {
+        "images": images,
+        "proprio": proprio,
+        "actions": actions,
+        "episode": np.repeat(np.arange(episodes, dtype=np.int32), steps),
+        "embodiment": params.embodiment,
+        "instruction": params.instruction,
+        "control_period_s": float(period_s),
+    }
+
+
+def validate_demonstrations(demos: dict) -> dict[str, np.ndarray | str | float]:
+    """Return ``demos`` with every key checked and normalized to the documented dtypes
+    (arrays are not copied when already right). Raises ValueError naming the first missing
+    key, bad shape, bad dtype or non-finite value."""
+    missing = [k for k in DEMO_KEYS if k not in demos]
+    if missing:
+        raise ValueError(f"demonstrations: missing keys {missing} (need {list(DEMO_KEYS)})")
+    images = np.asarray(demos["images"])
+    if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
+        raise ValueError(f"demonstrations: images must be (N, S, S, 3) uint8, got {images.shape} {images.dtype}")
+    n = images.shape[0]
+    out: dict[str, np.ndarray | str | float] = {"images": images}
+    for key, ndim in (("proprio", 2), ("actions", 3)):
+        arr = np.asarray(demos[key])
+        if arr.ndim != ndim or arr.shape[0] != n or not np.issubdtype(arr.dtype, np.number):
+            want = "(N, D)" if ndim == 2 else "(N, T, D)"
+            raise ValueError(f"demonstrations: {key} must be numeric {want} with N = {n}, got {arr.shape} {arr.dtype}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"demonstrations: {key} has non-finite values")
+        out[key] = arr.astype(np.float32, copy=False)
+    if out["actions"].shape[2] != out["proprio"].shape[1] or out["actions"].shape[1] < 1:
+        raise ValueError(f"demonstrations: actions {out['actions'].shape} do not match proprio "
+                         f"{out['proprio'].shape} (need (N, T>=1, D))")
+    episode = np.asarray(demos["episode"])
+    if episode.shape != (n,) or not np.issubdtype(episode.dtype, np.integer):
+        raise ValueError(f"demonstrations: episode must be ({n},) integers, got {episode.shape} {episode.dtype}")
+    out["episode"] = episode.astype(np.int32, copy=False)
+    for key in ("embodiment", "instruction"):
+        value = demos[key]
+        value = value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+        if not isinstance(value, str):
+            raise ValueError(f"demonstrations: {key} must be a string, got {value!r}")
+        out[key] = value
+    period = demos["control_period_s"]
+    period = period.item() if isinstance(period, np.ndarray) and period.ndim == 0 else period
+    if isinstance(period, bool) or not isinstance(period, numbers.Real) or not math.isfinite(period) or period <= 0:
+        raise ValueError(f"demonstrations: control_period_s must be a number > 0, got {period!r}")
+    out["control_period_s"] = float(period)
+    return out
+
+
+def save_demonstrations(demos: dict, path: str) -> None:
+    """Write ``demos`` (validated first) to ``path`` exactly (no '.npz' appended) as a compressed
+    .npz, atomically: a crash never leaves a half-written file under ``path``. Creates missing
+    parent directories. Raises ValueError for invalid demos, OSError if it cannot write."""
+    data = validate_demonstrations(demos)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".demos-", suffix=".npz.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **{k: (np.asarray(v) if not isinstance(v, np.ndarray) else v)
+                                      for k, v in data.items()})
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a data file is for others to read
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_demonstrations(path: str) -> dict[str, np.ndarray | str | float]:
+    """Read a file written by :func:`save_demonstrations` into the documented dict.
+    Raises FileNotFoundError if ``path`` does not exist, ValueError if it is not an .npz or
+    a key is missing / has a bad shape or dtype."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"demonstrations file not found: {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            raw = {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ValueError(f"demonstrations file {path!r} is not a readable .npz: {exc}") from None
+    try:
+        return validate_demonstrations(raw)
+    except ValueError as exc:
+        raise ValueError(f"{path!r}: {exc}") from None

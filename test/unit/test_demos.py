@@ -1,0 +1,180 @@
+"""Demonstration recording, the training data contract, and its .npz round trip."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from hybridvla_ros.core.demos import (
+    DEMO_KEYS,
+    load_demonstrations,
+    record_demonstrations,
+    save_demonstrations,
+)
+from hybridvla_ros.core.image import resize_for_policy
+from hybridvla_ros.core.kinematic_sim import KinematicSim
+from hybridvla_ros.core.kinematics import panda_chain
+from hybridvla_ros.params import from_params, load_node_params
+from hybridvla_ros.params.sim_robot import SimRobotParams
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config")
+EMBODIMENTS = ("franka", "aloha", "hello", "leap")
+
+
+def load(name: str) -> SimRobotParams:
+    return from_params(SimRobotParams, load_node_params(os.path.join(CONFIG, f"{name}.yaml"), "sim_robot"),
+                       "sim_robot")
+
+
+PARAMS = {name: load(name) for name in EMBODIMENTS}
+EPISODES, STEPS = 2, 25
+
+
+@pytest.fixture(scope="module")
+def demos() -> dict[str, dict]:
+    return {name: record_demonstrations(PARAMS[name], EPISODES, STEPS, image_size=64, seed=7)
+            for name in EMBODIMENTS}
+
+
+@pytest.mark.parametrize("name", EMBODIMENTS)
+def test_shapes_dtypes_and_metadata(demos: dict[str, dict], name: str) -> None:
+    p, d = PARAMS[name], demos[name]
+    n = EPISODES * STEPS
+    assert set(d) == set(DEMO_KEYS)
+    assert d["images"].shape == (n, 64, 64, 3) and d["images"].dtype == np.uint8
+    assert d["proprio"].shape == (n, p.action_dim) and d["proprio"].dtype == np.float32
+    assert d["actions"].shape == (n, p.chunk_size, p.action_dim) and d["actions"].dtype == np.float32
+    assert d["episode"].dtype == np.int32
+    np.testing.assert_array_equal(d["episode"], np.repeat(np.arange(EPISODES), STEPS))
+    assert d["embodiment"] == name and d["instruction"] == p.instruction
+    assert d["control_period_s"] == pytest.approx(1.0 / p.control_rate_hz)
+
+
+@pytest.mark.parametrize("name", EMBODIMENTS)
+def test_action_labels_are_within_limits_and_one_period_apart(demos: dict[str, dict], name: str) -> None:
+    p, d = PARAMS[name], demos[name]
+    lo, hi = np.asarray(p.position_min, np.float32), np.asarray(p.position_max, np.float32)
+    assert np.all(d["actions"] >= lo - 1e-6) and np.all(d["actions"] <= hi + 1e-6)
+    assert np.all(d["proprio"] >= lo - 1e-6) and np.all(d["proprio"] <= hi + 1e-6)
+    # The first action of a chunk is one period of max velocity at most from the measured state.
+    step = np.abs(d["actions"][:, 0] - d["proprio"])
+    assert np.all(step <= np.asarray(p.max_velocity) * p.control_period_s * (1 + 1e-4) + 1e-6)
+
+
+@pytest.mark.parametrize("name", EMBODIMENTS)
+def test_chunks_are_future_labels_padded_with_the_last(demos: dict[str, dict], name: str) -> None:
+    d = demos[name]
+    actions = d["actions"].reshape(EPISODES, STEPS, -1, d["actions"].shape[-1])  # (E, S, T, D)
+    chunk = actions.shape[2]
+    for e in range(EPISODES):
+        for k in range(STEPS):
+            for j in range(chunk):
+                np.testing.assert_array_equal(actions[e, k, j], actions[e, min(k + j, STEPS - 1), 0])
+    # The expert moves: the labels are not a constant.
+    assert np.ptp(actions[:, :, 0], axis=1).max() > 1e-3
+
+
+def test_images_are_the_render_resized_with_inter_area() -> None:
+    p = PARAMS["franka"]
+    d = record_demonstrations(p, 1, 1, image_size=48, seed=3)
+    sim = KinematicSim(p, p.image_width, p.image_height, seed=0)
+    sim.reset(seed=int(np.random.SeedSequence(3).generate_state(1)[0]))
+    np.testing.assert_array_equal(d["images"][0], resize_for_policy(sim.render(), 48))
+    np.testing.assert_array_equal(d["proprio"][0], sim.positions.astype(np.float32))
+
+
+def test_recording_is_deterministic_and_seeded() -> None:
+    p = PARAMS["aloha"]
+    a = record_demonstrations(p, 2, 10, image_size=32, seed=1)
+    b = record_demonstrations(p, 2, 10, image_size=32, seed=1)
+    c = record_demonstrations(p, 2, 10, image_size=32, seed=2)
+    for key in ("images", "proprio", "actions"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert not np.array_equal(a["actions"], c["actions"])
+
+
+def test_action_noise_perturbs_execution_not_labels_quality() -> None:
+    """DART: noisy execution moves the robot off the clean path; labels stay clean expert
+    targets (within one period of the measured state) and the expert still gets there."""
+    p = PARAMS["franka"]
+    clean = record_demonstrations(p, 1, 60, image_size=32, seed=4, action_noise=0.0)
+    noisy = record_demonstrations(p, 1, 60, image_size=32, seed=4, action_noise=0.5)
+    assert not np.allclose(clean["proprio"], noisy["proprio"])
+    step = np.abs(noisy["actions"][:, 0] - noisy["proprio"])
+    assert np.all(step <= np.asarray(p.max_velocity) * p.control_period_s * (1 + 1e-4) + 1e-6)
+    # Both reach the episode's target: the franka TCP (FK of the last proprio) is on it.
+    sim = KinematicSim(p, seed=int(np.random.SeedSequence(4).generate_state(1)[0]))
+    for demo in (clean, noisy):
+        tcp = panda_chain().forward(demo["proprio"][-1].astype(np.float64)).tool_m
+        assert np.linalg.norm(tcp - sim.target[0]) < 0.03
+
+
+def test_bad_arguments_are_rejected() -> None:
+    p = PARAMS["franka"]
+    for kwargs in (dict(num_episodes=0, steps_per_episode=1), dict(num_episodes=1, steps_per_episode=0),
+                   dict(num_episodes=1, steps_per_episode=1, image_size=4),
+                   dict(num_episodes=1, steps_per_episode=1, action_noise=-0.1),
+                   dict(num_episodes=1, steps_per_episode=1, seed=-1)):
+        with pytest.raises(ValueError):
+            record_demonstrations(p, **kwargs)  # type: ignore[arg-type]
+
+
+def test_recording_is_fast_enough() -> None:
+    start = time.perf_counter()
+    d = record_demonstrations(PARAMS["franka"], 20, 100)
+    elapsed = time.perf_counter() - start
+    assert d["images"].shape == (2000, 96, 96, 3)
+    assert elapsed < 15.0, elapsed  # the budget is 30 s on a 2-core CPU
+
+
+# ---------------------------------------------------------------- save / load
+
+
+def test_save_load_round_trip(demos: dict[str, dict], tmp_path) -> None:
+    d = demos["leap"]
+    path = str(tmp_path / "sub" / "demos_without_suffix")
+    save_demonstrations(d, path)
+    assert os.path.isfile(path)  # written exactly where asked, no ".npz" appended
+    back = load_demonstrations(path)
+    assert set(back) == set(d)
+    for key, value in d.items():
+        if isinstance(value, np.ndarray):
+            assert back[key].dtype == value.dtype
+            np.testing.assert_array_equal(back[key], value)
+        else:
+            assert back[key] == value and type(back[key]) is type(value)
+    assert not [f for f in os.listdir(tmp_path / "sub") if f.startswith(".demos-")]  # no temp file left
+
+
+def test_load_errors_are_clear(demos: dict[str, dict], tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_demonstrations(str(tmp_path / "missing.npz"))
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_demonstrations(str(junk))
+    d = dict(demos["franka"])
+    no_actions = {k: v for k, v in d.items() if k != "actions"}
+    path = str(tmp_path / "no_actions.npz")
+    np.savez_compressed(path, **{k: np.asarray(v) for k, v in no_actions.items()})
+    with pytest.raises(ValueError, match="actions"):
+        load_demonstrations(path)
+    bad = dict(d, proprio=d["proprio"][:-1])
+    path = str(tmp_path / "bad_shape.npz")
+    np.savez_compressed(path, **{k: np.asarray(v) for k, v in bad.items()})
+    with pytest.raises(ValueError, match="proprio"):
+        load_demonstrations(path)
+
+
+def test_save_rejects_invalid_demos(demos: dict[str, dict], tmp_path) -> None:
+    d = dict(demos["hello"])
+    d["actions"] = d["actions"][..., :-1]  # D disagrees with proprio
+    with pytest.raises(ValueError, match="actions"):
+        save_demonstrations(d, str(tmp_path / "x.npz"))
+    d = dict(demos["hello"], images=demos["hello"]["images"].astype(np.float32))
+    with pytest.raises(ValueError, match="images"):
+        save_demonstrations(d, str(tmp_path / "y.npz"))
+    assert not os.listdir(tmp_path)
