@@ -15,17 +15,25 @@ from hybridvla_ros.params.sync import SyncParams
 
 pytestmark = pytest.mark.ros
 FRANKA = os.path.join(default_config_dir(), "franka.yaml")
+_PUBLISHERS: dict = {}
 
 
-def _stream(ros, p: SyncParams, seconds: float, image_msg) -> None:
+def _stream(ros, p: SyncParams, seconds: float, image_msg) -> int:
     """100 Hz joint states (driver order shuffled, an extra joint) and 30 Hz frames; q_i(t) = i + t."""
     n = ros.node
-    js_pub = n.create_publisher(JointState, p.joint_states_topic, 50)
-    img_pub = n.create_publisher(type(image_msg(0.0)), p.camera_topic + (
-        "/compressed" if p.image_transport == "compressed" else ""), 10)
+    # Publishers are made once per test: a new one would need DDS discovery again.
+    key = (id(n), p.joint_states_topic, p.camera_topic, p.image_transport)
+    if key not in _PUBLISHERS:
+        _PUBLISHERS.clear()
+        _PUBLISHERS[key] = (
+            n.create_publisher(JointState, p.joint_states_topic, 50),
+            n.create_publisher(type(image_msg(0.0)), p.camera_topic + (
+                "/compressed" if p.image_transport == "compressed" else ""), 10))
+    js_pub, img_pub = _PUBLISHERS[key]
     names = ["panda_finger_joint1", *reversed(p.joint_names)]
     t0 = ros.now_s()
     next_frame = t0
+    frames = 0
     while ros.now_s() - t0 < seconds:
         t = ros.now_s()
         js = JointState(name=names)
@@ -37,8 +45,10 @@ def _stream(ros, p: SyncParams, seconds: float, image_msg) -> None:
             # Frames are stamped at capture, 15 ms in the past, as a camera driver would.
             msg = image_msg(t - 0.015)
             img_pub.publish(msg)
+            frames += 1
             next_frame += 1 / 30
         ros.spin_for(0.01)
+    return frames
 
 
 def _raw_bgr(ros):
@@ -59,9 +69,10 @@ def test_observations_interpolate_joint_state_at_frame_stamp(ros) -> None:
     ros.node.create_subscription(Observation, "observation", obs.append, 50)
     _stream(ros, p, 1.0, _raw_bgr(ros))  # discovery
     obs.clear()
-    _stream(ros, p, 2.0, _raw_bgr(ros))
+    sent = _stream(ros, p, 2.0, _raw_bgr(ros))
     ros.spin_for(0.2)
-    assert len(obs) >= 40, ros.logs()  # ~60 frames in 2 s; a few may fall in discovery gaps
+    # Nearly every frame becomes an observation (a loaded machine may delay a few past max_age_s).
+    assert 0.7 * sent <= len(obs) <= sent, (sent, ros.logs())
     for o in obs:
         q = np.asarray(o.joint_positions)
         assert list(o.joint_names) == list(p.joint_names)
@@ -94,7 +105,8 @@ def test_compressed_images_and_garbage_frames(ros) -> None:
 
     _stream(ros, p, 1.0, make)
     obs.clear()
-    _stream(ros, p, 2.0, make)
+    sent = _stream(ros, p, 2.0, make)
     ros.spin_for(0.2)
-    assert 15 <= len(obs) <= 35, ros.logs()
+    good = (sent + 1) // 2
+    assert 0.6 * good <= len(obs) <= good + 1, (sent, len(obs), ros.logs())
     assert all(not r.dead() for r in ros.runners), "garbage frames must not kill the node"
