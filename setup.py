@@ -4,7 +4,10 @@ from glob import glob
 from setuptools import find_packages, setup
 
 PACKAGE = "hybridvla_ros"
-NODES = ["sync_node", "inference_node", "action_buffer_node", "safety_filter_node", "sim_robot_node"]
+NODES = [
+    "sync_node", "inference_node", "action_buffer_node", "handoff_node", "safety_filter_node",
+    "correction_recorder_node", "monitor_node", "sim_robot_node",
+]
 
 setup(
     name=PACKAGE,

@@ -90,26 +90,38 @@ def params_file_for(embodiment: str, config_dir: str | None = None) -> str:
 
 
 def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str | None = None,
-                   checkpoint_path: str | None = None, params_file: str | None = None) -> list[NodeSpec]:
-    """The nodes for one robot: sync, inference, action_buffer, safety_filter (+ sim_robot).
+                   checkpoint_path: str | None = None, params_file: str | None = None,
+                   human_in_loop: bool = True,
+                   overrides: dict[str, dict[str, Any]] | None = None) -> list[NodeSpec]:
+    """The nodes for one robot, in data-flow order.
 
-    Topics (relative, so a namespace applies to all): observation, action_chunk,
-    policy_action -> action_command (the safety filter's input; a handoff node takes
-    this seat later), safety_filter/status, action_buffer/status, and the driver topics
-    named in the parameter file.
+    sync -> inference -> action_buffer -> handoff -> safety_filter -> robot, with the
+    correction_recorder and the monitor listening (and sim_robot as the robot when
+    ``sim``). Without ``human_in_loop`` the safety filter listens to the action buffer
+    directly (``action_command`` remapped to ``policy_action``) and there is no handoff,
+    recorder or monitor. ``overrides`` maps a node name to parameters that replace the
+    file's values. Topics are relative, so a namespace applies to all of them.
     """
     path = params_file or params_file_for(embodiment, config_dir)
-    overrides: dict[str, Any] = {}
+    extra = {k: dict(v) for k, v in (overrides or {}).items()}
     if checkpoint_path:
-        overrides["checkpoint_path"] = checkpoint_path
-    nodes = [
-        NodeSpec("sync_node", "sync", path),
-        NodeSpec("inference_node", "inference", path, dict(overrides)),
-        NodeSpec("action_buffer_node", "action_buffer", path),
-        NodeSpec("safety_filter_node", "safety_filter", path, remappings=(("action_command", "policy_action"),)),
-    ]
+        extra.setdefault("inference", {})["checkpoint_path"] = checkpoint_path
+
+    def spec(executable: str, name: str, remappings: tuple[tuple[str, str], ...] = ()) -> NodeSpec:
+        return NodeSpec(executable, name, path, extra.get(name, {}), remappings)
+
+    nodes = [spec("sync_node", "sync"), spec("inference_node", "inference"),
+             spec("action_buffer_node", "action_buffer")]
+    if human_in_loop:
+        nodes += [spec("handoff_node", "handoff"), spec("safety_filter_node", "safety_filter"),
+                  spec("correction_recorder_node", "correction_recorder"), spec("monitor_node", "monitor")]
+    else:
+        nodes.append(spec("safety_filter_node", "safety_filter", (("action_command", "policy_action"),)))
     if sim:
-        nodes.append(NodeSpec("sim_robot_node", "sim_robot", path))
+        nodes.append(spec("sim_robot_node", "sim_robot"))
+    unknown = set(extra) - {n.name for n in nodes}
+    if unknown:
+        raise ParameterError(f"overrides: no node named {sorted(unknown)} in this graph")
     return nodes
 
 
@@ -117,13 +129,18 @@ def validate_graph(nodes: list[NodeSpec]) -> None:
     """Check every node's parameter file section before anything starts; raises ParameterError."""
     from hybridvla_ros.params import from_params
     from hybridvla_ros.params.action_buffer import ActionBufferParams
+    from hybridvla_ros.params.correction_recorder import CorrectionRecorderParams
+    from hybridvla_ros.params.handoff import HandoffParams
     from hybridvla_ros.params.inference import InferenceParams
+    from hybridvla_ros.params.monitor import MonitorParams
     from hybridvla_ros.params.safety_filter import SafetyFilterParams
     from hybridvla_ros.params.sim_robot import SimRobotParams
     from hybridvla_ros.params.sync import SyncParams
 
     schemas = {"sync": SyncParams, "inference": InferenceParams, "action_buffer": ActionBufferParams,
-               "safety_filter": SafetyFilterParams, "sim_robot": SimRobotParams}
+               "handoff": HandoffParams, "safety_filter": SafetyFilterParams,
+               "correction_recorder": CorrectionRecorderParams, "monitor": MonitorParams,
+               "sim_robot": SimRobotParams}
     for spec in nodes:
         values = load_node_params(spec.params_file, spec.name)
         values.update(spec.parameters)

@@ -14,12 +14,24 @@ from hybridvla_ros.runner import GraphRunner
 
 def test_graph_with_and_without_the_simulated_robot() -> None:
     names = [s.name for s in describe_graph("franka", sim=True)]
-    assert names == ["sync", "inference", "action_buffer", "safety_filter", "sim_robot"]
+    assert names == ["sync", "inference", "action_buffer", "handoff", "safety_filter",
+                     "correction_recorder", "monitor", "sim_robot"]
     assert "sim_robot" not in [s.name for s in describe_graph("aloha", sim=False)]
+    autonomous = [s.name for s in describe_graph("leap", sim=False, human_in_loop=False)]
+    assert autonomous == ["sync", "inference", "action_buffer", "safety_filter"]
+
+
+def test_overrides_reach_the_named_node_only() -> None:
+    specs = {s.name: s for s in describe_graph("franka", overrides={"handoff": {"pause_confidence": 0.0}})}
+    assert specs["handoff"].parameters == {"pause_confidence": 0.0}
+    assert specs["safety_filter"].parameters == {}
+    with pytest.raises(ParameterError, match="no node named"):
+        describe_graph("franka", sim=False, overrides={"sim_robot": {"seed": 1}})
 
 
 def test_ros_arguments_carry_name_params_file_overrides_and_remaps() -> None:
-    specs = {s.name: s for s in describe_graph("hello", sim=False, checkpoint_path="/tmp/ckpt")}
+    specs = {s.name: s for s in describe_graph("hello", sim=False, checkpoint_path="/tmp/ckpt",
+                                               human_in_loop=False)}
     args = specs["inference"].ros_arguments()
     assert args[:3] == ["--ros-args", "-r", "__node:=inference"]
     assert args[args.index("--params-file") + 1].endswith(os.path.join("config", "hello.yaml"))

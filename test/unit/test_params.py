@@ -10,6 +10,9 @@ import yaml
 from hybridvla_ros.launch_description import NodeSpec, validate_graph
 from hybridvla_ros.params import ParameterError, from_params, load_node_params
 from hybridvla_ros.params.action_buffer import ActionBufferParams
+from hybridvla_ros.params.correction_recorder import CorrectionRecorderParams
+from hybridvla_ros.params.handoff import HandoffParams
+from hybridvla_ros.params.monitor import MonitorParams
 from hybridvla_ros.params.embodiment import EMBODIMENTS, EmbodimentParams
 from hybridvla_ros.params.inference import InferenceParams
 from hybridvla_ros.params.safety_filter import SafetyFilterParams
@@ -19,7 +22,9 @@ from hybridvla_ros.params.sync import SyncParams
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "config")
 SCHEMAS = {"sync": SyncParams, "inference": InferenceParams, "action_buffer": ActionBufferParams,
-           "safety_filter": SafetyFilterParams, "sim_robot": SimRobotParams}
+           "handoff": HandoffParams, "safety_filter": SafetyFilterParams,
+           "correction_recorder": CorrectionRecorderParams, "monitor": MonitorParams,
+           "sim_robot": SimRobotParams}
 EXPECTED = {"franka": (7, "token", "trajectory_msgs/JointTrajectory"),
             "aloha": (14, "flow", "std_msgs/Float64MultiArray"),
             "hello": (3, "token", "geometry_msgs/Twist"),
