@@ -43,6 +43,7 @@ class SafetyFilterNode(Node):
             watchdog_timeout_s=p.watchdog_timeout_s, velocity_scale=p.velocity_scale),
             control_period_s=p.control_period_s)
         self._last_sent: np.ndarray | None = None
+        self._last_send_s = -1.0
         self._last_result: SafetyResult | None = None
         self.commands_sent = 0
         self.estop_trips = 0
@@ -106,8 +107,10 @@ class SafetyFilterNode(Node):
 
     # --- outputs
     def _tick(self) -> None:
-        result = self.filter.tick(now_s(self))
-        if result is not None:
+        t = now_s(self)
+        result = self.filter.tick(t)
+        # Holds from the timer only fill periods in which no action came: one command per period.
+        if result is not None and t - self._last_send_s >= 0.75 * self.params.control_period_s:
             if "watchdog" in result.limits_hit:
                 self.watchdog_holds += 1
             self._send(result)
@@ -117,6 +120,7 @@ class SafetyFilterNode(Node):
         self._last_result = result
         if result.command is None:
             return
+        self._last_send_s = now_s(self)
         cmd = result.command
         p = self.params
         if p.command_type == "geometry_msgs/Twist":
