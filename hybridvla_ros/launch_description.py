@@ -96,8 +96,8 @@ def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str
     """The nodes for one robot, in data-flow order.
 
     sync -> inference -> action_buffer -> handoff -> safety_filter -> robot, with the
-    correction_recorder and the monitor listening (and sim_robot as the robot when
-    ``sim``). Without ``human_in_loop`` the safety filter listens to the action buffer
+    correction_recorder and the monitor listening (and, when ``sim``, sim_robot as the
+    robot and sim_operator as the person at the teleop device). Without ``human_in_loop`` the safety filter listens to the action buffer
     directly (``action_command`` remapped to ``policy_action``) and there is no handoff,
     recorder or monitor. ``overrides`` maps a node name to parameters that replace the
     file's values. Topics are relative, so a namespace applies to all of them.
@@ -119,6 +119,8 @@ def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str
         nodes.append(spec("safety_filter_node", "safety_filter", (("action_command", "policy_action"),)))
     if sim:
         nodes.append(spec("sim_robot_node", "sim_robot"))
+        if human_in_loop:
+            nodes.append(spec("sim_operator_node", "sim_operator"))
     unknown = set(extra) - {n.name for n in nodes}
     if unknown:
         raise ParameterError(f"overrides: no node named {sorted(unknown)} in this graph")
@@ -134,13 +136,14 @@ def validate_graph(nodes: list[NodeSpec]) -> None:
     from hybridvla_ros.params.inference import InferenceParams
     from hybridvla_ros.params.monitor import MonitorParams
     from hybridvla_ros.params.safety_filter import SafetyFilterParams
+    from hybridvla_ros.params.sim_operator import SimOperatorParams
     from hybridvla_ros.params.sim_robot import SimRobotParams
     from hybridvla_ros.params.sync import SyncParams
 
     schemas = {"sync": SyncParams, "inference": InferenceParams, "action_buffer": ActionBufferParams,
                "handoff": HandoffParams, "safety_filter": SafetyFilterParams,
                "correction_recorder": CorrectionRecorderParams, "monitor": MonitorParams,
-               "sim_robot": SimRobotParams}
+               "sim_robot": SimRobotParams, "sim_operator": SimOperatorParams}
     for spec in nodes:
         values = load_node_params(spec.params_file, spec.name)
         values.update(spec.parameters)

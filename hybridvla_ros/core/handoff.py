@@ -62,6 +62,8 @@ after an event that returns no output. Never raises on bad input at run time.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import numbers
 from dataclasses import dataclass
@@ -352,6 +354,16 @@ class HandoffStateMachine:
         self._pending_help: list[str] = []
         self._pending_reset = False
         self._stats = {k: 0 for k in _COUNTERS}
+
+    def update_config(self, **changes: float) -> HandoffConfig:
+        """Change thresholds or timeouts at run time (e.g. ``ros2 param set``); returns the new config.
+
+        The whole new config is validated first: ValueError (naming the field) leaves the
+        old one in force. The mode is kept; new thresholds apply from the next event.
+        """
+        new = dataclasses.replace(self._config, **changes)
+        self._config = new
+        return new
 
     # ------------------------------------------------------------------ state
     @property

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 from geometry_msgs.msg import Twist
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
@@ -62,6 +63,11 @@ class JointOrder:
         return arr[self._index]
 
 
+RUNTIME_PARAMETERS = ("pause_confidence", "resume_confidence", "low_confidence_chunks_to_pause",
+                      "max_consecutive_pauses", "deadman_timeout_s", "teleop_timeout_s",
+                      "conservative_velocity_scale", "conservative_exit_s")
+
+
 class HandoffNode(Node):
     """Publishes ``action_command``, ``handoff/mode``, ``handoff/help_request``, ``handoff/velocity_scale``."""
 
@@ -82,6 +88,8 @@ class HandoffNode(Node):
             np.asarray(p.position_min), np.asarray(p.position_max), p.ood_zscore, p.ood_limit_margin_frac,
             mean=np.asarray(p.proprio_mean) if p.proprio_mean else None,
             std=np.asarray(p.proprio_std) if p.proprio_std else None, ignore=p.ood_ignore_mask)
+        # Thresholds and timeouts can be tuned on a running robot (ros2 param set /handoff ...).
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._measured_order = JointOrder(p.joint_names)
         self._observation_order = JointOrder(p.joint_names)
         self._last_scale: float | None = None
@@ -110,6 +118,22 @@ class HandoffNode(Node):
                                f"{p.max_consecutive_pauses} pauses)")
 
     # --- inputs
+    def _on_set_parameters(self, params: list) -> SetParametersResult:
+        changes = {}
+        for param in params:
+            if param.name not in RUNTIME_PARAMETERS:
+                return SetParametersResult(successful=False,
+                                           reason=f"{param.name} cannot change while running; restart the node")
+            value = param.value
+            changes[param.name] = int(value) if param.name in ("low_confidence_chunks_to_pause",
+                                                               "max_consecutive_pauses") else float(value)
+        try:
+            self.sm.update_config(**changes)
+        except (ValueError, TypeError) as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.get_logger().info(f"handoff parameters changed: {changes}")
+        return SetParametersResult(successful=True)
+
     def _on_policy_action(self, msg: ActionStep) -> None:
         if msg.embodiment and msg.embodiment != self.params.embodiment:
             self.get_logger().warning(f"action for {msg.embodiment!r} ignored (this is {self.params.embodiment})",

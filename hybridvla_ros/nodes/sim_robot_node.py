@@ -5,7 +5,8 @@ Float64MultiArray or Twist), publishes joint_states (100 Hz), a camera image (30
 showing the scene and the target, and a wrench when the robot has a F/T sensor.
 ``sim_robot/push`` (geometry_msgs/WrenchStamped) applies an external force for 0.3 s,
 the way a person pushing the robot would; ``sim_robot/task_error`` reports the distance
-from the tool to the target (m). The kinematics live in hybridvla_ros.core.kinematic_sim.
+from the tool to the target (m), and ``sim_robot/expert_action`` (JointState) what the
+scripted expert would command next (the simulated operator follows it). The kinematics live in hybridvla_ros.core.kinematic_sim.
 """
 from __future__ import annotations
 
@@ -45,12 +46,15 @@ class SimRobotNode(Node):
         self.wrench_pub = (self.create_publisher(WrenchStamped, p.wrench_topic, QoSProfile(depth=20))
                            if p.wrench_topic else None)
         self.error_pub = self.create_publisher(Float64, "sim_robot/task_error", QoSProfile(depth=5))
+        # What the scripted expert would command next: the simulated operator's eyes and hands.
+        self.expert_pub = self.create_publisher(JointState, "sim_robot/expert_action", QoSProfile(depth=5))
         kind = {"trajectory_msgs/JointTrajectory": JointTrajectory, "std_msgs/Float64MultiArray": Float64MultiArray,
                 "geometry_msgs/Twist": Twist}[p.command_type]
         self.create_subscription(kind, p.command_topic, self._on_command, QoSProfile(depth=10))
         self.create_subscription(WrenchStamped, "sim_robot/push", self._on_push, QoSProfile(depth=5))
         self.create_timer(1.0 / p.joint_state_rate_hz, self._on_physics_tick)
         self.create_timer(1.0 / p.camera_rate_hz, self._on_camera_tick)
+        self.create_timer(p.control_period_s, self._on_expert_tick)
         self.get_logger().info(f"simulated {p.embodiment}: {p.command_topic} ({p.command_type}) in, "
                                f"{p.joint_states_topic} / {p.camera_topic} out")
 
@@ -99,6 +103,11 @@ class SimRobotNode(Node):
             self._episode += 1
             self._episode_start_s = t
             self.sim.randomize_target(seed=self.params.seed + self._episode)
+
+    def _on_expert_tick(self) -> None:
+        js = JointState(name=list(self.params.joint_names), position=self.sim.expert_target().tolist())
+        js.header.stamp = self.get_clock().now().to_msg()
+        self.expert_pub.publish(js)
 
     def _on_camera_tick(self) -> None:
         t = now_s(self)

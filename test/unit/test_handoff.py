@@ -490,3 +490,13 @@ def test_random_events_never_give_nan_nor_the_wrong_driver(steps) -> None:
         assert (run.sm.velocity_scale < 1.0) == (mode == C)
         if run.sm.escalated:
             assert mode in (E, H)
+
+
+def test_thresholds_can_change_at_run_time_and_bad_values_are_refused() -> None:
+    from hybridvla_ros.core.handoff import HandoffConfig, HandoffStateMachine
+
+    sm = HandoffStateMachine(HandoffConfig(pause_confidence=0.9, resume_confidence=0.95), ("a", "b"))
+    assert sm.update_config(pause_confidence=0.1).pause_confidence == 0.1
+    with pytest.raises(ValueError, match="resume_confidence"):
+        sm.update_config(resume_confidence=0.05)
+    assert sm.config.resume_confidence == 0.95, "a refused change leaves the old config in force"

@@ -16,6 +16,7 @@ from hybridvla_ros.params.monitor import MonitorParams
 from hybridvla_ros.params.embodiment import EMBODIMENTS, EmbodimentParams
 from hybridvla_ros.params.inference import InferenceParams
 from hybridvla_ros.params.safety_filter import SafetyFilterParams
+from hybridvla_ros.params.sim_operator import SimOperatorParams
 from hybridvla_ros.params.sim_robot import SimRobotParams
 from hybridvla_ros.params.sync import SyncParams
 
@@ -24,7 +25,7 @@ CONFIG = os.path.join(ROOT, "config")
 SCHEMAS = {"sync": SyncParams, "inference": InferenceParams, "action_buffer": ActionBufferParams,
            "handoff": HandoffParams, "safety_filter": SafetyFilterParams,
            "correction_recorder": CorrectionRecorderParams, "monitor": MonitorParams,
-           "sim_robot": SimRobotParams}
+           "sim_robot": SimRobotParams, "sim_operator": SimOperatorParams}
 EXPECTED = {"franka": (7, "token", "trajectory_msgs/JointTrajectory"),
             "aloha": (14, "flow", "std_msgs/Float64MultiArray"),
             "hello": (3, "token", "geometry_msgs/Twist"),
