@@ -5,6 +5,7 @@
     hybridvla train --embodiments franka aloha hello leap   # policy from the sims' scripted experts
     hybridvla bench                                         # control-path numbers, JSON in runs/
     hybridvla check-config config/franka.yaml               # validate a parameter file
+    hybridvla export-corrections --store runs/corrections/franka.sqlite --out corrections.mcap
 """
 from __future__ import annotations
 
@@ -146,6 +147,21 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from hybridvla_ros.core.correction_store import CorrectionStore, CorrectionStoreError, export_mcap
+    if not os.path.isfile(args.store):
+        print(f"error: no correction store at {args.store!r}", file=sys.stderr)
+        return 2
+    try:
+        with CorrectionStore(args.store, replay_capacity=1) as store:
+            n = export_mcap(store, args.out)
+    except (CorrectionStoreError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {n} corrections to {args.out} (ROS 2 MCAP, topic /corrections, hybridvla_msgs/msg/Correction)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hybridvla``."""
     ap = argparse.ArgumentParser(prog="hybridvla", description=__doc__,
@@ -173,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train the policy (see hybridvla train --help)", add_help=False)
     sub.add_parser("bench", help="control-path benchmark (see hybridvla bench --help)", add_help=False)
+
+    export = sub.add_parser("export-corrections", help="write recorded corrections as a ROS 2 MCAP file")
+    export.add_argument("--store", default="runs/corrections/franka.sqlite")
+    export.add_argument("--out", default="runs/corrections/franka.mcap")
+    export.set_defaults(func=_cmd_export)
 
     check = sub.add_parser("check-config", help="validate a parameter file for every node")
     check.add_argument("params_file")

@@ -1,0 +1,37 @@
+"""The hybridvla command: config checks and the corrections export, as a user runs them."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import yaml
+
+from hybridvla_ros.cli import main
+from hybridvla_ros.core.correction_store import CorrectionRecord, CorrectionStore
+from hybridvla_ros.launch_description import default_config_dir
+
+
+def test_check_config_accepts_shipped_files_and_names_a_bad_parameter(tmp_path, capsys) -> None:
+    for robot in ("franka", "aloha", "hello", "leap"):
+        assert main(["check-config", os.path.join(default_config_dir(), f"{robot}.yaml")]) == 0
+    with open(os.path.join(default_config_dir(), "aloha.yaml"), encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    doc["handoff"]["ros__parameters"]["deadman_timeout_s"] = -1.0
+    bad = tmp_path / "aloha_bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    assert main(["check-config", str(bad)]) == 2
+    assert "handoff.deadman_timeout_s" in capsys.readouterr().err
+
+
+def test_export_corrections_writes_an_mcap_file(tmp_path, capsys) -> None:
+    store_path = str(tmp_path / "c.sqlite")
+    with CorrectionStore(store_path, replay_capacity=10) as store:
+        for i in range(3):
+            store.add(CorrectionRecord(stamp_s=100.0 + i, embodiment="franka", instruction="reach",
+                                       image=np.zeros((8, 8, 3), np.uint8), joint_positions=np.zeros(7),
+                                       human_action=np.full(7, 0.1 * i)))
+    out = str(tmp_path / "c.mcap")
+    assert main(["export-corrections", "--store", store_path, "--out", out]) == 0
+    assert "wrote 3 corrections" in capsys.readouterr().out
+    assert os.path.getsize(out) > 0
+    assert main(["export-corrections", "--store", str(tmp_path / "missing.sqlite"), "--out", out]) == 2
