@@ -100,8 +100,8 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     from hybridvla_ros.model.train import main as train_main
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    code = train_main(["--embodiments", "franka", "aloha", "hello", "leap", "--episodes", "3",
-                       "--steps-per-episode", "40", "--train-steps", "60", "--batch-size", "16",
-                       "--out", str(out), "--threads", "2"])
+    code = train_main(["--embodiments", "franka", "aloha", "hello", "leap", "--episodes", "8",
+                       "--steps-per-episode", "60", "--train-steps", "300", "--batch-size", "32",
+                       "--out", str(out), "--threads", "2", "--quiet"])
     assert code == 0
     return str(out)
