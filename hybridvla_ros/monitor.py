@@ -17,11 +17,11 @@ from geometry_msgs.msg import Twist, WrenchStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from std_msgs.msg import Float64, Float64MultiArray
+from std_msgs.msg import Float64, Float64MultiArray, UInt64
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from hybridvla_msgs.msg import ActionChunk, ActionStep, BufferStatus, Observation, SafetyStatus
+from hybridvla_msgs.msg import ActionChunk, ActionStep, BufferStatus, HandoffMode, Observation, SafetyStatus
 from hybridvla_ros.core.stats import percentiles, rate_and_jitter
 from hybridvla_ros.params.embodiment import EmbodimentParams
 
@@ -41,6 +41,8 @@ class Recording:
     buffer: BufferStatus | None = None
     buffer_holds: int = 0
     task_errors: list[float] = field(default_factory=list)
+    modes: list[tuple[float, int]] = field(default_factory=list)      # (monotonic time, HandoffMode.mode) changes
+    corrections: int = 0
 
 
 class GraphMonitor:
@@ -67,6 +69,8 @@ class GraphMonitor:
         n.create_subscription(SafetyStatus, "safety_filter/status", self._on_safety, qos)
         n.create_subscription(BufferStatus, "action_buffer/status", self._on_buffer, qos)
         n.create_subscription(Float64, "sim_robot/task_error", self._on_task_error, qos)
+        n.create_subscription(HandoffMode, "handoff/mode", self._on_mode, qos)
+        n.create_subscription(UInt64, "correction_recorder/count", self._on_corrections, qos)
         self.push_pub = n.create_publisher(WrenchStamped, "sim_robot/push", QoSProfile(depth=5))
         self.reset_client = n.create_client(Trigger, "safety_filter/reset_estop")
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -132,6 +136,15 @@ class GraphMonitor:
         with self._lock:
             self.rec.task_errors.append(msg.data)
 
+    def _on_mode(self, msg: HandoffMode) -> None:
+        with self._lock:
+            if not self.rec.modes or self.rec.modes[-1][1] != msg.mode:
+                self.rec.modes.append((time.monotonic(), int(msg.mode)))
+
+    def _on_corrections(self, msg: UInt64) -> None:
+        with self._lock:
+            self.rec.corrections = int(msg.data)
+
     # --- actions on the graph
     def push(self, force_n: tuple[float, float, float]) -> None:
         """Push the simulated robot (sim_robot/push) with this force for a moment."""
@@ -168,7 +181,8 @@ class GraphMonitor:
             r = self.rec
             return Recording(list(r.command_times), list(r.commands), dict(r.chunk_info), list(r.chunk_recv_times),
                              dict(r.first_step_of_chunk), list(r.frame_to_command_s), list(r.observation_skews),
-                             r.safety, r.buffer, r.buffer_holds, list(r.task_errors))
+                             r.safety, r.buffer, r.buffer_holds, list(r.task_errors), list(r.modes),
+                             r.corrections)
 
     def report(self, skip_first_s: float = 0.0) -> dict[str, Any]:
         """Summary numbers of what was heard (commands after ``skip_first_s`` of the first one)."""
@@ -181,6 +195,13 @@ class GraphMonitor:
         f2c = percentiles(r.frame_to_command_s)
         skew = percentiles(r.observation_skews)
         s = r.safety
+        # Time in each handoff mode, from the mode changes heard (HandoffMode: 1 paused, 2 human).
+        human_s = 0.0
+        now = time.monotonic()
+        for i, (t, mode) in enumerate(r.modes):
+            end = r.modes[i + 1][0] if i + 1 < len(r.modes) else now
+            if mode == HandoffMode.HUMAN_OVERRIDE:
+                human_s += end - t
         return {
             "embodiment": self.params.embodiment,
             "commands_sent": len(r.command_times),
@@ -200,6 +221,9 @@ class GraphMonitor:
             "safety_watchdog_holds": int(s.watchdog_holds) if s else 0,
             "estop_latched": bool(s.estop_latched) if s else False,
             "buffer_holds": r.buffer_holds,
+            "handoff_pauses": sum(1 for _, m in r.modes if m in (HandoffMode.PAUSED, HandoffMode.ESCALATED)),
+            "human_override_s": human_s,
+            "corrections_stored": r.corrections,
             "task_error_start_m": r.task_errors[0] if r.task_errors else float("nan"),
             "task_error_final_m": r.task_errors[-1] if r.task_errors else float("nan"),
             "task_error_min_m": float(np.min(r.task_errors)) if r.task_errors else float("nan"),
