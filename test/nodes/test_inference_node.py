@@ -48,13 +48,16 @@ def test_chunks_answer_the_newest_observation(ros, tiny_checkpoint) -> None:
     assert ros.spin_until(lambda: (send(), ros.spin_for(0.03))[1] is None and len(chunks) > 0, 60.0), ros.logs()
     chunks.clear()
     sent.clear()
-    # Observations at 30 Hz for 2 s; inference runs every recompute_every periods on the newest.
+    # Observations at 30 Hz for ~2 s; inference runs every recompute_every periods on the newest.
+    t0 = ros.now_s()
     for _ in range(60):
         send()
         ros.spin_for(1 / 30)
+    elapsed = ros.now_s() - t0
     ros.spin_for(0.3)
     period = p.recompute_every * p.control_period_s
-    assert 0.6 * 2.0 / period <= len(chunks) <= 2.0 / period + 3
+    # Never more than one chunk per period (no backlog), and most periods answered.
+    assert 0.6 * elapsed / period <= len(chunks) <= (elapsed + 0.3) / period + 2
     stamps = [c.header.stamp.sec + c.header.stamp.nanosec * 1e-9 for c in chunks]
     assert all(any(abs(s - t) < 1e-6 for t in sent) for s in stamps), "stamped with an observation's time"
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps), "never a backlog, never twice"

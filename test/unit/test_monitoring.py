@@ -34,6 +34,8 @@ AUTONOMOUS, PAUSED, HUMAN_OVERRIDE, ESCALATED, CONSERVATIVE = range(5)
 
 def params(embodiment: str = "franka", **overrides) -> MonitorParams:
     values = load_node_params(os.path.join(CONFIG, f"{embodiment}.yaml"), "monitor")
+    # The shipped files expect every node of the full graph; these tests choose their own.
+    values.pop("expected_nodes", None)
     values.update(overrides)
     return from_params(MonitorParams, values, "monitor")
 
