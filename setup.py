@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 PACKAGE = "hybridvla_ros"
 NODES = [
     "sync_node", "inference_node", "action_buffer_node", "handoff_node", "safety_filter_node",
-    "correction_recorder_node", "monitor_node", "sim_robot_node", "sim_operator_node",
+    "correction_recorder_node", "adaptation_node", "monitor_node", "sim_robot_node", "sim_operator_node",
 ]
 
 setup(

@@ -137,7 +137,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from hybridvla_ros.launch_description import NodeSpec
     specs = [NodeSpec(f"{n}_node", n, args.params_file)
              for n in ("sync", "inference", "action_buffer", "handoff", "safety_filter", "correction_recorder",
-                       "monitor", "sim_robot", "sim_operator")]
+                       "adaptation", "monitor", "sim_robot", "sim_operator")]
     try:
         validate_graph(specs)
     except ParameterError as exc:

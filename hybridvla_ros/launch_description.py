@@ -96,7 +96,8 @@ def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str
     """The nodes for one robot, in data-flow order.
 
     sync -> inference -> action_buffer -> handoff -> safety_filter -> robot, with the
-    correction_recorder and the monitor listening (and, when ``sim``, sim_robot as the
+    correction_recorder, the adaptation worker (it feeds new head weights to inference)
+    and the monitor listening (and, when ``sim``, sim_robot as the
     robot and sim_operator as the person at the teleop device). Without ``human_in_loop`` the safety filter listens to the action buffer
     directly (``action_command`` remapped to ``policy_action``) and there is no handoff,
     recorder or monitor. ``overrides`` maps a node name to parameters that replace the
@@ -106,6 +107,8 @@ def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str
     extra = {k: dict(v) for k, v in (overrides or {}).items()}
     if checkpoint_path:
         extra.setdefault("inference", {})["checkpoint_path"] = checkpoint_path
+        if human_in_loop:
+            extra.setdefault("adaptation", {})["checkpoint_path"] = checkpoint_path
 
     def spec(executable: str, name: str, remappings: tuple[tuple[str, str], ...] = ()) -> NodeSpec:
         return NodeSpec(executable, name, path, extra.get(name, {}), remappings)
@@ -114,7 +117,8 @@ def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str
              spec("action_buffer_node", "action_buffer")]
     if human_in_loop:
         nodes += [spec("handoff_node", "handoff"), spec("safety_filter_node", "safety_filter"),
-                  spec("correction_recorder_node", "correction_recorder"), spec("monitor_node", "monitor")]
+                  spec("correction_recorder_node", "correction_recorder"), spec("adaptation_node", "adaptation"),
+                  spec("monitor_node", "monitor")]
     else:
         nodes.append(spec("safety_filter_node", "safety_filter", (("action_command", "policy_action"),)))
     if sim:
@@ -131,6 +135,7 @@ def validate_graph(nodes: list[NodeSpec]) -> None:
     """Check every node's parameter file section before anything starts; raises ParameterError."""
     from hybridvla_ros.params import from_params
     from hybridvla_ros.params.action_buffer import ActionBufferParams
+    from hybridvla_ros.params.adaptation import AdaptationParams
     from hybridvla_ros.params.correction_recorder import CorrectionRecorderParams
     from hybridvla_ros.params.handoff import HandoffParams
     from hybridvla_ros.params.inference import InferenceParams
@@ -142,8 +147,8 @@ def validate_graph(nodes: list[NodeSpec]) -> None:
 
     schemas = {"sync": SyncParams, "inference": InferenceParams, "action_buffer": ActionBufferParams,
                "handoff": HandoffParams, "safety_filter": SafetyFilterParams,
-               "correction_recorder": CorrectionRecorderParams, "monitor": MonitorParams,
-               "sim_robot": SimRobotParams, "sim_operator": SimOperatorParams}
+               "correction_recorder": CorrectionRecorderParams, "adaptation": AdaptationParams,
+               "monitor": MonitorParams, "sim_robot": SimRobotParams, "sim_operator": SimOperatorParams}
     for spec in nodes:
         values = load_node_params(spec.params_file, spec.name)
         values.update(spec.parameters)

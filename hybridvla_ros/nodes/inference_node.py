@@ -3,20 +3,38 @@
 The subscription keeps only the newest observation (depth 1); a timer runs the policy
 every ``recompute_every`` control periods on it, if it is new and fresh. The chunk is
 stamped with the observation's stamp so the action buffer can place it in time.
+
+New weights: a checkpoint directory on ``inference/model_update`` (std_msgs/String, from
+the adaptation node) is loaded and warmed up on a background thread, so the timer never
+waits for it; then the runner reference is swapped, and the timer, which reads that
+reference once per call, answers with the new weights from its next call on
+(``ActionChunk.model_version`` says which weights answered). The previous runner is kept:
+``~/rollback`` (std_srvs/Trigger) swaps back to it (calling it again swaps forward). An
+update that cannot be loaded is logged and ignored. What is being served is published,
+latched, on ``inference/active_model`` (JSON {"checkpoint_path", "model_version"}), so the
+adaptation node fine-tunes what runs, also after a rollback.
 """
 from __future__ import annotations
 
+import json
+import os
+import threading
+
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
 
 from hybridvla_msgs.msg import ActionChunk, Observation
 from hybridvla_ros.core.image import ImageDecodeError, decode_raw
-from hybridvla_ros.model.checkpoint import CheckpointError
+from hybridvla_ros.model.checkpoint import CheckpointError, model_version_of
 from hybridvla_ros.model.runner import PolicyRunner
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, stamp_to_s
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.inference import InferenceParams
+
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class InferenceNode(Node):
@@ -33,19 +51,94 @@ class InferenceNode(Node):
             raise ParameterError(
                 f"inference.checkpoint_path: head for {p.embodiment} has action_dim "
                 f"{self.runner.action_dim}, the parameter file says {p.action_dim}")
+        self.checkpoint_path = os.path.abspath(p.checkpoint_path)
+        self.previous: tuple[PolicyRunner, str] | None = None  # what ~/rollback swaps back to
+        self._swap_lock = threading.Lock()   # guards runner / checkpoint_path / previous / loader state
+        self._loading = False
+        self._pending_update: str | None = None
         self._latest: Observation | None = None
         self._last_used_stamp_s = -1.0
         self._seq = 0
         self.skipped_stale = 0
         self.pub = self.create_publisher(ActionChunk, "action_chunk", QoSProfile(depth=2))
+        self.active_pub = self.create_publisher(String, "inference/active_model", LATCHED)
         self.create_subscription(Observation, "observation", self._on_observation, QoSProfile(depth=1))
+        self.create_subscription(String, "inference/model_update", self._on_model_update, QoSProfile(depth=5))
+        self.create_service(Trigger, "~/rollback", self._on_rollback)
         self.create_timer(p.recompute_every * p.control_period_s, self._tick)
+        self._publish_active()
         self.get_logger().info(
             f"policy {p.checkpoint_path} for {p.embodiment} ({self.runner.head_type} head, "
             f"chunk {self.runner.chunk_size}) every {p.recompute_every * p.control_period_s * 1e3:.0f} ms")
 
     def _on_observation(self, msg: Observation) -> None:
         self._latest = msg
+
+    # --- weight swap
+    def _publish_active(self) -> None:
+        with self._swap_lock:
+            doc = {"checkpoint_path": self.checkpoint_path, "model_version": int(self.runner.model_version)}
+        self.active_pub.publish(String(data=json.dumps(doc)))
+
+    def _on_model_update(self, msg: String) -> None:
+        path = msg.data.strip()
+        if not path:
+            self.get_logger().warn("model update with an empty checkpoint path ignored")
+            return
+        with self._swap_lock:
+            if self._loading:  # one load at a time; the newest waiting update wins
+                self._pending_update = path
+                return
+            self._loading = True
+        threading.Thread(target=self._load_updates, args=(path,), name="model_update", daemon=True).start()
+
+    def _load_updates(self, path: str) -> None:
+        """Loader thread: load, check and warm up each update, then swap it in."""
+        while True:
+            self._load_one(os.path.abspath(path))
+            with self._swap_lock:
+                if self._pending_update is None:
+                    self._loading = False
+                    return
+                path, self._pending_update = self._pending_update, None
+
+    def _load_one(self, path: str) -> None:
+        p = self.params
+        log = self.get_logger()
+        try:
+            if model_version_of(path) == self.runner.model_version:
+                log.info(f"model update {path}: already serving model_version {self.runner.model_version}")
+                return
+            runner = PolicyRunner.load(path, p.embodiment, num_threads=p.num_threads)
+            if (runner.action_dim, runner.chunk_size) != (p.action_dim, p.chunk_size):
+                raise ValueError(f"head for {p.embodiment} has action_dim {runner.action_dim}, chunk_size "
+                                 f"{runner.chunk_size}; this node needs {p.action_dim}, {p.chunk_size}")
+            runner.warmup(2)  # the first calls are slow: not on the timer
+        except (CheckpointError, ValueError, OSError) as exc:
+            log.error(f"model update {path} ignored, still serving {self.checkpoint_path} "
+                      f"(model_version {self.runner.model_version}): {exc}")
+            return
+        with self._swap_lock:
+            previous = self.previous = (self.runner, self.checkpoint_path)
+            self.runner, self.checkpoint_path = runner, path
+        log.info(f"now serving {path} (model_version {runner.model_version}); previous "
+                 f"{previous[1]} (model_version {previous[0].model_version}) kept for ~/rollback")
+        self._publish_active()
+
+    def _on_rollback(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._swap_lock:
+            if self.previous is None:
+                response.success = False
+                response.message = f"no previous version; serving {self.checkpoint_path}"
+                return response
+            current = (self.runner, self.checkpoint_path)
+            (self.runner, self.checkpoint_path), self.previous = self.previous, current
+            response.success = True
+            response.message = (f"now serving {self.checkpoint_path} (model_version {self.runner.model_version}); "
+                                f"{current[1]} (model_version {current[0].model_version}) kept as previous")
+        self.get_logger().info(f"rollback: {response.message}")
+        self._publish_active()
+        return response
 
     def _tick(self) -> None:
         msg = self._latest
@@ -61,10 +154,11 @@ class InferenceNode(Node):
                                    throttle_duration_sec=2.0)
             return
         self._last_used_stamp_s = stamp_s
+        runner = self.runner  # one reference per call: a swap takes effect between two calls
         q = np.asarray(msg.joint_positions, dtype=np.float64)
         try:
             image = decode_raw(msg.image.encoding, msg.image.height, msg.image.width, msg.image.step, msg.image.data)
-            pred = self.runner.predict(image, q, msg.instruction or self.params.instruction,
+            pred = runner.predict(image, q, msg.instruction or self.params.instruction,
                                        num_samples=self.params.confidence_samples)
         except (ImageDecodeError, ValueError) as exc:
             self.get_logger().warn(f"observation rejected: {exc}", throttle_duration_sec=2.0)
@@ -79,7 +173,7 @@ class InferenceNode(Node):
         out.inference_latency_s = float(pred.latency_s)
         out.head_type = pred.head_type
         out.seq = self._seq
-        out.model_version = int(self.runner.model_version)
+        out.model_version = int(runner.model_version)
         self._seq += 1
         self.pub.publish(out)
 

@@ -15,7 +15,7 @@ from hybridvla_ros.runner import GraphRunner
 def test_graph_with_and_without_the_simulated_robot() -> None:
     names = [s.name for s in describe_graph("franka", sim=True)]
     assert names == ["sync", "inference", "action_buffer", "handoff", "safety_filter",
-                     "correction_recorder", "monitor", "sim_robot", "sim_operator"]
+                     "correction_recorder", "adaptation", "monitor", "sim_robot", "sim_operator"]
     assert "sim_robot" not in [s.name for s in describe_graph("aloha", sim=False)]
     autonomous = [s.name for s in describe_graph("leap", sim=False, human_in_loop=False)]
     assert autonomous == ["sync", "inference", "action_buffer", "safety_filter"]

@@ -10,6 +10,7 @@ import yaml
 from hybridvla_ros.launch_description import NodeSpec, validate_graph
 from hybridvla_ros.params import ParameterError, from_params, load_node_params
 from hybridvla_ros.params.action_buffer import ActionBufferParams
+from hybridvla_ros.params.adaptation import AdaptationParams
 from hybridvla_ros.params.correction_recorder import CorrectionRecorderParams
 from hybridvla_ros.params.handoff import HandoffParams
 from hybridvla_ros.params.monitor import MonitorParams
@@ -24,7 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIG = os.path.join(ROOT, "config")
 SCHEMAS = {"sync": SyncParams, "inference": InferenceParams, "action_buffer": ActionBufferParams,
            "handoff": HandoffParams, "safety_filter": SafetyFilterParams,
-           "correction_recorder": CorrectionRecorderParams, "monitor": MonitorParams,
+           "correction_recorder": CorrectionRecorderParams, "adaptation": AdaptationParams,
+           "monitor": MonitorParams,
            "sim_robot": SimRobotParams, "sim_operator": SimOperatorParams}
 EXPECTED = {"franka": (7, "token", "trajectory_msgs/JointTrajectory"),
             "aloha": (14, "flow", "std_msgs/Float64MultiArray"),

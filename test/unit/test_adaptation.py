@@ -1,0 +1,219 @@
+"""Online adaptation (ROS-free): chunk targets from corrections, fine-tune, accept/reject, versions, log."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from hybridvla_ros.core.correction_store import CorrectionRecord, CorrectionStore
+from hybridvla_ros.core.image import resize_for_policy
+from hybridvla_ros.core.kinematic_sim import KinematicSim
+from hybridvla_ros.launch_description import default_config_dir
+from hybridvla_ros.model.adaptation import (LOG_FIELDS, LOG_FILE, CorrectionSet, adapt, correction_chunks,
+                                            load_corrections, version_dirs)
+from hybridvla_ros.model.checkpoint import model_version_of
+from hybridvla_ros.model.policy import EmbodimentSpec, PolicyConfig
+from hybridvla_ros.model.runner import PolicyRunner
+from hybridvla_ros.model.train import replay_path, train
+from hybridvla_ros.params import ParameterError, from_params, load_node_params
+from hybridvla_ros.params.adaptation import AdaptationParams
+
+FRANKA = os.path.join(default_config_dir(), "franka.yaml")
+SMALL = PolicyConfig(image_size=48, conv_channels=(8, 16, 32), d_model=64, num_heads=4, num_layers=1, ff_dim=128,
+                     num_bins=32, token_hidden=128)
+
+
+def franka_params(**overrides: object) -> AdaptationParams:
+    return from_params(AdaptationParams, {**load_node_params(FRANKA, "adaptation"), **overrides}, "adaptation")
+
+
+def leap_params(**overrides: object) -> AdaptationParams:
+    path = os.path.join(default_config_dir(), "leap.yaml")
+    return from_params(AdaptationParams, {**load_node_params(path, "adaptation"), **overrides}, "adaptation")
+
+
+def sim_corrections(p: AdaptationParams, n: int, labels: str = "shifted", seed: int = 100,
+                    steps_per_episode: int = 40) -> CorrectionSet:
+    """Corrections as the recorder stores them (one every 0.1 s) from a simulated human.
+
+    "shifted": the human reaches 10 cm beside the red target (the expert on a shifted
+    target; the image still shows the real one); "noise": random targets around the
+    current joint positions, unrelated to what the robot sees (a poisoned label set).
+    """
+    every = max(1, round(0.1 / p.control_period_s))
+    sim = KinematicSim(p, seed=seed)
+    rng = np.random.default_rng(seed)
+    noise = 3.0 * np.asarray(p.max_velocity) * p.control_period_s
+    rows: list[tuple] = []
+    episode = 0
+    while len(rows) < n:
+        sim.reset(seed=seed + episode)
+        for k in range(steps_per_episode):
+            target = sim.target
+            sim.target = target + np.array([0.0, 0.1, 0.0])
+            human = sim.expert_target()
+            sim.target = target
+            label = human if labels == "shifted" else sim.positions + rng.normal(0.0, 1.0, p.action_dim) * noise
+            if k % every == 0 and len(rows) < n:
+                rows.append((resize_for_policy(sim.render(), 96), sim.positions, label, 50.0 + k * p.control_period_s,
+                             episode))
+            sim.command_positions(human)
+            sim.step(p.control_period_s)
+        episode += 1
+    images, proprio, human_action, stamps, episodes = (np.array(v) for v in zip(*rows))
+    return CorrectionSet(images, proprio, human_action, stamps, episodes, [p.instruction] * len(rows),
+                         correction_chunks(human_action, stamps, episodes, p.chunk_size, p.control_period_s))
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory) -> str:
+    """A small franka (token head) + leap (flow head) policy, briefly trained on the expert (replay files too)."""
+    from hybridvla_ros.core.demos import record_demonstrations
+
+    torch.set_num_threads(1)
+    params = [franka_params(), leap_params()]
+    out = tmp_path_factory.mktemp("adapt") / "base"
+    demos = [record_demonstrations(p, 3, 40, image_size=SMALL.image_size, seed=0) for p in params]
+    train(demos, [EmbodimentSpec.from_params(p) for p in params], out_dir=out, policy_config=SMALL,
+          train_steps=160, batch_size=16, seed=0)
+    return str(out)
+
+
+def test_chunk_targets_interpolate_the_episodes_later_human_targets() -> None:
+    # Episode 0 at 10 Hz: 0, 1, 2 (joint 0) and 0, -1, -2 (joint 1); episode 1 interleaved in time, given out of order.
+    human = np.array([[0.0, 0.0], [1.0, -1.0], [2.0, -2.0], [10.0, 10.0], [11.0, 11.0]])
+    stamps = np.array([0.0, 0.1, 0.2, 0.15, 0.05])
+    episode = np.array([0, 0, 0, 1, 1])
+    chunks = correction_chunks(human, stamps, episode, chunk_size=8, control_period_s=0.02)  # 50 Hz
+    assert chunks.shape == (5, 8, 2)
+    np.testing.assert_allclose(chunks[0, :, 0], [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4])
+    np.testing.assert_allclose(chunks[0, :, 1], -chunks[0, :, 0])
+    np.testing.assert_allclose(chunks[1, :, 0], [1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.0, 2.0])  # padded with the last
+    np.testing.assert_allclose(chunks[2], np.tile([2.0, -2.0], (8, 1)))
+    # Episode 1 (0.05 s: 11, 0.15 s: 10): its own targets only, in time order.
+    np.testing.assert_allclose(chunks[4, :, 0], [11.0, 10.8, 10.6, 10.4, 10.2, 10.0, 10.0, 10.0])
+    np.testing.assert_allclose(chunks[3, :, 0], 10.0)
+    assert np.all(chunks[:, 0] == human), "step 0 is the correction itself"
+    with pytest.raises(ValueError, match="control_period_s"):
+        correction_chunks(human, stamps, episode, 8, 0.0)
+
+
+def test_store_sessions_are_separate_episodes_and_other_robots_skipped(tmp_path) -> None:
+    p = franka_params()
+    path = str(tmp_path / "c.sqlite")
+    with CorrectionStore(path, replay_capacity=100) as store:
+        for session, offset in (("a", 0.0), ("b", 5.0)):
+            for i in range(3):  # both sessions use episode_index 0
+                store.add(CorrectionRecord(
+                    stamp_s=100.0 + 0.1 * i, embodiment="franka", instruction="", episode_index=0, session_id=session,
+                    image=np.zeros((96, 96, 3), np.uint8), joint_positions=np.zeros(7),
+                    human_action=np.full(7, offset + i)))
+        store.add(CorrectionRecord(stamp_s=100.0, embodiment="aloha", instruction="",
+                                   image=np.zeros((8, 8, 3), np.uint8),
+                                   joint_positions=np.zeros(14), human_action=np.zeros(14)))
+    data, info = load_corrections(path, p, image_size=48)
+    assert info["count"] == 7 and info["skipped"] == 1 and len(data) == 6
+    assert len(np.unique(data.episode)) == 2
+    assert data.images.shape == (6, 48, 48, 3) and data.instructions[0] == p.instruction
+    np.testing.assert_allclose(data.actions[2], 2.0)  # session a ends at 2: never session b's 5..7
+    np.testing.assert_allclose(data.actions[3, :5, 0], [5.0, 5.2, 5.4, 5.6, 5.8])  # franka: 50 Hz
+    with pytest.raises(ValueError, match="no correction store"):
+        load_corrections(str(tmp_path / "missing.sqlite"), p, 48)
+
+
+def test_consistent_corrections_are_learned_saved_and_logged(small_checkpoint, tmp_path) -> None:
+    torch.set_num_threads(1)
+    p = franka_params(adapt_root=str(tmp_path / "adapt"))
+    result = adapt(p, small_checkpoint, corrections=sim_corrections(p, 50))
+    log = result.log
+    assert result.accepted, log["reason"]
+    assert set(LOG_FIELDS) <= set(log)
+    assert log["loss_after"]["corrections"] < log["loss_before"]["corrections"]
+    before, after = log["heldout_corrections"]["before"], log["heldout_corrections"]["after"]
+    assert after["chunk_mae"] < (1 - p.min_improvement) * before["chunk_mae"]
+    replay = log["heldout_replay"]
+    assert replay["after"]["chunk_mae"] <= (1 + p.tolerance) * replay["before"]["chunk_mae"]
+    assert log["samples"]["corrections"] + log["samples"]["corrections_heldout"] == 50
+    assert log["samples"]["replay"] > 0 and log["samples"]["replay_heldout"] > 0
+    assert log["samples"]["replay_source"] == "file"
+    assert 0 < log["steps"] <= p.steps and log["wall_time_s"] > 0
+
+    # A new version on disk, atomically named, with the replay file, loadable, answering differently.
+    new_dir = tmp_path / "adapt" / "franka" / "v0001"
+    assert result.checkpoint_dir == new_dir and log["version"] == 1
+    assert {"model.safetensors", "config.json", "replay_franka.npz"} <= set(os.listdir(new_dir))
+    assert not [n for n in os.listdir(new_dir.parent) if n.startswith(".")], "no temp dir left"
+    assert log["model_version"] == model_version_of(new_dir) != model_version_of(small_checkpoint)
+    lines = (new_dir.parent / LOG_FILE).read_text().splitlines()
+    assert json.loads(lines[-1]) == json.loads(json.dumps(log))
+    base = PolicyRunner.load(small_checkpoint, "franka", num_threads=1)
+    new = PolicyRunner.load(new_dir, "franka", num_threads=1)
+    assert new.model_version == log["model_version"]
+    sim = KinematicSim(p, seed=999)
+    image, q = sim.render(), sim.positions
+    a, b = base.predict(image, q, p.instruction).actions, new.predict(image, q, p.instruction).actions
+    assert np.abs(a - b).max() > 1e-4
+
+    # The next adaptation builds on the new version and gets the next number.
+    again = adapt(p, new_dir, corrections=sim_corrections(p, 30, seed=300))
+    assert again.log["base_version"] == 1 and again.log["base_model_version"] == log["model_version"]
+    if again.accepted:
+        assert again.checkpoint_dir == new_dir.parent / "v0002"
+    assert len((new_dir.parent / LOG_FILE).read_text().splitlines()) == 2
+
+
+def test_poisoned_corrections_are_rejected_and_nothing_is_written(small_checkpoint, tmp_path) -> None:
+    torch.set_num_threads(1)
+    p = franka_params(adapt_root=str(tmp_path / "adapt"))
+    result = adapt(p, small_checkpoint, corrections=sim_corrections(p, 50, labels="noise"))
+    log = result.log
+    assert not result.accepted and result.checkpoint_dir is None
+    assert log["version"] is None and log["model_version"] == model_version_of(small_checkpoint)
+    assert "held-out" in log["reason"]
+    assert log["loss_after"]["corrections"] < log["loss_before"]["corrections"], "it did fit the noise"
+    assert version_dirs(tmp_path / "adapt" / "franka") == {}
+    assert not [n for n in os.listdir(tmp_path / "adapt" / "franka") if n != LOG_FILE]
+    assert json.loads((tmp_path / "adapt" / "franka" / LOG_FILE).read_text())["accepted"] is False
+
+
+def test_too_few_corrections_and_replay_fallback(small_checkpoint, tmp_path) -> None:
+    torch.set_num_threads(1)
+    p = franka_params(adapt_root=str(tmp_path / "adapt"), min_corrections=20, replay_examples=10, steps=20)
+    few = adapt(p, small_checkpoint, corrections=sim_corrections(p, 10))
+    assert not few.accepted and "too few corrections" in few.log["reason"] and few.log["steps"] == 0
+    assert set(LOG_FIELDS) <= set(few.log)
+
+    # A checkpoint without its replay sample: fresh expert demonstrations are recorded instead.
+    bare = tmp_path / "bare"
+    shutil.copytree(small_checkpoint, bare)
+    os.remove(replay_path(bare, "franka"))
+    result = adapt(p, bare, corrections=sim_corrections(p, 30))
+    assert result.log["samples"]["replay_source"] == "recorded" and result.log["samples"]["replay"] > 0
+    if result.accepted:  # the recorded sample travels with the new version
+        assert replay_path(result.checkpoint_dir, "franka").is_file()
+
+
+def test_flow_head_adaptation_runs_and_decides(small_checkpoint, tmp_path) -> None:
+    torch.set_num_threads(1)
+    p = leap_params(adapt_root=str(tmp_path / "adapt"), steps=60)
+    result = adapt(p, small_checkpoint, corrections=sim_corrections(p, 30))
+    log = result.log
+    assert set(LOG_FIELDS) <= set(log) and log["steps"] > 0 and log["out_of_range_fraction"] is None
+    assert log["loss_after"]["corrections"] < log["loss_before"]["corrections"]
+    written = version_dirs(tmp_path / "adapt" / "leap")
+    assert (result.accepted and list(written) == [1]) or (not result.accepted and written == {})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"replay_fraction": 1.5}, "adaptation.replay_fraction"),
+    ({"min_corrections": 50, "max_corrections": 10}, "adaptation.max_corrections"),
+    ({"adapt_root": " "}, "adaptation.adapt_root"),
+    ({"steps": "many"}, "adaptation.steps"),
+])
+def test_broken_adaptation_parameters_name_the_parameter(changes, message) -> None:
+    with pytest.raises(ParameterError, match=message):
+        franka_params(**changes)
