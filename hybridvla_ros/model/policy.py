@@ -1,0 +1,462 @@
+"""HybridPolicy: one shared vision-language-proprio backbone, one action head per embodiment.
+
+Reads top to bottom:
+
+1. ``EmbodimentSpec`` / ``PolicyConfig``: what the model is (plain frozen dataclasses; they
+   go into the checkpoint's config.json).
+2. ``Normalizer``: per-embodiment statistics (buffers, so they live in model.safetensors).
+   Proprio is z-scored per joint. Actions are learned as DELTAS to the measured joint
+   positions, ``actions - proprio``, z-scored per (chunk step, joint).
+3. ``Backbone``: a small conv encoder turns the image into a GxG grid of tokens (+ learned
+   2D position embeddings); a per-embodiment linear layer turns the normalized proprio into
+   one token (the joint count differs per robot); a linear layer turns the instruction
+   embedding into one token; a learned EMBODIMENT TOKEN is prepended. A pre-norm
+   TransformerEncoder mixes them; the output at the embodiment token is the pooled feature.
+4. Heads, keyed by embodiment name:
+   ``TokenHead``: normalized deltas, scaled to [-1, 1], are binned; an MLP emits every
+   bin's logit of the whole (T, D) chunk in one pass (parallel decoding); cross-entropy.
+   ``FlowHead``: rectified flow; an MLP predicts the velocity from noise to the chunk given
+   the pooled feature and time; K samples are drawn as one batch from one backbone pass.
+5. ``HybridPolicy``: ``forward(batch) -> (loss, loss_dict)`` for training and
+   ``predict(batch) -> {actions, deltas, confidence}`` for inference.
+
+A batch holds ONE embodiment (``batch[EMBODIMENT]`` is its name); the trainer alternates
+embodiments between steps.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybridvla_ros.model.text import INSTRUCTION_DIM
+
+# ---------------------------------------------------------------- batch / output keys
+IMAGE = "image"              # (B, 3, S, S) float32 RGB in [0, 1]
+PROPRIO = "proprio"          # (B, D) measured joint positions, raw units (rad or m)
+INSTRUCTION = "instruction"  # (B, E) instruction embedding (text.embed_instruction)
+ACTIONS = "actions"          # (B, T, D) absolute position targets, raw units
+EMBODIMENT = "embodiment"    # str: the one embodiment this batch belongs to
+DELTAS = "deltas"            # predict(): (B, T, D) actions - proprio, raw units
+CONFIDENCE = "confidence"    # predict(): (B,) in [0, 1]
+
+HEAD_TYPES = ("token", "flow")
+TOKEN_DECODES = ("expectation", "argmax")
+
+
+# ---------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class EmbodimentSpec:
+    """One robot the policy drives: the shape of its proprio and of its action chunks."""
+
+    name: str                                  # embodiment name (franka, aloha, ...)
+    action_dim: int                            # D: joints per action (= proprio length)
+    chunk_size: int                            # T: actions per predicted chunk
+    head_type: str                             # "token" or "flow"
+    joint_names: tuple[str, ...] = ()          # action order; informational, checked by the node
+    control_period_s: float = 0.0              # seconds between two actions of a chunk (0: unknown)
+    instruction: str = ""                      # instruction the demonstrations were recorded with
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError(f"embodiment name: must be non-empty, got {self.name!r}")
+        if self.action_dim < 1:
+            raise ValueError(f"{self.name}.action_dim: must be >= 1, got {self.action_dim!r}")
+        if self.chunk_size < 1:
+            raise ValueError(f"{self.name}.chunk_size: must be >= 1, got {self.chunk_size!r}")
+        if self.head_type not in HEAD_TYPES:
+            raise ValueError(f"{self.name}.head_type: must be one of {list(HEAD_TYPES)}, got {self.head_type!r}")
+        if self.joint_names and len(self.joint_names) != self.action_dim:
+            raise ValueError(f"{self.name}.joint_names: {len(self.joint_names)} names for "
+                             f"action_dim {self.action_dim}")
+        object.__setattr__(self, "joint_names", tuple(self.joint_names))
+
+    @classmethod
+    def from_params(cls, params: object) -> "EmbodimentSpec":
+        """Build from an ``EmbodimentParams`` (any object with the same attributes)."""
+        return cls(name=params.embodiment, action_dim=params.action_dim,  # type: ignore[attr-defined]
+                   chunk_size=params.chunk_size, head_type=params.head_type,  # type: ignore[attr-defined]
+                   joint_names=tuple(params.joint_names),  # type: ignore[attr-defined]
+                   control_period_s=1.0 / params.control_rate_hz,  # type: ignore[attr-defined]
+                   instruction=params.instruction)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Hyper-parameters of HybridPolicy. Every field goes into the checkpoint's config.json."""
+
+    # --- embodiments: one head (and proprio projection, normalizer, token) each
+    embodiments: tuple[EmbodimentSpec, ...] = ()
+    # --- vision: each conv (3x3, stride 2) halves the side; image_size / 2**len(conv_channels) = grid side G
+    image_size: int = 96                        # S: input images are (S, S) RGB
+    conv_channels: tuple[int, ...] = (16, 32, 64, 128)
+    # --- transformer (shared backbone)
+    d_model: int = 128                          # token width
+    num_heads: int = 4
+    num_layers: int = 2
+    ff_dim: int = 256                           # feed-forward width inside each layer
+    dropout: float = 0.0
+    # --- instruction
+    instruction_dim: int = INSTRUCTION_DIM      # E: length of the instruction embedding
+    # --- token head
+    num_bins: int = 64                          # bins per action dimension
+    token_hidden: int = 256                     # MLP width
+    token_range_std: float = 3.0                # normalized deltas in [-r, r] std map onto the bins; beyond: clipped
+    token_decode: str = "expectation"           # "expectation" (probability-weighted bin centre) or "argmax"
+    # --- flow head
+    flow_hidden: int = 256                      # velocity MLP width
+    flow_time_dim: int = 64                     # sinusoidal time embedding width
+    num_flow_steps: int = 5                     # Euler steps from noise to actions at inference
+    flow_train_samples: int = 4                 # noise draws per example in training (reuses the pooled feature)
+    flow_confidence_scale: float = 0.5          # confidence = exp(-mean sample std / scale), std in normalized units
+    # --- normalization
+    std_floor: float = 1e-3                     # lower bound on every std (raw units), for joints that never move
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "embodiments", tuple(self.embodiments))
+        object.__setattr__(self, "conv_channels", tuple(int(c) for c in self.conv_channels))
+        names = [e.name for e in self.embodiments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"embodiments: duplicate names in {names}")
+        if not self.conv_channels or any(c < 1 for c in self.conv_channels):
+            raise ValueError(f"conv_channels: needs positive channel counts, got {self.conv_channels!r}")
+        stride = 2 ** len(self.conv_channels)
+        if self.image_size < stride or self.image_size % stride:
+            raise ValueError(f"image_size: must be a multiple of {stride} (2**len(conv_channels)), "
+                             f"got {self.image_size!r}")
+        if self.d_model % 4:
+            raise ValueError(f"d_model: must be a multiple of 4 (2D sin/cos position embedding), got {self.d_model!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model: {self.d_model!r} is not divisible by num_heads {self.num_heads!r}")
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers: must be >= 1, got {self.num_layers!r}")
+        if self.num_bins < 2:
+            raise ValueError(f"num_bins: must be >= 2, got {self.num_bins!r}")
+        if self.token_decode not in TOKEN_DECODES:
+            raise ValueError(f"token_decode: must be one of {list(TOKEN_DECODES)}, got {self.token_decode!r}")
+        if self.flow_time_dim < 2 or self.flow_time_dim % 2:
+            raise ValueError(f"flow_time_dim: must be an even number >= 2, got {self.flow_time_dim!r}")
+        for name in ("num_flow_steps", "flow_train_samples", "instruction_dim", "token_hidden", "flow_hidden",
+                     "ff_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)!r}")
+        for name in ("token_range_std", "flow_confidence_scale", "std_floor"):
+            if not getattr(self, name) > 0.0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def grid_size(self) -> int:
+        """G: side of the image token grid."""
+        return self.image_size // 2 ** len(self.conv_channels)
+
+    def embodiment(self, name: str) -> EmbodimentSpec:
+        """The spec called ``name``; ValueError listing the known names otherwise."""
+        for spec in self.embodiments:
+            if spec.name == name:
+                return spec
+        raise ValueError(f"embodiment: no head for {name!r}; this policy has {[e.name for e in self.embodiments]}")
+
+
+# ---------------------------------------------------------------- normalization
+class Normalizer(nn.Module):
+    """Per-embodiment statistics: proprio z-score per joint, delta z-score per (step, joint)."""
+
+    def __init__(self, spec: EmbodimentSpec) -> None:
+        super().__init__()
+        T, D = spec.chunk_size, spec.action_dim
+        self.register_buffer("proprio_mean", torch.zeros(D))   # (D,)
+        self.register_buffer("proprio_std", torch.ones(D))     # (D,)
+        self.register_buffer("delta_mean", torch.zeros(T, D))  # (T, D)
+        self.register_buffer("delta_std", torch.ones(T, D))    # (T, D)
+
+    @torch.no_grad()
+    def fit(self, proprio: np.ndarray, actions: np.ndarray, std_floor: float) -> None:
+        """Set the statistics from demonstrations: proprio (N, D), absolute actions (N, T, D)."""
+        proprio = np.asarray(proprio, dtype=np.float64)
+        actions = np.asarray(actions, dtype=np.float64)
+        T, D = self.delta_mean.shape
+        if proprio.ndim != 2 or proprio.shape[1] != D or len(proprio) < 1:
+            raise ValueError(f"proprio: expected shape (N, {D}), got {proprio.shape}")
+        if actions.shape != (len(proprio), T, D):
+            raise ValueError(f"actions: expected shape ({len(proprio)}, {T}, {D}), got {actions.shape}")
+        if not (np.isfinite(proprio).all() and np.isfinite(actions).all()):
+            raise ValueError("proprio/actions: contain NaN or inf")
+        delta = actions - proprio[:, None, :]  # (N, T, D)
+        self.proprio_mean.copy_(torch.from_numpy(proprio.mean(0)))
+        self.proprio_std.copy_(torch.from_numpy(np.maximum(proprio.std(0), std_floor)))
+        self.delta_mean.copy_(torch.from_numpy(delta.mean(0)))
+        self.delta_std.copy_(torch.from_numpy(np.maximum(delta.std(0), std_floor)))
+
+    def normalize_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
+        return (proprio - self.proprio_mean) / self.proprio_std  # (B, D)
+
+    def normalize_delta(self, delta: torch.Tensor) -> torch.Tensor:
+        return (delta - self.delta_mean) / self.delta_std  # (B, T, D)
+
+    def denormalize_delta(self, delta_norm: torch.Tensor) -> torch.Tensor:
+        return delta_norm * self.delta_std + self.delta_mean  # (B, T, D)
+
+
+# ---------------------------------------------------------------- backbone
+def sinusoidal_2d(grid: int, dim: int) -> torch.Tensor:
+    """(grid*grid, dim) fixed 2D position embedding: half the channels encode the row, half the column."""
+    quarter = dim // 4
+    freq = 1.0 / (100.0 ** (torch.arange(quarter) / quarter))             # (dim/4,)
+    pos = torch.arange(grid, dtype=torch.float32)[:, None] * freq          # (G, dim/4)
+    axis = torch.cat([pos.sin(), pos.cos()], -1)                           # (G, dim/2)
+    rows = axis[:, None, :].expand(grid, grid, -1)                         # (G, G, dim/2)
+    cols = axis[None, :, :].expand(grid, grid, -1)                         # (G, G, dim/2)
+    return torch.cat([rows, cols], -1).reshape(grid * grid, dim)           # (G*G, dim)
+
+
+class VisionEncoder(nn.Module):
+    """(B, 3, S, S) image in [0, 1] -> (B, G*G, d_model) tokens with 2D position embeddings.
+
+    Two coordinate channels (x, y in [-1, 1]) are appended to the RGB input (CoordConv), so
+    the features say where in the image they are, and the grid tokens get a fixed sinusoidal
+    2D embedding; both are smooth in position, which lets a target position seen in no
+    training episode still map to sensible actions.
+    """
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__()
+        S, G, d = config.image_size, config.grid_size, config.d_model
+        layers: list[nn.Module] = []
+        c_in = 3 + 2
+        for c_out in config.conv_channels:
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1),
+                       nn.GroupNorm(math.gcd(8, c_out), c_out), nn.GELU()]
+            c_in = c_out
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Linear(c_in, d)
+        ramp = torch.linspace(-1.0, 1.0, S)
+        coords = torch.stack([ramp[None, :].expand(S, S), ramp[:, None].expand(S, S)])  # (2, S, S): x, y
+        self.register_buffer("coords", coords, persistent=False)
+        self.register_buffer("pos_embed", sinusoidal_2d(G, d), persistent=False)       # (G*G, d)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        B = image.shape[0]
+        x = torch.cat([image * 2.0 - 1.0, self.coords.expand(B, -1, -1, -1)], 1)  # (B, 5, S, S)
+        x = self.convs(x)                                                        # (B, C, G, G)
+        x = x.flatten(2).transpose(1, 2)                                         # (B, G*G, C)
+        return self.proj(x) + self.pos_embed                                     # (B, G*G, d)
+
+
+class Backbone(nn.Module):
+    """Shared encoder: [embodiment, proprio, instruction, image tokens] -> pooled (B, d_model)."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.vision = VisionEncoder(config)
+        self.embodiment_tokens = nn.ParameterDict(
+            {e.name: nn.Parameter(torch.randn(d) * 0.02) for e in config.embodiments})
+        self.proprio_proj = nn.ModuleDict({e.name: nn.Linear(e.action_dim, d) for e in config.embodiments})
+        self.instruction_proj = nn.Linear(config.instruction_dim, d)
+        layer = nn.TransformerEncoderLayer(d, config.num_heads, config.ff_dim, config.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, config.num_layers, norm=nn.LayerNorm(d),
+                                             enable_nested_tensor=False)
+
+    def forward(self, image: torch.Tensor, proprio_norm: torch.Tensor, instruction: torch.Tensor,
+                embodiment: str) -> torch.Tensor:
+        B = image.shape[0]
+        emb_tok = self.embodiment_tokens[embodiment].expand(B, 1, -1)    # (B, 1, d)
+        prop_tok = self.proprio_proj[embodiment](proprio_norm)[:, None]  # (B, 1, d)
+        instr_tok = self.instruction_proj(instruction)[:, None]          # (B, 1, d)
+        img_tok = self.vision(image)                                     # (B, G*G, d)
+        tokens = torch.cat([emb_tok, prop_tok, instr_tok, img_tok], 1)   # (B, 3 + G*G, d)
+        out = self.encoder(tokens)                                       # (B, 3 + G*G, d)
+        return out[:, 0]                                                 # (B, d): at the embodiment token
+
+
+# ---------------------------------------------------------------- heads
+class TokenHead(nn.Module):
+    """Discretized actions, all (T, D) bins' logits from one MLP pass."""
+
+    def __init__(self, config: PolicyConfig, spec: EmbodimentSpec) -> None:
+        super().__init__()
+        self.T, self.D, self.num_bins = spec.chunk_size, spec.action_dim, config.num_bins
+        self.range_std = config.token_range_std
+        self.decode = config.token_decode
+        h = config.token_hidden
+        self.mlp = nn.Sequential(nn.Linear(config.d_model, h), nn.GELU(), nn.Linear(h, h), nn.GELU(),
+                                 nn.Linear(h, self.T * self.D * self.num_bins))
+        # bin i covers [-1, 1] at -1 + 2i/(num_bins-1); derived, not saved
+        self.register_buffer("bin_centers", torch.linspace(-1.0, 1.0, self.num_bins), persistent=False)
+
+    def logits(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.mlp(feat).reshape(-1, self.T, self.D, self.num_bins)  # (B, T, D, num_bins)
+
+    def to_bins(self, target: torch.Tensor) -> torch.Tensor:
+        """Normalized deltas (B, T, D) -> bin indices (B, T, D) int64."""
+        u = (target / self.range_std).clamp(-1.0, 1.0)
+        return torch.round((u + 1.0) * 0.5 * (self.num_bins - 1)).long()
+
+    def loss(self, feat: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.logits(feat)                                      # (B, T, D, num_bins)
+        bins = self.to_bins(target)                                     # (B, T, D)
+        ce = F.cross_entropy(logits.reshape(-1, self.num_bins), bins.reshape(-1))
+        acc = (logits.argmax(-1) == bins).float().mean()
+        return ce, {"token_ce": ce.item(), "token_bin_acc": acc.item()}
+
+    def sample(self, feat: torch.Tensor, num_samples: int, generator: torch.Generator | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized deltas (B, T, D) and confidence (B,) = 1 - mean normalized entropy."""
+        del num_samples, generator  # deterministic decoding
+        probs = self.logits(feat).softmax(-1)                           # (B, T, D, num_bins)
+        if self.decode == "argmax":
+            u = self.bin_centers[probs.argmax(-1)]                      # (B, T, D)
+        else:
+            u = (probs * self.bin_centers).sum(-1)                      # (B, T, D)
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)       # (B, T, D)
+        confidence = 1.0 - entropy.mean((1, 2)) / math.log(self.num_bins)
+        return u * self.range_std, confidence.clamp(0.0, 1.0)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0
+                         ) -> torch.Tensor:
+    """(B,) times in [0, 1] -> (B, dim) sin/cos features with periods spread geometrically."""
+    half = dim // 2
+    fraction = torch.linspace(0.0, 1.0, half, device=t.device, dtype=t.dtype)
+    period = min_period * (max_period / min_period) ** fraction        # (half,)
+    angle = t[:, None] * (2.0 * math.pi / period)                       # (B, half)
+    return torch.cat([angle.sin(), angle.cos()], -1)                    # (B, dim)
+
+
+class FlowHead(nn.Module):
+    """Rectified flow: x_t = (1 - t) x0 + t x1, noise x0 -> chunk x1, velocity target x1 - x0."""
+
+    def __init__(self, config: PolicyConfig, spec: EmbodimentSpec) -> None:
+        super().__init__()
+        self.T, self.D = spec.chunk_size, spec.action_dim
+        self.time_dim = config.flow_time_dim
+        self.num_steps = config.num_flow_steps
+        self.train_samples = config.flow_train_samples
+        self.confidence_scale = config.flow_confidence_scale
+        n, h = self.T * self.D, config.flow_hidden
+        self.net = nn.Sequential(nn.Linear(config.d_model + self.time_dim + n, h), nn.GELU(),
+                                 nn.Linear(h, h), nn.GELU(), nn.Linear(h, h), nn.GELU(), nn.Linear(h, n))
+
+    def velocity(self, feat: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """feat (B, d), t (B,), x (B, T*D) -> velocity (B, T*D)."""
+        return self.net(torch.cat([feat, sinusoidal_embedding(t, self.time_dim), x], -1))
+
+    def loss(self, feat: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        B, K = feat.shape[0], self.train_samples
+        feat = feat.repeat_interleave(K, 0)                                  # (B*K, d)
+        x1 = target.reshape(B, self.T * self.D).repeat_interleave(K, 0)      # (B*K, T*D)
+        x0 = torch.randn_like(x1)
+        t = torch.rand(B * K, device=x1.device, dtype=x1.dtype)
+        xt = (1.0 - t[:, None]) * x0 + t[:, None] * x1                       # (B*K, T*D)
+        mse = F.mse_loss(self.velocity(feat, t, xt), x1 - x0)
+        return mse, {"flow_mse": mse.item()}
+
+    def sample(self, feat: torch.Tensor, num_samples: int, generator: torch.Generator | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean of K Euler-integrated samples (B, T, D) and confidence (B,) from their spread.
+
+        The K samples share the pooled feature (one backbone pass) and run as one batch.
+        With K = 1 there is no spread and the confidence is 1.
+        """
+        B, K = feat.shape[0], num_samples
+        feat = feat.repeat_interleave(K, 0)                                  # (B*K, d)
+        x = torch.randn(B * K, self.T * self.D, generator=generator, device=feat.device, dtype=feat.dtype)
+        dt = 1.0 / self.num_steps
+        for i in range(self.num_steps):
+            t = torch.full((B * K,), i * dt, device=feat.device, dtype=feat.dtype)
+            x = x + dt * self.velocity(feat, t, x)                           # (B*K, T*D)
+        x = x.reshape(B, K, self.T, self.D)                                  # (B, K, T, D)
+        spread = x.std(1, unbiased=False).mean((1, 2))                       # (B,)
+        confidence = torch.exp(-spread / self.confidence_scale)
+        return x.mean(1), confidence.clamp(0.0, 1.0)
+
+
+# ---------------------------------------------------------------- policy
+class HybridPolicy(nn.Module):
+    """Shared backbone + per-embodiment normalizer and head."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__()
+        if not config.embodiments:
+            raise ValueError("embodiments: a policy needs at least one embodiment, got ()")
+        self.config = config
+        self.backbone = Backbone(config)
+        self.heads = nn.ModuleDict(
+            {e.name: (TokenHead if e.head_type == "token" else FlowHead)(config, e) for e in config.embodiments})
+        self.normalizers = nn.ModuleDict({e.name: Normalizer(e) for e in config.embodiments})
+
+    @property
+    def embodiment_names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.config.embodiments)
+
+    def fit_normalization(self, embodiment: str, proprio: np.ndarray, actions: np.ndarray) -> None:
+        """Set ``embodiment``'s statistics from its demonstrations (N, D) and (N, T, D)."""
+        self.config.embodiment(embodiment)
+        self.normalizers[embodiment].fit(proprio, actions, self.config.std_floor)
+
+    def _check_batch(self, batch: Mapping[str, object], with_actions: bool) -> EmbodimentSpec:
+        """Validate keys and shapes; return the batch's embodiment spec."""
+        keys = (EMBODIMENT, IMAGE, PROPRIO, INSTRUCTION) + ((ACTIONS,) if with_actions else ())
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise ValueError(f"batch: missing keys {missing} (has {sorted(batch)})")
+        name = batch[EMBODIMENT]
+        if not isinstance(name, str):
+            raise ValueError(f"batch[{EMBODIMENT!r}]: expected one embodiment name (str), got {name!r}")
+        spec = self.config.embodiment(name)
+        S, D, T, E = self.config.image_size, spec.action_dim, spec.chunk_size, self.config.instruction_dim
+        B = batch[IMAGE].shape[0]  # type: ignore[attr-defined]
+        expected = {IMAGE: (B, 3, S, S), PROPRIO: (B, D), INSTRUCTION: (B, E)}
+        if with_actions:
+            expected[ACTIONS] = (B, T, D)
+        for key, shape in expected.items():
+            value = batch[key]
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"batch[{key!r}]: expected a tensor of shape {shape} for {name!r}, got {got}")
+        return spec
+
+    def encode(self, batch: Mapping[str, object]) -> torch.Tensor:
+        """Pooled backbone feature (B, d_model) of a (checked) batch."""
+        name: str = batch[EMBODIMENT]  # type: ignore[assignment]
+        proprio_norm = self.normalizers[name].normalize_proprio(batch[PROPRIO])  # (B, D)
+        return self.backbone(batch[IMAGE], proprio_norm, batch[INSTRUCTION], name)
+
+    def forward(self, batch: Mapping[str, object]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss of one single-embodiment batch, and its parts as floats."""
+        spec = self._check_batch(batch, with_actions=True)
+        feat = self.encode(batch)                                                  # (B, d)
+        delta = batch[ACTIONS] - batch[PROPRIO][:, None, :]                        # (B, T, D)
+        target = self.normalizers[spec.name].normalize_delta(delta)                # (B, T, D)
+        loss, parts = self.heads[spec.name].loss(feat, target)
+        return loss, {"loss": loss.item(), **parts}
+
+    @torch.no_grad()
+    def predict(self, batch: Mapping[str, object], num_samples: int = 1,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Action chunks for a single-embodiment batch (no ACTIONS key needed).
+
+        Returns ACTIONS (B, T, D) absolute targets, DELTAS (B, T, D) = ACTIONS - proprio and
+        CONFIDENCE (B,). Flow heads draw ``num_samples`` noise samples (from ``generator``
+        if given, for reproducible output) and average them; token heads ignore both.
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples: must be >= 1, got {num_samples!r}")
+        spec = self._check_batch(batch, with_actions=False)
+        feat = self.encode(batch)                                                   # (B, d)
+        delta_norm, confidence = self.heads[spec.name].sample(feat, num_samples, generator)  # (B, T, D), (B,)
+        delta = self.normalizers[spec.name].denormalize_delta(delta_norm)           # (B, T, D)
+        return {ACTIONS: batch[PROPRIO][:, None, :] + delta, DELTAS: delta, CONFIDENCE: confidence}
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

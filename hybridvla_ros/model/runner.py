@@ -1,0 +1,146 @@
+"""PolicyRunner: what the inference node calls. numpy in, absolute action chunk out.
+
+Loads a checkpoint, picks one embodiment's head, and turns one (image, joint positions,
+instruction) observation into a :class:`Prediction`: batch 1, ``torch.inference_mode``,
+the instruction embedding cached per string, flow noise from the runner's own seeded
+generator (same checkpoint + same seed + same calls -> same outputs).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from hybridvla_ros.model.checkpoint import KEY_MODEL_VERSION, load_checkpoint, read_checkpoint_config
+from hybridvla_ros.model.policy import (CONFIDENCE, DELTAS, EMBODIMENT, IMAGE, INSTRUCTION, PROPRIO,
+                                        HybridPolicy, PolicyConfig)
+from hybridvla_ros.model.text import embed_instruction
+
+INSTRUCTION_CACHE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One predicted action chunk."""
+
+    actions: np.ndarray      # (T, D) float64 ABSOLUTE position targets (proprio + de-normalized delta)
+    confidence: float        # in [0, 1]: token entropy or flow-sample agreement
+    latency_s: float         # the model's own time (preprocessing + forward)
+    head_type: str           # "token" or "flow"
+
+
+class PolicyRunner:
+    """One embodiment's view of a loaded HybridPolicy."""
+
+    def __init__(self, policy: HybridPolicy, config: PolicyConfig, embodiment: str, model_version: int = 0,
+                 seed: int = 0) -> None:
+        spec = config.embodiment(embodiment)  # ValueError naming the known embodiments
+        self.policy = policy.eval()
+        self.config = config
+        self.embodiment = embodiment
+        self.action_dim: int = spec.action_dim
+        self.chunk_size: int = spec.chunk_size
+        self.head_type: str = spec.head_type
+        self.image_size: int = config.image_size
+        self.model_version: int = int(model_version)
+        self.joint_names: tuple[str, ...] = spec.joint_names
+        self.control_period_s: float = spec.control_period_s
+        self.default_instruction: str = spec.instruction
+        self._generator = torch.Generator().manual_seed(seed)
+        self._instructions: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    @classmethod
+    def load(cls, checkpoint_dir: str | os.PathLike[str], embodiment: str, num_threads: int = 1,
+             seed: int = 0) -> "PolicyRunner":
+        """Load ``checkpoint_dir`` for ``embodiment``.
+
+        Raises CheckpointError, or ValueError if the checkpoint has no head for ``embodiment``.
+        ``num_threads`` sets torch's intra-op threads for the whole process.
+        """
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise ValueError(f"num_threads: must be a positive integer, got {num_threads!r}")
+        policy, config = load_checkpoint(checkpoint_dir)
+        model_version = read_checkpoint_config(checkpoint_dir)[KEY_MODEL_VERSION]
+        torch.set_num_threads(num_threads)
+        return cls(policy, config, embodiment, model_version=model_version, seed=seed)
+
+    def _instruction_embedding(self, instruction: str) -> torch.Tensor:
+        """(1, E) embedding, cached per string (least recently used dropped)."""
+        cached = self._instructions.get(instruction)
+        if cached is None:
+            cached = torch.from_numpy(embed_instruction(instruction, self.config.instruction_dim))[None]  # (1, E)
+            self._instructions[instruction] = cached
+            if len(self._instructions) > INSTRUCTION_CACHE_SIZE:
+                self._instructions.popitem(last=False)
+        else:
+            self._instructions.move_to_end(instruction)
+        return cached
+
+    def _check_inputs(self, image_rgb: np.ndarray, joint_positions: np.ndarray, instruction: str,
+                      num_samples: int) -> np.ndarray:
+        """Validate; return joint_positions as a (D,) float64 array."""
+        if not isinstance(image_rgb, np.ndarray) or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+            got = image_rgb.shape if isinstance(image_rgb, np.ndarray) else type(image_rgb).__name__
+            raise ValueError(f"image_rgb: expected an (H, W, 3) array, got {got}")
+        if image_rgb.dtype != np.uint8:
+            raise ValueError(f"image_rgb: expected dtype uint8, got {image_rgb.dtype}")
+        if image_rgb.shape[0] < 1 or image_rgb.shape[1] < 1:
+            raise ValueError(f"image_rgb: empty image of shape {image_rgb.shape}")
+        try:
+            q = np.asarray(joint_positions, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"joint_positions: expected {self.action_dim} numbers, got {joint_positions!r}") from None
+        if q.shape != (self.action_dim,):
+            raise ValueError(f"joint_positions: expected shape ({self.action_dim},) for {self.embodiment!r}, "
+                             f"got {q.shape}")
+        if not np.isfinite(q).all():
+            raise ValueError(f"joint_positions: must be finite, got {q.tolist()}")
+        if not isinstance(instruction, str):
+            raise ValueError(f"instruction: expected a str, got {instruction!r}")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples: must be a positive integer, got {num_samples!r}")
+        return q
+
+    def predict(self, image_rgb: np.ndarray, joint_positions: np.ndarray, instruction: str,
+                num_samples: int = 5) -> Prediction:
+        """Action chunk for one observation.
+
+        image_rgb (H, W, 3) uint8, resized to image_size with cv2.INTER_AREA if needed;
+        joint_positions (D,). ``num_samples`` flow samples (one batch) give the confidence;
+        token heads ignore it. Raises ValueError on wrong shapes, dtypes or NaN.
+        """
+        start = time.perf_counter()
+        q = self._check_inputs(image_rgb, joint_positions, instruction, num_samples)
+        S = self.image_size
+        if image_rgb.shape[:2] != (S, S):
+            image_rgb = cv2.resize(np.ascontiguousarray(image_rgb), (S, S), interpolation=cv2.INTER_AREA)  # (S, S, 3)
+        with torch.inference_mode():
+            image = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, S, S)
+            batch = {EMBODIMENT: self.embodiment, IMAGE: image,
+                     PROPRIO: torch.from_numpy(q).float()[None],                  # (1, D)
+                     INSTRUCTION: self._instruction_embedding(instruction)}       # (1, E)
+            out = self.policy.predict(batch, num_samples=num_samples, generator=self._generator)
+        delta = out[DELTAS][0].double().numpy()                                   # (T, D)
+        actions = q[None, :] + delta                                              # (T, D) in float64
+        confidence = float(out[CONFIDENCE][0])
+        return Prediction(actions=actions, confidence=min(max(confidence, 0.0), 1.0),
+                          latency_s=time.perf_counter() - start, head_type=self.head_type)
+
+    def warmup(self, iterations: int = 3) -> float:
+        """Run a few predictions on a blank observation (first calls are slow); return the last latency.
+
+        The flow-noise generator is restored afterwards, so warming up does not change later outputs.
+        """
+        state = self._generator.get_state()
+        image = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+        q = np.zeros(self.action_dim)
+        latency = 0.0
+        for _ in range(iterations):
+            latency = self.predict(image, q, self.default_instruction).latency_s
+        self._generator.set_state(state)
+        return latency

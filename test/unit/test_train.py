@@ -1,0 +1,30 @@
+"""`hybridvla train`: demonstrations from the simulators' experts -> a checkpoint, a loss plot, a log."""
+from __future__ import annotations
+
+import json
+import os
+
+from hybridvla_ros.launch_description import default_config_dir
+from hybridvla_ros.model.runner import PolicyRunner
+from hybridvla_ros.model.train import main
+
+
+def test_tiny_training_run_writes_checkpoint_plot_and_log(tmp_path) -> None:
+    out = tmp_path / "ckpt"
+    code = main(["--embodiments", "franka", "hello", "--episodes", "3", "--steps-per-episode", "30",
+                 "--train-steps", "40", "--batch-size", "16", "--out", str(out), "--threads", "1", "--quiet",
+                 "--config-dir", default_config_dir()])
+    assert code == 0
+    files = set(os.listdir(out))
+    assert {"model.safetensors", "config.json", "loss.png", "train_log.json"} <= files
+    with open(out / "train_log.json", encoding="utf-8") as f:
+        log = json.load(f)
+    assert set(log["heldout"]) == {"franka", "hello"}
+    # The checkpoint serves both robots, with each robot's own head.
+    assert PolicyRunner.load(str(out), "franka").head_type == "token"
+    assert PolicyRunner.load(str(out), "hello").action_dim == 3
+
+
+def test_bad_arguments_exit_with_a_message(tmp_path, capsys) -> None:
+    assert main(["--episodes", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--episodes must be >= 1" in capsys.readouterr().err
