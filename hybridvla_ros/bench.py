@@ -5,7 +5,8 @@
    minus the model's own time (p50/p99); command period jitter at the control rate
    (p50/p99); achieved control rate; inference latency.
 2. In this process: safety-filter time per action and action-buffer time per step, for
-   every embodiment (median and p99 over thousands of calls).
+   every embodiment (median and p99 over thousands of calls), and the wall time of one
+   head adaptation on 50 simulated corrections (target: under 60 s on a 2-core CPU).
 Timing lives here, not in tests: our machines are shared and noisy; quote medians.
 """
 from __future__ import annotations
@@ -72,6 +73,28 @@ def time_action_buffer(embodiment: str, steps: int = 5000) -> dict[str, float]:
     return {"p50_us": stats["p50"], "p99_us": stats["p99"], "steps": steps}
 
 
+def time_adaptation(checkpoint: str, corrections: int = 50, embodiment: str = "franka") -> dict[str, Any]:
+    """Wall time of one head adaptation on ``corrections`` simulated corrections (1 torch thread, as the node)."""
+    import tempfile
+
+    import torch
+
+    from hybridvla_ros.model.adaptation import adapt, sim_corrections
+    from hybridvla_ros.params.adaptation import AdaptationParams
+
+    p = from_params(AdaptationParams, load_node_params(params_file_for(embodiment), "adaptation"), "adaptation")
+    torch.set_num_threads(p.num_threads)
+    data = sim_corrections(p, corrections)
+    with tempfile.TemporaryDirectory() as root:
+        t0 = time.perf_counter()
+        result = adapt(p, checkpoint, corrections=data, adapt_root=root)
+        wall = time.perf_counter() - t0
+    log = result.log
+    return {"corrections": corrections, "wall_time_s": wall, "accepted": bool(result.accepted),
+            "steps": log.get("steps"), "heldout_corrections": log.get("heldout_corrections"),
+            "heldout_replay": log.get("heldout_replay")}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit code."""
     ap = argparse.ArgumentParser(prog="hybridvla bench", description=__doc__,
@@ -81,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default="checkpoints/default")
     ap.add_argument("--out", default="runs/bench_control_path.json")
     ap.add_argument("--skip-graph", action="store_true", help="only the in-process timings")
+    ap.add_argument("--skip-adaptation", action="store_true", help="do not time an adaptation")
     args = ap.parse_args(argv)
 
     result: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -94,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         result["action_buffer_us"][e] = ab
         print(f"  {e:<7} safety filter {sf['p50_us']:7.1f} / {sf['p99_us']:7.1f} us per action   "
               f"action buffer {ab['p50_us']:6.1f} / {ab['p99_us']:6.1f} us per step")
+
+    if not args.skip_adaptation and os.path.isfile(os.path.join(args.checkpoint, "model.safetensors")):
+        ad = time_adaptation(args.checkpoint)
+        result["adaptation"] = ad
+        print(f"  one adaptation on {ad['corrections']} corrections: {ad['wall_time_s']:.1f} s "
+              f"({'accepted' if ad['accepted'] else 'rejected'} after {ad['steps']} steps; target < 60 s)")
 
     if not args.skip_graph:
         from hybridvla_ros.cli import run_graph

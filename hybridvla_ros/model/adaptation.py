@@ -578,3 +578,39 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def sim_corrections(p: AdaptationParams, n: int, labels: str = "shifted", seed: int = 100,
+                    steps_per_episode: int = 40) -> CorrectionSet:
+    """``n`` simulated corrections (for tests and the benchmark), as the recorder stores them (one every 0.1 s) from a simulated human.
+
+    "shifted": the human reaches 10 cm beside the red target (the expert on a shifted
+    target; the image still shows the real one); "noise": random targets around the
+    current joint positions, unrelated to what the robot sees (a poisoned label set).
+    """
+    from hybridvla_ros.core.image import resize_for_policy
+    from hybridvla_ros.core.kinematic_sim import KinematicSim
+
+    every = max(1, round(0.1 / p.control_period_s))
+    sim = KinematicSim(p, seed=seed)
+    rng = np.random.default_rng(seed)
+    noise = 3.0 * np.asarray(p.max_velocity) * p.control_period_s
+    rows: list[tuple] = []
+    episode = 0
+    while len(rows) < n:
+        sim.reset(seed=seed + episode)
+        for k in range(steps_per_episode):
+            target = sim.target
+            sim.target = target + np.array([0.0, 0.1, 0.0])
+            human = sim.expert_target()
+            sim.target = target
+            label = human if labels == "shifted" else sim.positions + rng.normal(0.0, 1.0, p.action_dim) * noise
+            if k % every == 0 and len(rows) < n:
+                rows.append((resize_for_policy(sim.render(), 96), sim.positions, label, 50.0 + k * p.control_period_s,
+                             episode))
+            sim.command_positions(human)
+            sim.step(p.control_period_s)
+        episode += 1
+    images, proprio, human_action, stamps, episodes = (np.array(v) for v in zip(*rows))
+    return CorrectionSet(images, proprio, human_action, stamps, episodes, [p.instruction] * len(rows),
+                         correction_chunks(human_action, stamps, episodes, p.chunk_size, p.control_period_s))

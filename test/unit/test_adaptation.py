@@ -14,7 +14,7 @@ from hybridvla_ros.core.image import resize_for_policy
 from hybridvla_ros.core.kinematic_sim import KinematicSim
 from hybridvla_ros.launch_description import default_config_dir
 from hybridvla_ros.model.adaptation import (LOG_FIELDS, LOG_FILE, CorrectionSet, adapt, correction_chunks,
-                                            load_corrections, version_dirs)
+                                            load_corrections, sim_corrections, version_dirs)
 from hybridvla_ros.model.checkpoint import model_version_of
 from hybridvla_ros.model.policy import EmbodimentSpec, PolicyConfig
 from hybridvla_ros.model.runner import PolicyRunner
@@ -34,39 +34,6 @@ def franka_params(**overrides: object) -> AdaptationParams:
 def leap_params(**overrides: object) -> AdaptationParams:
     path = os.path.join(default_config_dir(), "leap.yaml")
     return from_params(AdaptationParams, {**load_node_params(path, "adaptation"), **overrides}, "adaptation")
-
-
-def sim_corrections(p: AdaptationParams, n: int, labels: str = "shifted", seed: int = 100,
-                    steps_per_episode: int = 40) -> CorrectionSet:
-    """Corrections as the recorder stores them (one every 0.1 s) from a simulated human.
-
-    "shifted": the human reaches 10 cm beside the red target (the expert on a shifted
-    target; the image still shows the real one); "noise": random targets around the
-    current joint positions, unrelated to what the robot sees (a poisoned label set).
-    """
-    every = max(1, round(0.1 / p.control_period_s))
-    sim = KinematicSim(p, seed=seed)
-    rng = np.random.default_rng(seed)
-    noise = 3.0 * np.asarray(p.max_velocity) * p.control_period_s
-    rows: list[tuple] = []
-    episode = 0
-    while len(rows) < n:
-        sim.reset(seed=seed + episode)
-        for k in range(steps_per_episode):
-            target = sim.target
-            sim.target = target + np.array([0.0, 0.1, 0.0])
-            human = sim.expert_target()
-            sim.target = target
-            label = human if labels == "shifted" else sim.positions + rng.normal(0.0, 1.0, p.action_dim) * noise
-            if k % every == 0 and len(rows) < n:
-                rows.append((resize_for_policy(sim.render(), 96), sim.positions, label, 50.0 + k * p.control_period_s,
-                             episode))
-            sim.command_positions(human)
-            sim.step(p.control_period_s)
-        episode += 1
-    images, proprio, human_action, stamps, episodes = (np.array(v) for v in zip(*rows))
-    return CorrectionSet(images, proprio, human_action, stamps, episodes, [p.instruction] * len(rows),
-                         correction_chunks(human_action, stamps, episodes, p.chunk_size, p.control_period_s))
 
 
 @pytest.fixture(scope="module")
