@@ -105,6 +105,9 @@ class HandoffNode(Node):
         if self.is_base:
             self.create_subscription(Twist, "teleop/cmd_vel", self._on_teleop_twist, qos)
         self.create_subscription(Bool, "teleop/deadman", self._on_deadman, qos)
+        # Task outcomes (True = success), from a success detector or a person: a failure
+        # pauses the policy and counts toward escalation, like a low-confidence pause.
+        self.create_subscription(Bool, "report_outcome", self._on_outcome, qos)
         self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, QoSProfile(depth=20))
         self.create_subscription(Observation, "observation", self._on_observation, QoSProfile(depth=5))
         self.create_service(Trigger, "~/acknowledge", self._on_acknowledge)
@@ -164,6 +167,11 @@ class HandoffNode(Node):
         if not ok:
             self.get_logger().warning(reason, throttle_duration_sec=2.0)
         self._apply(self.sm.drain())
+
+    def _on_outcome(self, msg: Bool) -> None:
+        if not msg.data:
+            self.sm.on_failure(now_s(self), "reported on report_outcome")
+            self._apply(self.sm.drain())
 
     def _on_deadman(self, msg: Bool) -> None:
         self.sm.on_deadman(bool(msg.data), now_s(self))

@@ -197,3 +197,46 @@ def test_bad_handoff_parameter_stops_the_node_with_a_clear_message(ros, tmp_path
     assert proc.returncode == 2, proc.stderr
     assert "handoff.resume_confidence: 0.4 is below pause_confidence 0.6" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_reported_failures_pause_and_escalate_until_acknowledged(ros) -> None:
+    p = from_params(HandoffParams, load_node_params(FRANKA, "handoff"))
+    ros.start([NodeSpec("handoff_node", "handoff", FRANKA, {"max_consecutive_pauses": 1})])
+    n = ros.node
+    modes: list[HandoffMode] = []
+    n.create_subscription(HandoffMode, "handoff/mode", modes.append, 50)
+    outcome = n.create_publisher(Bool, "report_outcome", 10)
+    chunk_pub = n.create_publisher(ActionChunk, "action_chunk", 10)
+    policy_pub = n.create_publisher(ActionStep, "policy_action", 10)
+    resume = n.create_client(Trigger, "handoff/resume_policy")
+    acknowledge = n.create_client(Trigger, "handoff/acknowledge")
+    home = np.asarray(p.home_position)
+    assert ros.spin_until(lambda: len(modes) > 0, 20.0), ros.logs()
+
+    def drive(seconds: float) -> None:
+        for i in range(int(seconds / p.control_period_s)):
+            chunk_pub.publish(ActionChunk(embodiment="franka", action_dim=7, chunk_length=1, seq=1000 + i,
+                                          step_period_s=p.control_period_s, actions=home.tolist(), confidence=0.9))
+            policy_pub.publish(ActionStep(embodiment="franka", action=home.tolist(), chunk_seq=1000 + i))
+            ros.spin_for(p.control_period_s)
+
+    def call(client) -> bool:
+        assert client.wait_for_service(timeout_sec=5.0)
+        future = client.call_async(Trigger.Request())
+        assert ros.spin_until(future.done, 5.0)
+        return future.result().success
+
+    drive(0.3)
+    outcome.publish(Bool(data=False))
+    assert ros.spin_until(lambda: modes[-1].mode == HandoffMode.PAUSED, 3.0)
+    assert "report_outcome" in modes[-1].reason
+    assert call(resume)
+    drive(0.3)
+    outcome.publish(Bool(data=True))    # a success changes nothing
+    drive(0.2)
+    assert modes[-1].mode == HandoffMode.AUTONOMOUS
+    outcome.publish(Bool(data=False))   # the second failure in a row escalates
+    assert ros.spin_until(lambda: modes[-1].mode == HandoffMode.ESCALATED, 3.0)
+    assert not call(resume), "an escalation must be acknowledged first"
+    assert call(acknowledge)
+    assert ros.spin_until(lambda: modes[-1].mode == HandoffMode.PAUSED, 3.0)
