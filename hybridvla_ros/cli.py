@@ -4,6 +4,7 @@
     hybridvla demo                                          # train if needed, run on the sim, report
     hybridvla train --embodiments franka aloha hello leap   # policy from the sims' scripted experts
     hybridvla bench                                         # control-path numbers, JSON in runs/
+    hybridvla bench-model                                   # batch-1 inference variants side by side
     hybridvla check-config config/franka.yaml               # validate a parameter file
     hybridvla export-corrections --store runs/corrections/franka.sqlite --out corrections.mcap
 """
@@ -189,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train the policy (see hybridvla train --help)", add_help=False)
     sub.add_parser("bench", help="control-path benchmark (see hybridvla bench --help)", add_help=False)
+    sub.add_parser("bench-model", help="fp32 / int8 / bf16 / ONNX Runtime inference side by side "
+                   "(see hybridvla bench-model --help)", add_help=False)
 
     export = sub.add_parser("export-corrections", help="write recorded corrections as a ROS 2 MCAP file")
     export.add_argument("--store", default="runs/corrections/franka.sqlite")
@@ -208,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_train(argv[1:])
     if argv and argv[0] == "bench":
         return _cmd_bench(argv[1:])
+    if argv and argv[0] == "bench-model":
+        from hybridvla_ros.model import bench_model
+        return bench_model.main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

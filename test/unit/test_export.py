@@ -1,0 +1,89 @@
+"""Batch-1 inference variants (model/export.py) and ``hybridvla bench-model`` on a tiny checkpoint."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hybridvla_ros.model import bench_model
+from hybridvla_ros.model.export import VARIANT_KINDS, make_variant
+from hybridvla_ros.model.runner import PolicyRunner
+from hybridvla_ros.model.train import main as train_main
+
+# Tolerances on absolute actions (rad / m), relative to the actions' spread in these tests.
+ONNX_ATOL = 1e-4   # same fp32 math, another runtime: float round-off only
+INT8_ATOL = 5e-2   # int8 weights and activations: quantization error, small but not round-off
+BF16_ATOL = 5e-2   # 8-bit mantissa
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    torch.set_num_threads(1)
+    out = str(tmp_path_factory.mktemp("ckpt"))
+    assert train_main(["--embodiments", "franka", "aloha", "--episodes", "2", "--steps-per-episode", "20",
+                       "--train-steps", "20", "--batch-size", "8", "--out", out, "--threads", "1", "--quiet"]) == 0
+    return out
+
+
+def _observation(runner: PolicyRunner, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)  # not policy size: variants resize
+    return image, rng.normal(scale=0.1, size=runner.action_dim)
+
+
+@pytest.mark.parametrize("embodiment", ["franka", "aloha"])  # token head, flow head
+def test_variants_agree_with_fp32_eager(checkpoint: str, embodiment: str) -> None:
+    runner = PolicyRunner.load(checkpoint, embodiment, num_threads=1, seed=7)
+    image, q = _observation(runner)
+    reference = runner.predict(image, q, runner.default_instruction, num_samples=5)
+    tolerances = {"fp32": 1e-6, "onnx": ONNX_ATOL, "int8": INT8_ATOL, "bf16": BF16_ATOL}
+    for kind in VARIANT_KINDS:
+        variant = make_variant(runner, kind, seed=7)  # same seed: same flow noise as the runner
+        actions, confidence = variant.predict(image, q, runner.default_instruction, 5)
+        assert actions.shape == (runner.chunk_size, runner.action_dim), kind
+        assert actions.dtype == np.float64
+        assert 0.0 <= confidence <= 1.0
+        np.testing.assert_allclose(actions, reference.actions, atol=tolerances[kind], err_msg=kind)
+        assert abs(confidence - reference.confidence) < max(10 * tolerances[kind], 1e-5), kind
+
+
+def test_onnx_flow_takes_any_sample_count(checkpoint: str) -> None:
+    runner = PolicyRunner.load(checkpoint, "aloha", num_threads=1)
+    image, q = _observation(runner, 1)
+    variant = make_variant(runner, "onnx")
+    one, confidence_one = variant.predict(image, q, runner.default_instruction, 1)
+    many, _ = variant.predict(image, q, runner.default_instruction, 8)
+    assert one.shape == many.shape == (32, 14)
+    assert confidence_one == pytest.approx(1.0)  # one sample: no spread
+
+
+def test_bad_requests_name_what_is_wrong(checkpoint: str) -> None:
+    runner = PolicyRunner.load(checkpoint, "franka", num_threads=1)
+    with pytest.raises(ValueError, match=r"kind: must be one of .*'fp16'"):
+        make_variant(runner, "fp16")
+    with pytest.raises(ValueError, match="no head for 'leap'"):
+        make_variant(runner.policy, "fp32", "leap")
+    with pytest.raises(ValueError, match="embodiment"):
+        make_variant(runner.policy, "fp32")
+    with pytest.raises(ValueError, match="runner_or_policy"):
+        make_variant(object(), "fp32", "franka")
+    variant = make_variant(runner, "int8")
+    image, _ = _observation(runner)
+    with pytest.raises(ValueError, match=r"joint_positions: expected 7"):
+        variant.predict(image, np.zeros(3), "x", 1)
+
+
+def test_bench_model_writes_json_and_plot(checkpoint: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert bench_model.main(["--checkpoint", checkpoint, "--episodes", "1", "--steps-per-episode", "4",
+                             "--iterations", "3", "--warmup", "1", "--skip-memory",
+                             "--out", str(out), "--plot", str(png)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["embodiments"]) == {"franka", "aloha"}
+    aloha = result["embodiments"]["aloha"]["kinds"]
+    assert set(aloha) == set(VARIANT_KINDS)
+    assert aloha["fp32"]["mae_vs_fp32"] == 0.0 and aloha["onnx"]["mae_vs_fp32"] < ONNX_ATOL
+    assert aloha["int8"]["latency"]["p50_ms"] > 0 and "confidence_cost_ratio" in aloha["int8"]
+    assert png.stat().st_size > 0
