@@ -2,7 +2,9 @@
 
 Loads a checkpoint, picks one embodiment's head, and turns one (image, joint positions,
 instruction) observation into a :class:`Prediction`: batch 1, ``torch.inference_mode``,
-the instruction embedding cached per string, flow noise from the runner's own seeded
+the instruction embedding cached per string, the vision tokens of the last image reused when
+the next (resized) image is byte-for-byte the same (a repeated camera frame skips the conv
+encoder; outputs are identical either way), flow noise from the runner's own seeded
 generator (same checkpoint + same seed + same calls -> same outputs).
 """
 from __future__ import annotations
@@ -17,8 +19,8 @@ import numpy as np
 import torch
 
 from hybridvla_ros.model.checkpoint import KEY_MODEL_VERSION, load_checkpoint, read_checkpoint_config
-from hybridvla_ros.model.policy import (CONFIDENCE, DELTAS, EMBODIMENT, IMAGE, INSTRUCTION, PROPRIO,
-                                        HybridPolicy, PolicyConfig)
+from hybridvla_ros.model.policy import (CONFIDENCE, DELTAS, EMBODIMENT, IMAGE, IMAGE_TOKENS, INSTRUCTION,
+                                        PROPRIO, HybridPolicy, PolicyConfig)
 from hybridvla_ros.model.text import embed_instruction
 
 INSTRUCTION_CACHE_SIZE = 32
@@ -53,6 +55,8 @@ class PolicyRunner:
         self.default_instruction: str = spec.instruction
         self._generator = torch.Generator().manual_seed(seed)
         self._instructions: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._last_image: np.ndarray | None = None         # (S, S, 3) uint8: the last resized image
+        self._last_image_tokens: torch.Tensor | None = None  # (1, G*G, d_model): its vision tokens
 
     @classmethod
     def load(cls, checkpoint_dir: str | os.PathLike[str], embodiment: str, num_threads: int = 1,
@@ -80,6 +84,19 @@ class PolicyRunner:
         else:
             self._instructions.move_to_end(instruction)
         return cached
+
+    def clear_vision_cache(self) -> None:
+        """Forget the last image's vision tokens (call after changing the policy's weights in place)."""
+        self._last_image, self._last_image_tokens = None, None
+
+    def _vision_tokens(self, image_rgb: np.ndarray, image: torch.Tensor) -> torch.Tensor:
+        """(1, G*G, d_model) vision tokens of ``image`` (from ``image_rgb``, (S, S, 3) uint8): the
+        previous call's when the bytes are equal, else freshly encoded (inside inference_mode)."""
+        if self._last_image is not None and np.array_equal(image_rgb, self._last_image):
+            return self._last_image_tokens  # type: ignore[return-value]
+        tokens = self.policy.backbone.vision(image)                                        # (1, G*G, d)
+        self._last_image, self._last_image_tokens = image_rgb.copy(), tokens
+        return tokens
 
     def _check_inputs(self, image_rgb: np.ndarray, joint_positions: np.ndarray, instruction: str,
                       num_samples: int) -> np.ndarray:
@@ -122,6 +139,7 @@ class PolicyRunner:
         with torch.inference_mode():
             image = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, S, S)
             batch = {EMBODIMENT: self.embodiment, IMAGE: image,
+                     IMAGE_TOKENS: self._vision_tokens(image_rgb, image),         # (1, G*G, d)
                      PROPRIO: torch.from_numpy(q).float()[None],                  # (1, D)
                      INSTRUCTION: self._instruction_embedding(instruction)}       # (1, E)
             out = self.policy.predict(batch, num_samples=num_samples, generator=self._generator)

@@ -135,18 +135,58 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
 
 
 # ---------------------------------------------------------------- evaluation
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` (higher: more likely positive) for boolean ``labels``.
+
+    The Mann-Whitney U statistic with tied scores given their average rank (a tie counts one
+    half); NaN when one class is empty. Written here because neither scipy nor scikit-learn
+    is a dependency of this package.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores/labels: shapes differ, {scores.shape} and {labels.shape}")
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # runs of equal scores share the mean of their 1-based ranks
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    for a, b in zip(starts, ends):
+        ranks[order[a:b]] = 0.5 * (a + 1 + b)
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def confidence_auroc(error: np.ndarray, confidence: np.ndarray) -> float:
+    """AUROC of LOW confidence picking out HIGH error (above the median error) among examples.
+
+    0.5: confidence says nothing about error; 1: every high-error example is less confident
+    than every low-error one. NaN with fewer than two distinct errors.
+    """
+    error = np.asarray(error, dtype=np.float64).ravel()
+    return auroc(-np.asarray(confidence, dtype=np.float64).ravel(), error > np.median(error))
+
+
 @torch.no_grad()
 def evaluate(policy: HybridPolicy, data: EmbodimentData, num_samples: int = 5, seed: int = 0,
              max_examples: int | None = None) -> dict[str, float]:
     """Mean absolute error of the predicted absolute chunks against the demonstrations (raw units),
-    next to the "hold still" baseline that predicts the current joint positions."""
+    next to the "hold still" baseline that predicts the current joint positions, and the AUROC
+    of low confidence flagging the examples with above-median error (``confidence_auroc``)."""
     policy.eval()
     n = len(data) if max_examples is None else min(len(data), max_examples)
     if n == 0:
         return {}
     idx_all = torch.linspace(0, len(data) - 1, n).round().long()
     generator = torch.Generator().manual_seed(seed)
-    abs_err, base_err, last_err, conf = 0.0, 0.0, 0.0, 0.0
+    abs_err, base_err, last_err = 0.0, 0.0, 0.0
+    example_err: list[np.ndarray] = []
+    example_conf: list[np.ndarray] = []
     for start in range(0, n, EVAL_BATCH):
         idx = idx_all[start:start + EVAL_BATCH]
         out = policy.predict(data.batch(idx, with_actions=False), num_samples=num_samples, generator=generator)
@@ -155,11 +195,14 @@ def evaluate(policy: HybridPolicy, data: EmbodimentData, num_samples: int = 5, s
         abs_err += float(err.sum())
         last_err += float(err[:, -1].sum())
         base_err += float((target - data.proprio[idx].double()[:, None]).abs().sum())
-        conf += float(out[CONFIDENCE].sum())
+        example_err.append(err.mean((1, 2)).numpy())                                 # (B,)
+        example_conf.append(out[CONFIDENCE].double().numpy())                        # (B,)
     T, D = data.spec.chunk_size, data.spec.action_dim
     mae, baseline = abs_err / (n * T * D), base_err / (n * T * D)
+    errors, confidences = np.concatenate(example_err), np.concatenate(example_conf)  # (n,), (n,)
     return {"action_mae": mae, "baseline_mae": baseline, "ratio_to_baseline": mae / max(baseline, 1e-12),
-            "last_step_mae": last_err / (n * D), "mean_confidence": conf / n, "examples": n}
+            "last_step_mae": last_err / (n * D), "mean_confidence": float(confidences.mean()),
+            "confidence_auroc": confidence_auroc(errors, confidences), "examples": n}
 
 
 # ---------------------------------------------------------------- training
@@ -426,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, m in log["heldout"].items():
         if m:
             print(f"  {name:8s} held-out action error {m['action_mae']:.4f} vs hold-still {m['baseline_mae']:.4f} "
-                  f"({100 * m['ratio_to_baseline']:.0f} %), confidence {m['mean_confidence']:.2f}")
+                  f"({100 * m['ratio_to_baseline']:.0f} %), confidence {m['mean_confidence']:.2f}, "
+                  f"AUROC(low confidence -> high error) {m['confidence_auroc']:.2f}")
         else:
             print(f"  {name:8s} no held-out episodes")
     return 0

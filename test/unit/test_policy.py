@@ -1,6 +1,8 @@
 """The hybrid policy: shapes for every embodiment and head, learning, one backbone pass for K samples."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -28,10 +30,12 @@ def batch(spec: EmbodimentSpec, b: int, seed: int = 0, with_actions: bool = True
     return out
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.name}-{s.head_type}")
-def test_shapes_for_every_embodiment_and_head(spec: EmbodimentSpec) -> None:
+@pytest.mark.parametrize("head_type", ["token", "flow"])
+@pytest.mark.parametrize("base", SPECS, ids=lambda s: f"{s.name}-D{s.action_dim}")
+def test_shapes_for_every_embodiment_and_head(base: EmbodimentSpec, head_type: str) -> None:
     torch.manual_seed(0)
-    policy = HybridPolicy(small_config())
+    spec = dataclasses.replace(base, head_type=head_type)
+    policy = HybridPolicy(small_config(*(spec if s.name == spec.name else s for s in SPECS)))
     policy.fit_normalization(spec.name, np.random.randn(50, spec.action_dim),
                              np.random.randn(50, spec.chunk_size, spec.action_dim))
     loss, parts = policy(batch(spec, 4))
