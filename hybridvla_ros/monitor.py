@@ -28,9 +28,9 @@ from hybridvla_ros.params.embodiment import EmbodimentParams
 
 @dataclass
 class Recording:
-    """Everything heard, with monotonic receive times (seconds)."""
+    """Everything heard: commands by their send time, the rest by monotonic receive time (seconds)."""
 
-    command_times: list[float] = field(default_factory=list)
+    command_times: list[float] = field(default_factory=list)       # send times (s, system clock)
     commands: list[np.ndarray] = field(default_factory=list)          # (D,) targets or (3,) twist
     chunk_info: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # seq -> (obs stamp, latency, conf)
     chunk_recv_times: list[float] = field(default_factory=list)
@@ -85,15 +85,17 @@ class GraphMonitor:
         return self.node.get_clock().now().nanoseconds * 1e-9
 
     # --- callbacks
-    def _on_command(self, msg: Any) -> None:
-        t = time.monotonic()
+    def _on_command(self, msg: Any, info: dict[str, Any] | None = None) -> None:
+        # The publisher's send time (DDS source timestamp): rate and jitter are the safety
+        # filter's, not this listener's scheduling (a backlog processed late would bunch up).
+        t = info["source_timestamp"] * 1e-9 if info and info.get("source_timestamp") else time.time()
         if isinstance(msg, Twist):
             value = np.array([msg.linear.x, msg.linear.y, msg.angular.z])
         elif isinstance(msg, Float64MultiArray):
             value = np.asarray(msg.data, dtype=np.float64)
         else:
             value = np.asarray(msg.points[-1].positions if msg.points else [], dtype=np.float64)
-        ros_t = self._ros_now_s()
+        ros_t = t
         with self._lock:
             self.rec.command_times.append(t)
             self.rec.commands.append(value)

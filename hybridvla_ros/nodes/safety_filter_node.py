@@ -43,7 +43,7 @@ class SafetyFilterNode(Node):
             watchdog_timeout_s=p.watchdog_timeout_s, velocity_scale=p.velocity_scale),
             control_period_s=p.control_period_s)
         self._last_sent: np.ndarray | None = None
-        self._last_send_s = -1.0
+        self._action_since_tick = False
         self._last_result: SafetyResult | None = None
         self.commands_sent = 0
         self.estop_trips = 0
@@ -98,6 +98,7 @@ class SafetyFilterNode(Node):
             self.get_logger().info(f"velocity scale {before:.2f} -> {self.filter.velocity_scale:.2f}")
 
     def _on_action(self, msg: ActionStep) -> None:
+        self._action_since_tick = True
         self._send(self.filter.filter(np.asarray(msg.action, dtype=np.float64), now_s(self)))
 
     def _on_reset(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
@@ -109,8 +110,10 @@ class SafetyFilterNode(Node):
     def _tick(self) -> None:
         t = now_s(self)
         result = self.filter.tick(t)
-        # Holds from the timer only fill periods in which no action came: one command per period.
-        if result is not None and t - self._last_send_s >= 0.75 * self.params.control_period_s:
+        # Holds from the timer only fill periods in which no action came (an action already got
+        # its command, a hold during an e-stop too): one command per period.
+        action_came, self._action_since_tick = self._action_since_tick, False
+        if result is not None and not action_came:
             if "watchdog" in result.limits_hit:
                 self.watchdog_holds += 1
             self._send(result)
@@ -120,7 +123,6 @@ class SafetyFilterNode(Node):
         self._last_result = result
         if result.command is None:
             return
-        self._last_send_s = now_s(self)
         cmd = result.command
         p = self.params
         if p.command_type == "geometry_msgs/Twist":

@@ -10,6 +10,9 @@ import os
 
 import numpy as np
 import pytest
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter
+from std_srvs.srv import Trigger
 
 from hybridvla_ros.launch_description import describe_graph, default_config_dir
 from hybridvla_ros.monitor import GraphMonitor
@@ -22,18 +25,24 @@ FRANKA = os.path.join(default_config_dir(), "franka.yaml")
 
 def test_whole_graph_on_simulated_franka(ros, tiny_checkpoint) -> None:
     p = from_params(SafetyFilterParams, load_node_params(FRANKA, "safety_filter"))
-    # A policy trained for seconds is never confident: confidence pausing is off here
-    # (the human-in-the-loop test covers it), everything else is the shipped graph.
+    # The policy starts paused (no confidence is enough), so the robot holds near home while
+    # the e-stop is tested; then the thresholds are lowered at run time and the policy drives.
+    # Everything else is the shipped graph.
     graph = describe_graph("franka", sim=True, checkpoint_path=tiny_checkpoint, overrides={
-        "handoff": {"pause_confidence": 0.0, "resume_confidence": 0.0},
+        "handoff": {"pause_confidence": 1.0, "resume_confidence": 1.0, "max_consecutive_pauses": 10},
+        "sim_operator": {"reaction_s": 60.0},  # the simulated person stays away in this test
         "correction_recorder": {"store_path": str(ros.tmp_path / "corrections.sqlite")}})
     runner = ros.start(graph)
     monitor = GraphMonitor(p, domain_id=ros.domain_id)
     try:
         assert monitor.wait_for(lambda r: len(r.command_times) > 25, 60.0), ros.logs()
         # A wrench spike (someone pushes the arm) latches the e-stop; commands hold.
-        monitor.push((0.0, 0.0, 3 * p.max_force_n))
-        assert monitor.wait_for(lambda r: r.safety is not None and r.safety.estop_latched, 5.0), ros.logs()
+        # (pushed again every 0.2 s: the first message can go out before the robot has discovered us)
+        for _ in range(25):
+            monitor.push((0.0, 0.0, 3 * p.max_force_n))
+            if monitor.wait_for(lambda r: r.safety is not None and r.safety.estop_latched, 0.2):
+                break
+        assert monitor.wait_for(lambda r: r.safety is not None and r.safety.estop_latched, 1.0), ros.logs()
         assert "force" in monitor.snapshot().safety.estop_reason
         n_latched = len(monitor.snapshot().commands)
         monitor.wait_for(lambda r: False, 1.0)
@@ -45,23 +54,39 @@ def test_whole_graph_on_simulated_franka(ros, tiny_checkpoint) -> None:
         assert ok, message
         assert monitor.wait_for(lambda r: r.safety is not None and not r.safety.estop_latched, 3.0)
 
+        # Let the policy drive (as with `ros2 param set /handoff ...` and the resume service).
+        setter = ros.node.create_client(SetParameters, "handoff/set_parameters")
+        assert setter.wait_for_service(timeout_sec=10.0)
+        for name in ("pause_confidence", "resume_confidence"):
+            request = SetParameters.Request(parameters=[Parameter(name, value=0.0).to_parameter_msg()])
+            future = setter.call_async(request)
+            assert ros.spin_until(future.done, 10.0) and future.result().results[0].successful
+        resume = ros.node.create_client(Trigger, "handoff/resume_policy")
+        assert resume.wait_for_service(timeout_sec=10.0)
+        future = resume.call_async(Trigger.Request())
+        assert ros.spin_until(future.done, 10.0) and future.result().success, future.result().message
+        assert monitor.wait_for(lambda r: len(r.chunk_info) > 0, 10.0)
+        n_policy = len(monitor.snapshot().commands)
+
         n0 = len(monitor.snapshot().command_times)
         monitor.wait_for(lambda r: False, 6.0)  # run for 6 s
         rec = monitor.snapshot()
         assert not runner.dead(), ros.logs()
-        # Rate: one command per control period.
-        times = np.asarray(rec.command_times[n0:])
-        rate = (len(times) - 1) / (times[-1] - times[0])
-        assert rate == pytest.approx(p.control_rate_hz, rel=0.15), f"{rate:.1f} Hz"
+        # Rate: one command per control period (median period of the commands as sent).
+        times = np.sort(np.asarray(rec.command_times[n0:]))
+        rate = 1.0 / float(np.median(np.diff(times)))
+        assert rate == pytest.approx(p.control_rate_hz, rel=0.1), f"{rate:.1f} Hz"
+        assert (len(times) - 1) / (times[-1] - times[0]) >= 0.85 * p.control_rate_hz, "no long gaps"
         # Limits: every command inside the joint bounds; every step within max velocity.
         cmds = np.asarray(rec.commands)
         assert np.all(cmds >= np.asarray(p.position_min) - 1e-9)
         assert np.all(cmds <= np.asarray(p.position_max) + 1e-9)
         steps = np.abs(np.diff(cmds, axis=0))
         assert np.all(steps <= np.asarray(p.max_velocity) * p.control_period_s * (1 + 1e-6) + 1e-9)
-        # The policy drives: chunks arrive and the arm moves away from home.
+        # The policy drives: chunks arrive and the arm moves.
         assert len(rec.chunk_info) >= 10
-        assert np.max(np.abs(cmds - np.asarray(p.home_position)), axis=1).max() > 1e-3
+        moved = np.abs(cmds[n_policy:] - cmds[n_policy]).max()
+        assert moved > 1e-3, f"the arm did not move under the policy ({moved})"
         # A weak test policy may touch the table: the e-stop may latch again, but only for a real force.
         if rec.safety.estop_latched:
             assert "force" in rec.safety.estop_reason and rec.safety.estop_trips == 2
