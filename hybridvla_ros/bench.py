@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from hybridvla_ros.core.action_buffer import ActionBuffer, ActionBufferConfig
-from hybridvla_ros.core.safety import SafetyFilter, SafetyLimits
+from hybridvla_ros.core.action_buffer import ActionBuffer
+from hybridvla_ros.core.safety import SafetyFilter
 from hybridvla_ros.core.stats import percentiles
 from hybridvla_ros.launch_description import params_file_for
 from hybridvla_ros.params import from_params, load_node_params
@@ -33,11 +33,7 @@ from hybridvla_ros.params.safety_filter import SafetyFilterParams
 def time_safety_filter(embodiment: str, calls: int = 5000, seed: int = 0) -> dict[str, float]:
     """Per-call time of SafetyFilter.filter on random targets around home (microseconds)."""
     p = from_params(SafetyFilterParams, load_node_params(params_file_for(embodiment), "safety_filter"))
-    f = SafetyFilter(SafetyLimits(
-        position_min=np.asarray(p.position_min), position_max=np.asarray(p.position_max),
-        max_velocity=np.asarray(p.max_velocity), max_acceleration=np.asarray(p.max_acceleration),
-        max_force_n=p.max_force_n, max_torque_nm=p.max_torque_nm, watchdog_timeout_s=p.watchdog_timeout_s),
-        control_period_s=p.control_period_s)
+    f = SafetyFilter(p.safety_limits(), control_period_s=p.control_period_s)
     home = np.asarray(p.home_position)
     f.update_measured(home, 0.0)
     rng = np.random.default_rng(seed)
@@ -57,9 +53,7 @@ def time_safety_filter(embodiment: str, calls: int = 5000, seed: int = 0) -> dic
 def time_action_buffer(embodiment: str, steps: int = 5000) -> dict[str, float]:
     """Per-step time of ActionBuffer.step with a new chunk every recompute_every steps (microseconds)."""
     p = from_params(ActionBufferParams, load_node_params(params_file_for(embodiment), "action_buffer"))
-    buf = ActionBuffer(ActionBufferConfig(control_period_s=p.control_period_s, recompute_every=p.recompute_every,
-                                          blend_steps=p.blend_steps, hold_grace_s=p.hold_grace_s,
-                                          max_chunk_age_s=p.max_chunk_age_s), action_dim=p.action_dim)
+    buf = ActionBuffer(p.buffer_config(), action_dim=p.action_dim)
     chunk = np.zeros((p.chunk_size, p.action_dim))
     samples = np.empty(steps)
     for i in range(steps):

@@ -78,7 +78,6 @@ def run_graph(embodiment: str, sim: bool, duration_s: float | None, checkpoint: 
         print(f"error: {exc}", file=sys.stderr)
         if log_dir:
             print(f"see the node logs in {log_dir}", file=sys.stderr)
-        report = None
         raise
     finally:
         if monitor is not None:

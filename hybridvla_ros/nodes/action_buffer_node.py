@@ -11,7 +11,7 @@ from rclpy.qos import QoSProfile
 from std_srvs.srv import Trigger
 
 from hybridvla_msgs.msg import ActionChunk, ActionStep, BufferStatus
-from hybridvla_ros.core.action_buffer import ActionBuffer, ActionBufferConfig
+from hybridvla_ros.core.action_buffer import ActionBuffer
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, stamp_to_s
 from hybridvla_ros.params.action_buffer import ActionBufferParams
 
@@ -22,10 +22,7 @@ class ActionBufferNode(Node):
     def __init__(self) -> None:
         super().__init__("action_buffer", automatically_declare_parameters_from_overrides=True)
         self.params = p = load_schema(self, ActionBufferParams)
-        self.buffer = ActionBuffer(ActionBufferConfig(
-            control_period_s=p.control_period_s, recompute_every=p.recompute_every,
-            blend_steps=p.blend_steps, hold_grace_s=p.hold_grace_s, max_chunk_age_s=p.max_chunk_age_s),
-            action_dim=p.action_dim)
+        self.buffer = ActionBuffer(p.buffer_config(), action_dim=p.action_dim)
         self.pub = self.create_publisher(ActionStep, "policy_action", QoSProfile(depth=5))
         self.status_pub = self.create_publisher(BufferStatus, "action_buffer/status", QoSProfile(depth=5))
         self.create_subscription(ActionChunk, "action_chunk", self._on_chunk, QoSProfile(depth=5))

@@ -19,7 +19,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from hybridvla_msgs.msg import ActionStep, SafetyStatus
 from hybridvla_ros.core.command import pose_step_to_twist
-from hybridvla_ros.core.safety import SafetyFilter, SafetyLimits, SafetyResult
+from hybridvla_ros.core.safety import SafetyFilter, SafetyResult
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, stamp_to_s
 from hybridvla_ros.params.safety_filter import SafetyFilterParams
 
@@ -36,12 +36,7 @@ class SafetyFilterNode(Node):
     def __init__(self) -> None:
         super().__init__("safety_filter", automatically_declare_parameters_from_overrides=True)
         self.params = p = load_schema(self, SafetyFilterParams)
-        self.filter = SafetyFilter(SafetyLimits(
-            position_min=np.asarray(p.position_min), position_max=np.asarray(p.position_max),
-            max_velocity=np.asarray(p.max_velocity), max_acceleration=np.asarray(p.max_acceleration),
-            max_force_n=p.max_force_n, max_torque_nm=p.max_torque_nm,
-            watchdog_timeout_s=p.watchdog_timeout_s, velocity_scale=p.velocity_scale),
-            control_period_s=p.control_period_s)
+        self.filter = SafetyFilter(p.safety_limits(), control_period_s=p.control_period_s)
         self._last_sent: np.ndarray | None = None
         self._action_since_tick = False
         self._last_result: SafetyResult | None = None

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from hybridvla_ros.core.safety import SafetyLimits
 from hybridvla_ros.params.base import param
 from hybridvla_ros.params.embodiment import EmbodimentParams
 
@@ -17,3 +20,11 @@ class SafetyFilterParams(EmbodimentParams):
     velocity_scale: float = param("fraction of max_velocity the policy may use", 1.0, min=0.01, max=1.0)
     trajectory_horizon_s: float = param(
         "time_from_start of the single JointTrajectory point (JointTrajectory controllers)", 0.0, min=0.0, max=1.0)
+
+    def safety_limits(self) -> SafetyLimits:
+        """The core filter's limits from these parameters (ValueError if inconsistent)."""
+        return SafetyLimits(
+            position_min=np.asarray(self.position_min), position_max=np.asarray(self.position_max),
+            max_velocity=np.asarray(self.max_velocity), max_acceleration=np.asarray(self.max_acceleration),
+            max_force_n=self.max_force_n, max_torque_nm=self.max_torque_nm,
+            watchdog_timeout_s=self.watchdog_timeout_s, velocity_scale=self.velocity_scale)
