@@ -5,6 +5,7 @@
     hybridvla train --embodiments franka aloha hello leap   # policy from the sims' scripted experts
     hybridvla bench                                         # control-path numbers, JSON in runs/
     hybridvla bench-model                                   # batch-1 inference variants side by side
+    hybridvla eval --embodiment franka --episodes 10        # closed-loop episodes through the graph
     hybridvla check-config config/franka.yaml               # validate a parameter file
     hybridvla export-corrections --store runs/corrections/franka.sqlite --out corrections.mcap
 """
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     sub.add_parser("train", help="train the policy (see hybridvla train --help)", add_help=False)
+    sub.add_parser("eval", help="N episodes of the task through the whole graph, JSON and plots "
+                   "(see hybridvla eval --help)", add_help=False)
     sub.add_parser("bench", help="control-path benchmark (see hybridvla bench --help)", add_help=False)
     sub.add_parser("bench-model", help="fp32 / int8 / bf16 / ONNX Runtime inference side by side "
                    "(see hybridvla bench-model --help)", add_help=False)
@@ -210,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_train(argv[1:])
     if argv and argv[0] == "bench":
         return _cmd_bench(argv[1:])
+    if argv and argv[0] == "eval":
+        from hybridvla_ros import evaluate
+        return evaluate.main(argv[1:])
     if argv and argv[0] == "bench-model":
         from hybridvla_ros.model import bench_model
         return bench_model.main(argv[1:])

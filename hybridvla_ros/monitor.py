@@ -6,6 +6,8 @@ latency, safety interventions and e-stops, and the simulated task error.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from geometry_msgs.msg import Twist, WrenchStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from std_msgs.msg import Float64, Float64MultiArray, UInt64
+from std_msgs.msg import Bool, Float64, Float64MultiArray, UInt64
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
@@ -36,6 +38,12 @@ class Recording:
     chunk_recv_times: list[float] = field(default_factory=list)
     first_step_of_chunk: dict[int, float] = field(default_factory=dict)   # chunk seq -> ROS time of first step
     frame_to_command_s: list[float] = field(default_factory=list)
+    # per chunk: (frame stamp, observation sent, chunk sent, model latency, first command sent), seconds
+    stage_times: list[tuple[float, float, float, float, float]] = field(default_factory=list)
+    observation_sent: dict[float, float] = field(default_factory=dict)   # frame stamp -> observation send time
+    chunk_sent: dict[int, float] = field(default_factory=dict)           # chunk seq -> send time
+    task_success: bool = False
+    success_changes: list[tuple[float, bool]] = field(default_factory=list)  # (monotonic time, task_success)
     observation_skews: list[float] = field(default_factory=list)
     safety: SafetyStatus | None = None
     buffer: BufferStatus | None = None
@@ -43,6 +51,11 @@ class Recording:
     task_errors: list[float] = field(default_factory=list)
     modes: list[tuple[float, int]] = field(default_factory=list)      # (monotonic time, HandoffMode.mode) changes
     corrections: int = 0
+
+
+def _sent_s(info: dict[str, Any] | None) -> float:
+    """The publisher's send time (DDS source timestamp, s), or now when the middleware gives none."""
+    return info["source_timestamp"] * 1e-9 if info and info.get("source_timestamp") else time.time()
 
 
 class GraphMonitor:
@@ -71,8 +84,9 @@ class GraphMonitor:
         n.create_subscription(Float64, "sim_robot/task_error", self._on_task_error, qos)
         n.create_subscription(HandoffMode, "handoff/mode", self._on_mode, qos)
         n.create_subscription(UInt64, "correction_recorder/count", self._on_corrections, qos)
+        n.create_subscription(Bool, "sim_robot/task_success", self._on_success, qos)
         self.push_pub = n.create_publisher(WrenchStamped, "sim_robot/push", QoSProfile(depth=5))
-        self.reset_client = n.create_client(Trigger, "safety_filter/reset_estop")
+        self._trigger_clients: dict[str, Any] = {}  # service name -> client
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._stop = threading.Event()
         self._thread.start()
@@ -88,7 +102,7 @@ class GraphMonitor:
     def _on_command(self, msg: Any, info: dict[str, Any] | None = None) -> None:
         # The publisher's send time (DDS source timestamp): rate and jitter are the safety
         # filter's, not this listener's scheduling (a backlog processed late would bunch up).
-        t = info["source_timestamp"] * 1e-9 if info and info.get("source_timestamp") else time.time()
+        t = _sent_s(info)
         if isinstance(msg, Twist):
             value = np.array([msg.linear.x, msg.linear.y, msg.angular.z])
         elif isinstance(msg, Float64MultiArray):
@@ -106,11 +120,16 @@ class GraphMonitor:
                 if info is not None:
                     obs_stamp, latency, _conf = info
                     self.rec.frame_to_command_s.append(ros_t - obs_stamp - latency)
+                    obs_sent = self.rec.observation_sent.get(obs_stamp)
+                    chunk_sent = self.rec.chunk_sent.get(seq)
+                    if obs_sent is not None and chunk_sent is not None:
+                        self.rec.stage_times.append((obs_stamp, obs_sent, chunk_sent, latency, ros_t))
 
-    def _on_chunk(self, msg: ActionChunk) -> None:
+    def _on_chunk(self, msg: ActionChunk, info: dict[str, Any] | None = None) -> None:
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._lock:
             self.rec.chunk_info[msg.seq] = (stamp, msg.inference_latency_s, msg.confidence)
+            self.rec.chunk_sent[msg.seq] = _sent_s(info)
             self.rec.chunk_recv_times.append(time.monotonic())
 
     def _on_step(self, msg: ActionStep) -> None:
@@ -120,9 +139,14 @@ class GraphMonitor:
                 self.rec.first_step_of_chunk[msg.chunk_seq] = t
                 self._pending_first_step.append((msg.chunk_seq, t))
 
-    def _on_observation(self, msg: Observation) -> None:
+    def _on_observation(self, msg: Observation, info: dict[str, Any] | None = None) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._lock:
             self.rec.observation_skews.append(msg.proprio_skew_s)
+            self.rec.observation_sent[stamp] = _sent_s(info)
+            if len(self.rec.observation_sent) > 2000:  # a chunk answers a recent observation
+                for key in list(self.rec.observation_sent)[:1000]:
+                    del self.rec.observation_sent[key]
 
     def _on_safety(self, msg: SafetyStatus) -> None:
         with self._lock:
@@ -143,6 +167,12 @@ class GraphMonitor:
             if not self.rec.modes or self.rec.modes[-1][1] != msg.mode:
                 self.rec.modes.append((time.monotonic(), int(msg.mode)))
 
+    def _on_success(self, msg: Bool) -> None:
+        with self._lock:
+            if msg.data != self.rec.task_success or not self.rec.success_changes:
+                self.rec.success_changes.append((time.monotonic(), bool(msg.data)))
+            self.rec.task_success = bool(msg.data)
+
     def _on_corrections(self, msg: UInt64) -> None:
         with self._lock:
             self.rec.corrections = int(msg.data)
@@ -156,16 +186,44 @@ class GraphMonitor:
 
     def reset_estop(self, timeout_s: float = 5.0) -> tuple[bool, str]:
         """Call safety_filter/reset_estop; returns (success, message)."""
-        if not self.reset_client.wait_for_service(timeout_sec=timeout_s):
-            return False, "service safety_filter/reset_estop not available"
-        future = self.reset_client.call_async(Trigger.Request())
+        return self.call_trigger("safety_filter/reset_estop", timeout_s)
+
+    def call_trigger(self, service: str, timeout_s: float = 5.0) -> tuple[bool, str]:
+        """Call a std_srvs/Trigger service; returns (success, message), (False, why) when unanswered."""
+        with self._lock:
+            client = self._trigger_clients.get(service)
+            if client is None:
+                client = self._trigger_clients[service] = self.node.create_client(Trigger, service)
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            return False, f"service {service} not available"
+        return self._wait_future(client.call_async(Trigger.Request()), timeout_s,
+                                 lambda res: (bool(res.success), str(res.message)))
+
+    def set_parameter(self, node: str, name: str, value: Any, timeout_s: float = 5.0) -> tuple[bool, str]:
+        """Set one parameter of a running node (``ros2 param set``); returns (success, reason)."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        service = f"/{node.lstrip('/')}/set_parameters"
+        with self._lock:  # clients live as long as the node: destroying one under the spinning executor races
+            client = self._trigger_clients.get(service)
+            if client is None:
+                client = self._trigger_clients[service] = self.node.create_client(SetParameters, service)
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            return False, f"{service} not available"
+        req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        return self._wait_future(client.call_async(req), timeout_s,
+                                 lambda res: (bool(res.results[0].successful), str(res.results[0].reason)))
+
+    @staticmethod
+    def _wait_future(future: Any, timeout_s: float, unpack: Any) -> tuple[bool, str]:
         end = time.monotonic() + timeout_s
         while not future.done() and time.monotonic() < end:
-            time.sleep(0.02)
+            time.sleep(0.01)
         if not future.done():
+            future.cancel()
             return False, "no answer"
-        res = future.result()
-        return bool(res.success), str(res.message)
+        return unpack(future.result())
 
     def wait_for(self, predicate: Any, timeout_s: float, poll_s: float = 0.05) -> bool:
         """Wait until predicate(recording) is true; returns whether it became true in time."""
@@ -181,10 +239,7 @@ class GraphMonitor:
         """A copy of the recording so far (lists copied, safe to read while spinning)."""
         with self._lock:
             r = self.rec
-            return Recording(list(r.command_times), list(r.commands), dict(r.chunk_info), list(r.chunk_recv_times),
-                             dict(r.first_step_of_chunk), list(r.frame_to_command_s), list(r.observation_skews),
-                             r.safety, r.buffer, r.buffer_holds, list(r.task_errors), list(r.modes),
-                             r.corrections)
+            return Recording(**{f.name: copy.copy(getattr(r, f.name)) for f in dataclasses.fields(r)})
 
     def report(self, skip_first_s: float = 0.0) -> dict[str, Any]:
         """Summary numbers of what was heard (commands after ``skip_first_s`` of the first one)."""

@@ -1,4 +1,8 @@
-"""Record scripted-expert demonstrations in the kinematic simulator (the training data contract).
+"""Record scripted-expert demonstrations in the simulators (the training data contract).
+
+The simulator is the one the sim node would run for these parameters: ``physics`` and
+``scene`` of a ``SimRobotParams`` (MuJoCo for franka / aloha when the parameter file says
+so), else the kinematic one (:func:`hybridvla_ros.core.sims.make_sim`).
 
 A demonstration set is a dict (saved as one ``.npz``) with N = episodes x steps samples:
 
@@ -37,7 +41,7 @@ import zipfile
 import numpy as np
 
 from hybridvla_ros.core.image import resize_for_policy
-from hybridvla_ros.core.kinematic_sim import KinematicSim
+from hybridvla_ros.core.sims import make_sim
 from hybridvla_ros.params.embodiment import EmbodimentParams
 
 __all__ = [
@@ -61,7 +65,7 @@ def _positive_int(name: str, value: object, minimum: int = 1) -> int:
 def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per_episode: int,
                           image_size: int = 96, seed: int = 0, action_noise: float = 0.02,
                           progress: bool = False) -> dict[str, np.ndarray | str | float]:
-    """Roll out the expert of :class:`KinematicSim` at ``params.control_rate_hz`` and return the
+    """Roll out the simulator's scripted expert at ``params.control_rate_hz`` and return the
     demonstration dict described in the module docstring (N = num_episodes * steps_per_episode).
 
     Each episode resets the sim with its own seed drawn from ``seed`` (same arguments, same
@@ -76,8 +80,8 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
             or not math.isfinite(action_noise) or action_noise < 0:
         raise ValueError(f"action_noise must be a finite number >= 0, got {action_noise!r}")
 
-    sim = KinematicSim(params, int(getattr(params, "image_width", 160)), int(getattr(params, "image_height", 120)),
-                       seed=seed)
+    sim = make_sim(params, int(getattr(params, "image_width", 160)), int(getattr(params, "image_height", 120)),
+                   seed=seed, physics=getattr(params, "physics", "kinematic"), scene=getattr(params, "scene", "nominal"))
     period_s = params.control_period_s
     dim, chunk = params.action_dim, params.chunk_size
     lo, hi = np.asarray(params.position_min), np.asarray(params.position_max)

@@ -29,7 +29,8 @@ class SimOperatorNode(Node):
         self.params = p = load_schema(self, SimOperatorParams)
         self.operator = ScriptedOperator(OperatorConfig(
             reaction_s=p.reaction_s, min_help_s=p.min_help_s, max_help_s=p.max_help_s,
-            done_error_m=p.done_error_m, handback_delay_s=p.handback_delay_s))
+            done_error_m=p.done_error_m, handback_delay_s=p.handback_delay_s,
+            stall_s=p.stall_s, stall_progress_m=p.stall_progress_m))
         self._mode: int | None = None
         self._expert: np.ndarray | None = None
         self._task_error: float | None = None

@@ -1,4 +1,4 @@
-"""sim_robot: a kinematic simulated robot that talks like the real robot's driver.
+"""sim_robot: a simulated robot (kinematic, or MuJoCo physics) that talks like the real robot's driver.
 
 Takes the controller command named in the parameter file (JointTrajectory,
 Float64MultiArray or Twist), publishes joint_states (100 Hz), a camera image (30 Hz)
@@ -6,7 +6,13 @@ showing the scene and the target, and a wrench when the robot has a F/T sensor.
 ``sim_robot/push`` (geometry_msgs/WrenchStamped) applies an external force for 0.3 s,
 the way a person pushing the robot would; ``sim_robot/task_error`` reports the distance
 from the tool to the target (m), and ``sim_robot/expert_action`` (JointState) what the
-scripted expert would command next (the simulated operator follows it). The kinematics live in hybridvla_ros.core.kinematic_sim.
+scripted expert would command next (the simulated operator follows it),
+``sim_robot/task_success`` (Bool) whether the task is done (error under
+``success_tolerance_m``). ``sim_robot/reset`` (std_srvs/Trigger) starts a new episode:
+robot at home, a new scene drawn with seed ``seed + k`` for the k-th reset (so an
+evaluation is repeatable); the ``scene`` parameter (nominal / shifted) can be changed at
+run time (``ros2 param set /sim_robot scene shifted``) and applies from the next reset.
+The simulators live in hybridvla_ros.core (``sims.make_sim``).
 """
 from __future__ import annotations
 
@@ -15,11 +21,13 @@ from geometry_msgs.msg import Twist, WrenchStamped
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Float64, Float64MultiArray
+from rcl_interfaces.msg import SetParametersResult
+from std_msgs.msg import Bool, Float64, Float64MultiArray
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from hybridvla_ros.core.image import encode_compressed
-from hybridvla_ros.core.kinematic_sim import KinematicSim
+from hybridvla_ros.core.sims import SCENES, make_sim
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp
 from hybridvla_ros.params.sim_robot import SimRobotParams
 
@@ -32,8 +40,11 @@ class SimRobotNode(Node):
     def __init__(self) -> None:
         super().__init__("sim_robot", automatically_declare_parameters_from_overrides=True)
         self.params = p = load_schema(self, SimRobotParams)
-        self.sim = KinematicSim(p, image_width=p.image_width, image_height=p.image_height, seed=p.seed)
+        self.sim = make_sim(p, image_width=p.image_width, image_height=p.image_height, seed=p.seed,
+                            physics=p.physics, scene=p.scene)
         self.sim.reset(seed=p.seed)
+        self._scene = p.scene
+        self._resets = 0
         self._last_step_s = now_s(self)
         self._episode_start_s = self._last_step_s
         self._episode = 0
@@ -46,17 +57,47 @@ class SimRobotNode(Node):
         self.wrench_pub = (self.create_publisher(WrenchStamped, p.wrench_topic, QoSProfile(depth=20))
                            if p.wrench_topic else None)
         self.error_pub = self.create_publisher(Float64, "sim_robot/task_error", QoSProfile(depth=5))
+        self.success_pub = self.create_publisher(Bool, "sim_robot/task_success", QoSProfile(depth=5))
         # What the scripted expert would command next: the simulated operator's eyes and hands.
         self.expert_pub = self.create_publisher(JointState, "sim_robot/expert_action", QoSProfile(depth=5))
         kind = {"trajectory_msgs/JointTrajectory": JointTrajectory, "std_msgs/Float64MultiArray": Float64MultiArray,
                 "geometry_msgs/Twist": Twist}[p.command_type]
         self.create_subscription(kind, p.command_topic, self._on_command, QoSProfile(depth=10))
         self.create_subscription(WrenchStamped, "sim_robot/push", self._on_push, QoSProfile(depth=5))
+        self.create_service(Trigger, "sim_robot/reset", self._on_reset)
+        if not self.has_parameter("scene"):  # declared so `ros2 param set` finds it when the file omits it
+            self.declare_parameter("scene", p.scene)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0 / p.joint_state_rate_hz, self._on_physics_tick)
         self.create_timer(1.0 / p.camera_rate_hz, self._on_camera_tick)
         self.create_timer(p.control_period_s, self._on_expert_tick)
-        self.get_logger().info(f"simulated {p.embodiment}: {p.command_topic} ({p.command_type}) in, "
-                               f"{p.joint_states_topic} / {p.camera_topic} out")
+        self.get_logger().info(f"simulated {p.embodiment} ({p.physics}, scene {p.scene}): {p.command_topic} "
+                               f"({p.command_type}) in, {p.joint_states_topic} / {p.camera_topic} out")
+
+    def _on_set_parameters(self, params: list) -> SetParametersResult:
+        """Only ``scene`` may change at run time (it applies from the next reset)."""
+        for prm in params:
+            if prm.name != "scene":
+                continue
+            if prm.value not in SCENES or (prm.value != "nominal" and self.params.physics != "mujoco"):
+                return SetParametersResult(successful=False,
+                                           reason=f"scene must be one of {list(SCENES)} (non-nominal needs "
+                                                  f"physics mujoco), got {prm.value!r}")
+            self._scene = str(prm.value)
+        return SetParametersResult(successful=True)
+
+    def _on_reset(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        """New episode: robot at home, scene drawn from the current preset with seed + k."""
+        self._resets += 1
+        seed = self.params.seed + self._resets
+        if hasattr(self.sim, "scene"):
+            self.sim.scene = self._scene
+        self.sim.reset(seed=seed)
+        self._episode_start_s = now_s(self)
+        res.success = True
+        res.message = f"episode {self._resets}: seed {seed}, scene {self._scene}"
+        self.get_logger().info(res.message)
+        return res
 
     def _on_command(self, msg: JointTrajectory | Float64MultiArray | Twist) -> None:
         try:
@@ -127,6 +168,7 @@ class SimRobotNode(Node):
             cmsg.data = data
             self.compressed_pub.publish(cmsg)
         self.error_pub.publish(Float64(data=float(self.sim.task_error_m())))
+        self.success_pub.publish(Bool(data=bool(self.sim.success(self.params.success_tolerance_m))))
 
 
 def main(args: list[str] | None = None) -> int:

@@ -70,3 +70,47 @@ def test_sim_robot_publishes_and_follows_commands(ros, embodiment) -> None:
     moved = np.asarray(states[-1][1].position) - start
     assert moved[0] > 0.02, f"{embodiment} did not move: {moved}"
     assert np.all(np.abs(moved[1:]) < 0.02)
+
+
+def test_reset_starts_a_new_repeatable_episode_and_scene_is_checked(ros) -> None:
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    from std_msgs.msg import Bool, Float64
+    from std_srvs.srv import Trigger
+
+    path = os.path.join(default_config_dir(), "leap.yaml")
+    ros.start([NodeSpec("sim_robot_node", "sim_robot", path, {"seed": 5})])
+    n = ros.node
+    errors: list[float] = []
+    success: list[bool] = []
+    n.create_subscription(Float64, "sim_robot/task_error", lambda m: errors.append(m.data), 50)
+    n.create_subscription(Bool, "sim_robot/task_success", lambda m: success.append(m.data), 50)
+    assert ros.spin_until(lambda: len(errors) > 3 and len(success) > 3, 30.0), ros.logs()
+    assert success[-1] is False  # the hand starts away from its target
+
+    reset = n.create_client(Trigger, "sim_robot/reset")
+
+    def call(client, request):
+        assert client.wait_for_service(timeout_sec=10.0)
+        future = client.call_async(request)
+        assert ros.spin_until(future.done, 10.0)
+        return future.result()
+
+    first = call(reset, Trigger.Request())
+    assert first.success and "seed 6" in first.message and "scene nominal" in first.message
+    ros.spin_for(0.2)
+    errors.clear()
+    assert ros.spin_until(lambda: len(errors) > 2, 5.0)
+    error_after_first = errors[-1]
+    second = call(reset, Trigger.Request())
+    assert "seed 7" in second.message
+    ros.spin_for(0.2)
+    errors.clear()
+    assert ros.spin_until(lambda: len(errors) > 2, 5.0)
+    assert abs(errors[-1] - error_after_first) > 1e-4  # a new target: another episode
+
+    # The kinematic sim has one scene: a 'shifted' request is refused, the node keeps running.
+    setp = n.create_client(SetParameters, "/sim_robot/set_parameters")
+    res = call(setp, SetParameters.Request(parameters=[Parameter("scene", value="shifted").to_parameter_msg()]))
+    assert not res.results[0].successful and "mujoco" in res.results[0].reason
+    assert "seed 8" in call(reset, Trigger.Request()).message

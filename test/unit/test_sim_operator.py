@@ -54,3 +54,30 @@ def test_a_pause_that_ends_before_the_reaction_is_ignored() -> None:
 def test_bad_config_names_the_field() -> None:
     with pytest.raises(ValueError, match="max_help_s"):
         OperatorConfig(min_help_s=5.0, max_help_s=1.0)
+
+
+def test_takes_over_unasked_when_the_policy_stalls_and_not_while_it_progresses() -> None:
+    op = ScriptedOperator(OperatorConfig(reaction_s=0.2, min_help_s=0.5, max_help_s=3.0, stall_s=2.0,
+                                         stall_progress_m=0.01, done_error_m=0.02))
+    # Progressing 1 cm every 0.5 s: never a takeover.
+    for i in range(20):
+        assert not op.step(i * 0.5, MODE_AUTONOMOUS, TARGET, 0.30 - 0.012 * i).deadman
+    # Stuck at 6 cm: the watch fires 2 s after the last progress, then the reaction time.
+    t0 = 10.0
+    outs = [op.step(t0 + 0.1 * k, MODE_AUTONOMOUS, TARGET, 0.06) for k in range(30)]
+    first = next(k for k, o in enumerate(outs) if o.deadman)
+    assert 0.1 * first >= 2.0 and op.stall_takeovers == 1 and op.helps == 1
+    assert np.array_equal(outs[first].teleop, TARGET)
+
+
+def test_stall_watch_is_off_by_default_and_restarts_on_a_new_episode() -> None:
+    op = ScriptedOperator(OperatorConfig())
+    assert not any(op.step(0.1 * k, MODE_AUTONOMOUS, TARGET, 0.2).deadman for k in range(200))
+    op = ScriptedOperator(OperatorConfig(reaction_s=0.0, stall_s=2.0))
+    for k in range(15):                      # 1.5 s stuck ...
+        assert not op.step(0.1 * k, MODE_AUTONOMOUS, TARGET, 0.1).deadman
+    for k in range(15, 30):                  # ... then a reset puts the error up: the watch restarts
+        assert not op.step(0.1 * k, MODE_AUTONOMOUS, TARGET, 0.4).deadman
+    # Solved tasks are never "stalled".
+    op = ScriptedOperator(OperatorConfig(reaction_s=0.0, stall_s=1.0, done_error_m=0.03))
+    assert not any(op.step(0.1 * k, MODE_AUTONOMOUS, TARGET, 0.01).deadman for k in range(50))
