@@ -5,7 +5,9 @@
     hybridvla train --embodiments franka aloha hello leap   # policy from the sims' scripted experts
     hybridvla bench                                         # control-path numbers, JSON in runs/
     hybridvla bench-model                                   # batch-1 inference variants side by side
+    hybridvla bench-precision                               # 1 mm reaching: token chunk vs flow-refined
     hybridvla eval --embodiment franka --episodes 10        # closed-loop episodes through the graph
+    hybridvla study safety                                  # the README's studies (safety, latency, ...)
     hybridvla check-config config/franka.yaml               # validate a parameter file
     hybridvla export-corrections --store runs/corrections/franka.sqlite --out corrections.mcap
 """
@@ -191,9 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", help="train the policy (see hybridvla train --help)", add_help=False)
     sub.add_parser("eval", help="N episodes of the task through the whole graph, JSON and plots "
                    "(see hybridvla eval --help)", add_help=False)
+    sub.add_parser("study", help="the README's studies: safety, latency, adaptation, transfer "
+                   "(see hybridvla study)", add_help=False)
     sub.add_parser("bench", help="control-path benchmark (see hybridvla bench --help)", add_help=False)
     sub.add_parser("bench-model", help="fp32 / int8 / bf16 / ONNX Runtime inference side by side "
                    "(see hybridvla bench-model --help)", add_help=False)
+    sub.add_parser("bench-precision", help="TCP error at 1 mm tolerance: 64-bin token chunks vs flow-refined "
+                   "(see hybridvla bench-precision --help)", add_help=False)
 
     export = sub.add_parser("export-corrections", help="write recorded corrections as a ROS 2 MCAP file")
     export.add_argument("--store", default="runs/corrections/franka.sqlite")
@@ -213,12 +219,18 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_train(argv[1:])
     if argv and argv[0] == "bench":
         return _cmd_bench(argv[1:])
+    if argv and argv[0] == "study":
+        from hybridvla_ros import studies
+        return studies.main(argv[1:])
     if argv and argv[0] == "eval":
         from hybridvla_ros import evaluate
         return evaluate.main(argv[1:])
     if argv and argv[0] == "bench-model":
         from hybridvla_ros.model import bench_model
         return bench_model.main(argv[1:])
+    if argv and argv[0] == "bench-precision":
+        from hybridvla_ros.model import bench_precision
+        return bench_precision.main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

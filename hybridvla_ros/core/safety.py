@@ -41,9 +41,13 @@ stopping distance > acceleration):
    Thanks to step 3 the brake stays inside the bounds; it is still clipped to
    them last (position wins), which matters only for a start outside them.
 
-Holds (NaN/Inf or wrong-shape action, e-stop, watchdog) command ``q_prev`` and
-reset ``v_prev`` to 0: a position-controlled robot told to stay stops there.
-After a hold, motion resumes acceleration-limited from rest at ``q_prev``.
+Holds. A rejected request (NaN/Inf or wrong-shape action, non-finite time) is a
+controlled stop: the command brakes from ``v_prev`` at max deceleration (the brake of
+step 4) and then stays; a policy that emits one NaN at full speed must not make the
+robot stop with unbounded deceleration (a real arm's controller faults on that). An
+e-stop or the watchdog commands ``q_prev`` at once with ``v_prev`` = 0: an e-stop must
+stop pushing now, and after the watchdog the robot has stood still for a timeout
+already. After a hold, motion resumes acceleration-limited from where it stopped.
 
 Everything is plain numpy on (D,) vectors (no per-joint Python loops). Per
 ``filter()`` call for D = 24 on one AMD EPYC core: ~9 us following a stream,
@@ -382,17 +386,33 @@ class SafetyFilter:
                 np.count_nonzero(q < self._pmin) + np.count_nonzero(q > self._pmax)) == 0
 
     def _hold(self, limit: str, reason: str, rejected: bool = False) -> SafetyResult:
-        """Command q_prev with zero velocity (None before a joint state)."""
-        self._rest()
+        """Stop (None before a joint state). A rejected request brakes from the current velocity
+        at max deceleration, then stands (a controlled stop: one NaN from a policy at full speed
+        must not demand an infinite deceleration); an e-stop or watchdog stands at q_prev at once."""
         self._stats["holds"] += 1
         self._stats[limit] += 1
         if rejected:
             self._stats["rejected"] += 1
         command = None
         if self._q_prev is not None:
+            step0 = self._step_prev
+            if rejected and np.count_nonzero(step0):
+                c = self._step_change_max
+                step = step0 - np.minimum(np.maximum(step0, -c), c)  # (D,) one period of braking
+                q = self._q_prev + step
+                if self._inside:  # position wins (step 3 kept the braking distance inside the bounds)
+                    q = np.minimum(np.maximum(q, self._pmin), self._pmax)
+                self._step_prev = q - self._q_prev
+                self._prev_target = None
+                self._tracking = False
+                self._set_q(q)
+            else:
+                self._rest()
             command = self._q_prev.copy()
             self._stats["commands"] += 1
             self._stats["modified"] += 1
+        else:
+            self._rest()
         return SafetyResult(command, True, (limit,), True, reason)
 
     def _estop_hold(self) -> SafetyResult:

@@ -135,8 +135,11 @@ def test_commands_never_exceed_limits(dim: int, seed: int, kinds: list[str], vel
         if kind in ("nan", "inf", "wrong_shape"):
             assert res.holding and res.modified
             assert res.limits_hit == (("shape",) if kind == "wrong_shape" else ("nan",))
-            np.testing.assert_array_equal(q, q_prev)
-            q_prev, v_prev, prev_target = q, np.zeros(dim), None
+            # A controlled stop: braking at max deceleration, never a jump to zero velocity.
+            v = check_step(q, q_prev, v_prev, limits, vmax)
+            assert np.all(np.abs(v) <= np.abs(v_prev) + 1e-12)
+            np.testing.assert_allclose(v, v_prev - np.clip(v_prev, -dv_max, dv_max), atol=1e-9)
+            q_prev, v_prev, prev_target = q, v, None
             continue
         assert not res.holding
         # Velocity and acceleration: always, braking included.
