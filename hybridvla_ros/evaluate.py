@@ -34,6 +34,7 @@ from hybridvla_ros.params.monitor import MonitorParams
 from hybridvla_ros.params.sim_robot import SimRobotParams
 
 HUMAN_OVERRIDE, PAUSED, ESCALATED = 2, 1, 3  # hybridvla_msgs/HandoffMode values
+EXPERT_CHUNK_RATE_HZ = 10.0  # policy sim_expert: how often the simulator publishes the expert's plan
 STALE_SUCCESS_S = 0.3  # ignore task_success heard this soon after a reset (a message from the last episode)
 
 
@@ -178,15 +179,22 @@ def _episode_stages(stage_times: list[tuple[float, ...]], wall0: float, wall1: f
 def run_evaluation(embodiment: str, episodes: int, scene: str = "nominal", checkpoint: str | None = None,
                    params_file: str | None = None, timeout_s: float = 20.0, seed: int = 0,
                    stall_s: float = 0.0, out_dir: str | None = None, log_dir: str | None = None,
-                   progress: bool = True, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                   progress: bool = True, overrides: dict[str, dict[str, Any]] | None = None,
+                   policy: str = "checkpoint", env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``episodes`` episodes and return {"summary", "episodes", "settings"}; writes
-    ``eval.json`` and ``eval.png`` to ``out_dir`` when given."""
+    ``eval.json`` and ``eval.png`` to ``out_dir`` when given. ``policy`` "sim_expert" drives
+    with the simulator's scripted expert through the graph instead of the checkpoint."""
     from tqdm import tqdm
 
+    if policy not in ("checkpoint", "sim_expert"):
+        raise ValueError(f"policy must be 'checkpoint' or 'sim_expert', got {policy!r}")
     extra = {k: dict(v) for k, v in (overrides or {}).items()}
     extra.setdefault("sim_robot", {}).update({"scene": scene, "seed": int(seed)})
+    if policy == "sim_expert":
+        extra["sim_robot"]["expert_chunk_rate_hz"] = EXPERT_CHUNK_RATE_HZ
+        extra.setdefault("inference", {})["policy_source"] = "sim_expert"
     extra.setdefault("sim_operator", {}).update({"stall_s": float(stall_s)})
-    with Evaluation(embodiment, checkpoint, params_file, extra, log_dir) as ev:
+    with Evaluation(embodiment, checkpoint, params_file, extra, log_dir, env=env) as ev:
         ev.wait_until_ready()
         bar = tqdm(range(episodes), desc=f"eval {embodiment} ({scene})", disable=not progress, dynamic_ncols=True)
         for _ in bar:
@@ -198,7 +206,7 @@ def run_evaluation(embodiment: str, episodes: int, scene: str = "nominal", check
         eps = list(ev.episodes)
     result = {"summary": summary, "episodes": [e.to_dict() for e in eps],
               "settings": {"embodiment": embodiment, "scene": scene, "episodes": episodes, "timeout_s": timeout_s,
-                           "seed": seed, "stall_s": stall_s, "checkpoint": checkpoint,
+                           "seed": seed, "stall_s": stall_s, "checkpoint": checkpoint, "policy": policy,
                            "physics": ev.sim_params.physics}}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -217,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--scene", default="nominal", choices=("nominal", "shifted"))
     p.add_argument("--checkpoint", default="checkpoints/default")
+    p.add_argument("--policy", default="checkpoint", choices=("checkpoint", "sim_expert"),
+                   help="sim_expert: the simulator's scripted expert drives through the graph (a perfect policy)")
     p.add_argument("--params-file", default=None, help="instead of config/<embodiment>.yaml")
     p.add_argument("--timeout", type=float, default=20.0, help="seconds per episode before it counts as failed")
     p.add_argument("--seed", type=int, default=1000, help="scene seed of the first episode (then +1 each)")
@@ -242,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or os.path.join("runs", "eval", f"{args.embodiment}_{args.scene}")
     try:
         result = run_evaluation(args.embodiment, args.episodes, args.scene, args.checkpoint, args.params_file,
-                                args.timeout, args.seed, args.stall_s, out, args.log_dir, not args.quiet)
+                                args.timeout, args.seed, args.stall_s, out, args.log_dir, not args.quiet,
+                                policy=args.policy)
     except ParameterError as exc:
         print(f"error: bad parameter: {exc}", file=sys.stderr)
         return 2

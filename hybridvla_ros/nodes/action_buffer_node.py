@@ -39,19 +39,19 @@ class ActionBufferNode(Node):
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         if msg.embodiment and msg.embodiment != self.params.embodiment:
-            self.get_logger().warn(f"chunk for {msg.embodiment!r} ignored (this is {self.params.embodiment})",
+            self.get_logger().warning(f"chunk for {msg.embodiment!r} ignored (this is {self.params.embodiment})",
                                    throttle_duration_sec=5.0)
             return
         flat = np.asarray(msg.actions, dtype=np.float64)
         if msg.action_dim == 0 or flat.size != msg.chunk_length * msg.action_dim:
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f"chunk rejected: {flat.size} values for {msg.chunk_length}x{msg.action_dim}", throttle_duration_sec=2.0)
             return
         actions = flat.reshape(msg.chunk_length, msg.action_dim)  # (T, D)
         ok, reason = self.buffer.add_chunk(actions, stamp_to_s(msg.header.stamp), msg.step_period_s,
                                            now_s(self), seq=msg.seq)
         if not ok:
-            self.get_logger().warn(f"chunk rejected: {reason}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"chunk rejected: {reason}", throttle_duration_sec=2.0)
 
     def _tick(self) -> None:
         t = now_s(self)

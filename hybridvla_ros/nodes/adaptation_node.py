@@ -78,10 +78,10 @@ class AdaptationNode(Node):
             if not isinstance(request, dict) or not isinstance(request.get("store_path"), str):
                 raise ValueError("expected a JSON object with a 'store_path' string")
         except ValueError as exc:
-            self.get_logger().warn(f"adapt request ignored: {exc}: {msg.data[:200]!r}")
+            self.get_logger().warning(f"adapt request ignored: {exc}: {msg.data[:200]!r}")
             return
         if request.get("embodiment", self.params.embodiment) != self.params.embodiment:
-            self.get_logger().warn(f"adapt request for {request.get('embodiment')!r} ignored: this node adapts "
+            self.get_logger().warning(f"adapt request for {request.get('embodiment')!r} ignored: this node adapts "
                                    f"{self.params.embodiment!r}")
             return
         with self._lock:
@@ -94,7 +94,7 @@ class AdaptationNode(Node):
         try:
             path = json.loads(msg.data)["checkpoint_path"]
         except (ValueError, KeyError, TypeError):
-            self.get_logger().warn(f"inference/active_model: not understood: {msg.data[:200]!r}")
+            self.get_logger().warning(f"inference/active_model: not understood: {msg.data[:200]!r}")
             return
         with self._lock:
             self._served = str(path)
@@ -110,7 +110,7 @@ class AdaptationNode(Node):
         try:
             os.nice(self.params.niceness)  # Linux: this thread (and what it starts) yields the CPU to inference
         except OSError as exc:
-            self.get_logger().warn(f"could not lower the adaptation thread's priority: {exc}")
+            self.get_logger().warning(f"could not lower the adaptation thread's priority: {exc}")
         while not self._stop.is_set():
             if not self._wake.wait(timeout=0.5):
                 continue
@@ -149,7 +149,7 @@ class AdaptationNode(Node):
             summary = (f"held-out correction error {corr['before']['chunk_mae']:.4g} -> "
                        f"{corr['after']['chunk_mae']:.4g}, {entry['steps']} steps, {entry['wall_time_s']:.1f} s")
         if not result.accepted:
-            log.warn(f"adaptation rejected ({entry['reason']}); {summary}; still serving {base}")
+            log.warning(f"adaptation rejected ({entry['reason']}); {summary}; still serving {base}")
             return
         path = str(result.checkpoint_dir.resolve()) if result.checkpoint_dir else entry["checkpoint"]
         with self._lock:

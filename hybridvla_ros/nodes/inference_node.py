@@ -13,12 +13,17 @@ reference once per call, answers with the new weights from its next call on
 update that cannot be loaded is logged and ignored. What is being served is published,
 latched, on ``inference/active_model`` (JSON {"checkpoint_path", "model_version"}), so the
 adaptation node fine-tunes what runs, also after a rollback.
+
+``policy_source: sim_expert`` serves the simulated robot's scripted expert instead of a
+checkpoint (its plans from ``sim_robot/expert_chunk``): a perfect policy through the same
+sync -> inference -> buffer -> handoff -> safety path, to show the graph does not spoil one.
 """
 from __future__ import annotations
 
 import json
 import os
 import threading
+import time
 
 import numpy as np
 from rclpy.node import Node
@@ -29,12 +34,43 @@ from std_srvs.srv import Trigger
 from hybridvla_msgs.msg import ActionChunk, Observation
 from hybridvla_ros.core.image import ImageDecodeError, decode_raw
 from hybridvla_ros.model.checkpoint import CheckpointError, model_version_of
-from hybridvla_ros.model.runner import PolicyRunner
+from hybridvla_ros.model.runner import PolicyRunner, Prediction
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, stamp_to_s
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.inference import InferenceParams
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class SimExpertSource:
+    """``policy_source: sim_expert``: the simulated robot's scripted expert stands in for the model
+    (a perfect policy, to show the graph does not spoil one). Same ``predict`` as PolicyRunner:
+    the newest ``sim_robot/expert_chunk``, confidence 1."""
+
+    head_type = "sim_expert"
+    model_version = 0
+    MAX_AGE_S = 0.3  # an older plan is not used (ValueError: the observation is skipped)
+
+    def __init__(self, action_dim: int, chunk_size: int) -> None:
+        self.action_dim, self.chunk_size = action_dim, chunk_size
+        self._chunk: ActionChunk | None = None
+        self.stamp = None  # builtin_interfaces/Time of the chunk last returned
+
+    def on_chunk(self, msg: ActionChunk) -> None:
+        self._chunk = msg
+
+    def predict(self, _image: np.ndarray, _q: np.ndarray, _instruction: str, num_samples: int = 1) -> Prediction:
+        msg = self._chunk
+        if msg is None or (msg.chunk_length, msg.action_dim) != (self.chunk_size, self.action_dim):
+            raise ValueError("no expert chunk of the right shape yet (is sim_robot.expert_chunk_rate_hz > 0?)")
+        age_s = time.time() - stamp_to_s(msg.header.stamp)
+        if age_s > self.MAX_AGE_S:
+            raise ValueError(f"expert chunk is {age_s:.3f} s old")
+        if self.stamp is not None and stamp_to_s(msg.header.stamp) <= stamp_to_s(self.stamp):
+            raise ValueError("no new expert plan since the last chunk")  # the buffer keeps playing that one
+        self.stamp = msg.header.stamp
+        actions = np.asarray(msg.actions, dtype=np.float64).reshape(self.chunk_size, self.action_dim)  # (T, D)
+        return Prediction(actions=actions, confidence=1.0, latency_s=0.0, head_type=self.head_type)
 
 
 class InferenceNode(Node):
@@ -43,10 +79,16 @@ class InferenceNode(Node):
     def __init__(self) -> None:
         super().__init__("inference", automatically_declare_parameters_from_overrides=True)
         self.params = p = load_schema(self, InferenceParams)
-        try:
-            self.runner = PolicyRunner.load(p.checkpoint_path, p.embodiment, num_threads=p.num_threads)
-        except (CheckpointError, ValueError, FileNotFoundError) as exc:
-            raise ParameterError(f"inference.checkpoint_path: {p.checkpoint_path!r}: {exc}") from None
+        self._expert: SimExpertSource | None = None
+        if p.policy_source == "sim_expert":
+            self.runner = self._expert = SimExpertSource(p.action_dim, p.chunk_size)
+            self.create_subscription(ActionChunk, "sim_robot/expert_chunk", self._expert.on_chunk, QoSProfile(depth=2))
+        else:
+            try:
+                self.runner = PolicyRunner.load(p.checkpoint_path, p.embodiment, num_threads=p.num_threads,
+                                               mode=p.head_type)
+            except (CheckpointError, ValueError, FileNotFoundError) as exc:
+                raise ParameterError(f"inference.checkpoint_path: {p.checkpoint_path!r}: {exc}") from None
         if self.runner.action_dim != p.action_dim:
             raise ParameterError(
                 f"inference.checkpoint_path: head for {p.embodiment} has action_dim "
@@ -92,9 +134,12 @@ class InferenceNode(Node):
         self.active_pub.publish(String(data=json.dumps(doc)))
 
     def _on_model_update(self, msg: String) -> None:
+        if self._expert is not None:
+            self.get_logger().warning("model update ignored: policy_source is sim_expert", throttle_duration_sec=10.0)
+            return
         path = msg.data.strip()
         if not path:
-            self.get_logger().warn("model update with an empty checkpoint path ignored")
+            self.get_logger().warning("model update with an empty checkpoint path ignored")
             return
         with self._swap_lock:
             if self._loading:  # one load at a time; the newest waiting update wins
@@ -120,7 +165,7 @@ class InferenceNode(Node):
             if model_version_of(path) == self.runner.model_version:
                 log.info(f"model update {path}: already serving model_version {self.runner.model_version}")
                 return
-            runner = PolicyRunner.load(path, p.embodiment, num_threads=p.num_threads)
+            runner = PolicyRunner.load(path, p.embodiment, num_threads=p.num_threads, mode=p.head_type)
             if (runner.action_dim, runner.chunk_size) != (p.action_dim, p.chunk_size):
                 raise ValueError(f"head for {p.embodiment} has action_dim {runner.action_dim}, chunk_size "
                                  f"{runner.chunk_size}; this node needs {p.action_dim}, {p.chunk_size}")
@@ -161,7 +206,7 @@ class InferenceNode(Node):
         age_s = now_s(self) - stamp_s
         if age_s > self.params.max_observation_age_s:
             self.skipped_stale += 1
-            self.get_logger().warn(f"observation is {age_s:.3f} s old; not running the policy on it",
+            self.get_logger().warning(f"observation is {age_s:.3f} s old; not running the policy on it",
                                    throttle_duration_sec=2.0)
             return
         self._last_used_stamp_s = stamp_s
@@ -173,10 +218,12 @@ class InferenceNode(Node):
             pred = runner.predict(image, q, msg.instruction or self.params.instruction,
                                        num_samples=self.params.confidence_samples)
         except (ImageDecodeError, ValueError) as exc:
-            self.get_logger().warn(f"observation rejected: {exc}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"observation rejected: {exc}", throttle_duration_sec=2.0)
             return
         out = ActionChunk()
         out.header = msg.header
+        if self._expert is not None:  # the plan starts when the expert made it, not at the frame
+            out.header.stamp = self._expert.stamp
         out.embodiment = self.params.embodiment
         out.chunk_length, out.action_dim = (int(n) for n in pred.actions.shape)
         out.step_period_s = self.params.control_period_s

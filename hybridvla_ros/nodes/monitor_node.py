@@ -176,7 +176,7 @@ class MonitorNode(Node):
         try:
             rgb = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
         except ImageDecodeError as exc:
-            self.get_logger().warn(f"observation image not drawn: {exc}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"observation image not drawn: {exc}", throttle_duration_sec=5.0)
             return
         img = annotate_image(rgb, self.health.display(now_s(self)), self.params.image_width_px)
         out = Image()

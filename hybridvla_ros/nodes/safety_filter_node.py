@@ -67,7 +67,7 @@ class SafetyFilterNode(Node):
             positions = np.asarray(msg.position, dtype=np.float64)[self._index[1]]
         except (ValueError, IndexError):
             self._index = None
-            self.get_logger().warn("joint_states without all joints; ignored", throttle_duration_sec=5.0)
+            self.get_logger().warning("joint_states without all joints; ignored", throttle_duration_sec=5.0)
             return
         self.filter.update_measured(positions, stamp_to_s(msg.header.stamp))
 
@@ -87,7 +87,7 @@ class SafetyFilterNode(Node):
             before = self.filter.velocity_scale
             self.filter.set_velocity_scale(min(float(msg.data), self.params.velocity_scale))
         except ValueError as exc:
-            self.get_logger().warn(f"handoff/velocity_scale ignored: {exc}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"handoff/velocity_scale ignored: {exc}", throttle_duration_sec=5.0)
             return
         if self.filter.velocity_scale != before:
             self.get_logger().info(f"velocity scale {before:.2f} -> {self.filter.velocity_scale:.2f}")

@@ -8,7 +8,8 @@ the way a person pushing the robot would; ``sim_robot/task_error`` reports the d
 from the tool to the target (m), and ``sim_robot/expert_action`` (JointState) what the
 scripted expert would command next (the simulated operator follows it),
 ``sim_robot/task_success`` (Bool) whether the task is done (error under
-``success_tolerance_m``). ``sim_robot/reset`` (std_srvs/Trigger) starts a new episode:
+``success_tolerance_m``), and with ``expert_chunk_rate_hz`` > 0 ``sim_robot/expert_chunk``
+(ActionChunk) the expert's plan for the next chunk (inference's ``sim_expert`` source). ``sim_robot/reset`` (std_srvs/Trigger) starts a new episode:
 robot at home, a new scene drawn with seed ``seed + k`` for the k-th reset (so an
 evaluation is repeatable); the ``scene`` parameter (nominal / shifted) can be changed at
 run time (``ros2 param set /sim_robot scene shifted``) and applies from the next reset.
@@ -26,7 +27,9 @@ from std_msgs.msg import Bool, Float64, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from hybridvla_msgs.msg import ActionChunk
 from hybridvla_ros.core.image import encode_compressed
+from hybridvla_ros.core.rollout import expert_chunk
 from hybridvla_ros.core.sims import SCENES, make_sim
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp
 from hybridvla_ros.params.sim_robot import SimRobotParams
@@ -71,6 +74,9 @@ class SimRobotNode(Node):
         self.create_timer(1.0 / p.joint_state_rate_hz, self._on_physics_tick)
         self.create_timer(1.0 / p.camera_rate_hz, self._on_camera_tick)
         self.create_timer(p.control_period_s, self._on_expert_tick)
+        if p.expert_chunk_rate_hz > 0:
+            self.chunk_pub = self.create_publisher(ActionChunk, "sim_robot/expert_chunk", QoSProfile(depth=2))
+            self.create_timer(1.0 / p.expert_chunk_rate_hz, self._on_expert_chunk_tick)
         self.get_logger().info(f"simulated {p.embodiment} ({p.physics}, scene {p.scene}): {p.command_topic} "
                                f"({p.command_type}) in, {p.joint_states_topic} / {p.camera_topic} out")
 
@@ -115,7 +121,7 @@ class SimRobotNode(Node):
             self.commands_received += 1
         except (ValueError, IndexError) as exc:
             self.commands_rejected += 1
-            self.get_logger().warn(f"command rejected: {exc}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"command rejected: {exc}", throttle_duration_sec=2.0)
 
     def _on_push(self, msg: WrenchStamped) -> None:
         f = msg.wrench.force
@@ -149,6 +155,21 @@ class SimRobotNode(Node):
         js = JointState(name=list(self.params.joint_names), position=self.sim.expert_target().tolist())
         js.header.stamp = self.get_clock().now().to_msg()
         self.expert_pub.publish(js)
+
+    def _on_expert_chunk_tick(self) -> None:
+        """The expert's next chunk_size targets from now (rolled out on a copy of the simulator)."""
+        p = self.params
+        t = now_s(self)
+        chunk = expert_chunk(self.sim, p.chunk_size)  # (T, D)
+        msg = ActionChunk()
+        s_to_stamp(t, msg.header.stamp)
+        msg.embodiment = p.embodiment
+        msg.chunk_length, msg.action_dim = (int(n) for n in chunk.shape)
+        msg.step_period_s = p.control_period_s
+        msg.actions = chunk.ravel().tolist()  # (T, D) row-major
+        msg.confidence = 1.0
+        msg.head_type = "sim_expert"
+        self.chunk_pub.publish(msg)
 
     def _on_camera_tick(self) -> None:
         t = now_s(self)

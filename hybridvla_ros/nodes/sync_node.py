@@ -48,7 +48,7 @@ class SyncNode(Node):
         ok, reason = self.sync.add_joint_state(
             stamp_to_s(msg.header.stamp), list(msg.name), list(msg.position), list(msg.velocity))
         if not ok:
-            self.get_logger().warn(f"joint_states rejected: {reason}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"joint_states rejected: {reason}", throttle_duration_sec=2.0)
             return
         if self._pending_image is not None:
             obs = self.sync.poll_pending(now_s(self))
@@ -78,7 +78,7 @@ class SyncNode(Node):
 
     def _decode_failed(self, reason: str) -> None:
         self.decode_errors += 1
-        self.get_logger().warn(f"camera frame dropped: {reason}", throttle_duration_sec=2.0)
+        self.get_logger().warning(f"camera frame dropped: {reason}", throttle_duration_sec=2.0)
 
     def _on_frame(self, stamp_s: float, rgb: np.ndarray, frame_id: str) -> None:
         image = resize_for_policy(rgb, self.params.observation_image_size)

@@ -12,6 +12,9 @@ class InferenceParams(EmbodimentParams):
     """Policy loading and scheduling."""
 
     checkpoint_path: str = param("directory with model.safetensors and config.json")
+    policy_source: str = param("checkpoint: the trained policy; sim_expert: the simulated robot's scripted expert "
+                               "(sim_robot/expert_chunk), a perfect policy to test the graph with", "checkpoint",
+                               choices=("checkpoint", "sim_expert"))
     num_threads: int = param("torch intra-op threads", 1, min=1, max=64)
     max_observation_age_s: float = param("do not run on observations older than this", 0.5, min=0.01, max=10.0)
     confidence_samples: int = param("samples drawn in one batch to estimate confidence (flow heads)", 5, min=1, max=64)

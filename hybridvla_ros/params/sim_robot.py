@@ -26,6 +26,9 @@ class SimRobotParams(EmbodimentParams):
     seed: int = param("random seed of the scene; episode k of a run uses seed + k", 0, min=0)
     episode_s: float = param("seconds before a new target is placed (0: never)", 0.0, min=0.0)
     publish_compressed: bool = param("also publish <camera_topic>/compressed (JPEG)", False)
+    expert_chunk_rate_hz: float = param("publish the scripted expert's next chunk on sim_robot/expert_chunk at this "
+                                        "rate (0: never; for inference policy_source sim_expert)", 0.0,
+                                        min=0.0, max=100.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -52,3 +52,17 @@ def test_runner_starts_each_node_as_its_own_python_module() -> None:
 def test_unknown_embodiment_is_a_clear_error() -> None:
     with pytest.raises(ParameterError, match="'ur5' is not one of"):
         params_file_for("ur5")
+
+
+def test_nodes_never_use_the_warn_alias() -> None:
+    """rclpy's deprecated ``warn`` forwards to ``warning``, so every ``warn`` call in a process shares
+    ONE throttle context: two call sites with different throttle periods crash the node
+    ('Requested logging filters cannot be changed between calls')."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "hybridvla_ros"
+    offenders = [f"{path.name}:{i}" for path in root.rglob("*.py")
+                 for i, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.search(r"\b(get_logger\(\)|log|logger)\.warn\(", line)]
+    assert offenders == []
