@@ -100,9 +100,14 @@ class Evaluation:
             raise RuntimeError(f"sim_robot refused scene {scene!r}: {why}")
         self._scene = scene
 
-    def run_episode(self, timeout_s: float, success_hold_s: float = 0.3) -> EpisodeResult:
-        """Reset the scene and run one episode; returns its result."""
+    def run_episode(self, timeout_s: float, success_hold_s: float = 0.3, seed: int | None = None) -> EpisodeResult:
+        """Reset the scene (with ``seed``, else the next one in sequence) and run one episode;
+        returns its result."""
         mon = self.monitor
+        if seed is not None:
+            ok, why = mon.set_parameter("sim_robot", "seed", int(seed))
+            if not ok:
+                raise RuntimeError(f"sim_robot refused seed {seed}: {why}")
         r0 = mon.snapshot()
         if r0.safety is not None and r0.safety.estop_latched:
             mon.reset_estop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ import rclpy
 from geometry_msgs.msg import Twist, WrenchStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
-from std_msgs.msg import Bool, Float64, Float64MultiArray, UInt64
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Bool, Float64, Float64MultiArray, String, UInt64
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
@@ -43,6 +44,8 @@ class Recording:
     observation_sent: dict[float, float] = field(default_factory=dict)   # frame stamp -> observation send time
     chunk_sent: dict[int, float] = field(default_factory=dict)           # chunk seq -> send time
     task_success: bool = False
+    adaptations: list[dict[str, Any]] = field(default_factory=list)   # adaptation/status entries (JSON)
+    active_model: dict[str, Any] = field(default_factory=dict)        # inference/active_model (JSON)
     success_changes: list[tuple[float, bool]] = field(default_factory=list)  # (monotonic time, task_success)
     observation_skews: list[float] = field(default_factory=list)
     safety: SafetyStatus | None = None
@@ -85,6 +88,9 @@ class GraphMonitor:
         n.create_subscription(HandoffMode, "handoff/mode", self._on_mode, qos)
         n.create_subscription(UInt64, "correction_recorder/count", self._on_corrections, qos)
         n.create_subscription(Bool, "sim_robot/task_success", self._on_success, qos)
+        latched = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+        n.create_subscription(String, "adaptation/status", self._on_adaptation, latched)
+        n.create_subscription(String, "inference/active_model", self._on_active_model, latched)
         self.push_pub = n.create_publisher(WrenchStamped, "sim_robot/push", QoSProfile(depth=5))
         self._trigger_clients: dict[str, Any] = {}  # service name -> client
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -172,6 +178,22 @@ class GraphMonitor:
             if msg.data != self.rec.task_success or not self.rec.success_changes:
                 self.rec.success_changes.append((time.monotonic(), bool(msg.data)))
             self.rec.task_success = bool(msg.data)
+
+    def _on_adaptation(self, msg: String) -> None:
+        try:
+            entry = json.loads(msg.data)
+        except json.JSONDecodeError:
+            return
+        with self._lock:
+            self.rec.adaptations.append(entry)
+
+    def _on_active_model(self, msg: String) -> None:
+        try:
+            doc = json.loads(msg.data)
+        except json.JSONDecodeError:
+            return
+        with self._lock:
+            self.rec.active_model = doc
 
     def _on_corrections(self, msg: UInt64) -> None:
         with self._lock:

@@ -8,7 +8,10 @@ are in hybridvla_ros.core.sim_operator.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
@@ -43,6 +46,23 @@ class SimOperatorNode(Node):
         self.resume_client = self.create_client(Trigger, "handoff/resume_policy")
         self.ack_client = self.create_client(Trigger, "handoff/acknowledge")
         self.create_timer(p.control_period_s, self._tick)
+        for name in ("stall_s", "reaction_s"):  # declared so `ros2 param set` finds them when the file omits them
+            if not self.has_parameter(name):
+                self.declare_parameter(name, float(getattr(p, name)))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def _on_set_parameters(self, params: list) -> SetParametersResult:
+        """``stall_s`` and ``reaction_s`` may change at run time (an evaluation switches the
+        unasked takeover off while it measures the policy alone)."""
+        changes = {}
+        for prm in params:
+            if prm.name in ("stall_s", "reaction_s"):
+                if not isinstance(prm.value, (int, float)) or isinstance(prm.value, bool) or not 0 <= prm.value <= 600:
+                    return SetParametersResult(successful=False, reason=f"{prm.name} must be in [0, 600] s")
+                changes[prm.name] = float(prm.value)
+        if changes:
+            self.operator.config = dataclasses.replace(self.operator.config, **changes)
+        return SetParametersResult(successful=True)
 
     def _on_mode(self, msg: HandoffMode) -> None:
         self._mode = int(msg.mode)

@@ -11,8 +11,8 @@ scripted expert would command next (the simulated operator follows it),
 ``success_tolerance_m``), and with ``expert_chunk_rate_hz`` > 0 ``sim_robot/expert_chunk``
 (ActionChunk) the expert's plan for the next chunk (inference's ``sim_expert`` source). ``sim_robot/reset`` (std_srvs/Trigger) starts a new episode:
 robot at home, a new scene drawn with seed ``seed + k`` for the k-th reset (so an
-evaluation is repeatable); the ``scene`` parameter (nominal / shifted) can be changed at
-run time (``ros2 param set /sim_robot scene shifted``) and applies from the next reset.
+evaluation is repeatable); ``scene`` (nominal / shifted) and ``seed`` can be changed at
+run time (``ros2 param set /sim_robot scene shifted``) and apply from the next reset.
 The simulators live in hybridvla_ros.core (``sims.make_sim``).
 """
 from __future__ import annotations
@@ -68,8 +68,10 @@ class SimRobotNode(Node):
         self.create_subscription(kind, p.command_topic, self._on_command, QoSProfile(depth=10))
         self.create_subscription(WrenchStamped, "sim_robot/push", self._on_push, QoSProfile(depth=5))
         self.create_service(Trigger, "sim_robot/reset", self._on_reset)
-        if not self.has_parameter("scene"):  # declared so `ros2 param set` finds it when the file omits it
-            self.declare_parameter("scene", p.scene)
+        for name in ("scene", "seed"):  # declared so `ros2 param set` finds them when the file omits them
+            if not self.has_parameter(name):
+                self.declare_parameter(name, getattr(p, name))
+        self._next_seed = p.seed + 1
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0 / p.joint_state_rate_hz, self._on_physics_tick)
         self.create_timer(1.0 / p.camera_rate_hz, self._on_camera_tick)
@@ -81,8 +83,14 @@ class SimRobotNode(Node):
                                f"({p.command_type}) in, {p.joint_states_topic} / {p.camera_topic} out")
 
     def _on_set_parameters(self, params: list) -> SetParametersResult:
-        """Only ``scene`` may change at run time (it applies from the next reset)."""
+        """Only ``scene`` and ``seed`` may change at run time (they apply from the next reset:
+        a new ``seed`` is the seed of the next episode, then +1 per episode)."""
         for prm in params:
+            if prm.name == "seed":
+                if not isinstance(prm.value, int) or isinstance(prm.value, bool) or prm.value < 0:
+                    return SetParametersResult(successful=False, reason=f"seed must be an int >= 0, got {prm.value!r}")
+                self._next_seed = int(prm.value)
+                continue
             if prm.name != "scene":
                 continue
             if prm.value not in SCENES or (prm.value != "nominal" and self.params.physics != "mujoco"):
@@ -95,7 +103,7 @@ class SimRobotNode(Node):
     def _on_reset(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         """New episode: robot at home, scene drawn from the current preset with seed + k."""
         self._resets += 1
-        seed = self.params.seed + self._resets
+        seed, self._next_seed = self._next_seed, self._next_seed + 1
         if hasattr(self.sim, "scene"):
             self.sim.scene = self._scene
         self.sim.reset(seed=seed)

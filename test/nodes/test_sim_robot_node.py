@@ -114,3 +114,8 @@ def test_reset_starts_a_new_repeatable_episode_and_scene_is_checked(ros) -> None
     res = call(setp, SetParameters.Request(parameters=[Parameter("scene", value="shifted").to_parameter_msg()]))
     assert not res.results[0].successful and "mujoco" in res.results[0].reason
     assert "seed 8" in call(reset, Trigger.Request()).message
+    # An evaluation replays chosen scenes: a new seed is the next episode's seed.
+    res = call(setp, SetParameters.Request(parameters=[Parameter("seed", value=42).to_parameter_msg()]))
+    assert res.results[0].successful
+    assert "seed 42" in call(reset, Trigger.Request()).message
+    assert "seed 43" in call(reset, Trigger.Request()).message
