@@ -31,6 +31,7 @@ def test_whole_graph_on_simulated_franka(ros, tiny_checkpoint) -> None:
     graph = describe_graph("franka", sim=True, checkpoint_path=tiny_checkpoint, overrides={
         "handoff": {"pause_confidence": 1.0, "resume_confidence": 1.0, "max_consecutive_pauses": 10},
         "sim_operator": {"reaction_s": 60.0},  # the simulated person stays away in this test
+        "sim_robot": {"physics": "kinematic"},  # the robot the session checkpoint was trained on (and fast)
         "correction_recorder": {"store_path": str(ros.tmp_path / "corrections.sqlite")}})
     runner = ros.start(graph)
     monitor = GraphMonitor(p, domain_id=ros.domain_id)

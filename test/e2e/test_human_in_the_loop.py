@@ -31,6 +31,7 @@ def test_pause_ask_for_help_human_corrects_and_hands_back(ros, tiny_checkpoint) 
         "handoff": {"pause_confidence": 0.99, "resume_confidence": 0.99, "max_consecutive_pauses": 10},
         "correction_recorder": {"store_path": store, "adapt_every": 10},
         "sim_operator": {"reaction_s": 0.3, "min_help_s": 3.0, "max_help_s": 4.0},
+        "sim_robot": {"physics": "kinematic"},  # the robot the session checkpoint was trained on (and fast)
         **({"adaptation": {"adapt_root": adapt_root}} if any_adaptation_node() else {}),
     })
     runner = ros.start(graph)
