@@ -13,8 +13,9 @@ interprets a single point one control period ahead:
   interpolated so the joint arrives by the next control period (velocity
   ``error / time_left``). A stream of such commands (the expert's, or the safety
   filter's output) is therefore tracked without lag and at the speed it asks for;
-* anything else, and any target whose period has run out without a new command, is
-  a *goal*: the joint takes the time-optimal profile toward it, never faster than it
+* anything else (also a target repeated unchanged, e.g. a hold: arriving at full
+  speed and then standing would break the acceleration limit and overshoot), and any
+  target whose period has run out without a new command, is a *goal*: the joint takes the time-optimal profile toward it, never faster than it
   can still stop on the target (~``sqrt(2 * max_acceleration * |error|)``), so a
   large jump neither overshoots nor oscillates.
 
@@ -382,6 +383,7 @@ class KinematicSim:
             raise ValueError(f"command must have shape ({self._dim},), got {arr.shape}")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"command has non-finite values: {arr.tolist()}")
+        previous = self._cmd
         self._cmd = np.clip(arr, self._lo, self._hi)
         self._cmd_time_s = self._time_s
         reach = self._vmax * self._period_s * _STREAM_TOLERANCE
@@ -392,7 +394,8 @@ class KinematicSim:
             self._stream = np.array([rho <= lin_reach, rho <= lin_reach,
                                      abs(self._cmd[2] - self._q[2]) <= reach[2]])
         else:
-            self._stream = np.abs(self._cmd - self._q) <= reach
+            # a target repeated unchanged (a hold) is a goal: see the module docstring
+            self._stream = (np.abs(self._cmd - self._q) <= reach) & (self._cmd != previous)
 
     def command_twist(self, linear_x: float, linear_y: float, angular_z: float) -> None:
         """Mobile base velocity (m/s, rad/s), held until the next twist, dropped after

@@ -230,8 +230,9 @@ class JointReference:
     <= STREAM_TOLERANCE * max_velocity * control_period``, per joint) is interpolated to
     arrive by the next control period (the streamed joints change speed by one common factor
     when that needs more than max_acceleration, so the motion keeps its direction); any
-    other command, and any command whose period has run out, is approached time-optimally
-    (never faster than it can still stop on it).
+    other command (also one that repeats the previous target unchanged), and any command
+    whose period has run out, is approached time-optimally (never faster than it can still
+    stop on it).
     Both are limited to max_velocity / max_acceleration and to the speed from which the
     joint can still brake before its position limits, so the reference never leaves them.
 
@@ -264,9 +265,14 @@ class JointReference:
     def command(self, target: np.ndarray, now_s: float) -> np.ndarray:
         """Take a new (D,) position target (already validated) at ``now_s``; returns it
         clipped to the limits."""
+        previous = self.target
         self.target = np.clip(np.asarray(target, dtype=np.float64), self._lo, self._hi)
         self._cmd_time_s = float(now_s)
-        self._stream = np.abs(self.target - self.q) <= self._vmax * self._period_s * STREAM_TOLERANCE
+        # A target repeated unchanged (a hold, a buffer's grace repeat) is a goal, not a stream
+        # step: "arrive by the next period" at full speed and then stand would need more than
+        # max_acceleration, and the joint would overshoot it.
+        self._stream = ((np.abs(self.target - self.q) <= self._vmax * self._period_s * STREAM_TOLERANCE)
+                        & (self.target != previous))
         return self.target.copy()
 
     def advance(self, dt_s: float, now_s: float) -> None:

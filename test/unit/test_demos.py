@@ -24,9 +24,11 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.ab
 EMBODIMENTS = ("franka", "aloha", "hello", "leap")
 
 
-def load(name: str) -> SimRobotParams:
-    return from_params(SimRobotParams, load_node_params(os.path.join(CONFIG, f"{name}.yaml"), "sim_robot"),
-                       "sim_robot")
+def load(name: str, physics: str = "kinematic") -> SimRobotParams:
+    """The sim_robot parameters of the shipped file, on the kinematic simulator unless asked."""
+    values = load_node_params(os.path.join(CONFIG, f"{name}.yaml"), "sim_robot")
+    values.update(physics=physics, scene="nominal")
+    return from_params(SimRobotParams, values, "sim_robot")
 
 
 PARAMS = {name: load(name) for name in EMBODIMENTS}
@@ -178,3 +180,14 @@ def test_save_rejects_invalid_demos(demos: dict[str, dict], tmp_path) -> None:
     with pytest.raises(ValueError, match="images"):
         save_demonstrations(d, str(tmp_path / "y.npz"))
     assert not os.listdir(tmp_path)
+
+
+def test_physics_demonstrations_come_from_the_mujoco_scene() -> None:
+    """``physics: mujoco`` records the MuJoCo Franka's expert: the tool goes down to the cube on one
+    side of the table and carries it over to the target on the other (nominal scene)."""
+    p = load("franka", physics="mujoco")
+    demos = record_demonstrations(p, 1, 200, image_size=32, seed=3)
+    assert demos["images"].shape == (200, 32, 32, 3) and demos["actions"].shape == (200, p.chunk_size, 7)
+    tcp = np.stack([panda_chain().forward(q.astype(np.float64)).tool_m for q in demos["proprio"]])  # (N, 3)
+    assert tcp[:, 2].min() < 0.08                             # down at the cube (and at the target)
+    assert tcp[:, 1].min() < -0.08 and tcp[:, 1].max() > 0.08  # cube at y < 0, target at y > 0
