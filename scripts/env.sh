@@ -6,5 +6,7 @@ case $- in *u*) _HV_NOUNSET=1; set +u ;; *) _HV_NOUNSET= ;; esac
 source "${HYBRIDVLA_VENV:-$_HV_ROOT/.venv}/hybridvla_env.sh"
 # colcon's setup chains AMENT_PREFIX_PATH, PYTHONPATH and PATH for our two packages.
 source "$_HV_ROOT/install/setup.bash"
+# ament_python installs console scripts in lib/<package> (for ros2 run); put ours on PATH too.
+export PATH="$_HV_ROOT/install/hybridvla_ros/lib/hybridvla_ros:$PATH"
 [ -n "$_HV_NOUNSET" ] && set -u
 unset _HV_ROOT _HV_NOUNSET
