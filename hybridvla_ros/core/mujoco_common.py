@@ -228,8 +228,8 @@ class JointReference:
     Same rule as :class:`~hybridvla_ros.core.kinematic_sim.KinematicSim` (see its module
     docstring): a command within one period's reach of the reference (``|target - q_ref|
     <= STREAM_TOLERANCE * max_velocity * control_period``, per joint) is interpolated to
-    arrive by the next control period (the streamed joints change speed by one common factor
-    when that needs more than max_acceleration, so the motion keeps its direction); any
+    arrive by the next control period (the stream's own acceleration is the sender's to
+    limit: the safety filter does); any
     other command (also one that repeats the previous target unchanged), and any command
     whose period has run out, is approached time-optimally (never faster than it can still
     stop on it).
@@ -280,20 +280,18 @@ class JointReference:
         err = self.target - self.q
         desired = np.sign(err) * _profile_speed(np.abs(err), self._vmax, self._amax, dt_s)
         time_left = self._cmd_time_s + self._period_s - now_s
-        if time_left > 1e-9:
+        streaming = self._stream if time_left > 1e-9 else np.zeros_like(self._stream)
+        if streaming.any():
             interp = np.clip(err / max(time_left, dt_s), -self._vmax, self._vmax)
-            desired = np.where(self._stream, interp, desired)
-            # Streamed joints change speed together: one factor keeps the direction of the
-            # velocity change, so a reversal does not bend the tool's path (clipping joint
-            # by joint would let the fast-accelerating joints lead).
-            change = np.abs(desired - self.v) / (self._amax * dt_s)  # (D,) >1: over the limit
-            ratio = float(np.max(change[self._stream], initial=1.0))
-            if ratio > 1.0:
-                desired = np.where(self._stream, self.v + (desired - self.v) / ratio, desired)
+            desired = np.where(streaming, interp, desired)
         desired = np.clip(desired, -_brake_speed(self.q - self._lo, self._amax, dt_s),
                           _brake_speed(self._hi - self.q, self._amax, dt_s))
-        v = np.clip(np.clip(desired, self.v - self._amax * dt_s, self.v + self._amax * dt_s),
-                    -self._vmax, self._vmax)
+        # A streamed joint follows its stream as commanded: the stream's acceleration between
+        # periods is the sender's to limit (the safety filter does), and limiting it again per
+        # sub-step would make the joint fall behind the stream, after which the next point is
+        # out of reach, a goal, and is approached at full speed (a lunge into the cube).
+        accel_limited = np.clip(desired, self.v - self._amax * dt_s, self.v + self._amax * dt_s)
+        v = np.clip(np.where(streaming, desired, accel_limited), -self._vmax, self._vmax)
         q = np.clip(self.q + v * dt_s, self._lo, self._hi)
         v = (q - self.q) / dt_s
         self.a = (v - self.v) / dt_s

@@ -50,7 +50,8 @@ the smaller the horizontal error, the lower, down to touching, so the path bends
 from gliding over to going down (no corners for a safety filter's acceleration limit to
 cut); a cube is first lifted off the table before turning toward the target, and a TCP
 low beside the cube rises first. After the release it retreats straight up. Phase names
-for monitoring: unwind (hand tilted > 0.6 rad: straight joint-space move home), approach,
+for monitoring: unwind (hand tilted > 0.6 rad, or a joint within 0.05 rad of a limit: straight
+joint-space move home), approach,
 descend, lift, carry, place, retreat, done. Each call is one damped-least-squares IK step
 of the TCP (position and "hand pointing down" orientation, MuJoCo's site Jacobian
 ``mj_jacSite``) with a null-space pull toward home, landing at 4 cm/s so the expert never
@@ -137,6 +138,7 @@ _DONE_TOL_M = 0.015  # a released cube this close to the target is left alone
 _FUNNEL_SLOPE = 1.0  # waypoint height above the cube / target per metre of horizontal error
 _ORIENT_GAIN_PER_S = 4.0
 _MAX_TILT_RAD = 0.6  # hand tilted more than this from pointing down: unwind to home first
+_LIMIT_MARGIN_RAD = 0.05  # a joint this close to a limit: unwind too
 _ORIENT_WEIGHT_M = 0.3  # rad -> m: how much orientation error counts against position
 _IK_DAMPING = 0.03
 _NULL_GAIN_PER_S = 1.5
@@ -679,9 +681,11 @@ class MujocoFrankaSim:
         """(phase, TCP waypoint (3,) m, speed limit m/s) for the current state."""
         d = self.data
         tcp = d.site_xpos[self._tcp_site]
-        if self._tilt_rad() > _MAX_TILT_RAD:
-            # Left in a contorted pose: straight back to home in joint space (the Cartesian
-            # steps below assume the hand roughly points down).
+        q = self.positions
+        if self._tilt_rad() > _MAX_TILT_RAD or np.any(np.minimum(q - self._lo, self._hi - q) < _LIMIT_MARGIN_RAD):
+            # Left in a contorted pose (or against a joint limit, where the Cartesian steps
+            # below stall): straight back toward home in joint space (the Cartesian steps
+            # assume the hand roughly points down and the joints are free to move).
             return "unwind", tcp.copy(), _CART_SPEED_M_S
         cube = d.xpos[self._cube_body]
         rot = d.xmat[self._cube_body].reshape(3, 3)
@@ -786,12 +790,14 @@ class MujocoFrankaSim:
         'unwind') a straight joint-space step toward home when the hand is tilted more than
         0.6 rad from pointing down."""
         phase, goal, speed = self._expert_plan()
+        q = self.positions
         if phase == "unwind":
-            q = self.positions
             dq = self._home - q
             ratio = float(np.max(np.abs(dq) / (0.95 * self._vmax * self._period_s)))
-            return np.clip(q + (dq / ratio if ratio > 1.0 else dq), self._lo, self._hi)
-        return self._ik_step(goal, min(speed, _CART_SPEED_M_S))
+            target = np.clip(q + (dq / ratio if ratio > 1.0 else dq), self._lo, self._hi)
+        else:
+            target = self._ik_step(goal, min(speed, _CART_SPEED_M_S))
+        return target
 
     def _tilt_rad(self) -> float:
         """Angle (rad) between the tool axis and straight down."""
