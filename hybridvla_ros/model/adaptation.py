@@ -224,7 +224,7 @@ def _encode(policy: HybridPolicy, embodiment: str, images: np.ndarray, proprio: 
         images = np.stack([cv2.resize(im, (S, S), interpolation=cv2.INTER_AREA) for im in images])
     proprio_t = torch.as_tensor(np.asarray(proprio, dtype=np.float32))                    # (N, D)
     actions_t = torch.as_tensor(np.asarray(actions, dtype=np.float32))                    # (N, T, D)
-    cache = {s: torch.from_numpy(embed_instruction(s, E)) for s in set(instructions)}
+    cache = {s: torch.from_numpy(embed_instruction(s, E, cfg.instruction_encoder)) for s in set(instructions)}
     instr = torch.stack([cache[s] for s in instructions]) if len(instructions) else torch.zeros(0, E)  # (N, E)
     feats = []
     for start in range(0, len(proprio_t), ENCODE_BATCH):
@@ -276,6 +276,7 @@ def _action_errors(policy: HybridPolicy, embodiment: str, ex: _Examples, num_sam
 def _out_of_range_fraction(policy: HybridPolicy, embodiment: str, ex: _Examples) -> float | None:
     """Token heads: share of target values beyond the bins (clipped to the edge bin in training)."""
     head = policy.heads[embodiment]
+    head = getattr(head, "token", head)  # a coarse_to_fine head's token part clips the same way
     if not isinstance(head, TokenHead) or not len(ex):
         return None
     return float((ex.target.abs() > head.range_std).float().mean())

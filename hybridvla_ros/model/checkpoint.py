@@ -7,7 +7,8 @@
     {
       "format_version": 1,
       "model_version": 123456789,      # crc32 of model.safetensors: names the exact weights
-      "policy": {...},                 # every PolicyConfig field except embodiments
+      "policy": {...},                 # every PolicyConfig field except embodiments (incl.
+                                       # instruction_encoder + instruction_dim: the text encoder)
       "embodiments": [{"name", "action_dim", "chunk_size", "head_type", "joint_names",
                        "control_period_s", "instruction"}, ...],
       "training": {...}                # free-form summary (settings, held-out errors, time)
@@ -49,6 +50,10 @@ KEY_EMBODIMENTS = "embodiments"
 KEY_TRAINING = "training"
 REQUIRED_KEYS = (KEY_FORMAT_VERSION, KEY_MODEL_VERSION, KEY_POLICY, KEY_EMBODIMENTS)
 EMBODIMENT_REQUIRED_KEYS = ("name", "action_dim", "chunk_size", "head_type")
+# policy keys added after format_version 1 was first written: a checkpoint without them gets the
+# value every earlier checkpoint was trained with (the hashed encoder; no refiner)
+ADDED_POLICY_KEYS = {"instruction_encoder": "hash-3gram", "refine_binned_fraction": 0.25,
+                     "refine_uncond_fraction": 0.2}
 
 
 class CheckpointError(ValueError):
@@ -144,6 +149,7 @@ def _config_from_doc(doc: Mapping[str, Any], where: str) -> PolicyConfig:
     if not isinstance(policy, dict):
         raise CheckpointError(f"{where}: 'policy' must be an object, got {policy!r}")
     fields = [f.name for f in dataclasses.fields(PolicyConfig) if f.name != KEY_EMBODIMENTS]
+    policy = {**{k: v for k, v in ADDED_POLICY_KEYS.items() if k not in policy}, **policy}
     missing = [k for k in fields if k not in policy]
     if missing:
         raise CheckpointError(f"{where}: missing key(s) {['policy.' + k for k in missing]}")

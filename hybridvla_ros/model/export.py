@@ -5,9 +5,13 @@ whose ``predict(image, joint_positions, instruction, num_samples) -> (actions (T
 confidence)`` takes the same numpy inputs as :meth:`PolicyRunner.predict`. Kinds:
 
 - ``fp32``: the checkpoint as trained, eager PyTorch (the reference).
-- ``int8``: a deep copy with every ``nn.Linear`` replaced by a dynamically quantized one
-  (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantized per call).
-  The convolutions and the attention's fused in-projection stay fp32 (not ``nn.Linear``).
+- ``int8``: a copy with the head MLPs and input projections dynamically quantized
+  (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantized per call);
+  the convolutions and the transformer stay fp32, on torch's fused path
+  (:func:`hybridvla_ros.model.quantize.quantize_policy_dynamic`).
+- ``int8-ort``: the ``onnx`` graph below with its weight MatMuls dynamically quantized to int8
+  by ``onnxruntime.quantization``, run by onnxruntime
+  (:class:`hybridvla_ros.model.quantize.OnnxInt8Variant`).
 - ``bf16``: a copy with backbone and head weights cast to bfloat16 (a weight cast, not
   ``torch.autocast``: at batch 1 autocast's per-op casts cost more than they save);
   normalization, the flow Euler update, the token decode and the confidence stay fp32.
@@ -15,9 +19,10 @@ confidence)`` takes the same numpy inputs as :meth:`PolicyRunner.predict`. Kinds
 - ``onnx``: the whole batch-1 sampler exported with the TorchScript ONNX exporter and run
   with onnxruntime (CPUExecutionProvider, 1 intra-op and 1 inter-op thread). The graph
   takes (image, raw proprio, instruction embedding[, noise]) and returns (raw deltas,
-  confidence), normalization included. For a flow head the noise input is (K, T*D) with
-  K a dynamic axis, and the ``num_flow_steps`` Euler steps are unrolled in the graph
-  (fixed at export time); a token head has no noise input.
+  confidence), normalization included. In flow and coarse_to_fine mode the noise input is
+  (K, T*D) with K a dynamic axis, and the ``num_flow_steps`` Euler steps are unrolled in the
+  graph (fixed at export time); token mode has no noise input. The mode (token | flow |
+  coarse_to_fine, one the head serves) is fixed at export time.
 
 All kinds share :class:`Batch1Sampler`, a batch-1 re-statement of ``HybridPolicy.predict``
 that takes the flow noise as an input. The noise is drawn from the variant's own seeded
@@ -39,10 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridvla_ros.model.policy import FlowHead, HybridPolicy, PolicyConfig
+from hybridvla_ros.model.policy import CoarseToFineHead, FlowHead, HybridPolicy, PolicyConfig
 from hybridvla_ros.model.text import embed_instruction
 
-VARIANT_KINDS = ("fp32", "int8", "bf16", "onnx")
+VARIANT_KINDS = ("fp32", "int8", "bf16", "onnx", "int8-ort")
 ONNX_OPSET = 17
 
 
@@ -50,21 +55,39 @@ class Batch1Sampler(nn.Module):
     """One embodiment's predict for batch 1: (image, proprio, instruction, noise) -> (delta, confidence).
 
     image (1, 3, S, S) in [0, 1]; proprio (1, D) raw; instruction (1, E); noise (K, T*D)
-    for a flow head (ignored by a token head). Returns delta (1, T, D) raw units (actions
-    = proprio + delta) and confidence (1,). Mirrors ``HybridPolicy.predict``. With
-    ``compute_dtype`` bf16 the backbone and head (already cast by the caller) run in bf16;
-    normalization, the Euler update, the softmax decode and the confidence stay fp32.
+    in flow and coarse_to_fine mode (ignored in token mode). Returns delta (1, T, D) raw units
+    (actions = proprio + delta) and confidence (1,). Mirrors ``HybridPolicy.predict`` in
+    ``mode`` (None: the head's type). With ``compute_dtype`` bf16 the backbone and head
+    (already cast by the caller) run in bf16; normalization, the Euler update, the softmax
+    decode and the confidence stay fp32.
     """
 
-    def __init__(self, policy: HybridPolicy, embodiment: str, compute_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, policy: HybridPolicy, embodiment: str, compute_dtype: torch.dtype = torch.float32,
+                 mode: str | None = None) -> None:
         super().__init__()
-        spec = policy.config.embodiment(embodiment)
+        self.mode = policy.check_mode(embodiment, mode)
         self.backbone = policy.backbone
         self.head = policy.heads[embodiment]
         self.normalizer = policy.normalizers[embodiment]
         self.embodiment = embodiment
-        self.is_flow = spec.head_type == "flow"
+        self.is_flow = self.mode != "token"
         self.dtype = compute_dtype
+
+    def _integrate(self, head: FlowHead, feat: torch.Tensor, noise: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """FlowHead.integrate for one example: feat (1, d'), noise (K, T*D) -> mean (1, T, D), confidence (1,)."""
+        dt_ = self.dtype
+        K = noise.shape[0]
+        feat_k = feat.expand(K, -1)                                                      # (K, d')
+        x = noise                                                                        # (K, T*D) fp32
+        dt = 1.0 / head.num_steps
+        for i in range(head.num_steps):  # unrolled in the ONNX graph
+            t = torch.full_like(x[:, 0], i * dt)                                         # (K,)
+            x = x + dt * head.velocity(feat_k, t.to(dt_), x.to(dt_)).float()             # (K, T*D)
+        x = x.reshape(1, K, head.T, head.D)                                              # (1, K, T, D)
+        spread = x.std(1, unbiased=False).mean((1, 2))                                   # (1,)
+        confidence = torch.exp(-spread / head.confidence_scale).clamp(0.0, 1.0)
+        return x.mean(1), confidence
 
     def forward(self, image: torch.Tensor, proprio: torch.Tensor, instruction: torch.Tensor,
                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,19 +95,20 @@ class Batch1Sampler(nn.Module):
         proprio_norm = self.normalizer.normalize_proprio(proprio)                        # (1, D)
         feat = self.backbone(image.to(dt_), proprio_norm.to(dt_), instruction.to(dt_), self.embodiment)  # (1, d)
         head = self.head
-        if self.is_flow:
+        if isinstance(head, CoarseToFineHead):
+            coarse, token_conf = _token_decode(head.token, head.token.logits(feat).float())  # (1, T, D), (1,)
+            if self.mode == "token":
+                delta_norm, confidence = coarse, token_conf
+            else:
+                assert noise is not None
+                on = 1.0 if self.mode == "coarse_to_fine" else 0.0
+                cond = head.condition(coarse * on, torch.full_like(token_conf, on))         # (1, T*D + 1)
+                residual, flow_conf = self._integrate(head.flow, torch.cat([feat, cond.to(dt_)], -1), noise)
+                delta_norm = coarse * on + residual                                      # (1, T, D)
+                confidence = (token_conf * flow_conf).sqrt() if on else flow_conf
+        elif self.is_flow:
             assert noise is not None and isinstance(head, FlowHead)
-            K = noise.shape[0]
-            feat_k = feat.expand(K, -1)                                                  # (K, d)
-            x = noise                                                                    # (K, T*D) fp32
-            dt = 1.0 / head.num_steps
-            for i in range(head.num_steps):  # unrolled in the ONNX graph
-                t = torch.full_like(x[:, 0], i * dt)                                     # (K,)
-                x = x + dt * head.velocity(feat_k, t.to(dt_), x.to(dt_)).float()         # (K, T*D)
-            x = x.reshape(1, K, head.T, head.D)                                          # (1, K, T, D)
-            spread = x.std(1, unbiased=False).mean((1, 2))                               # (1,)
-            confidence = torch.exp(-spread / head.confidence_scale).clamp(0.0, 1.0)
-            delta_norm = x.mean(1)                                                       # (1, T, D)
+            delta_norm, confidence = self._integrate(head, feat, noise)                  # (1, T, D), (1,)
         else:
             delta_norm, confidence = _token_decode(head, head.logits(feat).float())     # (1, T, D), (1,)
         return self.normalizer.denormalize_delta(delta_norm), confidence
@@ -93,7 +117,7 @@ class Batch1Sampler(nn.Module):
 def _token_decode(head: nn.Module, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """TokenHead.sample from its logits (B, T, D, bins), in fp32."""
     probs = logits.softmax(-1)                                                           # (B, T, D, bins)
-    if head.decode == "argmax":
+    if head.decode_rule == "argmax":
         u = head.bin_centers[probs.argmax(-1)]                                           # (B, T, D)
     else:
         u = (probs * head.bin_centers).sum(-1)                                           # (B, T, D)
@@ -107,11 +131,11 @@ class InferenceVariant:
 
     kind = "?"
 
-    def __init__(self, policy: HybridPolicy, embodiment: str, seed: int = 0) -> None:
+    def __init__(self, policy: HybridPolicy, embodiment: str, seed: int = 0, mode: str | None = None) -> None:
         spec = policy.config.embodiment(embodiment)  # ValueError naming the known embodiments
         self.config: PolicyConfig = policy.config
         self.embodiment = embodiment
-        self.head_type = spec.head_type
+        self.head_type = policy.check_mode(embodiment, mode)  # the inference mode: token | flow | coarse_to_fine
         self.action_dim = spec.action_dim
         self.chunk_size = spec.chunk_size
         self.image_size = policy.config.image_size
@@ -142,12 +166,13 @@ class InferenceVariant:
         image = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, S, S)
         emb = self._instructions.get(instruction)
         if emb is None:
-            emb = torch.from_numpy(embed_instruction(instruction, self.config.instruction_dim))[None]  # (1, E)
+            emb = torch.from_numpy(embed_instruction(instruction, self.config.instruction_dim,
+                                                     self.config.instruction_encoder))[None]  # (1, E)
             if len(self._instructions) >= 32:
                 self._instructions.clear()
             self._instructions[instruction] = emb
         noise = None
-        if self.head_type == "flow":  # drawn as FlowHead.sample draws it, so fp32 == PolicyRunner
+        if self.head_type != "token":  # drawn as FlowHead.sample draws it, so fp32 == PolicyRunner
             noise = torch.randn(num_samples, self.chunk_size * self.action_dim, generator=self._generator)
         return image, torch.from_numpy(q).float()[None], emb, noise, q
 
@@ -166,33 +191,25 @@ class InferenceVariant:
         return q[None, :] + delta.astype(np.float64), min(max(float(confidence), 0.0), 1.0)
 
 
-def _no_op_hook(module: nn.Module, args: Any) -> None:
-    return None
-
-
 class TorchVariant(InferenceVariant):
     """fp32 / int8 / bf16: a Batch1Sampler run eagerly under ``torch.inference_mode``."""
 
-    def __init__(self, policy: HybridPolicy, embodiment: str, kind: str, seed: int = 0) -> None:
-        super().__init__(policy, embodiment, seed)
+    def __init__(self, policy: HybridPolicy, embodiment: str, kind: str, seed: int = 0,
+                 mode: str | None = None) -> None:
+        super().__init__(policy, embodiment, seed, mode)
         self.kind = kind
         policy = policy.eval()
         if kind == "int8":
-            from torch.ao.quantization import quantize_dynamic
+            from hybridvla_ros.model.quantize import quantize_policy_dynamic
 
-            policy = quantize_dynamic(copy.deepcopy(policy), {nn.Linear}, dtype=torch.qint8)
-            # The fused encoder-layer fast path reads linear1.weight as a tensor; a quantized
-            # Linear's weight is a method. Any hook makes the layer take its plain path.
-            for layer in policy.modules():
-                if isinstance(layer, nn.TransformerEncoderLayer):
-                    layer.register_forward_pre_hook(_no_op_hook)
+            policy = quantize_policy_dynamic(policy)  # a copy; the transformer stays fp32 on its fused path
         dtype = torch.float32
         if kind == "bf16":  # a copy with backbone and heads in bf16; the normalizers stay fp32
             policy = copy.deepcopy(policy)
             policy.backbone.to(torch.bfloat16)
             policy.heads.to(torch.bfloat16)
             dtype = torch.bfloat16
-        self.sampler = Batch1Sampler(policy, embodiment, dtype).eval()
+        self.sampler = Batch1Sampler(policy, embodiment, dtype, mode=self.head_type).eval()
 
     def _run(self, image, proprio, instruction, noise):  # type: ignore[no-untyped-def]
         with torch.inference_mode():
@@ -200,15 +217,15 @@ class TorchVariant(InferenceVariant):
         return delta[0].numpy(), float(confidence[0])
 
 
-def export_onnx(policy: HybridPolicy, embodiment: str) -> bytes:
-    """The embodiment's Batch1Sampler as an ONNX model (bytes); see the module docstring."""
-    sampler = Batch1Sampler(policy.eval(), embodiment).eval()
+def export_onnx(policy: HybridPolicy, embodiment: str, mode: str | None = None) -> bytes:
+    """The embodiment's Batch1Sampler in ``mode`` as an ONNX model (bytes); see the module docstring."""
+    sampler = Batch1Sampler(policy.eval(), embodiment, mode=mode).eval()
     spec = policy.config.embodiment(embodiment)
     S, E = policy.config.image_size, policy.config.instruction_dim
     args: tuple[torch.Tensor, ...] = (torch.rand(1, 3, S, S), torch.zeros(1, spec.action_dim), torch.zeros(1, E))
     names = ["image", "proprio", "instruction"]
     dynamic: dict[str, dict[int, str]] = {}
-    if spec.head_type == "flow":
+    if sampler.is_flow:
         args += (torch.randn(2, spec.chunk_size * spec.action_dim),)
         names.append("noise")
         dynamic["noise"] = {0: "num_samples"}
@@ -227,14 +244,14 @@ class OnnxVariant(InferenceVariant):
 
     kind = "onnx"
 
-    def __init__(self, policy: HybridPolicy, embodiment: str, seed: int = 0) -> None:
-        super().__init__(policy, embodiment, seed)
+    def __init__(self, policy: HybridPolicy, embodiment: str, seed: int = 0, mode: str | None = None) -> None:
+        super().__init__(policy, embodiment, seed, mode)
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - requirements/python.txt installs it
             raise ValueError("kind 'onnx': onnxruntime is not installed (pip install onnx onnxruntime)") from exc
         t0 = time.perf_counter()
-        self.model_bytes = export_onnx(policy, embodiment)
+        self.model_bytes = export_onnx(policy, embodiment, self.head_type)
         self.export_time_s = time.perf_counter() - t0
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
@@ -252,13 +269,14 @@ class OnnxVariant(InferenceVariant):
         return delta[0], float(confidence[0])
 
 
-def make_variant(runner_or_policy: Any, kind: str, embodiment: str | None = None, seed: int = 0
-                 ) -> InferenceVariant:
-    """A batch-1 predictor of ``kind`` (one of VARIANT_KINDS) for ``embodiment``.
+def make_variant(runner_or_policy: Any, kind: str, embodiment: str | None = None, seed: int = 0,
+                 mode: str | None = None) -> InferenceVariant:
+    """A batch-1 predictor of ``kind`` (one of VARIANT_KINDS) for ``embodiment`` in ``mode``.
 
-    ``runner_or_policy`` is a PolicyRunner (``embodiment`` defaults to its own) or a
-    HybridPolicy. The source model is not modified (int8 quantizes a copy). Raises
-    ValueError for an unknown kind, a missing or unknown embodiment, or another object.
+    ``runner_or_policy`` is a PolicyRunner (``embodiment`` and ``mode`` default to its own) or a
+    HybridPolicy (``mode`` defaults to the head's type). The source model is not modified
+    (int8 quantizes a copy). Raises ValueError for an unknown kind, a missing or unknown
+    embodiment, a mode the head cannot serve, or another object.
     """
     if kind not in VARIANT_KINDS:
         raise ValueError(f"kind: must be one of {list(VARIANT_KINDS)}, got {kind!r}")
@@ -267,12 +285,18 @@ def make_variant(runner_or_policy: Any, kind: str, embodiment: str | None = None
     elif isinstance(getattr(runner_or_policy, "policy", None), HybridPolicy):
         policy = runner_or_policy.policy
         embodiment = embodiment if embodiment is not None else getattr(runner_or_policy, "embodiment", None)
+        if mode is None and embodiment == getattr(runner_or_policy, "embodiment", None):
+            mode = getattr(runner_or_policy, "head_type", None)
     else:
         raise ValueError(f"runner_or_policy: expected a PolicyRunner or HybridPolicy, "
                          f"got {type(runner_or_policy).__name__}")
     if not isinstance(embodiment, str):
         raise ValueError(f"embodiment: name one of {list(policy.embodiment_names)}, got {embodiment!r}")
-    policy.config.embodiment(embodiment)
+    policy.check_mode(embodiment, mode)
+    if kind == "int8-ort":
+        from hybridvla_ros.model.quantize import OnnxInt8Variant
+
+        return OnnxInt8Variant(policy, embodiment, seed, mode)
     if kind == "onnx":
-        return OnnxVariant(policy, embodiment, seed)
-    return TorchVariant(policy, embodiment, kind, seed)
+        return OnnxVariant(policy, embodiment, seed, mode)
+    return TorchVariant(policy, embodiment, kind, seed, mode)

@@ -33,21 +33,23 @@ class Prediction:
     actions: np.ndarray      # (T, D) float64 ABSOLUTE position targets (proprio + de-normalized delta)
     confidence: float        # in [0, 1]: token entropy or flow-sample agreement
     latency_s: float         # the model's own time (preprocessing + forward)
-    head_type: str           # "token" or "flow"
+    head_type: str           # the inference mode that made it: "token", "flow" or "coarse_to_fine"
 
 
 class PolicyRunner:
     """One embodiment's view of a loaded HybridPolicy."""
 
     def __init__(self, policy: HybridPolicy, config: PolicyConfig, embodiment: str, model_version: int = 0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, mode: str | None = None) -> None:
+        """``mode``: token | flow | coarse_to_fine (None: the head's type); ValueError if the head cannot serve it."""
         spec = config.embodiment(embodiment)  # ValueError naming the known embodiments
         self.policy = policy.eval()
         self.config = config
         self.embodiment = embodiment
         self.action_dim: int = spec.action_dim
         self.chunk_size: int = spec.chunk_size
-        self.head_type: str = spec.head_type
+        self.head_type: str = policy.check_mode(embodiment, mode)  # inference mode
+        self.instruction_encoder: str = config.instruction_encoder
         self.image_size: int = config.image_size
         self.model_version: int = int(model_version)
         self.joint_names: tuple[str, ...] = spec.joint_names
@@ -60,24 +62,30 @@ class PolicyRunner:
 
     @classmethod
     def load(cls, checkpoint_dir: str | os.PathLike[str], embodiment: str, num_threads: int = 1,
-             seed: int = 0) -> "PolicyRunner":
-        """Load ``checkpoint_dir`` for ``embodiment``.
+             seed: int = 0, mode: str | None = None, instruction_encoder: str | None = None) -> "PolicyRunner":
+        """Load ``checkpoint_dir`` for ``embodiment``, serving ``mode`` (None: the head's type).
 
-        Raises CheckpointError, or ValueError if the checkpoint has no head for ``embodiment``.
-        ``num_threads`` sets torch's intra-op threads for the whole process.
+        Raises CheckpointError, or ValueError if the checkpoint has no head for ``embodiment``,
+        its head cannot serve ``mode``, or it was trained with another instruction encoder than
+        ``instruction_encoder`` (None: use the checkpoint's). ``num_threads`` sets torch's
+        intra-op threads for the whole process. The encoder's weights load on the first predict.
         """
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads: must be a positive integer, got {num_threads!r}")
         policy, config = load_checkpoint(checkpoint_dir)
+        if instruction_encoder is not None and instruction_encoder != config.instruction_encoder:
+            raise ValueError(f"instruction_encoder: checkpoint '{checkpoint_dir}' was trained with "
+                             f"{config.instruction_encoder!r} ({config.instruction_dim}-d), not {instruction_encoder!r}")
         model_version = read_checkpoint_config(checkpoint_dir)[KEY_MODEL_VERSION]
         torch.set_num_threads(num_threads)
-        return cls(policy, config, embodiment, model_version=model_version, seed=seed)
+        return cls(policy, config, embodiment, model_version=model_version, seed=seed, mode=mode)
 
     def _instruction_embedding(self, instruction: str) -> torch.Tensor:
         """(1, E) embedding, cached per string (least recently used dropped)."""
         cached = self._instructions.get(instruction)
         if cached is None:
-            cached = torch.from_numpy(embed_instruction(instruction, self.config.instruction_dim))[None]  # (1, E)
+            cached = torch.from_numpy(embed_instruction(instruction, self.config.instruction_dim,
+                                                             self.config.instruction_encoder))[None]  # (1, E)
             self._instructions[instruction] = cached
             if len(self._instructions) > INSTRUCTION_CACHE_SIZE:
                 self._instructions.popitem(last=False)
@@ -133,21 +141,26 @@ class PolicyRunner:
         """
         start = time.perf_counter()
         q = self._check_inputs(image_rgb, joint_positions, instruction, num_samples)
-        S = self.image_size
-        if image_rgb.shape[:2] != (S, S):
-            image_rgb = cv2.resize(np.ascontiguousarray(image_rgb), (S, S), interpolation=cv2.INTER_AREA)  # (S, S, 3)
         with torch.inference_mode():
-            image = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, S, S)
-            batch = {EMBODIMENT: self.embodiment, IMAGE: image,
-                     IMAGE_TOKENS: self._vision_tokens(image_rgb, image),         # (1, G*G, d)
-                     PROPRIO: torch.from_numpy(q).float()[None],                  # (1, D)
-                     INSTRUCTION: self._instruction_embedding(instruction)}       # (1, E)
-            out = self.policy.predict(batch, num_samples=num_samples, generator=self._generator)
+            batch = self.batch(image_rgb, q, instruction)
+            out = self.policy.predict(batch, num_samples=num_samples, generator=self._generator, mode=self.head_type)
         delta = out[DELTAS][0].double().numpy()                                   # (T, D)
         actions = q[None, :] + delta                                              # (T, D) in float64
         confidence = float(out[CONFIDENCE][0])
         return Prediction(actions=actions, confidence=min(max(confidence, 0.0), 1.0),
                           latency_s=time.perf_counter() - start, head_type=self.head_type)
+
+    def batch(self, image_rgb: np.ndarray, q: np.ndarray, instruction: str) -> dict[str, object]:
+        """The policy batch (B = 1) of one checked observation: image resized to image_size, vision
+        tokens reused for a repeated frame, cached instruction embedding. Call under inference_mode."""
+        S = self.image_size
+        if image_rgb.shape[:2] != (S, S):
+            image_rgb = cv2.resize(np.ascontiguousarray(image_rgb), (S, S), interpolation=cv2.INTER_AREA)  # (S, S, 3)
+        image = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, S, S)
+        return {EMBODIMENT: self.embodiment, IMAGE: image,
+                IMAGE_TOKENS: self._vision_tokens(image_rgb, image),              # (1, G*G, d)
+                PROPRIO: torch.from_numpy(np.asarray(q, dtype=np.float64)).float()[None],  # (1, D)
+                INSTRUCTION: self._instruction_embedding(instruction)}            # (1, E)
 
     def warmup(self, iterations: int = 3) -> float:
         """Run a few predictions on a blank observation (first calls are slow); return the last latency.

@@ -104,3 +104,33 @@ def test_runner_rejects_bad_inputs_and_unknown_embodiments(ckpt) -> None:
         runner.predict(np.zeros((32, 32), np.uint8), np.zeros(7), "reach")
     with pytest.raises(ValueError, match="leap"):
         PolicyRunner.load(ckpt, "leap")
+
+
+def test_coarse_to_fine_checkpoint_serves_every_mode_and_a_token_head_refuses_refining(tmp_path) -> None:
+    torch.manual_seed(0)
+    specs = (EmbodimentSpec("franka", 7, 16, "coarse_to_fine"), EmbodimentSpec("aloha", 14, 8, "token"))
+    policy = HybridPolicy(small_config(embodiments=specs))
+    out = str(tmp_path / "c2f")
+    save_checkpoint(policy, policy.config, out)
+    with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+        doc = json.load(f)
+    assert doc["embodiments"][0]["head_type"] == "coarse_to_fine"
+    assert doc["policy"]["instruction_encoder"] == "hash-3gram" and doc["policy"]["instruction_dim"] == 256
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    actions = {}
+    for mode in ("token", "flow", "coarse_to_fine"):
+        pred = PolicyRunner.load(out, "franka", seed=1, mode=mode).predict(image, np.zeros(7), "reach", 4)
+        assert pred.head_type == mode and pred.actions.shape == (16, 7) and 0 <= pred.confidence <= 1
+        actions[mode] = pred.actions
+    assert not np.allclose(actions["token"], actions["coarse_to_fine"])
+    with pytest.raises(ValueError, match=r"head_type: 'aloha' has a 'token' head.*not 'coarse_to_fine'"):
+        PolicyRunner.load(out, "aloha", mode="coarse_to_fine")
+
+
+def test_checkpoint_from_before_the_encoder_key_loads_with_the_hashed_encoder(ckpt) -> None:
+    a = _predict(ckpt, "franka", 7)
+    _edit_config(ckpt, lambda d: [d["policy"].pop(k) for k in
+                                  ("instruction_encoder", "refine_binned_fraction", "refine_uncond_fraction")])
+    _, config = load_checkpoint(ckpt)
+    assert config.instruction_encoder == "hash-3gram"
+    assert np.array_equal(_predict(ckpt, "franka", 7).actions, a.actions)

@@ -20,10 +20,22 @@ BF16_ATOL = 5e-2   # 8-bit mantissa
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Defaults: coarse_to_fine heads (serving token, flow and coarse_to_fine), MiniLM instructions."""
     torch.set_num_threads(1)
     out = str(tmp_path_factory.mktemp("ckpt"))
     assert train_main(["--embodiments", "franka", "aloha", "--episodes", "2", "--steps-per-episode", "20",
                        "--train-steps", "20", "--batch-size", "8", "--out", out, "--threads", "1", "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_head_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The parameter files' heads only (franka token, aloha flow), hashed instructions."""
+    torch.set_num_threads(1)
+    out = str(tmp_path_factory.mktemp("ckpt1"))
+    assert train_main(["--embodiments", "franka", "aloha", "--episodes", "2", "--steps-per-episode", "20",
+                       "--train-steps", "20", "--batch-size", "8", "--out", out, "--threads", "1", "--quiet",
+                       "--heads", "config", "--instruction-encoder", "hash-3gram"]) == 0
     return out
 
 
@@ -33,14 +45,20 @@ def _observation(runner: PolicyRunner, seed: int = 0) -> tuple[np.ndarray, np.nd
     return image, rng.normal(scale=0.1, size=runner.action_dim)
 
 
-@pytest.mark.parametrize("embodiment", ["franka", "aloha"])  # token head, flow head
-def test_variants_agree_with_fp32_eager(checkpoint: str, embodiment: str) -> None:
-    runner = PolicyRunner.load(checkpoint, embodiment, num_threads=1, seed=7)
+@pytest.mark.parametrize("heads, embodiment, mode", [
+    ("single", "franka", "token"), ("single", "aloha", "flow"),
+    ("c2f", "franka", "token"), ("c2f", "franka", "coarse_to_fine"), ("c2f", "aloha", "flow"),
+    ("c2f", "aloha", "coarse_to_fine")])
+def test_variants_agree_with_fp32_eager(checkpoint: str, single_head_checkpoint: str, heads: str, embodiment: str,
+                                        mode: str) -> None:
+    path = checkpoint if heads == "c2f" else single_head_checkpoint
+    runner = PolicyRunner.load(path, embodiment, num_threads=1, seed=7, mode=mode)
     image, q = _observation(runner)
     reference = runner.predict(image, q, runner.default_instruction, num_samples=5)
-    tolerances = {"fp32": 1e-6, "onnx": ONNX_ATOL, "int8": INT8_ATOL, "bf16": BF16_ATOL}
+    tolerances = {"fp32": 1e-6, "onnx": ONNX_ATOL, "int8": INT8_ATOL, "int8-ort": INT8_ATOL, "bf16": BF16_ATOL}
     for kind in VARIANT_KINDS:
-        variant = make_variant(runner, kind, seed=7)  # same seed: same flow noise as the runner
+        variant = make_variant(runner, kind, seed=7)  # same seed: same flow noise as the runner, its mode
+        assert variant.head_type == mode
         actions, confidence = variant.predict(image, q, runner.default_instruction, 5)
         assert actions.shape == (runner.chunk_size, runner.action_dim), kind
         assert actions.dtype == np.float64
@@ -49,14 +67,16 @@ def test_variants_agree_with_fp32_eager(checkpoint: str, embodiment: str) -> Non
         assert abs(confidence - reference.confidence) < max(10 * tolerances[kind], 1e-5), kind
 
 
-def test_onnx_flow_takes_any_sample_count(checkpoint: str) -> None:
-    runner = PolicyRunner.load(checkpoint, "aloha", num_threads=1)
+@pytest.mark.parametrize("mode", ["flow", "coarse_to_fine"])
+def test_onnx_flow_takes_any_sample_count(checkpoint: str, mode: str) -> None:
+    runner = PolicyRunner.load(checkpoint, "aloha", num_threads=1, mode=mode)
     image, q = _observation(runner, 1)
     variant = make_variant(runner, "onnx")
     one, confidence_one = variant.predict(image, q, runner.default_instruction, 1)
     many, _ = variant.predict(image, q, runner.default_instruction, 8)
     assert one.shape == many.shape == (32, 14)
-    assert confidence_one == pytest.approx(1.0)  # one sample: no spread
+    if mode == "flow":
+        assert confidence_one == pytest.approx(1.0)  # one sample: no spread
 
 
 def test_bad_requests_name_what_is_wrong(checkpoint: str) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybridvla_ros.model.policy import (ACTIONS, CONFIDENCE, EMBODIMENT, IMAGE, INSTRUCTION, PROPRIO,
+from hybridvla_ros.model.policy import (ACTIONS, CONFIDENCE, EMBODIMENT, HEAD_MODES, IMAGE, INSTRUCTION, PROPRIO,
                                         EmbodimentSpec, HybridPolicy, PolicyConfig)
 from hybridvla_ros.model.text import INSTRUCTION_DIM, embed_instruction
 
@@ -30,7 +30,7 @@ def batch(spec: EmbodimentSpec, b: int, seed: int = 0, with_actions: bool = True
     return out
 
 
-@pytest.mark.parametrize("head_type", ["token", "flow"])
+@pytest.mark.parametrize("head_type", ["token", "flow", "coarse_to_fine"])
 @pytest.mark.parametrize("base", SPECS, ids=lambda s: f"{s.name}-D{s.action_dim}")
 def test_shapes_for_every_embodiment_and_head(base: EmbodimentSpec, head_type: str) -> None:
     torch.manual_seed(0)
@@ -40,18 +40,56 @@ def test_shapes_for_every_embodiment_and_head(base: EmbodimentSpec, head_type: s
                              np.random.randn(50, spec.chunk_size, spec.action_dim))
     loss, parts = policy(batch(spec, 4))
     assert loss.ndim == 0 and torch.isfinite(loss) and "loss" in parts
-    out = policy.predict(batch(spec, 3, with_actions=False), num_samples=5)
-    assert out[ACTIONS].shape == (3, spec.chunk_size, spec.action_dim)
-    assert out[CONFIDENCE].shape == (3,)
-    assert torch.all((out[CONFIDENCE] >= 0) & (out[CONFIDENCE] <= 1))
+    for mode in HEAD_MODES[head_type]:
+        out = policy.predict(batch(spec, 3, with_actions=False), num_samples=5, mode=mode)
+        assert out[ACTIONS].shape == (3, spec.chunk_size, spec.action_dim)
+        assert out[CONFIDENCE].shape == (3,)
+        assert torch.all((out[CONFIDENCE] >= 0) & (out[CONFIDENCE] <= 1))
 
 
-def test_k_flow_samples_cost_one_backbone_pass() -> None:
-    policy = HybridPolicy(small_config())
+@pytest.mark.parametrize("head_type", ["flow", "coarse_to_fine"])
+def test_k_flow_samples_cost_one_backbone_pass(head_type: str) -> None:
+    spec = dataclasses.replace(SPECS[1], head_type=head_type)
+    policy = HybridPolicy(small_config(spec))
     calls = []
     policy.backbone.register_forward_hook(lambda *_: calls.append(1))
-    policy.predict(batch(SPECS[1], 1, with_actions=False), num_samples=8)
+    policy.predict(batch(spec, 1, with_actions=False), num_samples=8)
     assert len(calls) == 1
+
+
+def test_a_mode_the_head_was_not_trained_for_is_a_clear_error() -> None:
+    policy = HybridPolicy(small_config())
+    with pytest.raises(ValueError, match=r"head_type: 'franka' has a 'token' head.*not 'coarse_to_fine'"):
+        policy.predict(batch(SPECS[0], 1, with_actions=False), mode="coarse_to_fine")
+    with pytest.raises(ValueError, match="head_type: must be one of"):
+        EmbodimentSpec("franka", 7, 16, "diffusion")
+
+
+def test_refiner_recovers_the_precision_the_bins_lose() -> None:
+    """Four bins cannot say where in [-1, 1] std a continuous target lies; the refiner, fed the
+    coarse chunk, can."""
+    torch.manual_seed(0)
+    spec = EmbodimentSpec("franka", 3, 2, "coarse_to_fine")
+    policy = HybridPolicy(dataclasses.replace(small_config(spec), num_bins=4, token_range_std=1.5,
+                                              refine_uncond_fraction=0.0))
+    n = 16
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(n, 3, 32, 32, generator=g)
+    proprio = torch.zeros(n, 3)
+    actions = images[:, :3, :2, :2].mean((2, 3))[:, None, :].repeat(1, 2, 1)  # (N, T, D): a function of the image
+    policy.fit_normalization("franka", proprio.numpy(), actions.numpy())
+    data = {IMAGE: images, PROPRIO: proprio, ACTIONS: actions, EMBODIMENT: "franka",
+            INSTRUCTION: torch.from_numpy(np.stack([embed_instruction("reach")] * n)).float()}
+    opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    for _ in range(300):
+        loss, _ = policy(data)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    obs = {k: v for k, v in data.items() if k != ACTIONS}
+    err = {m: (policy.predict(obs, num_samples=8, mode=m, generator=torch.Generator().manual_seed(0))[ACTIONS]
+               - actions).abs().mean().item() for m in ("token", "coarse_to_fine")}
+    assert err["coarse_to_fine"] < 0.5 * err["token"], err
 
 
 def test_wrong_embodiment_and_shapes_are_clear_errors() -> None:
@@ -66,7 +104,7 @@ def test_wrong_embodiment_and_shapes_are_clear_errors() -> None:
         policy(bad)
 
 
-@pytest.mark.parametrize("head", ["token", "flow", "flow-sample"])
+@pytest.mark.parametrize("head", ["token", "flow", "flow-sample", "coarse_to_fine"])
 def test_tiny_model_overfits_a_handful_of_demonstrations(head: str) -> None:
     """Actions depend on where a bright square is in the image: the model must learn it."""
     torch.manual_seed(0)

@@ -21,7 +21,8 @@ def test_tiny_training_run_writes_checkpoint_plot_and_log(tmp_path) -> None:
         log = json.load(f)
     assert set(log["heldout"]) == {"franka", "hello"}
     # The checkpoint serves both robots, with each robot's own head.
-    assert PolicyRunner.load(str(out), "franka").head_type == "token"
+    assert PolicyRunner.load(str(out), "franka").head_type == "coarse_to_fine"  # default: both heads
+    assert PolicyRunner.load(str(out), "franka", mode="token").head_type == "token"
     assert PolicyRunner.load(str(out), "hello").action_dim == 3
 
 
