@@ -105,7 +105,7 @@ def run(checkpoint: str, embodiment: str = "franka", config_dir: str = "config",
     from hybridvla_ros.core.kinematic_sim import KinematicSim
     from hybridvla_ros.model.train import load_embodiment
 
-    params = load_embodiment(config_dir, embodiment)
+    params = load_embodiment(config_dir, embodiment, physics="kinematic")  # the reach task: kinematic sim
     tol = tolerance_mm * 1e-3
     base = PolicyRunner.load(checkpoint, embodiment, seed=seed)
     if base.chunk_size != params.chunk_size or base.action_dim != params.action_dim:

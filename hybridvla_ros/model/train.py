@@ -391,19 +391,28 @@ def plot_losses(step_embodiment: Sequence[str], step_loss: Sequence[float], path
 
 
 # ---------------------------------------------------------------- command line
-def load_embodiment(config_dir: str | os.PathLike[str], name: str) -> Any:
-    """EmbodimentParams of ``config_dir/<name>.yaml`` (as the inference node reads them)."""
+# Control steps per demonstration episode when --steps-per-episode is not given: the kinematic
+# experts settle in ~50 steps; the MuJoCo pick-and-place / hand-over tasks take ~3.5 s (175).
+DEFAULT_STEPS_PER_EPISODE = {"kinematic": 60, "mujoco": 200}
+
+
+def load_embodiment(config_dir: str | os.PathLike[str], name: str, physics: str | None = None) -> Any:
+    """SimRobotParams of ``config_dir/<name>.yaml``: the robot as every node knows it plus the
+    simulator its demonstrations come from (``physics``: the file's choice unless given)."""
     from hybridvla_ros.params import from_params, load_node_params
-    from hybridvla_ros.params.embodiment import EmbodimentParams
+    from hybridvla_ros.params.sim_robot import SimRobotParams
 
     path = Path(config_dir) / f"{name}.yaml"
-    return from_params(EmbodimentParams, load_node_params(path, "inference"), "inference")
+    values = load_node_params(path, "sim_robot")
+    if physics is not None:
+        values["physics"] = physics
+    return from_params(SimRobotParams, values, "sim_robot")
 
 
 def demos_cache_path(demos_dir: str | os.PathLike[str], name: str, episodes: int, steps_per_episode: int,
-                     image_size: int, seed: int) -> Path:
+                     image_size: int, seed: int, physics: str = "kinematic") -> Path:
     """Where a recording with these settings is cached."""
-    return Path(demos_dir) / f"{name}_ep{episodes}_steps{steps_per_episode}_img{image_size}_seed{seed}.npz"
+    return Path(demos_dir) / f"{name}_{physics}_ep{episodes}_steps{steps_per_episode}_img{image_size}_seed{seed}.npz"
 
 
 def get_demos(params: Any, episodes: int, steps_per_episode: int, image_size: int, seed: int,
@@ -413,7 +422,8 @@ def get_demos(params: Any, episodes: int, steps_per_episode: int, image_size: in
 
     path = None
     if demos_dir is not None:
-        path = demos_cache_path(demos_dir, params.embodiment, episodes, steps_per_episode, image_size, seed)
+        path = demos_cache_path(demos_dir, params.embodiment, episodes, steps_per_episode, image_size, seed,
+                                getattr(params, "physics", "kinematic"))
         if path.is_file():
             return load_demonstrations(path)
     demos = record_demonstrations(params, episodes, steps_per_episode, image_size=image_size, seed=seed,
@@ -438,7 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     # between held-out and training error (franka token head 142 % vs 45 % of hold-still before, 36 % vs 38 %
     # after) and on episodes no checkpoint saw cut franka's error from 67 % to 36 % of hold-still
     p.add_argument("--episodes", type=int, default=60, help="demonstration episodes per embodiment (default: 60)")
-    p.add_argument("--steps-per-episode", type=int, default=60, help="control steps per episode (default: 60)")
+    p.add_argument("--steps-per-episode", type=int, default=None,
+                   help="control steps per episode (default: 60 on a kinematic simulator, 200 on MuJoCo)")
+    p.add_argument("--physics", default="config", choices=("config", "kinematic"),
+                   help="simulator the demonstrations come from: the parameter file's sim_robot.physics "
+                        "(default) or the kinematic one for every robot (fast)")
     p.add_argument("--train-steps", type=int, default=1500, help="optimizer steps in all (default: 1500)")
     p.add_argument("--batch-size", type=int, default=64, help="examples per step (default: 64)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate (default: 3e-4)")
@@ -468,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     """``hybridvla train``: returns the exit status."""
     args = build_parser().parse_args(argv)
     for name in ("episodes", "steps_per_episode", "train_steps", "batch_size", "threads"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             print(f"hybridvla train: error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)!r}",
                   file=sys.stderr)
             return 2
@@ -477,14 +491,17 @@ def main(argv: list[str] | None = None) -> int:
     names = list(dict.fromkeys(args.embodiments))
     try:
         t0 = time.perf_counter()
-        params = [load_embodiment(args.config_dir, n) for n in names]
+        physics = None if args.physics == "config" else args.physics
+        params = [load_embodiment(args.config_dir, n, physics) for n in names]
         demos = []
+        steps_used = {}
         for p in params:
+            steps = args.steps_per_episode or DEFAULT_STEPS_PER_EPISODE[p.physics]
+            steps_used[p.embodiment] = steps
             if progress:
-                print(f"demonstrations: {p.embodiment} ({args.episodes} episodes x {args.steps_per_episode} steps)",
-                      file=sys.stderr)
-            demos.append(get_demos(p, args.episodes, args.steps_per_episode, args.image_size, args.seed,
-                                   args.demos, progress))
+                print(f"demonstrations: {p.embodiment} on the {p.physics} simulator ({args.episodes} episodes x "
+                      f"{steps} steps)", file=sys.stderr)
+            demos.append(get_demos(p, args.episodes, steps, args.image_size, args.seed, args.demos, progress))
         record_time = time.perf_counter() - t0
         config = PolicyConfig(image_size=args.image_size, instruction_encoder=args.instruction_encoder,
                               instruction_dim=encoder_dim(args.instruction_encoder), dropout=args.dropout)
@@ -495,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
                        policy_config=config, train_steps=args.train_steps, batch_size=args.batch_size,
                        lr=args.lr, weight_decay=args.weight_decay, augment_shift_px=args.augment_shift_px,
                        seed=args.seed, threads=args.threads, progress=progress,
-                       extra_log={"data": {"episodes": args.episodes, "steps_per_episode": args.steps_per_episode,
+                       extra_log={"data": {"episodes": args.episodes, "steps_per_episode": steps_used,
+                                           "physics": {p.embodiment: p.physics for p in params},
                                            "config_dir": str(args.config_dir), "record_time_s": record_time}})
     except (ValueError, OSError) as exc:  # ParameterError and CheckpointError are ValueErrors
         print(f"hybridvla train: error: {exc}", file=sys.stderr)

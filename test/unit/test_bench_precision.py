@@ -19,7 +19,7 @@ from hybridvla_ros.model.train import load_embodiment
 
 def _tiny(tmp_path, head_type: str) -> str:
     torch.manual_seed(0)
-    params = load_embodiment(default_config_dir(), "franka")
+    params = load_embodiment(default_config_dir(), "franka", physics="kinematic")
     spec = EmbodimentSpec("franka", 7, params.chunk_size, head_type)
     policy = HybridPolicy(PolicyConfig(embodiments=(spec,), image_size=32, conv_channels=(8, 16), d_model=32,
                                        num_heads=2, num_layers=1, ff_dim=64, token_hidden=64, flow_hidden=64))
@@ -32,7 +32,7 @@ def _tiny(tmp_path, head_type: str) -> str:
 
 
 def test_expert_chunk_is_what_the_expert_then_commands() -> None:
-    sim = KinematicSim(load_embodiment(default_config_dir(), "franka"), seed=3)
+    sim = KinematicSim(load_embodiment(default_config_dir(), "franka", physics="kinematic"), seed=3)
     chunk = expert_chunk(sim, 4)
     for k in range(4):
         np.testing.assert_allclose(sim.expert_target(), chunk[k])

@@ -28,10 +28,10 @@ SCHEMAS = {"sync": SyncParams, "inference": InferenceParams, "action_buffer": Ac
            "correction_recorder": CorrectionRecorderParams, "adaptation": AdaptationParams,
            "monitor": MonitorParams,
            "sim_robot": SimRobotParams, "sim_operator": SimOperatorParams}
-EXPECTED = {"franka": (7, "token", "trajectory_msgs/JointTrajectory"),
-            "aloha": (14, "flow", "std_msgs/Float64MultiArray"),
-            "hello": (3, "token", "geometry_msgs/Twist"),
-            "leap": (24, "flow", "std_msgs/Float64MultiArray")}
+EXPECTED = {"franka": (7, "coarse_to_fine", "trajectory_msgs/JointTrajectory"),
+            "aloha": (14, "coarse_to_fine", "std_msgs/Float64MultiArray"),
+            "hello": (3, "flow", "geometry_msgs/Twist"),
+            "leap": (24, "coarse_to_fine", "std_msgs/Float64MultiArray")}
 
 
 @pytest.mark.parametrize("embodiment", EMBODIMENTS)
