@@ -34,7 +34,7 @@ from std_srvs.srv import Trigger
 from hybridvla_msgs.msg import ActionChunk, Observation
 from hybridvla_ros.core.image import ImageDecodeError, decode_raw
 from hybridvla_ros.model.checkpoint import CheckpointError, model_version_of
-from hybridvla_ros.model.runner import PolicyRunner, Prediction
+from hybridvla_ros.model.runner import PolicyRunner, Prediction, load_runner
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, stamp_to_s
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.inference import InferenceParams
@@ -85,8 +85,8 @@ class InferenceNode(Node):
             self.create_subscription(ActionChunk, "sim_robot/expert_chunk", self._expert.on_chunk, QoSProfile(depth=2))
         else:
             try:
-                self.runner = PolicyRunner.load(p.checkpoint_path, p.embodiment, num_threads=p.num_threads,
-                                               mode=p.head_type)
+                self.runner = load_runner(p.checkpoint_path, p.embodiment, p.runtime, num_threads=p.num_threads,
+                                          mode=p.head_type)
             except (CheckpointError, ValueError, FileNotFoundError) as exc:
                 raise ParameterError(f"inference.checkpoint_path: {p.checkpoint_path!r}: {exc}") from None
         if self.runner.action_dim != p.action_dim:
@@ -112,7 +112,7 @@ class InferenceNode(Node):
         self.create_timer(self._recompute_period_s, self._on_timer)
         self._publish_active()
         self.get_logger().info(
-            f"policy {p.checkpoint_path} for {p.embodiment} ({self.runner.head_type} head, "
+            f"policy {p.checkpoint_path} for {p.embodiment} ({self.runner.head_type} head on {p.runtime}, "
             f"chunk {self.runner.chunk_size}) every {p.recompute_every * p.control_period_s * 1e3:.0f} ms")
 
     def _on_timer(self) -> None:
@@ -165,7 +165,7 @@ class InferenceNode(Node):
             if model_version_of(path) == self.runner.model_version:
                 log.info(f"model update {path}: already serving model_version {self.runner.model_version}")
                 return
-            runner = PolicyRunner.load(path, p.embodiment, num_threads=p.num_threads, mode=p.head_type)
+            runner = load_runner(path, p.embodiment, p.runtime, num_threads=p.num_threads, mode=p.head_type)
             if (runner.action_dim, runner.chunk_size) != (p.action_dim, p.chunk_size):
                 raise ValueError(f"head for {p.embodiment} has action_dim {runner.action_dim}, chunk_size "
                                  f"{runner.chunk_size}; this node needs {p.action_dim}, {p.chunk_size}")

@@ -16,5 +16,8 @@ class InferenceParams(EmbodimentParams):
                                "(sim_robot/expert_chunk), a perfect policy to test the graph with", "checkpoint",
                                choices=("checkpoint", "sim_expert"))
     num_threads: int = param("torch intra-op threads", 1, min=1, max=64)
+    runtime: str = param("what runs the policy: torch (eager, vision tokens reused for a repeated frame), onnx "
+                         "(ONNX Runtime) or int8-ort (ONNX Runtime with int8 weights, fastest)", "torch",
+                         choices=("torch", "onnx", "int8-ort"))
     max_observation_age_s: float = param("do not run on observations older than this", 0.5, min=0.01, max=10.0)
     confidence_samples: int = param("samples drawn in one batch to estimate confidence (flow heads)", 5, min=1, max=64)

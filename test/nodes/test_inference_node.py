@@ -30,9 +30,11 @@ def _observation(ros, p: InferenceParams, sim: KinematicSim, stamp_s: float) -> 
     return msg
 
 
-def test_chunks_answer_the_newest_observation(ros, tiny_checkpoint) -> None:
+@pytest.mark.parametrize("runtime", ["torch", "int8-ort"])
+def test_chunks_answer_the_newest_observation(ros, tiny_checkpoint, runtime) -> None:
     p = from_params(InferenceParams, load_node_params(FRANKA, "inference"))
-    ros.start([NodeSpec("inference_node", "inference", FRANKA, {"checkpoint_path": tiny_checkpoint})])
+    ros.start([NodeSpec("inference_node", "inference", FRANKA, {"checkpoint_path": tiny_checkpoint,
+                                                                   "runtime": runtime})])
     chunks: list[ActionChunk] = []
     ros.node.create_subscription(ActionChunk, "action_chunk", chunks.append, 50)
     pub = ros.node.create_publisher(Observation, "observation", 10)
@@ -66,6 +68,7 @@ def test_chunks_answer_the_newest_observation(ros, tiny_checkpoint) -> None:
     actions = np.asarray(c.actions).reshape(c.chunk_length, c.action_dim)
     assert np.all(np.isfinite(actions))
     assert 0.0 <= c.confidence <= 1.0 and 0.0 < c.inference_latency_s < 1.0
+    assert c.head_type == p.head_type
     assert c.step_period_s == pytest.approx(p.control_period_s)
 
     # Stale observations are not answered; NaN proprio is rejected, the node lives on.

@@ -107,3 +107,24 @@ def test_bench_model_writes_json_and_plot(checkpoint: str, tmp_path) -> None:  #
     assert aloha["fp32"]["mae_vs_fp32"] == 0.0 and aloha["onnx"]["mae_vs_fp32"] < ONNX_ATOL
     assert aloha["int8"]["latency"]["p50_ms"] > 0 and "confidence_cost_ratio" in aloha["int8"]
     assert png.stat().st_size > 0
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "int8-ort"])
+def test_the_node_can_serve_an_exported_runtime_with_the_runners_contract(checkpoint: str, runtime: str) -> None:
+    """inference ``runtime: onnx | int8-ort``: same Prediction contract as the torch runner, same actions
+    within the variant's tolerance, clear errors for bad input and an unknown runtime."""
+    from hybridvla_ros.model.runner import ExportedRunner, load_runner
+
+    torch_runner = load_runner(checkpoint, "franka", "torch", mode="coarse_to_fine")
+    served = load_runner(checkpoint, "franka", runtime, mode="coarse_to_fine")
+    assert isinstance(served, ExportedRunner)
+    assert (served.action_dim, served.chunk_size, served.head_type) == (7, torch_runner.chunk_size, "coarse_to_fine")
+    image, q = _observation(torch_runner)
+    a = torch_runner.predict(image, q, "put the cube on the red target", num_samples=5)
+    b = served.predict(image, q, "put the cube on the red target", num_samples=5)
+    assert b.actions.shape == a.actions.shape and b.latency_s > 0 and 0.0 <= b.confidence <= 1.0
+    np.testing.assert_allclose(b.actions, a.actions, atol=5e-3)
+    with pytest.raises(ValueError, match="joint_positions"):
+        served.predict(image, np.full(7, np.nan), "x")
+    with pytest.raises(ValueError, match="runtime"):
+        load_runner(checkpoint, "franka", "tensorrt")
