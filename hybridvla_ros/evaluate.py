@@ -34,7 +34,11 @@ from hybridvla_ros.params.monitor import MonitorParams
 from hybridvla_ros.params.sim_robot import SimRobotParams
 
 HUMAN_OVERRIDE, PAUSED, ESCALATED = 2, 1, 3  # hybridvla_msgs/HandoffMode values
-EXPERT_CHUNK_RATE_HZ = 10.0  # policy sim_expert: how often the simulator publishes the expert's plan
+# policy sim_expert: the scripted expert is a feedback controller, so it is replanned often: a plan
+# every 40 ms, a new chunk every 2 control periods (with 100-200 ms old plans, as a 10 Hz policy
+# would run, the cup reaches the cube late and the stiff grasp trips the 40 N e-stop)
+EXPERT_CHUNK_RATE_HZ = 25.0
+EXPERT_RECOMPUTE_EVERY = 2
 STALE_SUCCESS_S = 0.3  # ignore task_success heard this soon after a reset (a message from the last episode)
 
 
@@ -196,8 +200,10 @@ def run_evaluation(embodiment: str, episodes: int, scene: str = "nominal", check
     extra = {k: dict(v) for k, v in (overrides or {}).items()}
     extra.setdefault("sim_robot", {}).update({"scene": scene, "seed": int(seed)})
     if policy == "sim_expert":
-        extra["sim_robot"]["expert_chunk_rate_hz"] = EXPERT_CHUNK_RATE_HZ
+        extra["sim_robot"].setdefault("expert_chunk_rate_hz", EXPERT_CHUNK_RATE_HZ)
         extra.setdefault("inference", {})["policy_source"] = "sim_expert"
+        for node in ("inference", "action_buffer"):
+            extra.setdefault(node, {}).setdefault("recompute_every", EXPERT_RECOMPUTE_EVERY)
     extra.setdefault("sim_operator", {}).update({"stall_s": float(stall_s)})
     with Evaluation(embodiment, checkpoint, params_file, extra, log_dir, env=env) as ev:
         ev.wait_until_ready()

@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from hybridvla_ros.evaluate import EXPERT_CHUNK_RATE_HZ, Evaluation
+from hybridvla_ros.evaluate import EXPERT_CHUNK_RATE_HZ, EXPERT_RECOMPUTE_EVERY, Evaluation
 
 pytestmark = [pytest.mark.ros, pytest.mark.e2e]
 
@@ -21,7 +21,9 @@ pytestmark = [pytest.mark.ros, pytest.mark.e2e]
 def test_the_expert_places_the_cube_through_the_whole_graph(ros, tiny_checkpoint) -> None:
     overrides = {
         "sim_robot": {"physics": "mujoco", "expert_chunk_rate_hz": EXPERT_CHUNK_RATE_HZ},
-        "inference": {"policy_source": "sim_expert"},
+        # the expert is a feedback controller: replanned every 2 periods from 25 Hz plans
+        "inference": {"policy_source": "sim_expert", "recompute_every": EXPERT_RECOMPUTE_EVERY},
+        "action_buffer": {"recompute_every": EXPERT_RECOMPUTE_EVERY},
         "correction_recorder": {"store_path": str(ros.tmp_path / "corrections.sqlite")},
         "adaptation": {"adapt_root": str(ros.tmp_path / "adaptation")},
     }

@@ -30,3 +30,17 @@ def test_safety_study_writes_json_and_plot(tmp_path, capsys) -> None:
 
 def test_unknown_study_is_refused() -> None:
     assert study_main(["nope"]) == 2
+
+
+def test_transfer_study_judges_a_policy_in_closed_loop_on_the_physics_robot(tiny_checkpoint) -> None:
+    """The closed-loop judge of the transfer study: a trained policy driving the MuJoCo Franka through
+    the real action buffer and safety filter, fresh scenes, numbers out (the tiny session policy
+    is not expected to place the cube; the judge must run and report)."""
+    from hybridvla_ros.model.checkpoint import load_checkpoint
+    from hybridvla_ros.studies.transfer import policy_success, sim_params
+
+    assert sim_params("franka").physics == "mujoco"
+    policy, config = load_checkpoint(tiny_checkpoint)
+    r = policy_success(policy, config, "franka", episodes=2, seed=10_000, max_s=1.0)
+    assert r["episodes"] == 2 and 0.0 <= r["success_rate"] <= 1.0
+    assert 0.0 < r["final_error_m_median"] < 1.0  # the cube is somewhere on the table
