@@ -191,3 +191,20 @@ def test_physics_demonstrations_come_from_the_mujoco_scene() -> None:
     tcp = np.stack([panda_chain().forward(q.astype(np.float64)).tool_m for q in demos["proprio"]])  # (N, 3)
     assert tcp[:, 2].min() < 0.08                             # down at the cube (and at the target)
     assert tcp[:, 1].min() < -0.08 and tcp[:, 1].max() > 0.08  # cube at y < 0, target at y > 0
+
+
+def test_drift_moves_the_executed_path_not_the_labels() -> None:
+    """``drift_std_rad``: the robot is carried off the expert's path for a while (recovery data);
+    the labels stay the expert's clean targets; the default (0) changes nothing."""
+    p = load("franka")
+    plain = record_demonstrations(p, 1, 80, image_size=16, seed=2)
+    again = record_demonstrations(p, 1, 80, image_size=16, seed=2, drift_std_rad=0.0)
+    np.testing.assert_array_equal(plain["proprio"], again["proprio"])
+    drifted = record_demonstrations(p, 1, 80, image_size=16, seed=2, drift_std_rad=0.02, drift_tau_steps=10)
+    gap = np.abs(drifted["proprio"] - plain["proprio"]).max(axis=1)  # (N,)
+    assert gap[40:].mean() > 5e-3  # the path really moved
+    # Labels are what the expert commands from where the robot is: one step from the state.
+    step = np.abs(drifted["actions"][:, 0] - drifted["proprio"]).max(axis=1)
+    assert np.all(step <= np.asarray(p.max_velocity).max() * p.control_period_s + 1e-6)
+    with pytest.raises(ValueError, match="drift_tau_steps"):
+        record_demonstrations(p, 1, 5, drift_std_rad=0.01, drift_tau_steps=0.5)
