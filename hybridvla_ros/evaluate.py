@@ -28,7 +28,7 @@ import numpy as np
 from hybridvla_ros.core.evaluation import EpisodeResult, plot_evaluation, summarize
 from hybridvla_ros.core.stats import rate_and_jitter
 from hybridvla_ros.launch_description import describe_graph, validate_graph
-from hybridvla_ros.params import from_params, load_node_params
+from hybridvla_ros.params import from_params
 from hybridvla_ros.params.embodiment import EMBODIMENTS
 from hybridvla_ros.params.monitor import MonitorParams
 from hybridvla_ros.params.sim_robot import SimRobotParams
@@ -54,15 +54,8 @@ class Evaluation:
                                     overrides=overrides)
         validate_graph(self.specs)
         by_name = {s.name: s for s in self.specs}
-
-        def node_values(name: str) -> dict[str, Any]:
-            spec = by_name[name]
-            values = load_node_params(spec.params_file, name)
-            values.update(spec.parameters)
-            return values
-
-        self.sim_params = from_params(SimRobotParams, node_values("sim_robot"), "sim_robot")
-        self.monitor_params = from_params(MonitorParams, node_values("monitor"), "monitor")
+        self.sim_params = from_params(SimRobotParams, by_name["sim_robot"].node_values(), "sim_robot")
+        self.monitor_params = from_params(MonitorParams, by_name["monitor"].node_values(), "monitor")
         self.runner = GraphRunner(self.specs, env=env, log_dir=log_dir)
         self.monitor: Any = None
         self._domain_id = domain_id

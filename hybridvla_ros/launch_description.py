@@ -51,6 +51,12 @@ class NodeSpec:
         return args
 
 
+    def node_values(self) -> dict[str, Any]:
+        """The parameters this node starts with: its file's ``/**`` and own sections, then the overrides."""
+        values = load_node_params(self.params_file, self.name)
+        values.update(self.parameters)
+        return values
+
     def overrides_file(self) -> str:
         """Write ``parameters`` as ``<name>: ros__parameters:`` YAML in the temp dir; returns its path."""
         text = yaml.safe_dump({self.name: {"ros__parameters": dict(self.parameters)}})
@@ -150,6 +156,4 @@ def validate_graph(nodes: list[NodeSpec]) -> None:
                "correction_recorder": CorrectionRecorderParams, "adaptation": AdaptationParams,
                "monitor": MonitorParams, "sim_robot": SimRobotParams, "sim_operator": SimOperatorParams}
     for spec in nodes:
-        values = load_node_params(spec.params_file, spec.name)
-        values.update(spec.parameters)
-        from_params(schemas[spec.name], values, spec.name)
+        from_params(schemas[spec.name], spec.node_values(), spec.name)

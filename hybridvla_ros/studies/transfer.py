@@ -28,7 +28,10 @@ from hybridvla_ros.params.sim_robot import SimRobotParams
 
 def sim_params(embodiment: str) -> SimRobotParams:
     """The sim_robot parameters of ``config/<embodiment>.yaml`` (physics, scene, image size)."""
-    return from_params(SimRobotParams, load_node_params(params_file_for(embodiment), "sim_robot"), "sim_robot")
+    from hybridvla_ros.launch_description import default_config_dir
+    from hybridvla_ros.model.train import load_embodiment
+
+    return load_embodiment(default_config_dir(), embodiment)
 
 
 def policy_success(policy: Any, config: Any, embodiment: str, episodes: int, seed: int, max_s: float,
