@@ -120,6 +120,8 @@ class PolicyConfig:
     # --- vision: each conv (3x3, stride 2) halves the side; image_size / 2**len(conv_channels) = grid side G
     image_size: int = 96                        # S: input images are (S, S) RGB
     conv_channels: tuple[int, ...] = (16, 32, 64, 128)
+    keypoints: int = 32                         # K spatial-softmax keypoints on the stride-4 feature map, fed to
+                                                # the backbone as one extra image token; 0: grid tokens only
     # --- transformer (shared backbone)
     d_model: int = 128                          # token width
     num_heads: int = 4
@@ -159,6 +161,10 @@ class PolicyConfig:
         if self.image_size < stride or self.image_size % stride:
             raise ValueError(f"image_size: must be a multiple of {stride} (2**len(conv_channels)), "
                              f"got {self.image_size!r}")
+        if isinstance(self.keypoints, bool) or not isinstance(self.keypoints, int) or self.keypoints < 0:
+            raise ValueError(f"keypoints: must be an int >= 0, got {self.keypoints!r}")
+        if self.keypoints and len(self.conv_channels) < 2:
+            raise ValueError("keypoints: need at least 2 conv layers (they read the stride-4 feature map)")
         if self.d_model % 4:
             raise ValueError(f"d_model: must be a multiple of 4 (2D sin/cos position embedding), got {self.d_model!r}")
         if self.d_model % self.num_heads:
@@ -264,12 +270,18 @@ def sinusoidal_2d(grid: int, dim: int) -> torch.Tensor:
 
 
 class VisionEncoder(nn.Module):
-    """(B, 3, S, S) image in [0, 1] -> (B, G*G, d_model) tokens with 2D position embeddings.
+    """(B, 3, S, S) image in [0, 1] -> (B, G*G [+ 1], d_model) tokens with 2D position embeddings.
 
     Two coordinate channels (x, y in [-1, 1]) are appended to the RGB input (CoordConv), so
     the features say where in the image they are, and the grid tokens get a fixed sinusoidal
     2D embedding; both are smooth in position, which lets a target position seen in no
     training episode still map to sensible actions.
+
+    With ``keypoints`` K > 0 one more token carries K spatial-softmax keypoints (Levine et al.
+    2016, robomimic's default for behaviour cloning): K 1x1-conv maps over the stride-4
+    features (S/4 x S/4), each turned into the expected image (x, y) of its softmax. A
+    G x G grid (6 x 6 at 96 px) places a small object only to a cell of 16 px; the keypoints
+    place it to a fraction of a pixel.
     """
 
     def __init__(self, config: PolicyConfig) -> None:
@@ -287,13 +299,31 @@ class VisionEncoder(nn.Module):
         coords = torch.stack([ramp[None, :].expand(S, S), ramp[:, None].expand(S, S)])  # (2, S, S): x, y
         self.register_buffer("coords", coords, persistent=False)
         self.register_buffer("pos_embed", sinusoidal_2d(G, d), persistent=False)       # (G*G, d)
+        self.keypoints = config.keypoints
+        if self.keypoints:
+            K, F = config.keypoints, S // 4
+            self.keypoint_maps = nn.Conv2d(config.conv_channels[1], K, kernel_size=1)
+            self.keypoint_log_temp = nn.Parameter(torch.zeros(()))                      # softmax temperature
+            self.keypoint_proj = nn.Sequential(nn.Linear(2 * K, d), nn.GELU(), nn.Linear(d, d))
+            ramp_f = torch.linspace(-1.0, 1.0, F)
+            grid_xy = torch.stack([ramp_f[None, :].expand(F, F), ramp_f[:, None].expand(F, F)], -1)  # (F, F, 2)
+            self.register_buffer("keypoint_grid", grid_xy.reshape(F * F, 2), persistent=False)    # (F*F, 2)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         B = image.shape[0]
         x = torch.cat([image * 2.0 - 1.0, self.coords.expand(B, -1, -1, -1)], 1)  # (B, 5, S, S)
-        x = self.convs(x)                                                        # (B, C, G, G)
+        if not self.keypoints:
+            x = self.convs(x)                                                    # (B, C, G, G)
+            x = x.flatten(2).transpose(1, 2)                                     # (B, G*G, C)
+            return self.proj(x) + self.pos_embed                                 # (B, G*G, d)
+        mid = self.convs[:6](x)                                                  # (B, C1, S/4, S/4): 2 conv blocks
+        x = self.convs[6:](mid)                                                  # (B, C, G, G)
         x = x.flatten(2).transpose(1, 2)                                         # (B, G*G, C)
-        return self.proj(x) + self.pos_embed                                     # (B, G*G, d)
+        grid_tokens = self.proj(x) + self.pos_embed                              # (B, G*G, d)
+        logits = self.keypoint_maps(mid).flatten(2) * torch.exp(self.keypoint_log_temp)  # (B, K, F*F)
+        points = torch.softmax(logits, -1) @ self.keypoint_grid                  # (B, K, 2): expected (x, y)
+        kp_token = self.keypoint_proj(points.flatten(1))[:, None]                # (B, 1, d)
+        return torch.cat([grid_tokens, kp_token], 1)                             # (B, G*G + 1, d)
 
 
 class Backbone(nn.Module):

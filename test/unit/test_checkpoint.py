@@ -1,6 +1,7 @@
 """Checkpoints: safetensors + config.json round trip, and clear errors for broken ones; the runner."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -134,3 +135,15 @@ def test_checkpoint_from_before_the_encoder_key_loads_with_the_hashed_encoder(ck
     _, config = load_checkpoint(ckpt)
     assert config.instruction_encoder == "hash-3gram"
     assert np.array_equal(_predict(ckpt, "franka", 7).actions, a.actions)
+
+
+def test_checkpoint_from_before_keypoints_loads_without_them(tmp_path) -> None:
+    torch.manual_seed(0)
+    policy = HybridPolicy(dataclasses.replace(small_config(), keypoints=0))
+    out = str(tmp_path / "old")
+    save_checkpoint(policy, policy.config, out)
+    a = _predict(out, "franka", 7)
+    _edit_config(out, lambda d: d["policy"].pop("keypoints"))
+    _, config = load_checkpoint(out)
+    assert config.keypoints == 0
+    assert np.array_equal(_predict(out, "franka", 7).actions, a.actions)
