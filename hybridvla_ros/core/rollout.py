@@ -62,10 +62,12 @@ def expert_predictor(sim: Any, chunk_size: int) -> Predictor:
 
 def rollout(sim: Any, predict: Predictor, buffer_config: ActionBufferConfig, limits: SafetyLimits,
             max_s: float, success_tolerance_m: float, success_hold_s: float = 0.3,
-            camera_rate_hz: float = 30.0) -> RolloutResult:
+            camera_rate_hz: float = 30.0, observe: Callable[[Any], None] | None = None) -> RolloutResult:
     """Run one episode from the simulator's current state (reset it first); returns the result.
-    Ends after the task has been done for ``success_hold_s`` or after ``max_s``. Raises
-    ValueError for non-positive durations or rates."""
+    Ends after the task has been done for ``success_hold_s`` or after ``max_s``. ``observe``,
+    if given, is called with the simulator at every control step before the step's command
+    is sent (DAgger records the states the policy visits this way). Raises ValueError for
+    non-positive durations or rates."""
     for name, value in (("max_s", max_s), ("success_tolerance_m", success_tolerance_m),
                         ("camera_rate_hz", camera_rate_hz)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -86,6 +88,8 @@ def rollout(sim: Any, predict: Predictor, buffer_config: ActionBufferConfig, lim
             frame = sim.render()
             next_frame_s += 1.0 / camera_rate_hz
         q = sim.positions
+        if observe is not None:
+            observe(sim)
         if buffer.needs_recompute(t):
             actions, confidence = predict(frame, q)
             accepted, _why = buffer.add_chunk(np.asarray(actions, dtype=np.float64), t, dt, t, seq=chunks)

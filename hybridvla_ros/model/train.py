@@ -238,11 +238,15 @@ def train(demos: Sequence[Mapping[str, Any]], specs: Sequence[EmbodimentSpec], *
           train_steps: int = 1500, batch_size: int = 64, lr: float = 3e-4, weight_decay: float = 1e-4,
           warmup_steps: int = 100, grad_clip: float = 1.0, seed: int = 0, holdout_fraction: float = 0.1,
           augment_shift_px: int = 0, eval_num_samples: int = 5, threads: int | None = None,
-          progress: bool = False, extra_log: Mapping[str, Any] | None = None) -> TrainResult:
+          progress: bool = False, extra_log: Mapping[str, Any] | None = None,
+          init_policy: HybridPolicy | None = None) -> TrainResult:
     """Train one policy on ``demos[i]`` (the demonstrations of ``specs[i]``).
 
     ``policy_config`` sets the architecture (its ``embodiments`` are replaced by ``specs``).
-    With ``out_dir`` the checkpoint, loss.png and train_log.json are written there.
+    ``init_policy`` continues training that policy instead (its architecture and its
+    normalization statistics are kept; ``policy_config`` must be None; every spec must be
+    one of its embodiments). With ``out_dir`` the checkpoint, loss.png and train_log.json are
+    written there.
     """
     if len(demos) != len(specs) or not specs:
         raise ValueError(f"demos/specs: need one demonstration dict per spec, got {len(demos)} and {len(specs)}")
@@ -254,15 +258,24 @@ def train(demos: Sequence[Mapping[str, Any]], specs: Sequence[EmbodimentSpec], *
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    config = dataclasses.replace(policy_config or PolicyConfig(), embodiments=tuple(specs))
-    policy = HybridPolicy(config)
+    if init_policy is not None:
+        if policy_config is not None:
+            raise ValueError("init_policy and policy_config: give one of them (the policy has its config)")
+        config, policy = init_policy.config, init_policy
+        for spec in specs:
+            if config.embodiment(spec.name) != spec:
+                raise ValueError(f"init_policy: its {spec.name!r} head is {config.embodiment(spec.name)}, not {spec}")
+    else:
+        config = dataclasses.replace(policy_config or PolicyConfig(), embodiments=tuple(specs))
+        policy = HybridPolicy(config)
 
     train_data: dict[str, EmbodimentData] = {}
     held_data: dict[str, EmbodimentData] = {}
     for d, spec in zip(demos, specs):
         train_idx, held_idx = split_episodes(np.asarray(d[DEMO_EPISODE]), holdout_fraction)
-        policy.fit_normalization(spec.name, np.asarray(d[DEMO_PROPRIO])[train_idx],
-                                 np.asarray(d[DEMO_ACTIONS])[train_idx])
+        if init_policy is None:
+            policy.fit_normalization(spec.name, np.asarray(d[DEMO_PROPRIO])[train_idx],
+                                     np.asarray(d[DEMO_ACTIONS])[train_idx])
         train_data[spec.name] = EmbodimentData(d, spec, train_idx, config.image_size, config.instruction_dim,
                                                config.instruction_encoder)
         held_data[spec.name] = EmbodimentData(d, spec, held_idx, config.image_size, config.instruction_dim,
@@ -329,17 +342,32 @@ def train(demos: Sequence[Mapping[str, Any]], specs: Sequence[EmbodimentSpec], *
         "heldout": heldout, "train_subset": train_eval, "modes": modes,
         "steps": {"embodiment": step_embodiment, "loss": step_loss},
     }
-    out_path = None
-    if out_dir is not None:
-        out_path = Path(out_dir)
-        summary = {k: v for k, v in log.items() if k != "steps"}
-        summary["final_loss"] = {n: smoothed[n] for n in names}
-        save_checkpoint(policy, config, out_path, training=summary)
-        (out_path / TRAIN_LOG).write_text(json.dumps(log, indent=1, default=json_default) + "\n", encoding="utf-8")
-        plot_losses(step_embodiment, step_loss, out_path / LOSS_PLOT)
-        for d, spec in zip(demos, specs):
-            save_replay_sample(d, replay_path(out_path, spec.name), REPLAY_EXAMPLES, seed)
-    return TrainResult(policy=policy, config=config, log=log, out_dir=out_path)
+    result = TrainResult(policy=policy, config=config, log=log, out_dir=None)
+    return write_outputs(result, demos, specs, out_dir, seed) if out_dir is not None else result
+
+
+def _smoothed_final_loss(log: Mapping[str, Any]) -> dict[str, float]:
+    """Per embodiment, the exponential moving average (0.95) of its step losses, as the progress bar shows."""
+    out: dict[str, float] = {}
+    for name, loss in zip(log["steps"]["embodiment"], log["steps"]["loss"]):
+        out[name] = loss if name not in out else 0.95 * out[name] + 0.05 * loss
+    return out
+
+
+def write_outputs(result: TrainResult, demos: Sequence[Mapping[str, Any]], specs: Sequence[EmbodimentSpec],
+                  out_dir: str | os.PathLike[str], seed: int) -> TrainResult:
+    """Write the checkpoint, train_log.json, loss.png and the replay samples of ``result`` into
+    ``out_dir``; return ``result`` with ``out_dir`` set."""
+    out_path = Path(out_dir)
+    log = result.log
+    summary = {k: v for k, v in log.items() if k != "steps"}
+    summary["final_loss"] = _smoothed_final_loss(log)
+    save_checkpoint(result.policy, result.config, out_path, training=summary)
+    (out_path / TRAIN_LOG).write_text(json.dumps(log, indent=1, default=json_default) + "\n", encoding="utf-8")
+    plot_losses(log["steps"]["embodiment"], log["steps"]["loss"], out_path / LOSS_PLOT)
+    for d, spec in zip(demos, specs):
+        save_replay_sample(d, replay_path(out_path, spec.name), REPLAY_EXAMPLES, seed)
+    return dataclasses.replace(result, out_dir=out_path)
 
 
 def replay_path(checkpoint_dir: str | os.PathLike[str], embodiment: str) -> Path:
@@ -474,18 +502,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction-encoder", default=MINILM, metavar="NAME",
                    help=f"{MINILM!r} (default, pretrained, frozen), {HASH_ENCODER!r} (hashed char 3-grams, "
                         f"{INSTRUCTION_DIM}-d) or 'dir:<sentence-transformers model dir>'")
+    p.add_argument("--dagger-rounds", type=int, default=0,
+                   help="DAgger rounds after training: run the policy in closed loop on the simulator, label the "
+                        "states it visits with the scripted expert, train on (default: 0, none)")
+    p.add_argument("--dagger-episodes", type=int, default=20,
+                   help="closed-loop episodes per embodiment and DAgger round (default: 20)")
+    p.add_argument("--dagger-train-steps", type=int, default=500,
+                   help="optimizer steps after each DAgger round, all embodiments together (default: 500)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+# seconds per closed-loop DAgger episode: the kinematic experts settle within ~1.2 s, the MuJoCo tasks take ~3.5 s
+DAGGER_EPISODE_S = {"kinematic": 6.0, "mujoco": 8.0}
+
+
+def dagger(result: TrainResult, demos: list[dict[str, Any]], specs: Sequence[EmbodimentSpec], params: Sequence[Any],
+           config_dir: str | os.PathLike[str], rounds: int, episodes: int, train_steps: int, *, out_dir: str | None,
+           batch_size: int, lr: float, weight_decay: float, augment_shift_px: int, seed: int, threads: int,
+           progress: bool, extra_log: Mapping[str, Any]) -> TrainResult:
+    """``rounds`` DAgger rounds on ``result.policy`` (model/dagger.py): each runs ``episodes``
+    closed-loop episodes per embodiment through the deployed control path, adds the visited
+    states with the expert's labels to that embodiment's data and trains ``train_steps``
+    more steps; a last collection measures the final policy. Returns the last TrainResult
+    (checkpoint written to ``out_dir``) with ``log["dagger"]``: per round and embodiment, the
+    closed-loop success rate and median final task error of the policy that collected."""
+    from hybridvla_ros.model.dagger import control_path, merge_demonstrations, policy_predictor, record_policy_states
+
+    curve: list[dict[str, Any]] = []
+    paths = {p.embodiment: control_path(str(Path(config_dir) / f"{p.embodiment}.yaml")) for p in params}
+    for rnd in range(rounds + 1):
+        point: dict[str, Any] = {"round": rnd}
+        for i, p in enumerate(params):
+            predict = policy_predictor(result.policy, result.config, p.embodiment, p.instruction, seed=seed + rnd)
+            states = record_policy_states(predict, p, *paths[p.embodiment], episodes,
+                                          DAGGER_EPISODE_S[p.physics], result.config.image_size,
+                                          seed=seed + rnd, record_every=2)
+            point[p.embodiment] = {"success_rate": states.success_rate,
+                                   "final_error_m_median": float(np.median([r.final_error_m for r in states.results])),
+                                   "states": len(states.demos[DEMO_PROPRIO])}
+            if progress:
+                print(f"dagger round {rnd}: {p.embodiment} closed-loop success {states.success_rate:.2f}, median "
+                      f"final error {point[p.embodiment]['final_error_m_median']:.3f} m", file=sys.stderr, flush=True)
+            if rnd < rounds:
+                demos[i] = merge_demonstrations(states.demos, demos[i])  # the demonstrations' held-out episodes stay last
+        curve.append(point)
+        if rnd == rounds:
+            break
+        steps = result.log["steps"]
+        train_time = result.log["train_time_s"]
+        result = train(demos, specs, out_dir=None, train_steps=train_steps, batch_size=batch_size, lr=lr,
+                       weight_decay=weight_decay, warmup_steps=20, seed=seed + 1 + rnd,
+                       augment_shift_px=augment_shift_px, threads=threads, progress=progress,
+                       extra_log=extra_log, init_policy=result.policy)
+        result.log["steps"] = {k: steps[k] + result.log["steps"][k] for k in steps}  # one loss curve for all
+        result.log["train_time_s"] += train_time
+    result.log["dagger"] = curve
+    return write_outputs(result, demos, specs, out_dir, seed) if out_dir is not None else result
 
 
 def main(argv: list[str] | None = None) -> int:
     """``hybridvla train``: returns the exit status."""
     args = build_parser().parse_args(argv)
-    for name in ("episodes", "steps_per_episode", "train_steps", "batch_size", "threads"):
+    for name in ("episodes", "steps_per_episode", "train_steps", "batch_size", "threads", "dagger_episodes",
+                 "dagger_train_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             print(f"hybridvla train: error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)!r}",
                   file=sys.stderr)
             return 2
+    if args.dagger_rounds < 0:
+        print(f"hybridvla train: error: --dagger-rounds must be >= 0, got {args.dagger_rounds!r}", file=sys.stderr)
+        return 2
     progress = not args.quiet
     torch.set_num_threads(args.threads)
     names = list(dict.fromkeys(args.embodiments))
@@ -508,17 +595,26 @@ def main(argv: list[str] | None = None) -> int:
         specs = [EmbodimentSpec.from_params(p) for p in params]
         if args.heads == "coarse_to_fine":
             specs = [dataclasses.replace(s, head_type="coarse_to_fine") for s in specs]
-        result = train(demos, specs, out_dir=args.out,
+        extra_log = {"data": {"episodes": args.episodes, "steps_per_episode": steps_used,
+                              "physics": {p.embodiment: p.physics for p in params},
+                              "config_dir": str(args.config_dir), "record_time_s": record_time}}
+        result = train(demos, specs, out_dir=None if args.dagger_rounds else args.out,
                        policy_config=config, train_steps=args.train_steps, batch_size=args.batch_size,
                        lr=args.lr, weight_decay=args.weight_decay, augment_shift_px=args.augment_shift_px,
-                       seed=args.seed, threads=args.threads, progress=progress,
-                       extra_log={"data": {"episodes": args.episodes, "steps_per_episode": steps_used,
-                                           "physics": {p.embodiment: p.physics for p in params},
-                                           "config_dir": str(args.config_dir), "record_time_s": record_time}})
+                       seed=args.seed, threads=args.threads, progress=progress, extra_log=extra_log)
+        if args.dagger_rounds:
+            result = dagger(result, demos, specs, params, args.config_dir, args.dagger_rounds, args.dagger_episodes,
+                            args.dagger_train_steps, out_dir=args.out, batch_size=args.batch_size, lr=args.lr,
+                            weight_decay=args.weight_decay, augment_shift_px=args.augment_shift_px, seed=args.seed,
+                            threads=args.threads, progress=progress, extra_log=extra_log)
     except (ValueError, OSError) as exc:  # ParameterError and CheckpointError are ValueErrors
         print(f"hybridvla train: error: {exc}", file=sys.stderr)
         return 1
     log = result.log
+    for point in log.get("dagger", []):
+        print(f"  dagger round {point['round']}: closed-loop success " + ", ".join(
+            f"{n} {v['success_rate']:.2f} (median final error {1e3 * v['final_error_m_median']:.0f} mm)"
+            for n, v in point.items() if n != "round"))
     print(f"trained {log['parameters']:,} parameters in {log['train_time_s']:.1f} s "
           f"(demonstrations {record_time:.1f} s); checkpoint: {args.out}")
     for name, per_mode in log["modes"].items():

@@ -29,3 +29,27 @@ def test_tiny_training_run_writes_checkpoint_plot_and_log(tmp_path) -> None:
 def test_bad_arguments_exit_with_a_message(tmp_path, capsys) -> None:
     assert main(["--episodes", "0", "--out", str(tmp_path / "x")]) == 2
     assert "--episodes must be >= 1" in capsys.readouterr().err
+
+
+def test_dagger_rounds_add_the_states_the_policy_visits_and_log_its_closed_loop_success(tmp_path) -> None:
+    out = tmp_path / "ckpt"
+    code = main(["--embodiments", "hello", "--physics", "kinematic", "--episodes", "3", "--steps-per-episode", "20",
+                 "--train-steps", "20", "--batch-size", "8", "--out", str(out), "--threads", "1", "--quiet",
+                 "--config-dir", default_config_dir(), "--dagger-rounds", "1", "--dagger-episodes", "2",
+                 "--dagger-train-steps", "10"])
+    assert code == 0
+    with open(out / "train_log.json", encoding="utf-8") as f:
+        log = json.load(f)
+    curve = log["dagger"]
+    assert [p["round"] for p in curve] == [0, 1]  # the policy that collected round 0, and the final one
+    assert all(0.0 <= p["hello"]["success_rate"] <= 1.0 and p["hello"]["states"] > 0 for p in curve)
+    # the round's states joined the training data (the demonstrations' last episode stays held out)
+    assert log["examples"]["hello"]["train"] == 2 * 20 + curve[0]["hello"]["states"]
+    assert log["examples"]["hello"]["heldout"] == 20
+    assert len(log["steps"]["loss"]) == 20 + 10  # one loss curve across the rounds
+    assert PolicyRunner.load(str(out), "hello").action_dim == 3
+
+
+def test_negative_dagger_rounds_are_refused(tmp_path, capsys) -> None:
+    assert main(["--dagger-rounds", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "--dagger-rounds must be >= 0" in capsys.readouterr().err

@@ -1,0 +1,143 @@
+"""DAgger (Ross, Gordon and Bagnell 2011): the scripted expert labels the states the policy visits.
+
+A policy cloned from the expert's demonstrations makes small errors, and in closed loop
+they carry it into states the demonstrations never showed (on the MuJoCo Franka: 5-10
+mrad per chunk, 8 cm off after a second, 0 of 10 cube placements). DAgger runs the
+trained policy through the deployed control path (:func:`hybridvla_ros.core.rollout.rollout`:
+the real action buffer and safety filter), records every state it visits with the label
+the scripted expert gives *from that state* (:func:`hybridvla_ros.core.rollout.expert_chunk`,
+the same "next T targets" a demonstration holds), adds them to the data and trains on.
+Each round's closed-loop success is the learning curve, measured on the policy that
+collected the round's data.
+
+The recorded data use the demonstration format of :mod:`hybridvla_ros.core.demos`, so a
+round's data can be saved, replayed and trained on like demonstrations.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from hybridvla_ros.core.demos import validate_demonstrations
+from hybridvla_ros.core.image import resize_for_policy
+from hybridvla_ros.core.rollout import RolloutResult, expert_chunk, rollout
+from hybridvla_ros.core.sims import make_sim
+
+__all__ = ["PolicyStates", "record_policy_states", "merge_demonstrations", "control_path", "policy_predictor"]
+
+DAGGER_SEED_OFFSET = 1_000_003  # DAgger scenes are drawn from seeds the demonstrations did not use
+
+
+@dataclass
+class PolicyStates:
+    """One DAgger collection: the states (with expert labels) and how the episodes went."""
+
+    demos: dict[str, Any]
+    results: list[RolloutResult]
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean([r.success for r in self.results])) if self.results else float("nan")
+
+
+def control_path(config_file: str) -> tuple[Any, Any]:
+    """(ActionBufferConfig, SafetyLimits) of a parameter file: the control path a rollout runs."""
+    from hybridvla_ros.params import from_params, load_node_params
+    from hybridvla_ros.params.action_buffer import ActionBufferParams
+    from hybridvla_ros.params.safety_filter import SafetyFilterParams
+
+    buffer = from_params(ActionBufferParams, load_node_params(config_file, "action_buffer"), "action_buffer")
+    safety = from_params(SafetyFilterParams, load_node_params(config_file, "safety_filter"), "safety_filter")
+    return buffer.buffer_config(), safety.safety_limits()
+
+
+def policy_predictor(policy: Any, config: Any, embodiment: str, instruction: str, seed: int = 0) -> Any:
+    """A rollout Predictor serving ``policy`` through the deployment's PolicyRunner (its head_type mode)."""
+    from hybridvla_ros.model.runner import PolicyRunner
+
+    runner = PolicyRunner(policy, config, embodiment, seed=seed)
+
+    def predict(image: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, float]:
+        out = runner.predict(image, q, instruction)
+        return out.actions, out.confidence
+
+    return predict
+
+
+def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: Any, episodes: int,
+                         max_s: float, image_size: int, seed: int = 0, record_every: int = 1,
+                         progress: bool = False) -> PolicyStates:
+    """Run ``episodes`` closed-loop episodes of ``predict`` (a rollout Predictor: (image, q) ->
+    (chunk, confidence)) on the simulator ``params`` name (SimRobotParams: physics, scene,
+    image size) and record every ``record_every``-th control step: the policy's-size image,
+    the joint positions and the expert's chunk from that state. Returns the data as a
+    demonstration dict plus the episodes' results. Raises ValueError for non-positive counts."""
+    for name, value in (("episodes", episodes), ("image_size", image_size), ("record_every", record_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    width, height = int(getattr(params, "image_width", 160)), int(getattr(params, "image_height", 120))
+    sim = make_sim(params, width, height, seed=seed, physics=getattr(params, "physics", "kinematic"),
+                   scene=getattr(params, "scene", "nominal"))
+    chunk = params.chunk_size
+    images: list[np.ndarray] = []
+    proprio: list[np.ndarray] = []
+    actions: list[np.ndarray] = []
+    episode_ids: list[int] = []
+    step = [0]
+
+    def observe(s: Any) -> None:
+        if step[0] % record_every == 0:
+            images.append(resize_for_policy(s.render(), image_size))   # (S, S, 3) uint8
+            proprio.append(np.asarray(s.positions, dtype=np.float32))  # (D,)
+            actions.append(expert_chunk(s, chunk).astype(np.float32))  # (T, D)
+            episode_ids.append(current[0])
+        step[0] += 1
+
+    current = [0]
+    results = []
+    seeds = np.random.SeedSequence(seed + DAGGER_SEED_OFFSET).generate_state(episodes)
+    for e in range(episodes):  # episodes are sequential on one simulator
+        current[0], step[0] = e, 0
+        sim.reset(seed=int(seeds[e]))
+        results.append(rollout(sim, predict, buffer_config, limits, max_s, params.success_tolerance_m,
+                               observe=observe))
+        if progress:
+            r = results[-1]
+            print(f"[dagger] {params.embodiment}: episode {e + 1}/{episodes} "
+                  f"{'success' if r.success else 'failure'}, final task error {r.final_error_m:.3f} m",
+                  file=sys.stderr, flush=True)
+    dim = params.action_dim
+    demos = {
+        "images": np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8),
+        "proprio": np.stack(proprio) if proprio else np.zeros((0, dim), np.float32),
+        "actions": np.stack(actions) if actions else np.zeros((0, chunk, dim), np.float32),
+        "episode": np.asarray(episode_ids, dtype=np.int32),
+        "embodiment": params.embodiment,
+        "instruction": params.instruction,
+        "control_period_s": float(params.control_period_s),
+    }
+    return PolicyStates(demos=demos, results=results)
+
+
+def merge_demonstrations(first: Mapping[str, Any], then: Mapping[str, Any]) -> dict[str, Any]:
+    """One demonstration dict holding ``first``'s examples, then ``then``'s, with ``then``'s
+    episodes renumbered to follow ``first``'s (so a split that holds out the LAST episodes
+    holds out ``then``'s). Raises ValueError when they are of different embodiments,
+    instructions, control periods or shapes."""
+    a, b = validate_demonstrations(dict(first)), validate_demonstrations(dict(then))
+    for key in ("embodiment", "instruction", "control_period_s"):
+        if a[key] != b[key]:
+            raise ValueError(f"merge_demonstrations: {key} differs: {a[key]!r} and {b[key]!r}")
+    for key in ("images", "proprio", "actions"):
+        if a[key].shape[1:] != b[key].shape[1:]:
+            raise ValueError(f"merge_demonstrations: {key} shapes differ: {a[key].shape} and {b[key].shape}")
+    offset = int(a["episode"].max()) + 1 if len(a["episode"]) else 0
+    out: dict[str, Any] = {k: np.concatenate([a[k], b[k]]) for k in ("images", "proprio", "actions")}
+    out["episode"] = np.concatenate([a["episode"], b["episode"] - (int(b["episode"].min()) if len(b["episode"])
+                                                                   else 0) + offset]).astype(np.int32)
+    for key in ("embodiment", "instruction", "control_period_s"):
+        out[key] = a[key]
+    return out

@@ -1,0 +1,86 @@
+"""DAgger data: states the policy visits, labelled by the scripted expert from those states."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hybridvla_ros.core.demos import record_demonstrations, validate_demonstrations
+from hybridvla_ros.core.rollout import expert_predictor
+from hybridvla_ros.core.sims import make_sim
+from hybridvla_ros.launch_description import params_file_for
+from hybridvla_ros.model.dagger import merge_demonstrations, record_policy_states
+from hybridvla_ros.model.train import load_embodiment, split_episodes
+from hybridvla_ros.params import from_params, load_node_params
+from hybridvla_ros.params.action_buffer import ActionBufferParams
+from hybridvla_ros.params.safety_filter import SafetyFilterParams
+
+
+def control_path(embodiment: str):
+    path = params_file_for(embodiment)
+    ab = from_params(ActionBufferParams, load_node_params(path, "action_buffer")).buffer_config()
+    limits = from_params(SafetyFilterParams, load_node_params(path, "safety_filter")).safety_limits()
+    return ab, limits
+
+
+def test_states_a_still_policy_visits_are_labelled_with_the_way_to_the_goal() -> None:
+    params = load_embodiment("config", "franka", physics="kinematic")
+    ab, limits = control_path("franka")
+    hold = lambda _img, q: (np.repeat(q[None], params.chunk_size, 0), 0.5)  # noqa: E731
+    states = record_policy_states(hold, params, ab, limits, episodes=2, max_s=0.4, image_size=32, seed=1,
+                                  record_every=2)
+    demos = validate_demonstrations(states.demos)
+    n = len(demos["proprio"])
+    assert n == 2 * 10  # 0.4 s at 50 Hz = 20 control steps, every 2nd recorded, 2 episodes
+    assert demos["images"].shape == (n, 32, 32, 3) and demos["actions"].shape == (n, params.chunk_size, 7)
+    assert sorted(set(demos["episode"].tolist())) == [0, 1] and states.success_rate == 0.0
+    # the policy held still, yet every label moves: the expert's way from where the robot stands
+    moves = np.abs(demos["actions"][:, -1] - demos["proprio"]).max(1)
+    assert np.all(moves > 1e-3)
+    # the label is exactly the expert's chunk from that state
+    sim = make_sim(params, 160, 120, seed=0, physics="kinematic")
+    sim.reset(seed=int(np.random.SeedSequence(1 + 1_000_003).generate_state(2)[0]))
+    from hybridvla_ros.core.rollout import expert_chunk
+    np.testing.assert_allclose(demos["actions"][0], expert_chunk(sim, params.chunk_size), atol=1e-5)
+
+
+def test_the_expert_as_policy_succeeds_and_its_episodes_stop_at_success(monkeypatch) -> None:
+    import hybridvla_ros.model.dagger as dagger
+
+    params = load_embodiment("config", "franka", physics="kinematic")
+    ab, limits = control_path("franka")
+    made = {}
+
+    def make_and_keep(*args, **kwargs):  # the expert predicts for the simulator the collection runs
+        made["sim"] = make_sim(*args, **kwargs)
+        return made["sim"]
+
+    monkeypatch.setattr(dagger, "make_sim", make_and_keep)
+    expert = lambda img, q: expert_predictor(made["sim"], params.chunk_size)(img, q)  # noqa: E731
+    states = record_policy_states(expert, params, ab, limits, episodes=2, max_s=8.0, image_size=16)
+    assert states.success_rate == 1.0
+    assert all(r.duration_s < 8.0 for r in states.results)
+
+
+def test_merge_puts_the_second_set_after_the_first_so_it_is_held_out() -> None:
+    params = load_embodiment("config", "hello", physics="kinematic")
+    a = record_demonstrations(params, 2, 5, image_size=16, seed=0)
+    b = record_demonstrations(params, 3, 5, image_size=16, seed=1)
+    merged = merge_demonstrations(a, b)
+    assert len(merged["proprio"]) == 25 and merged["episode"].tolist() == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5 + [4] * 5
+    np.testing.assert_array_equal(merged["images"][10:], b["images"])
+    _train, held = split_episodes(merged["episode"], 0.2)
+    assert set(merged["episode"][held].tolist()) == {4}
+
+
+def test_merge_refuses_data_of_another_robot() -> None:
+    a = record_demonstrations(load_embodiment("config", "hello", physics="kinematic"), 1, 3, image_size=16)
+    b = record_demonstrations(load_embodiment("config", "franka", physics="kinematic"), 1, 3, image_size=16)
+    with pytest.raises(ValueError, match="embodiment differs"):
+        merge_demonstrations(a, b)
+
+
+def test_bad_counts_are_refused() -> None:
+    params = load_embodiment("config", "franka", physics="kinematic")
+    ab, limits = control_path("franka")
+    with pytest.raises(ValueError, match="episodes"):
+        record_policy_states(lambda i, q: (q[None], 1.0), params, ab, limits, episodes=0, max_s=1.0, image_size=16)
