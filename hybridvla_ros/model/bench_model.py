@@ -53,7 +53,7 @@ INT8_ERROR_INCREASE_TARGET = 0.01
 CONFIDENCE_COST_TARGET = 1.5
 FULL_INFERENCE_P50_TARGET_MS = 25.0
 INT8_KINDS = ("int8", "int8-ort")
-SAMPLING_MODES = ("flow", "coarse_to_fine")
+SAMPLING_MODES = ("flow", "coarse_to_fine", "routed")
 
 DEFINITIONS = {
     "action_mae": "mean over held-out observations, chunk steps and joints of |predicted action - demonstrated "
@@ -205,10 +205,8 @@ def bench_mode(policy: Any, embodiment: str, mode: str, demos: dict[str, Any], k
 def served_modes(policy: Any, embodiment: str, wanted: list[str] | None) -> list[str]:
     """The inference modes ``embodiment``'s head serves (``policy.HEAD_MODES``), the head's own first,
     narrowed to ``wanted`` if given (may be empty)."""
-    from hybridvla_ros.model.policy import HEAD_MODES
-
     own = policy.check_mode(embodiment, None)
-    modes = [own] + [m for m in HEAD_MODES.get(own, (own,)) if m != own]
+    modes = [own] + [m for m in policy.modes(embodiment) if m != own]
     return modes if wanted is None else [m for m in modes if m in wanted]
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hybridvla_ros.model.policy import HEAD_MODES, CoarseToFineHead
+from hybridvla_ros.model.policy import CoarseToFineHead
 from hybridvla_ros.model.runner import PolicyRunner
 
 DEFAULT_OUT = "runs/bench_precision.json"
@@ -140,10 +140,9 @@ def run(checkpoint: str, embodiment: str = "franka", config_dir: str = "config",
 
     # (b) closed loop with the trained policy, every mode the head serves
     if closed_loop:
-        head_type = base.policy.config.embodiment(embodiment).head_type
         closed: dict[str, Any] = {}
         t0 = time.perf_counter()
-        for mode in HEAD_MODES[head_type]:
+        for mode in base.policy.modes(embodiment):
             runner = PolicyRunner(base.policy, base.config, embodiment, seed=seed, mode=mode)
             errs = [_episode(sim, s, steps, every,
                              lambda sim: runner.predict(sim.render(), sim.positions, instruction, num_samples).actions)

@@ -53,7 +53,8 @@ EMBODIMENT_REQUIRED_KEYS = ("name", "action_dim", "chunk_size", "head_type")
 # policy keys added after format_version 1 was first written: a checkpoint without them gets the
 # value every earlier checkpoint was trained with (the hashed encoder; no refiner)
 ADDED_POLICY_KEYS = {"instruction_encoder": "hash-3gram", "refine_binned_fraction": 0.25,
-                     "refine_uncond_fraction": 0.2, "keypoints": 0}
+                     "refine_uncond_fraction": 0.2, "keypoints": 0,
+                     "router": False, "router_hidden": 64}
 
 
 class CheckpointError(ValueError):

@@ -99,6 +99,13 @@ class Batch1Sampler(nn.Module):
             coarse, token_conf = _token_decode(head.token, head.token.logits(feat).float())  # (1, T, D), (1,)
             if self.mode == "token":
                 delta_norm, confidence = coarse, token_conf
+            elif self.mode == "routed":  # both, then the router's pick: one graph with no data-dependent branch
+                assert noise is not None
+                cond = head.condition(coarse, torch.ones_like(token_conf))                # (1, T*D + 1)
+                residual, flow_conf = self._integrate(head.flow, torch.cat([feat, cond.to(dt_)], -1), noise)
+                refine = head.route_logit(feat, token_conf.to(dt_)).float() > 0          # (1,)
+                delta_norm = torch.where(refine[:, None, None], coarse + residual, coarse)
+                confidence = torch.where(refine, (token_conf * flow_conf).sqrt(), token_conf)
             else:
                 assert noise is not None
                 on = 1.0 if self.mode == "coarse_to_fine" else 0.0

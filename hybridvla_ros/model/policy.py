@@ -57,7 +57,8 @@ IMAGE_TOKENS = "image_tokens"  # optional in a batch: (B, G*G, d_model) = backbo
 
 HEAD_TYPES = ("token", "flow", "coarse_to_fine")
 # inference modes a head of each type can serve; a coarse_to_fine head (both heads trained) serves all
-HEAD_MODES = {"token": ("token",), "flow": ("flow",), "coarse_to_fine": ("token", "flow", "coarse_to_fine")}
+# ("routed": a learned router picks token or coarse_to_fine per input; needs PolicyConfig.router)
+HEAD_MODES = {"token": ("token",), "flow": ("flow",), "coarse_to_fine": ("token", "flow", "coarse_to_fine", "routed")}
 # std, in bins, of the token head's soft training labels; 0 = hard labels (plain cross-entropy),
 # which measured better on the default budget (franka 83 % of hold-still vs 98 % with 1.0)
 TOKEN_LABEL_SIGMA_BINS = 0.0
@@ -103,9 +104,11 @@ class EmbodimentSpec:
     @classmethod
     def from_params(cls, params: object) -> "EmbodimentSpec":
         """Build from an ``EmbodimentParams`` (any object with the same attributes); new flow heads
-        predict the clean sample."""
+        predict the clean sample. The parameter file's ``head_type`` is the inference mode; the
+        "routed" mode is served by a coarse_to_fine head."""
+        head_type = "coarse_to_fine" if params.head_type == "routed" else params.head_type  # type: ignore[attr-defined]
         return cls(name=params.embodiment, action_dim=params.action_dim,  # type: ignore[attr-defined]
-                   chunk_size=params.chunk_size, head_type=params.head_type,  # type: ignore[attr-defined]
+                   chunk_size=params.chunk_size, head_type=head_type,  # type: ignore[attr-defined]
                    joint_names=tuple(params.joint_names),  # type: ignore[attr-defined]
                    control_period_s=1.0 / params.control_rate_hz,  # type: ignore[attr-defined]
                    instruction=params.instruction)  # type: ignore[attr-defined]
@@ -146,6 +149,8 @@ class PolicyConfig:
     refine_binned_fraction: float = 0.25        # examples whose coarse input is the binned target (else: the
                                                 # token head's own detached decode, what it gets at inference)
     refine_uncond_fraction: float = 0.2         # examples with the coarse input switched off (serves "flow" mode)
+    router: bool = True                         # coarse_to_fine heads learn a router (serves "routed" mode)
+    router_hidden: int = 64                     # its MLP width
     # --- normalization
     std_floor: float = 1e-3                     # lower bound on every std (raw units), for joints that never move
 
@@ -178,7 +183,7 @@ class PolicyConfig:
         if self.flow_time_dim < 2 or self.flow_time_dim % 2:
             raise ValueError(f"flow_time_dim: must be an even number >= 2, got {self.flow_time_dim!r}")
         for name in ("num_flow_steps", "flow_train_samples", "instruction_dim", "token_hidden", "flow_hidden",
-                     "ff_dim"):
+                     "ff_dim", "router_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)!r}")
         for name in ("token_range_std", "flow_confidence_scale", "std_floor"):
@@ -515,6 +520,14 @@ class CoarseToFineHead(nn.Module):
         self.uncond_fraction = config.refine_uncond_fraction
         self.num_steps = self.flow.num_steps
         self.confidence_scale = self.flow.confidence_scale
+        # router: [pooled feature (detached), token confidence] -> logit of "refining makes this chunk better"
+        self.router = (nn.Sequential(nn.Linear(config.d_model + 1, config.router_hidden), nn.GELU(),
+                                     nn.Linear(config.router_hidden, 1)) if config.router else None)
+
+    def route_logit(self, feat: torch.Tensor, token_conf: torch.Tensor) -> torch.Tensor:
+        """(B,) router logit; > 0: refine. Its input is detached: the router never moves the backbone."""
+        assert self.router is not None
+        return self.router(torch.cat([feat.detach(), token_conf.detach().to(feat.dtype)[:, None]], -1))[:, 0]
 
     @staticmethod
     def condition(coarse: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
@@ -534,7 +547,17 @@ class CoarseToFineHead(nn.Module):
         cond = self.condition(coarse, on)                                             # (B, T*D + 1)
         residual = target - coarse * on[:, None, None]                                # (B, T, D)
         mse, flow_parts = self.flow.loss(torch.cat([feat, cond], -1), residual)
-        return ce + mse, {**parts, **flow_parts}
+        if self.router is None:
+            return ce + mse, {**parts, **flow_parts}
+        # the router learns, per example, whether the refined chunk is closer to the target than the
+        # token head's own decode (what inference would otherwise send); one noise draw, no gradient
+        with torch.no_grad():
+            decoded, token_conf = self.token.decode(self.token.logits(feat))          # (B, T, D), (B,)
+            noise = torch.randn(B, self.T * self.D, device=feat.device, dtype=feat.dtype)
+            refined, _ = self.refine(feat, decoded, 1.0, noise)                       # (B, T, D)
+            better = ((refined - target).abs().mean((1, 2)) < (decoded - target).abs().mean((1, 2))).to(feat.dtype)
+        bce = F.binary_cross_entropy_with_logits(self.route_logit(feat, token_conf), better)
+        return ce + mse + bce, {**parts, **flow_parts, "router_bce": bce.item(), "refine_better": better.mean().item()}
 
     def refine(self, feat: torch.Tensor, coarse: torch.Tensor, on: float, noise: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -548,7 +571,9 @@ class CoarseToFineHead(nn.Module):
                mode: str = "coarse_to_fine") -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized deltas (B, T, D) and confidence (B,) in ``mode`` (one of HEAD_MODES["coarse_to_fine"]).
 
-        coarse_to_fine: confidence = sqrt(token confidence * refined-sample confidence).
+        coarse_to_fine: confidence = sqrt(token confidence * refined-sample confidence). routed: per
+        example, the router's choice of token or coarse_to_fine (with that mode's confidence); a
+        batch the router sends wholly to the token head skips the flow integration.
         """
         coarse, token_conf = self.token.decode(self.token.logits(feat))               # (B, T, D), (B,)
         if mode == "token":
@@ -557,6 +582,13 @@ class CoarseToFineHead(nn.Module):
         noise = torch.randn(B * K, self.T * self.D, generator=generator, device=feat.device, dtype=feat.dtype)
         if mode == "flow":
             return self.refine(feat, torch.zeros_like(coarse), 0.0, noise)
+        if mode == "routed":
+            refine = self.route_logit(feat, token_conf) > 0                           # (B,)
+            if not bool(refine.any()):  # the router's saving: no flow integration at all
+                return coarse, token_conf
+            refined, flow_conf = self.refine(feat, coarse, 1.0, noise)
+            return (torch.where(refine[:, None, None], refined, coarse),
+                    torch.where(refine, (token_conf * flow_conf).sqrt(), token_conf))
         refined, flow_conf = self.refine(feat, coarse, 1.0, noise)
         return refined, (token_conf * flow_conf).sqrt()
 
@@ -631,12 +663,20 @@ class HybridPolicy(nn.Module):
         loss, parts = self.heads[spec.name].loss(feat, target)
         return loss, {"loss": loss.item(), **parts}
 
+    def modes(self, embodiment: str) -> tuple[str, ...]:
+        """The inference modes ``embodiment``'s head serves (HEAD_MODES, less "routed" without a router)."""
+        spec = self.config.embodiment(embodiment)
+        return tuple(m for m in HEAD_MODES[spec.head_type] if m != "routed" or self.config.router)
+
     def check_mode(self, embodiment: str, mode: str | None) -> str:
         """The inference mode to use for ``embodiment`` (None: its head_type); ValueError if its head
         cannot serve ``mode``."""
         spec = self.config.embodiment(embodiment)
         if mode is None:
             return spec.head_type
+        if mode == "routed" and spec.head_type == "coarse_to_fine" and not self.config.router:
+            raise ValueError(f"head_type: {embodiment!r}'s coarse_to_fine head was trained without a router, so it "
+                             "serves token, flow or coarse_to_fine, not 'routed'")
         if mode not in HEAD_MODES[spec.head_type]:
             raise ValueError(f"head_type: {embodiment!r} has a {spec.head_type!r} head, which serves "
                              f"{list(HEAD_MODES[spec.head_type])}, not {mode!r} (train it with head_type "

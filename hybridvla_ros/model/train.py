@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from hybridvla_ros.model.checkpoint import json_default, save_checkpoint
-from hybridvla_ros.model.policy import (ACTIONS, CONFIDENCE, EMBODIMENT, HEAD_MODES, IMAGE,
+from hybridvla_ros.model.policy import (ACTIONS, CONFIDENCE, EMBODIMENT, IMAGE,
                                         INSTRUCTION, PROPRIO, EmbodimentSpec, HybridPolicy, PolicyConfig,
                                         count_parameters)
 from hybridvla_ros.model.text import HASH_ENCODER, INSTRUCTION_DIM, MINILM, embed_instruction, encoder_dim
@@ -324,7 +324,7 @@ def train(demos: Sequence[Mapping[str, Any]], specs: Sequence[EmbodimentSpec], *
     modes = {n: {m: {"heldout": evaluate(policy, held_data[n], eval_num_samples, seed, mode=m),
                      "train_subset": evaluate(policy, train_data[n], eval_num_samples, seed, TRAIN_EVAL_EXAMPLES,
                                               mode=m)}
-                 for m in HEAD_MODES[config.embodiment(n).head_type]} for n in names}
+                 for m in policy.modes(n)} for n in names}
     # the head's own mode, as before modes existed
     heldout = {n: modes[n][config.embodiment(n).head_type]["heldout"] for n in names}
     train_eval = {n: modes[n][config.embodiment(n).head_type]["train_subset"] for n in names}

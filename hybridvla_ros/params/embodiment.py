@@ -24,8 +24,9 @@ class EmbodimentParams:
     embodiment: str = param("robot name; selects the policy head", choices=EMBODIMENTS)
     joint_names: tuple[str, ...] = param("joints as the robot's driver names them, in action order", min_len=1)
     action_dim: int = param("length of one action (equals len(joint_names))", min=1, max=64)
-    head_type: Literal["token", "flow", "coarse_to_fine"] = param(
-        "policy head mode: token (fast, coarse), flow, or coarse_to_fine (token chunk refined by flow)")
+    head_type: Literal["token", "flow", "coarse_to_fine", "routed"] = param(
+        "policy head mode: token (fast, coarse), flow, coarse_to_fine (token chunk refined by flow), or routed "
+        "(a learned router refines only where it helps)")
     instruction: str = param("language instruction given to the policy", "reach the target")
     # --- timing
     control_rate_hz: float = param("rate of commands to the robot", min=1.0, max=1000.0)

@@ -48,7 +48,7 @@ def test_bench_precision_writes_json_and_the_expert_reaches_1mm(tmp_path, capsys
     bound = result["representation_bound"]
     assert set(bound) == {"expert", "coarse", "refined"}
     assert bound["expert"]["within_tolerance"] == 1.0 and bound["expert"]["median_mm"] < 1.0
-    assert set(result["closed_loop"]) == {"token", "flow", "coarse_to_fine"}
+    assert set(result["closed_loop"]) == {"token", "flow", "coarse_to_fine", "routed"}
     assert "median" in capsys.readouterr().out
 
 

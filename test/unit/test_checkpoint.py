@@ -147,3 +147,17 @@ def test_checkpoint_from_before_keypoints_loads_without_them(tmp_path) -> None:
     _, config = load_checkpoint(out)
     assert config.keypoints == 0
     assert np.array_equal(_predict(out, "franka", 7).actions, a.actions)
+
+
+def test_checkpoint_from_before_the_router_serves_every_mode_but_routed(tmp_path) -> None:
+    torch.manual_seed(0)
+    specs = (EmbodimentSpec("franka", 7, 16, "coarse_to_fine"),)
+    policy = HybridPolicy(dataclasses.replace(small_config(), embodiments=specs, router=False))
+    out = str(tmp_path / "old")
+    save_checkpoint(policy, policy.config, out)
+    _edit_config(out, lambda d: [d["policy"].pop(k) for k in ("router", "router_hidden")])
+    loaded, config = load_checkpoint(out)
+    assert config.router is False and loaded.modes("franka") == ("token", "flow", "coarse_to_fine")
+    with pytest.raises(ValueError, match="trained without a router"):
+        PolicyRunner.load(out, "franka", mode="routed")
+    assert PolicyRunner.load(out, "franka", mode="coarse_to_fine").head_type == "coarse_to_fine"

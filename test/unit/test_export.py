@@ -48,7 +48,7 @@ def _observation(runner: PolicyRunner, seed: int = 0) -> tuple[np.ndarray, np.nd
 @pytest.mark.parametrize("heads, embodiment, mode", [
     ("single", "franka", "token"), ("single", "aloha", "flow"),
     ("c2f", "franka", "token"), ("c2f", "franka", "coarse_to_fine"), ("c2f", "aloha", "flow"),
-    ("c2f", "aloha", "coarse_to_fine")])
+    ("c2f", "aloha", "coarse_to_fine"), ("c2f", "franka", "routed")])
 def test_variants_agree_with_fp32_eager(checkpoint: str, single_head_checkpoint: str, heads: str, embodiment: str,
                                         mode: str) -> None:
     path = checkpoint if heads == "c2f" else single_head_checkpoint

@@ -177,3 +177,45 @@ def test_keypoint_token_places_a_small_object_to_a_pixel() -> None:
         images, target = dots(200)
         error_px = ((readout(encoder(images)[:, -1]) - target).abs() * 15.5).mean()
     assert error_px < 0.5, f"keypoint read-out is {error_px:.2f} px off"
+
+
+def test_router_learns_to_refine_only_where_refining_helps() -> None:
+    """A target x in [-1, 1] read from the proprio: on half the examples (the first proprio value
+    says which) rounded to a token bin's centre (the coarse chunk is exact there, refining can
+    only add noise), on the other half left continuous (only the refiner gets between the 4
+    bins). The router must learn to refine the second half and not the first, and routed
+    inference must then beat both fixed modes."""
+    torch.manual_seed(0)
+    spec = EmbodimentSpec("franka", 2, 2, "coarse_to_fine")
+    policy = HybridPolicy(dataclasses.replace(small_config(spec), num_bins=4, token_range_std=1.0))
+    n = 512
+    g = torch.Generator().manual_seed(0)
+    continuous = torch.arange(n) % 2 == 1
+    x = torch.rand(n, generator=g) * 2 - 1
+    centres = torch.linspace(-1, 1, 4)  # the bins' centres in normalized units (range_std 1)
+    on_bin = centres[(x[:, None] - centres[None]).abs().argmin(1)]
+    target = torch.where(continuous, x, on_bin)[:, None, None].expand(n, 2, 2)   # normalized deltas (n, T, D)
+    proprio = torch.stack([continuous.float() * 2 - 1, x], 1)                     # (n, 2)
+    policy.fit_normalization("franka", np.zeros((4, 2)), np.stack([np.full((2, 2), v) for v in (-1, 1, -1, 1)]))
+    actions = proprio[:, None] + policy.normalizers["franka"].denormalize_delta(target)
+    inputs = {IMAGE: torch.full((n, 3, 32, 32), 0.5), PROPRIO: proprio, EMBODIMENT: "franka",
+              INSTRUCTION: torch.from_numpy(np.stack([embed_instruction("reach")] * n)).float()}
+    optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    policy.train()
+    for _ in range(400):
+        idx = torch.randint(0, n, (128,), generator=g)
+        loss, _ = policy({**{k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in inputs.items()},
+                          ACTIONS: actions[idx]})
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    policy.eval()
+    head = policy.heads["franka"]
+    with torch.no_grad():
+        feat = policy.encode(inputs)
+        _, token_conf = head.token.decode(head.token.logits(feat))
+        refine = head.route_logit(feat, token_conf) > 0
+    errors = {m: (policy.predict(inputs, mode=m, generator=torch.Generator().manual_seed(1))[ACTIONS] - actions)
+              .abs().mean().item() for m in ("token", "coarse_to_fine", "routed")}
+    assert (refine == continuous).float().mean() > 0.9
+    assert errors["routed"] < min(errors["token"], errors["coarse_to_fine"])

@@ -123,7 +123,7 @@ def test_bench_model_json_has_the_documented_fields(checkpoint: str, tmp_path) -
     for name in ("franka", "aloha"):
         res = result["embodiments"][name]
         assert res["head_type"] == "coarse_to_fine"
-        assert list(res["modes"]) == ["coarse_to_fine", "token", "flow"]  # every mode it serves, its own first
+        assert list(res["modes"]) == ["coarse_to_fine", "token", "flow", "routed"]  # every mode it serves, its own first
         assert set(res["modes"]) == set(HEAD_MODES["coarse_to_fine"])
         assert res["kinds"] == res["modes"]["coarse_to_fine"]["kinds"]
         for mode, mres in res["modes"].items():
