@@ -117,12 +117,14 @@ def _plot(runs: dict[str, Any], names: list[str], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(10, 3.5))
     x = np.arange(len(names))
-    ax.bar(x - 0.2, [runs["shared"]["robots"][n]["success_rate"] for n in names], 0.4, label="shared backbone (both)")
-    ax.bar(x + 0.2, [runs[f"{n} alone"]["robots"][n]["success_rate"] for n in names], 0.4, label="trained alone")
-    ax.set_xticks(x, names)
-    ax.set_ylabel("closed-loop success rate")
+    for axis, key, label in ((ax, "success_rate", "closed-loop success rate"),
+                             (ax_err, "heldout_error_vs_hold_still", "held-out action error / hold-still")):
+        axis.bar(x - 0.2, [runs["shared"]["robots"][n][key] for n in names], 0.4, label="shared backbone (both)")
+        axis.bar(x + 0.2, [runs[f"{n} alone"]["robots"][n][key] for n in names], 0.4, label="trained alone")
+        axis.set_xticks(x, names)
+        axis.set_ylabel(label)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     fig.tight_layout()
