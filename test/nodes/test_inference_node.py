@@ -30,11 +30,13 @@ def _observation(ros, p: InferenceParams, sim: KinematicSim, stamp_s: float) -> 
     return msg
 
 
-@pytest.mark.parametrize("runtime", ["torch", "int8-ort"])
-def test_chunks_answer_the_newest_observation(ros, tiny_checkpoint, runtime) -> None:
-    p = from_params(InferenceParams, load_node_params(FRANKA, "inference"))
-    ros.start([NodeSpec("inference_node", "inference", FRANKA, {"checkpoint_path": tiny_checkpoint,
-                                                                   "runtime": runtime})])
+@pytest.mark.parametrize("runtime, head_type", [("torch", None), ("int8-ort", None), ("torch", "routed")])
+def test_chunks_answer_the_newest_observation(ros, tiny_checkpoint, runtime, head_type) -> None:
+    overrides = {"checkpoint_path": tiny_checkpoint, "runtime": runtime}
+    if head_type is not None:  # the parameter file's mode, overridden: the learned router
+        overrides["head_type"] = head_type
+    p = from_params(InferenceParams, {**load_node_params(FRANKA, "inference"), **overrides})
+    ros.start([NodeSpec("inference_node", "inference", FRANKA, overrides)])
     chunks: list[ActionChunk] = []
     ros.node.create_subscription(ActionChunk, "action_chunk", chunks.append, 50)
     pub = ros.node.create_publisher(Observation, "observation", 10)
