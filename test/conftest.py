@@ -108,3 +108,41 @@ def tiny_checkpoint(tmp_path_factory) -> str:
                        "--out", str(out), "--threads", "2", "--quiet"])
     assert code == 0
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def train_franka_aloha() -> Callable[..., str]:
+    """``train(out, steps, *extra)``: a franka + aloha checkpoint from ``hybridvla train`` on 2
+    demonstration episodes of ``steps`` steps and ``steps`` optimizer steps, one thread, in ``out``;
+    ``extra`` arguments are passed on. Returns ``out``."""
+    import torch
+
+    from hybridvla_ros.model.train import main as train_main
+
+    def train(out: str, steps: int, *extra: str) -> str:
+        torch.set_num_threads(1)
+        assert train_main(["--embodiments", "franka", "aloha", "--episodes", "2", "--steps-per-episode", str(steps),
+                           "--train-steps", str(steps), "--batch-size", "8", "--out", out, "--threads", "1",
+                           "--quiet", *extra]) == 0
+        return out
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def run_bench_model() -> Callable[..., dict]:
+    """``bench(checkpoint, tmp_path, steps_per_episode)``: ``hybridvla bench-model`` on one short
+    held-out episode, 3 timed calls, no memory pass; returns its JSON (the plot must be written)."""
+    import json
+
+    from hybridvla_ros.model import bench_model
+
+    def bench(checkpoint: str, tmp_path: Any, steps_per_episode: int) -> dict:
+        out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+        assert bench_model.main(["--checkpoint", checkpoint, "--episodes", "1",
+                                 "--steps-per-episode", str(steps_per_episode), "--iterations", "3", "--warmup", "1",
+                                 "--skip-memory", "--out", str(out), "--plot", str(png)]) == 0
+        assert png.stat().st_size > 0
+        return json.loads(out.read_text())
+
+    return bench

@@ -1,16 +1,11 @@
 """Batch-1 inference variants (model/export.py) and ``hybridvla bench-model`` on a tiny checkpoint."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import torch
 
-from hybridvla_ros.model import bench_model
 from hybridvla_ros.model.export import VARIANT_KINDS, make_variant
 from hybridvla_ros.model.runner import PolicyRunner
-from hybridvla_ros.model.train import main as train_main
 
 # Tolerances on absolute actions (rad / m), relative to the actions' spread in these tests.
 ONNX_ATOL = 1e-4   # same fp32 math, another runtime: float round-off only
@@ -19,24 +14,16 @@ BF16_ATOL = 5e-2   # 8-bit mantissa
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Defaults: coarse_to_fine heads (serving token, flow and coarse_to_fine), MiniLM instructions."""
-    torch.set_num_threads(1)
-    out = str(tmp_path_factory.mktemp("ckpt"))
-    assert train_main(["--embodiments", "franka", "aloha", "--episodes", "2", "--steps-per-episode", "20",
-                       "--train-steps", "20", "--batch-size", "8", "--out", out, "--threads", "1", "--quiet"]) == 0
-    return out
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, train_franka_aloha) -> str:  # type: ignore[no-untyped-def]
+    """Defaults: coarse_to_fine heads (serving every mode), MiniLM instructions."""
+    return train_franka_aloha(str(tmp_path_factory.mktemp("ckpt")), 20)
 
 
 @pytest.fixture(scope="module")
-def single_head_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+def single_head_checkpoint(tmp_path_factory: pytest.TempPathFactory, train_franka_aloha) -> str:  # type: ignore[no-untyped-def]
     """The parameter files' heads only (franka token, aloha flow), hashed instructions."""
-    torch.set_num_threads(1)
-    out = str(tmp_path_factory.mktemp("ckpt1"))
-    assert train_main(["--embodiments", "franka", "aloha", "--episodes", "2", "--steps-per-episode", "20",
-                       "--train-steps", "20", "--batch-size", "8", "--out", out, "--threads", "1", "--quiet",
-                       "--heads", "config", "--instruction-encoder", "hash-3gram"]) == 0
-    return out
+    return train_franka_aloha(str(tmp_path_factory.mktemp("ckpt1")), 20, "--heads", "config",
+                              "--instruction-encoder", "hash-3gram")
 
 
 def _observation(runner: PolicyRunner, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -95,18 +82,13 @@ def test_bad_requests_name_what_is_wrong(checkpoint: str) -> None:
         variant.predict(image, np.zeros(3), "x", 1)
 
 
-def test_bench_model_writes_json_and_plot(checkpoint: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    assert bench_model.main(["--checkpoint", checkpoint, "--episodes", "1", "--steps-per-episode", "4",
-                             "--iterations", "3", "--warmup", "1", "--skip-memory",
-                             "--out", str(out), "--plot", str(png)]) == 0
-    result = json.loads(out.read_text())
+def test_bench_model_writes_json_and_plot(checkpoint: str, tmp_path, run_bench_model) -> None:  # type: ignore[no-untyped-def]
+    result = run_bench_model(checkpoint, tmp_path, 4)
     assert set(result["embodiments"]) == {"franka", "aloha"}
     aloha = result["embodiments"]["aloha"]["kinds"]
     assert set(aloha) == set(VARIANT_KINDS)
     assert aloha["fp32"]["mae_vs_fp32"] == 0.0 and aloha["onnx"]["mae_vs_fp32"] < ONNX_ATOL
     assert aloha["int8"]["latency"]["p50_ms"] > 0 and "confidence_cost_ratio" in aloha["int8"]
-    assert png.stat().st_size > 0
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "int8-ort"])
