@@ -26,7 +26,7 @@ from hybridvla_ros.core.safety import SafetyFilter, SafetyLimits
 # (image (H, W, 3) uint8, joint positions (D,)) -> (chunk (T, D) absolute targets, confidence)
 Predictor = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]
 
-__all__ = ["RolloutResult", "rollout", "expert_chunk", "expert_predictor"]
+__all__ = ["RolloutResult", "rollout", "expert_chunk", "expert_predictor", "control_path"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,18 @@ class RolloutResult:
     chunks: int
     safety_modified: int         # commands the safety filter changed
     mean_confidence: float
+
+
+def control_path(config_file: str) -> tuple[ActionBufferConfig, SafetyLimits]:
+    """The action buffer's and the safety filter's settings in a parameter file: the control
+    path :func:`rollout` runs, as the graph's nodes would."""
+    from hybridvla_ros.params import from_params, load_node_params
+    from hybridvla_ros.params.action_buffer import ActionBufferParams
+    from hybridvla_ros.params.safety_filter import SafetyFilterParams
+
+    buffer = from_params(ActionBufferParams, load_node_params(config_file, "action_buffer"), "action_buffer")
+    safety = from_params(SafetyFilterParams, load_node_params(config_file, "safety_filter"), "safety_filter")
+    return buffer.buffer_config(), safety.safety_limits()
 
 
 def expert_chunk(sim: Any, chunk_size: int) -> np.ndarray:

@@ -15,7 +15,7 @@ round's data can be saved, replayed and trained on like demonstrations.
 """
 from __future__ import annotations
 
-import sys
+import itertools
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -26,7 +26,7 @@ from hybridvla_ros.core.image import resize_for_policy
 from hybridvla_ros.core.rollout import RolloutResult, expert_chunk, rollout
 from hybridvla_ros.core.sims import make_sim
 
-__all__ = ["PolicyStates", "record_policy_states", "merge_demonstrations", "control_path", "policy_predictor"]
+__all__ = ["PolicyStates", "record_policy_states", "merge_demonstrations"]
 
 DAGGER_SEED_OFFSET = 1_000_003  # DAgger scenes are drawn from seeds the demonstrations did not use
 
@@ -43,33 +43,8 @@ class PolicyStates:
         return float(np.mean([r.success for r in self.results])) if self.results else float("nan")
 
 
-def control_path(config_file: str) -> tuple[Any, Any]:
-    """(ActionBufferConfig, SafetyLimits) of a parameter file: the control path a rollout runs."""
-    from hybridvla_ros.params import from_params, load_node_params
-    from hybridvla_ros.params.action_buffer import ActionBufferParams
-    from hybridvla_ros.params.safety_filter import SafetyFilterParams
-
-    buffer = from_params(ActionBufferParams, load_node_params(config_file, "action_buffer"), "action_buffer")
-    safety = from_params(SafetyFilterParams, load_node_params(config_file, "safety_filter"), "safety_filter")
-    return buffer.buffer_config(), safety.safety_limits()
-
-
-def policy_predictor(policy: Any, config: Any, embodiment: str, instruction: str, seed: int = 0) -> Any:
-    """A rollout Predictor serving ``policy`` through the deployment's PolicyRunner (its head_type mode)."""
-    from hybridvla_ros.model.runner import PolicyRunner
-
-    runner = PolicyRunner(policy, config, embodiment, seed=seed)
-
-    def predict(image: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, float]:
-        out = runner.predict(image, q, instruction)
-        return out.actions, out.confidence
-
-    return predict
-
-
 def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: Any, episodes: int,
-                         max_s: float, image_size: int, seed: int = 0, record_every: int = 1,
-                         progress: bool = False) -> PolicyStates:
+                         max_s: float, image_size: int, seed: int = 0, record_every: int = 1) -> PolicyStates:
     """Run ``episodes`` closed-loop episodes of ``predict`` (a rollout Predictor: (image, q) ->
     (chunk, confidence)) on the simulator ``params`` name (SimRobotParams: physics, scene,
     image size) and record every ``record_every``-th control step: the policy's-size image,
@@ -86,34 +61,25 @@ def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: 
     proprio: list[np.ndarray] = []
     actions: list[np.ndarray] = []
     episode_ids: list[int] = []
-    step = [0]
-
-    def observe(s: Any) -> None:
-        if step[0] % record_every == 0:
-            images.append(resize_for_policy(s.render(), image_size))   # (S, S, 3) uint8
-            proprio.append(np.asarray(s.positions, dtype=np.float32))  # (D,)
-            actions.append(expert_chunk(s, chunk).astype(np.float32))  # (T, D)
-            episode_ids.append(current[0])
-        step[0] += 1
-
-    current = [0]
     results = []
     seeds = np.random.SeedSequence(seed + DAGGER_SEED_OFFSET).generate_state(episodes)
     for e in range(episodes):  # episodes are sequential on one simulator
-        current[0], step[0] = e, 0
+        steps = itertools.count()
+
+        def observe(s: Any, e: int = e, steps: Any = steps) -> None:
+            if next(steps) % record_every == 0:
+                images.append(resize_for_policy(s.render(), image_size))   # (S, S, 3) uint8
+                proprio.append(np.asarray(s.positions, dtype=np.float32))  # (D,)
+                actions.append(expert_chunk(s, chunk).astype(np.float32))  # (T, D)
+                episode_ids.append(e)
+
         sim.reset(seed=int(seeds[e]))
         results.append(rollout(sim, predict, buffer_config, limits, max_s, params.success_tolerance_m,
                                observe=observe))
-        if progress:
-            r = results[-1]
-            print(f"[dagger] {params.embodiment}: episode {e + 1}/{episodes} "
-                  f"{'success' if r.success else 'failure'}, final task error {r.final_error_m:.3f} m",
-                  file=sys.stderr, flush=True)
-    dim = params.action_dim
-    demos = {
-        "images": np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8),
-        "proprio": np.stack(proprio) if proprio else np.zeros((0, dim), np.float32),
-        "actions": np.stack(actions) if actions else np.zeros((0, chunk, dim), np.float32),
+    demos = {  # every episode records its first step, so none of these is empty
+        "images": np.stack(images),
+        "proprio": np.stack(proprio),
+        "actions": np.stack(actions),
         "episode": np.asarray(episode_ids, dtype=np.int32),
         "embodiment": params.embodiment,
         "instruction": params.instruction,
@@ -135,9 +101,9 @@ def merge_demonstrations(first: Mapping[str, Any], then: Mapping[str, Any]) -> d
         if a[key].shape[1:] != b[key].shape[1:]:
             raise ValueError(f"merge_demonstrations: {key} shapes differ: {a[key].shape} and {b[key].shape}")
     offset = int(a["episode"].max()) + 1 if len(a["episode"]) else 0
+    start = int(b["episode"].min()) if len(b["episode"]) else 0
     out: dict[str, Any] = {k: np.concatenate([a[k], b[k]]) for k in ("images", "proprio", "actions")}
-    out["episode"] = np.concatenate([a["episode"], b["episode"] - (int(b["episode"].min()) if len(b["episode"])
-                                                                   else 0) + offset]).astype(np.int32)
+    out["episode"] = np.concatenate([a["episode"], b["episode"] - start + offset]).astype(np.int32)
     for key in ("embodiment", "instruction", "control_period_s"):
         out[key] = a[key]
     return out

@@ -274,6 +274,9 @@ def sinusoidal_2d(grid: int, dim: int) -> torch.Tensor:
     return torch.cat([rows, cols], -1).reshape(grid * grid, dim)           # (G*G, dim)
 
 
+_STRIDE4_LAYERS = 6  # VisionEncoder.convs[:6]: the first two (conv, norm, activation) blocks, stride 4
+
+
 class VisionEncoder(nn.Module):
     """(B, 3, S, S) image in [0, 1] -> (B, G*G [+ 1], d_model) tokens with 2D position embeddings.
 
@@ -317,14 +320,11 @@ class VisionEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         B = image.shape[0]
         x = torch.cat([image * 2.0 - 1.0, self.coords.expand(B, -1, -1, -1)], 1)  # (B, 5, S, S)
-        if not self.keypoints:
-            x = self.convs(x)                                                    # (B, C, G, G)
-            x = x.flatten(2).transpose(1, 2)                                     # (B, G*G, C)
-            return self.proj(x) + self.pos_embed                                 # (B, G*G, d)
-        mid = self.convs[:6](x)                                                  # (B, C1, S/4, S/4): 2 conv blocks
-        x = self.convs[6:](mid)                                                  # (B, C, G, G)
-        x = x.flatten(2).transpose(1, 2)                                         # (B, G*G, C)
+        mid = self.convs[:_STRIDE4_LAYERS](x)                                    # (B, C1, S/4, S/4)
+        x = self.convs[_STRIDE4_LAYERS:](mid).flatten(2).transpose(1, 2)         # (B, G*G, C)
         grid_tokens = self.proj(x) + self.pos_embed                              # (B, G*G, d)
+        if not self.keypoints:
+            return grid_tokens
         logits = self.keypoint_maps(mid).flatten(2) * torch.exp(self.keypoint_log_temp)  # (B, K, F*F)
         points = torch.softmax(logits, -1) @ self.keypoint_grid                  # (B, K, 2): expected (x, y)
         kp_token = self.keypoint_proj(points.flatten(1))[:, None]                # (B, 1, d)

@@ -13,6 +13,7 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -149,6 +150,15 @@ class PolicyRunner:
         confidence = float(out[CONFIDENCE][0])
         return Prediction(actions=actions, confidence=min(max(confidence, 0.0), 1.0),
                           latency_s=time.perf_counter() - start, head_type=self.head_type)
+
+    def predictor(self, instruction: str) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]:
+        """This runner as a :mod:`hybridvla_ros.core.rollout` Predictor for ``instruction``:
+        (image, joint positions) -> (actions (T, D), confidence)."""
+        def predict(image_rgb: np.ndarray, joint_positions: np.ndarray) -> tuple[np.ndarray, float]:
+            out = self.predict(image_rgb, joint_positions, instruction)
+            return out.actions, out.confidence
+
+        return predict
 
     def batch(self, image_rgb: np.ndarray, q: np.ndarray, instruction: str) -> dict[str, object]:
         """The policy batch (B = 1) of one checked observation: image resized to image_size, vision

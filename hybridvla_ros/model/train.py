@@ -527,14 +527,17 @@ def dagger(result: TrainResult, demos: list[dict[str, Any]], specs: Sequence[Emb
     more steps; a last collection measures the final policy. Returns the last TrainResult
     (checkpoint written to ``out_dir``) with ``log["dagger"]``: per round and embodiment, the
     closed-loop success rate and median final task error of the policy that collected."""
-    from hybridvla_ros.model.dagger import control_path, merge_demonstrations, policy_predictor, record_policy_states
+    from hybridvla_ros.core.rollout import control_path
+    from hybridvla_ros.model.dagger import merge_demonstrations, record_policy_states
+    from hybridvla_ros.model.runner import PolicyRunner
 
     curve: list[dict[str, Any]] = []
     paths = {p.embodiment: control_path(str(Path(config_dir) / f"{p.embodiment}.yaml")) for p in params}
     for rnd in range(rounds + 1):
         point: dict[str, Any] = {"round": rnd}
         for i, p in enumerate(params):
-            predict = policy_predictor(result.policy, result.config, p.embodiment, p.instruction, seed=seed + rnd)
+            runner = PolicyRunner(result.policy, result.config, p.embodiment, seed=seed + rnd)
+            predict = runner.predictor(p.instruction)
             states = record_policy_states(predict, p, *paths[p.embodiment], episodes,
                                           DAGGER_EPISODE_S[p.physics], result.config.image_size,
                                           seed=seed + rnd, record_every=2)

@@ -19,10 +19,7 @@ from typing import Any
 import numpy as np
 
 from hybridvla_ros.launch_description import params_file_for
-from hybridvla_ros.params import from_params, load_node_params
-from hybridvla_ros.params.action_buffer import ActionBufferParams
 from hybridvla_ros.params.embodiment import EMBODIMENTS
-from hybridvla_ros.params.safety_filter import SafetyFilterParams
 from hybridvla_ros.params.sim_robot import SimRobotParams
 
 
@@ -37,25 +34,18 @@ def sim_params(embodiment: str) -> SimRobotParams:
 def policy_success(policy: Any, config: Any, embodiment: str, episodes: int, seed: int, max_s: float,
                    scene: str = "nominal") -> dict[str, Any]:
     """Closed-loop episodes of ``policy`` on fresh scenes (seeds ``seed..seed+episodes-1``)."""
-    from hybridvla_ros.core.rollout import rollout
+    from hybridvla_ros.core.rollout import control_path, rollout
     from hybridvla_ros.core.sims import make_sim
     from hybridvla_ros.model.runner import PolicyRunner
 
     p = sim_params(embodiment)
-    path = params_file_for(embodiment)
-    ab = from_params(ActionBufferParams, load_node_params(path, "action_buffer"))
-    limits = from_params(SafetyFilterParams, load_node_params(path, "safety_filter")).safety_limits()
-    runner = PolicyRunner(policy, config, embodiment, seed=seed)
+    buffer_config, limits = control_path(params_file_for(embodiment))
+    predict = PolicyRunner(policy, config, embodiment, seed=seed).predictor(p.instruction)
     sim = make_sim(p, p.image_width, p.image_height, seed=seed, physics=p.physics, scene=scene)
-
-    def predict(image: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, float]:
-        pred = runner.predict(image, q, p.instruction)
-        return pred.actions, pred.confidence
-
     results = []
     for k in range(episodes):  # episodes run one after another on one simulator
         sim.reset(seed=seed + k)
-        results.append(rollout(sim, predict, ab.buffer_config(), limits, max_s, p.success_tolerance_m))
+        results.append(rollout(sim, predict, buffer_config, limits, max_s, p.success_tolerance_m))
     return {"episodes": episodes, "success_rate": float(np.mean([r.success for r in results])),
             "final_error_m_median": float(np.median([r.final_error_m for r in results]))}
 

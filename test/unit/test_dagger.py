@@ -5,26 +5,16 @@ import numpy as np
 import pytest
 
 from hybridvla_ros.core.demos import record_demonstrations, validate_demonstrations
-from hybridvla_ros.core.rollout import expert_predictor
+from hybridvla_ros.core.rollout import control_path, expert_chunk, expert_predictor
 from hybridvla_ros.core.sims import make_sim
 from hybridvla_ros.launch_description import params_file_for
 from hybridvla_ros.model.dagger import merge_demonstrations, record_policy_states
 from hybridvla_ros.model.train import load_embodiment, split_episodes
-from hybridvla_ros.params import from_params, load_node_params
-from hybridvla_ros.params.action_buffer import ActionBufferParams
-from hybridvla_ros.params.safety_filter import SafetyFilterParams
-
-
-def control_path(embodiment: str):
-    path = params_file_for(embodiment)
-    ab = from_params(ActionBufferParams, load_node_params(path, "action_buffer")).buffer_config()
-    limits = from_params(SafetyFilterParams, load_node_params(path, "safety_filter")).safety_limits()
-    return ab, limits
 
 
 def test_states_a_still_policy_visits_are_labelled_with_the_way_to_the_goal() -> None:
     params = load_embodiment("config", "franka", physics="kinematic")
-    ab, limits = control_path("franka")
+    ab, limits = control_path(params_file_for("franka"))
     hold = lambda _img, q: (np.repeat(q[None], params.chunk_size, 0), 0.5)  # noqa: E731
     states = record_policy_states(hold, params, ab, limits, episodes=2, max_s=0.4, image_size=32, seed=1,
                                   record_every=2)
@@ -39,7 +29,6 @@ def test_states_a_still_policy_visits_are_labelled_with_the_way_to_the_goal() ->
     # the label is exactly the expert's chunk from that state
     sim = make_sim(params, 160, 120, seed=0, physics="kinematic")
     sim.reset(seed=int(np.random.SeedSequence(1 + 1_000_003).generate_state(2)[0]))
-    from hybridvla_ros.core.rollout import expert_chunk
     np.testing.assert_allclose(demos["actions"][0], expert_chunk(sim, params.chunk_size), atol=1e-5)
 
 
@@ -47,7 +36,7 @@ def test_the_expert_as_policy_succeeds_and_its_episodes_stop_at_success(monkeypa
     import hybridvla_ros.model.dagger as dagger
 
     params = load_embodiment("config", "franka", physics="kinematic")
-    ab, limits = control_path("franka")
+    ab, limits = control_path(params_file_for("franka"))
     made = {}
 
     def make_and_keep(*args, **kwargs):  # the expert predicts for the simulator the collection runs
@@ -81,6 +70,6 @@ def test_merge_refuses_data_of_another_robot() -> None:
 
 def test_bad_counts_are_refused() -> None:
     params = load_embodiment("config", "franka", physics="kinematic")
-    ab, limits = control_path("franka")
+    ab, limits = control_path(params_file_for("franka"))
     with pytest.raises(ValueError, match="episodes"):
         record_policy_states(lambda i, q: (q[None], 1.0), params, ab, limits, episodes=0, max_s=1.0, image_size=16)
