@@ -13,6 +13,10 @@ images         (N, S, S, 3) uint8    RGB camera image at the step, resized to S 
                                      cv2.INTER_AREA (a square stretch of the whole image,
                                      exactly what the inference node does to camera frames)
 proprio        (N, D) float32        measured joint positions at the step
+state          (N, E) float32        the parameter file's ``state_joints`` at the step
+                                     (observed, not commanded: the Franka suction cup's
+                                     vacuum, 1 holding / 0 not); E = 0 for most robots,
+                                     and a file without the key loads with E = 0
 actions        (N, T, D) float32     T = chunk_size; ``actions[n, k]`` is the expert's clean
                                      absolute position target commanded k control periods
                                      after step n (k = 0: the one sent at step n), padded
@@ -41,7 +45,7 @@ import zipfile
 import numpy as np
 
 from hybridvla_ros.core.image import resize_for_policy
-from hybridvla_ros.core.sims import make_sim
+from hybridvla_ros.core.sims import make_sim, state_vector
 from hybridvla_ros.params.embodiment import EmbodimentParams
 
 __all__ = [
@@ -106,6 +110,8 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
     n_total = episodes * steps
     images = np.empty((n_total, size, size, 3), dtype=np.uint8)
     proprio = np.empty((n_total, dim), dtype=np.float32)
+    state_joints = tuple(getattr(params, "state_joints", ()))
+    state = np.empty((n_total, len(state_joints)), dtype=np.float32)
     labels = np.empty((episodes, steps, dim), dtype=np.float64)  # clean expert targets
     for e in range(episodes):
         sim.reset(seed=int(episode_seeds[e]))
@@ -114,6 +120,7 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
             n = e * steps + k
             images[n] = resize_for_policy(sim.render(), size)
             proprio[n] = sim.positions
+            state[n] = state_vector(sim, state_joints)
             target = sim.expert_target()
             labels[e, k] = target
             if kick > 0.0:
@@ -131,6 +138,7 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
     return {
         "images": images,
         "proprio": proprio,
+        "state": state,
         "actions": actions,
         "episode": np.repeat(np.arange(episodes, dtype=np.int32), steps),
         "embodiment": params.embodiment,
@@ -166,6 +174,12 @@ def validate_demonstrations(demos: dict) -> dict[str, np.ndarray | str | float]:
     if episode.shape != (n,) or not np.issubdtype(episode.dtype, np.integer):
         raise ValueError(f"demonstrations: episode must be ({n},) integers, got {episode.shape} {episode.dtype}")
     out["episode"] = episode.astype(np.int32, copy=False)
+    state = np.asarray(demos["state"]) if "state" in demos else np.zeros((n, 0), np.float32)
+    if state.ndim != 2 or state.shape[0] != n or not np.issubdtype(state.dtype, np.number) \
+            or not np.all(np.isfinite(state)):
+        raise ValueError(f"demonstrations: state must be finite numeric (N, E) with N = {n}, "
+                         f"got {state.shape} {state.dtype}")
+    out["state"] = state.astype(np.float32, copy=False)
     for key in ("embodiment", "instruction"):
         value = demos[key]
         value = value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value

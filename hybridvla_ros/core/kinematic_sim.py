@@ -253,6 +253,7 @@ class KinematicSim:
         self._amax = np.asarray(params.max_acceleration, dtype=np.float64)
         self._home = np.asarray(params.home_position, dtype=np.float64)
         self._dim = params.action_dim
+        self._state_joints = tuple(getattr(params, "state_joints", ()))
         self._width, self._height = int(image_width), int(image_height)
         self._camera = self._make_camera()
         self._background = self._draw_background()  # (H, W, 3): the static part of every frame
@@ -279,6 +280,13 @@ class KinematicSim:
             v, w = self._base_speed
             return np.array([v * math.cos(yaw), v * math.sin(yaw), w])
         return self._v.copy()
+
+    @property
+    def state_joint_positions(self) -> dict[str, float]:
+        """Observed, not commanded, joints reported in joint_states: the parameter file's
+        ``state_joints``, all 0.0 (the kinematic tasks grasp nothing, so a suction cup
+        named there never holds)."""
+        return {name: 0.0 for name in self._state_joints}
 
     @property
     def time_s(self) -> float:

@@ -369,6 +369,11 @@ class MujocoAlohaSim:
         return self.data.qvel[self._dadr].copy()
 
     @property
+    def state_joint_positions(self) -> dict[str, float]:
+        """Observed, not commanded, joints reported in joint_states: none on this robot."""
+        return {}
+
+    @property
     def time_s(self) -> float:
         """Simulated seconds since construction (reset() does not rewind it)."""
         return float(self.data.time)

@@ -111,6 +111,7 @@ CUP_TOUCH_M = 0.002  # the cup "touches" the cube within this distance (detected
 CUBE_TOUCH_M = 0.002  # the cube "touches" the table within this distance
 FLANGE_Z_M = 0.107  # link7 origin -> flange (Franka DH)
 TCP_Z_M = 0.1034  # flange -> Franka Hand TCP, where the suction cup's face is
+SUCTION_JOINT = "suction_cup"  # joint_states name of the vacuum state (state_joints in config/franka.yaml)
 
 _JOINT_OFFSET_RAD = np.array([0.0, 0.0, 0.0, 0.0, 0.0, -math.pi / 2, -math.pi / 4])  # qpos - q
 _KP = np.array([4500.0] * 4 + [2000.0] * 3)  # Nm/rad (MuJoCo Menagerie franka_emika_panda)
@@ -480,6 +481,12 @@ class MujocoFrankaSim:
     def grasped(self) -> bool:
         """True while the suction cup holds the cube."""
         return self._held
+
+    @property
+    def state_joint_positions(self) -> dict[str, float]:
+        """Observed, not commanded, joints the driver reports in joint_states: ``suction_cup``,
+        the vacuum switch a suction tool reports (1.0 while it holds the cube, else 0.0)."""
+        return {SUCTION_JOINT: 1.0 if self._held else 0.0}
 
     @property
     def phase(self) -> str:

@@ -22,9 +22,10 @@ import numpy as np
 
 from hybridvla_ros.core.action_buffer import ActionBuffer, ActionBufferConfig
 from hybridvla_ros.core.safety import SafetyFilter, SafetyLimits
+from hybridvla_ros.core.sims import state_vector
 
-# (image (H, W, 3) uint8, joint positions (D,)) -> (chunk (T, D) absolute targets, confidence)
-Predictor = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]
+# (image (H, W, 3) uint8, joint positions (D,), state joints (E,)) -> (chunk (T, D) absolute targets, confidence)
+Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, float]]
 
 __all__ = ["RolloutResult", "rollout", "expert_chunk", "expert_predictor", "control_path"]
 
@@ -68,14 +69,17 @@ def expert_chunk(sim: Any, chunk_size: int) -> np.ndarray:
 
 
 def expert_predictor(sim: Any, chunk_size: int) -> Predictor:
-    """A perfect policy for ``sim``: ignores the image, returns the expert's chunk, confidence 1."""
-    return lambda _image, _q: (expert_chunk(sim, chunk_size), 1.0)
+    """A perfect policy for ``sim``: ignores the observation, returns the expert's chunk, confidence 1."""
+    return lambda _image, _q, _state: (expert_chunk(sim, chunk_size), 1.0)
 
 
 def rollout(sim: Any, predict: Predictor, buffer_config: ActionBufferConfig, limits: SafetyLimits,
             max_s: float, success_tolerance_m: float, success_hold_s: float = 0.3,
-            camera_rate_hz: float = 30.0, observe: Callable[[Any], None] | None = None) -> RolloutResult:
+            camera_rate_hz: float = 30.0, observe: Callable[[Any], None] | None = None,
+            state_joints: tuple[str, ...] = ()) -> RolloutResult:
     """Run one episode from the simulator's current state (reset it first); returns the result.
+    The predictor sees the camera frame, the joint positions and the simulator's
+    ``state_joints`` (a parameter file's observed-only joints, e.g. the suction cup).
     Ends after the task has been done for ``success_hold_s`` or after ``max_s``. ``observe``,
     if given, is called with the simulator at every control step before the step's command
     is sent (DAgger records the states the policy visits this way). Raises ValueError for
@@ -103,7 +107,7 @@ def rollout(sim: Any, predict: Predictor, buffer_config: ActionBufferConfig, lim
         if observe is not None:
             observe(sim)
         if buffer.needs_recompute(t):
-            actions, confidence = predict(frame, q)
+            actions, confidence = predict(frame, q, state_vector(sim, state_joints))
             accepted, _why = buffer.add_chunk(np.asarray(actions, dtype=np.float64), t, dt, t, seq=chunks)
             chunks += int(accepted)
             confidences.append(float(confidence))

@@ -9,7 +9,9 @@ the kinematic path works without it.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 from hybridvla_ros.params.embodiment import EmbodimentParams
 
@@ -17,7 +19,7 @@ PHYSICS = ("kinematic", "mujoco")
 MUJOCO_EMBODIMENTS = ("franka", "aloha")
 SCENES = ("nominal", "shifted")
 
-__all__ = ["PHYSICS", "MUJOCO_EMBODIMENTS", "SCENES", "make_sim"]
+__all__ = ["PHYSICS", "MUJOCO_EMBODIMENTS", "SCENES", "make_sim", "state_vector"]
 
 
 def make_sim(params: EmbodimentParams, image_width: int = 160, image_height: int = 120, seed: int = 0,
@@ -44,3 +46,14 @@ def make_sim(params: EmbodimentParams, image_width: int = 160, image_height: int
         return MujocoAlohaSim(params, image_width=image_width, image_height=image_height, seed=seed, scene=scene)
     raise ValueError(f"physics: 'mujoco' has scenes for {list(MUJOCO_EMBODIMENTS)} only, "
                      f"not {params.embodiment!r}; use 'kinematic'")
+
+
+def state_vector(sim: Any, names: Sequence[str]) -> np.ndarray:
+    """(E,) float64 the simulator's observed-only joints ``names`` (a parameter file's
+    ``state_joints``), in that order, from ``sim.state_joint_positions``. Raises ValueError
+    naming the joints this simulator does not report."""
+    reported = sim.state_joint_positions
+    missing = [n for n in names if n not in reported]
+    if missing:
+        raise ValueError(f"state_joints: this simulator does not report {missing}; it reports {sorted(reported)}")
+    return np.array([reported[n] for n in names], dtype=np.float64)

@@ -35,6 +35,7 @@ __all__ = [
     "FRAME_DROP_REASONS",
     "JOINT_REJECT_REASONS",
     "WRENCH_REJECT_REASONS",
+    "select_joints",
 ]
 
 # Category keys used in returned reasons ("<key>: <detail>") and in stats
@@ -170,6 +171,51 @@ def _float_vector(values: object) -> np.ndarray | None:
     if arr.ndim != 1:
         return None
     return arr
+
+
+def select_joints(names: Sequence[str], values: Sequence[float], wanted: Sequence[str]) -> np.ndarray:
+    """(len(wanted),) float64: the ``wanted`` joints' values picked from a message by name.
+
+    ``names`` / ``values`` are a message's parallel joint lists (an Observation's
+    ``joint_names`` / ``joint_positions``, a JointState's ``name`` / ``position``); joints
+    not wanted are ignored, values included. Empty ``names`` means the values are
+    already in ``wanted`` order, accepted only when there are exactly len(wanted) of them.
+    Raises ValueError naming the problem: names and values of different lengths, a
+    wanted joint missing (all of them named) or named more than once, values that are
+    not numbers, NaN/Inf in a wanted joint (named).
+    """
+    wanted = tuple(wanted)
+    if isinstance(names, (str, bytes)) or isinstance(values, (str, bytes)):
+        raise ValueError(f"names and values must be sequences, got {_short(names)}, {_short(values)}")
+    names = tuple(names)
+    arr = _float_vector(values)
+    if arr is None:
+        raise ValueError(f"joint values must be a flat list of numbers, got {_short(values)}")
+    if not names:
+        if arr.size != len(wanted):
+            raise ValueError(f"no joint names and {arr.size} values; unnamed values must be the "
+                             f"{len(wanted)} joints {list(wanted)} in that order")
+        out = arr.copy()
+    else:
+        if arr.size != len(names):
+            raise ValueError(f"{len(names)} joint names but {arr.size} values")
+        index: dict[str, int] = {}
+        dupes: set[str] = set()
+        for i, n in enumerate(names):
+            if n in index:
+                dupes.add(n)
+            index[n] = i
+        missing = [n for n in wanted if n not in index]
+        if missing:
+            raise ValueError(f"missing joints {missing} (have {list(names)})")
+        ambiguous = sorted(dupes & set(wanted))
+        if ambiguous:
+            raise ValueError(f"joints named more than once: {ambiguous}")
+        out = arr[[index[n] for n in wanted]] if wanted else np.zeros(0)
+    bad = [n for n, v in zip(wanted, out) if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"NaN/Inf in joints {bad}")
+    return out
 
 
 class ObservationSynchronizer:

@@ -42,6 +42,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import json
 import math
@@ -62,7 +63,7 @@ from hybridvla_ros.model.checkpoint import (KEY_MODEL_VERSION, KEY_TRAINING, jso
 from hybridvla_ros.model.policy import HybridPolicy, PolicyConfig, TokenHead
 from hybridvla_ros.model.text import embed_instruction
 from hybridvla_ros.model.train import (DEMO_ACTIONS, DEMO_EPISODE, DEMO_IMAGES, DEMO_INSTRUCTION, DEMO_PROPRIO,
-                                       REPLAY_FILE, check_demos, replay_path, split_episodes)
+                                       REPLAY_FILE, check_demos, demo_state, replay_path, split_episodes)
 from hybridvla_ros.params.adaptation import AdaptationParams
 
 __all__ = ["CorrectionSet", "AdaptationResult", "correction_chunks", "corrections_from_records",
@@ -94,13 +95,19 @@ class CorrectionSet:
     episode: np.ndarray         # (N,) int: one id per (session, episode_index)
     instructions: list[str]     # N instruction strings
     actions: np.ndarray         # (N, T, D) chunk targets (correction_chunks)
+    state: np.ndarray | None = None  # (N, E) the policy's state joints when the human acted (None: E = 0)
+
+    def __post_init__(self) -> None:
+        if self.state is None:
+            self.state = np.zeros((len(self.proprio), 0))
 
     def __len__(self) -> int:
         return len(self.proprio)
 
     def subset(self, idx: np.ndarray) -> "CorrectionSet":
         return CorrectionSet(self.images[idx], self.proprio[idx], self.human_action[idx], self.stamp_s[idx],
-                             self.episode[idx], [self.instructions[i] for i in idx], self.actions[idx])
+                             self.episode[idx], [self.instructions[i] for i in idx], self.actions[idx],
+                             self.state[idx])
 
 
 def correction_chunks(human_action: np.ndarray, stamp_s: np.ndarray, episode: np.ndarray, chunk_size: int,
@@ -134,35 +141,58 @@ def correction_chunks(human_action: np.ndarray, stamp_s: np.ndarray, episode: np
     return out
 
 
+def _observed_joints(record: Any, action_dim: int, joint_names: Sequence[str], state_joints: Sequence[str]
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(q (D,), state (E,)) of a stored correction, picked by name from the joints it recorded
+    (``joint_names`` empty: its first ``action_dim`` names); a record without names holds
+    exactly the D joints in action order. None when a joint is missing."""
+    values = np.asarray(record.joint_positions, dtype=np.float64)
+    names = tuple(record.joint_names)
+    if not names:
+        return (values, np.zeros(0)) if values.size == action_dim and not state_joints else None
+    index = {n: i for i, n in enumerate(names)}
+    wanted = tuple(joint_names) or names[:action_dim]
+    if len(wanted) != action_dim or any(n not in index for n in wanted + tuple(state_joints)):
+        return None
+    return values[[index[n] for n in wanted]], values[[index[n] for n in state_joints]]
+
+
 def corrections_from_records(records: Iterable[Any], embodiment: str, action_dim: int, chunk_size: int,
-                             control_period_s: float, image_size: int, default_instruction: str = ""
+                             control_period_s: float, image_size: int, default_instruction: str = "",
+                             joint_names: Sequence[str] = (), state_joints: Sequence[str] = ()
                              ) -> tuple[CorrectionSet, int]:
-    """CorrectionSet of the records of ``embodiment`` with ``action_dim`` joints, and how many others were skipped."""
+    """CorrectionSet of the records of ``embodiment`` with ``action_dim`` joints (``joint_names``
+    and ``state_joints`` picked by name from what each record observed), and how many others
+    were skipped."""
     from hybridvla_ros.core.correction_store import records_to_arrays
 
-    kept, skipped = [], 0
+    kept, observed, skipped = [], [], 0
     for r in records:
-        if (r.embodiment and r.embodiment != embodiment) or r.human_action.size != action_dim \
-                or r.joint_positions.size != action_dim:
+        joints = _observed_joints(r, action_dim, joint_names, state_joints)
+        if (r.embodiment and r.embodiment != embodiment) or r.human_action.size != action_dim or joints is None:
             skipped += 1
             continue
-        kept.append(r)
+        kept.append(dataclasses.replace(r, joint_positions=joints[0]))  # the arm joints, in action order
+        observed.append(joints)
     arrays = records_to_arrays(kept, image_size)
     ids: dict[tuple[str, int], int] = {}
     episode = np.array([ids.setdefault((r.session_id, int(r.episode_index)), len(ids)) for r in kept], dtype=np.int64)
     human = arrays["human_action"].reshape(len(kept), action_dim)
     stamps = arrays["stamp_s"]
+    proprio = np.array([q for q, _ in observed]).reshape(len(kept), action_dim)
+    state = np.array([x for _, x in observed]).reshape(len(kept), len(state_joints))
     return CorrectionSet(
-        images=arrays["images"], proprio=arrays["proprio"].reshape(len(kept), action_dim), human_action=human,
+        images=arrays["images"], proprio=proprio, human_action=human,
         stamp_s=stamps, episode=episode, instructions=[r.instruction or default_instruction for r in kept],
-        actions=correction_chunks(human, stamps, episode, chunk_size, control_period_s)), skipped
+        actions=correction_chunks(human, stamps, episode, chunk_size, control_period_s), state=state), skipped
 
 
-def load_corrections(store_path: str | os.PathLike[str], params: AdaptationParams, image_size: int
-                     ) -> tuple[CorrectionSet, dict[str, Any]]:
+def load_corrections(store_path: str | os.PathLike[str], params: AdaptationParams, image_size: int,
+                     state_joints: Sequence[str] = ()) -> tuple[CorrectionSet, dict[str, Any]]:
     """The newest ``params.max_corrections`` corrections of a store on disk (the recorder's
-    replay buffer), as a CorrectionSet; and {path, count, skipped}. Raises ValueError if
-    the store does not exist, CorrectionStoreError if it cannot be read."""
+    replay buffer), as a CorrectionSet with the policy's ``state_joints``; and {path, count,
+    skipped}. Raises ValueError if the store does not exist, CorrectionStoreError if it
+    cannot be read."""
     from hybridvla_ros.core.correction_store import CorrectionStore
 
     path = os.path.abspath(os.fspath(store_path))
@@ -172,7 +202,8 @@ def load_corrections(store_path: str | os.PathLike[str], params: AdaptationParam
         count = store.count()
         records = store.replay_records()
     data, skipped = corrections_from_records(records, params.embodiment, params.action_dim, params.chunk_size,
-                                             params.control_period_s, image_size, params.instruction)
+                                             params.control_period_s, image_size, params.instruction,
+                                             joint_names=params.joint_names, state_joints=state_joints)
     return data, {"path": path, "count": count, "skipped": skipped}
 
 
@@ -192,6 +223,7 @@ def load_replay(checkpoint_dir: str | os.PathLike[str], params: AdaptationParams
         except ValueError:
             pass  # unreadable or for another model: record instead
     episodes = max(2, math.ceil(params.replay_examples / RECORD_STEPS_PER_EPISODE))
+    params = dataclasses.replace(params, state_joints=tuple(spec.state_joints))  # what the policy observes
     demos = record_demonstrations(params, episodes, RECORD_STEPS_PER_EPISODE, image_size=image_size,
                                   seed=params.seed + 7919)  # not the training seed: other episodes
     return demos, "recorded"
@@ -213,9 +245,10 @@ class _Examples:
 
 @torch.no_grad()
 def _encode(policy: HybridPolicy, embodiment: str, images: np.ndarray, proprio: np.ndarray, actions: np.ndarray,
-            instructions: Sequence[str]) -> _Examples:
-    """Encode (N, S, S, 3) uint8 images + proprio + instructions once with the frozen backbone."""
-    from hybridvla_ros.model.policy import EMBODIMENT, IMAGE, INSTRUCTION, PROPRIO
+            instructions: Sequence[str], state: np.ndarray) -> _Examples:
+    """Encode (N, S, S, 3) uint8 images + proprio + state joints (N, E) + instructions once with the
+    frozen backbone."""
+    from hybridvla_ros.model.policy import EMBODIMENT, IMAGE, INSTRUCTION, PROPRIO, STATE
 
     cfg = policy.config
     S, E = cfg.image_size, cfg.instruction_dim
@@ -223,6 +256,8 @@ def _encode(policy: HybridPolicy, embodiment: str, images: np.ndarray, proprio: 
         import cv2
         images = np.stack([cv2.resize(im, (S, S), interpolation=cv2.INTER_AREA) for im in images])
     proprio_t = torch.as_tensor(np.asarray(proprio, dtype=np.float32))                    # (N, D)
+    state_t = torch.as_tensor(np.asarray(state, dtype=np.float32).reshape(len(proprio_t), -1))  # (N, E)
+    with_state = bool(policy.config.embodiment(embodiment).state_dim)
     actions_t = torch.as_tensor(np.asarray(actions, dtype=np.float32))                    # (N, T, D)
     cache = {s: torch.from_numpy(embed_instruction(s, E, cfg.instruction_encoder)) for s in set(instructions)}
     instr = torch.stack([cache[s] for s in instructions]) if len(instructions) else torch.zeros(0, E)  # (N, E)
@@ -230,8 +265,10 @@ def _encode(policy: HybridPolicy, embodiment: str, images: np.ndarray, proprio: 
     for start in range(0, len(proprio_t), ENCODE_BATCH):
         sl = slice(start, start + ENCODE_BATCH)
         image = torch.from_numpy(np.ascontiguousarray(images[sl])).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
-        feats.append(policy.encode({EMBODIMENT: embodiment, IMAGE: image, PROPRIO: proprio_t[sl],
-                                    INSTRUCTION: instr[sl]}))                            # (B, d)
+        batch = {EMBODIMENT: embodiment, IMAGE: image, PROPRIO: proprio_t[sl], INSTRUCTION: instr[sl]}
+        if with_state:
+            batch[STATE] = state_t[sl]                                                    # (B, E)
+        feats.append(policy.encode(batch))                                               # (B, d)
     feat = torch.cat(feats) if feats else torch.zeros(0, cfg.d_model)
     delta = actions_t - proprio_t[:, None, :]                                             # (N, T, D)
     return _Examples(feat, proprio_t, actions_t, policy.normalizers[embodiment].normalize_delta(delta))
@@ -421,7 +458,7 @@ def adapt(params: AdaptationParams, base_checkpoint: str | os.PathLike[str], *,
     if corrections is None:
         if store_path is None:
             raise ValueError("adapt: needs store_path or corrections")
-        corrections, log["store"] = load_corrections(store_path, params, config.image_size)
+        corrections, log["store"] = load_corrections(store_path, params, config.image_size, spec.state_joints)
     else:
         log["store"] = {"path": None, "count": len(corrections), "skipped": 0}
     timings["load"] = time.perf_counter() - t0
@@ -447,11 +484,12 @@ def adapt(params: AdaptationParams, base_checkpoint: str | os.PathLike[str], *,
 
     def enc_corr(idx: np.ndarray) -> _Examples:
         c = corrections.subset(idx)
-        return _encode(policy, name, c.images, c.proprio, c.actions, c.instructions)
+        return _encode(policy, name, c.images, c.proprio, c.actions, c.instructions, c.state)
 
     def enc_replay(idx: np.ndarray) -> _Examples:
         return _encode(policy, name, np.asarray(replay[DEMO_IMAGES])[idx], np.asarray(replay[DEMO_PROPRIO])[idx],
-                       np.asarray(replay[DEMO_ACTIONS])[idx], [str(replay[DEMO_INSTRUCTION])] * len(idx))
+                       np.asarray(replay[DEMO_ACTIONS])[idx], [str(replay[DEMO_INSTRUCTION])] * len(idx),
+                       demo_state(replay)[idx])
 
     corr_train, corr_held = enc_corr(c_train), enc_corr(c_held)
     rep_train, rep_held = enc_replay(r_train), enc_replay(r_held)
@@ -614,4 +652,5 @@ def sim_corrections(p: AdaptationParams, n: int, labels: str = "shifted", seed: 
         episode += 1
     images, proprio, human_action, stamps, episodes = (np.array(v) for v in zip(*rows))
     return CorrectionSet(images, proprio, human_action, stamps, episodes, [p.instruction] * len(rows),
-                         correction_chunks(human_action, stamps, episodes, p.chunk_size, p.control_period_s))
+                         correction_chunks(human_action, stamps, episodes, p.chunk_size, p.control_period_s),
+                         state=np.zeros((len(rows), len(p.state_joints))))  # a kinematic sim's tool never holds

@@ -94,9 +94,9 @@ def memory_probe(checkpoint: str, kind: str, embodiment: str, iterations: int) -
     peak_load = _peak_rss_mib()
     variant = make_variant(runner, kind)
     image = np.zeros((runner.image_size, runner.image_size, 3), dtype=np.uint8)
-    q = np.zeros(runner.action_dim)
+    q, state = np.zeros(runner.action_dim), np.zeros(len(runner.state_joints))
     for _ in range(iterations):
-        variant.predict(image, q, runner.default_instruction, 5)
+        variant.predict(image, q, runner.default_instruction, 5, state=state)
     return {"rss_after_load_mib": after_load, "peak_rss_after_load_mib": peak_load,
             "peak_rss_mib": _peak_rss_mib(), "rss_after_run_mib": _rss_mib()}
 
@@ -114,13 +114,13 @@ def measure_memory(checkpoint: str, kind: str, embodiment: str, iterations: int 
     return out
 
 
-def interleaved_latency(variants: dict[str, Any], observations: list[tuple[np.ndarray, np.ndarray]],
+def interleaved_latency(variants: dict[str, Any], observations: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                         instruction: str, sample_counts: list[int], iterations: int, warmup: int
                         ) -> dict[str, dict[int, dict[str, float]]]:
     """{kind: {K: {p50_ms, p99_ms, cpu_p50_ms}}} of ``predict`` at K samples, kinds and K interleaved.
 
     Iteration i calls every kind once per K, starting at kind i mod n (and alternating the
-    order of the sample counts), cycling through the observations. ``cpu_p50_ms`` is the
+    order of the sample counts), cycling through the observations (image, q, state). ``cpu_p50_ms`` is the
     calling thread's CPU time (with one torch / onnxruntime thread the work runs on it): time
     the thread waited for a core shared with other processes does not count.
     """
@@ -131,18 +131,19 @@ def interleaved_latency(variants: dict[str, Any], observations: list[tuple[np.nd
     for i in range(warmup):
         for kind in kinds:
             for k in sample_counts:
-                variants[kind].predict(*observations[i % n], instruction, k)
+                image, q, state = observations[i % n]
+                variants[kind].predict(image, q, instruction, k, state=state)
     samples = {kind: {k: np.empty(iterations) for k in sample_counts} for kind in kinds}
     cpu = {kind: {k: np.empty(iterations) for k in sample_counts} for kind in kinds}
     for i in range(iterations):
-        image, q = observations[i % n]
+        image, q, state = observations[i % n]
         counts = sample_counts if i % 2 == 0 else sample_counts[::-1]
         for j in range(len(kinds)):
             kind = kinds[(i + j) % len(kinds)]
             variant = variants[kind]
             for k in counts:
                 c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-                variant.predict(image, q, instruction, k)
+                variant.predict(image, q, instruction, k, state=state)
                 samples[kind][k][i] = (time.perf_counter_ns() - t0) * 1e-6
                 cpu[kind][k][i] = (time.thread_time_ns() - c0) * 1e-6
     out: dict[str, dict[int, dict[str, float]]] = {}
@@ -162,7 +163,10 @@ def bench_mode(policy: Any, embodiment: str, mode: str, demos: dict[str, Any], k
 
     images, proprio, actions = demos["images"], demos["proprio"].astype(np.float64), demos["actions"]
     instruction = str(demos["instruction"])
-    observations = [(images[i], proprio[i]) for i in range(len(proprio))]
+    from hybridvla_ros.model.train import demo_state
+
+    state = demo_state(demos).astype(np.float64)                                       # (N, E)
+    observations = [(images[i], proprio[i], state[i]) for i in range(len(proprio))]
     sampling = mode in SAMPLING_MODES
     variants: dict[str, Any] = {}
     results: dict[str, dict[str, Any]] = {}
@@ -173,9 +177,9 @@ def bench_mode(policy: Any, embodiment: str, mode: str, demos: dict[str, Any], k
     predicted: dict[str, np.ndarray] = {}
     for kind, variant in variants.items():
         out = np.empty(actions.shape, dtype=np.float64)                                  # (N, T, D)
-        for i, (image, q) in enumerate(observations):
+        for i, (image, q, x) in enumerate(observations):
             variant.reseed(i)  # the same noise for every kind
-            out[i] = variant.predict(image, q, instruction, num_samples)[0]
+            out[i] = variant.predict(image, q, instruction, num_samples, state=x)[0]
         predicted[kind] = out
         results[kind]["action_mae"] = float(np.abs(out - actions).mean())
     counts = [num_samples, 1] if sampling and num_samples != 1 else [num_samples]

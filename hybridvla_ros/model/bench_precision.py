@@ -103,6 +103,7 @@ def run(checkpoint: str, embodiment: str = "franka", config_dir: str = "config",
         closed_loop: bool = True, progress: bool = False) -> dict[str, Any]:
     """The benchmark's result dict (see the module docstring). Raises ValueError / CheckpointError."""
     from hybridvla_ros.core.kinematic_sim import KinematicSim
+    from hybridvla_ros.core.sims import state_vector
     from hybridvla_ros.model.train import load_embodiment
 
     params = load_embodiment(config_dir, embodiment, physics="kinematic")  # the reach task: kinematic sim
@@ -145,7 +146,8 @@ def run(checkpoint: str, embodiment: str = "franka", config_dir: str = "config",
         for mode in base.policy.modes(embodiment):
             runner = PolicyRunner(base.policy, base.config, embodiment, seed=seed, mode=mode)
             errs = [_episode(sim, s, steps, every,
-                             lambda sim: runner.predict(sim.render(), sim.positions, instruction, num_samples).actions)
+                             lambda sim: runner.predict(sim.render(), sim.positions, instruction, num_samples,
+                                                        state=state_vector(sim, runner.state_joints)).actions)
                     for s in seeds]
             closed[mode] = summarize(errs, tol)
             if progress:

@@ -24,7 +24,7 @@ import numpy as np
 from hybridvla_ros.core.demos import validate_demonstrations
 from hybridvla_ros.core.image import resize_for_policy
 from hybridvla_ros.core.rollout import RolloutResult, expert_chunk, rollout
-from hybridvla_ros.core.sims import make_sim
+from hybridvla_ros.core.sims import make_sim, state_vector
 
 __all__ = ["PolicyStates", "record_policy_states", "merge_demonstrations"]
 
@@ -59,6 +59,8 @@ def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: 
     chunk = params.chunk_size
     images: list[np.ndarray] = []
     proprio: list[np.ndarray] = []
+    state: list[np.ndarray] = []
+    state_joints = tuple(getattr(params, "state_joints", ()))
     actions: list[np.ndarray] = []
     episode_ids: list[int] = []
     results = []
@@ -70,15 +72,17 @@ def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: 
             if next(steps) % record_every == 0:
                 images.append(resize_for_policy(s.render(), image_size))   # (S, S, 3) uint8
                 proprio.append(np.asarray(s.positions, dtype=np.float32))  # (D,)
+                state.append(state_vector(s, state_joints).astype(np.float32))  # (E,)
                 actions.append(expert_chunk(s, chunk).astype(np.float32))  # (T, D)
                 episode_ids.append(e)
 
         sim.reset(seed=int(seeds[e]))
         results.append(rollout(sim, predict, buffer_config, limits, max_s, params.success_tolerance_m,
-                               observe=observe))
+                               observe=observe, state_joints=state_joints))
     demos = {  # every episode records its first step, so none of these is empty
         "images": np.stack(images),
         "proprio": np.stack(proprio),
+        "state": np.stack(state),
         "actions": np.stack(actions),
         "episode": np.asarray(episode_ids, dtype=np.int32),
         "embodiment": params.embodiment,
@@ -97,12 +101,12 @@ def merge_demonstrations(first: Mapping[str, Any], then: Mapping[str, Any]) -> d
     for key in ("embodiment", "instruction", "control_period_s"):
         if a[key] != b[key]:
             raise ValueError(f"merge_demonstrations: {key} differs: {a[key]!r} and {b[key]!r}")
-    for key in ("images", "proprio", "actions"):
+    for key in ("images", "proprio", "state", "actions"):
         if a[key].shape[1:] != b[key].shape[1:]:
             raise ValueError(f"merge_demonstrations: {key} shapes differ: {a[key].shape} and {b[key].shape}")
     offset = int(a["episode"].max()) + 1 if len(a["episode"]) else 0
     start = int(b["episode"].min()) if len(b["episode"]) else 0
-    out: dict[str, Any] = {k: np.concatenate([a[k], b[k]]) for k in ("images", "proprio", "actions")}
+    out: dict[str, Any] = {k: np.concatenate([a[k], b[k]]) for k in ("images", "proprio", "state", "actions")}
     out["episode"] = np.concatenate([a["episode"], b["episode"] - start + offset]).astype(np.int32)
     for key in ("embodiment", "instruction", "control_period_s"):
         out[key] = a[key]

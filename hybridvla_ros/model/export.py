@@ -54,7 +54,8 @@ ONNX_OPSET = 17
 class Batch1Sampler(nn.Module):
     """One embodiment's predict for batch 1: (image, proprio, instruction, noise) -> (delta, confidence).
 
-    image (1, 3, S, S) in [0, 1]; proprio (1, D) raw; instruction (1, E); noise (K, T*D)
+    image (1, 3, S, S) in [0, 1]; proprio (1, D + E) raw: the D joints, then the embodiment's
+    E state joints (E = 0 for most); instruction (1, E); noise (K, T*D)
     in flow and coarse_to_fine mode (ignored in token mode). Returns delta (1, T, D) raw units
     (actions = proprio + delta) and confidence (1,). Mirrors ``HybridPolicy.predict`` in
     ``mode`` (None: the head's type). With ``compute_dtype`` bf16 the backbone and head
@@ -70,6 +71,7 @@ class Batch1Sampler(nn.Module):
         self.head = policy.heads[embodiment]
         self.normalizer = policy.normalizers[embodiment]
         self.embodiment = embodiment
+        self.action_dim = policy.config.embodiment(embodiment).action_dim
         self.is_flow = self.mode != "token"
         self.dtype = compute_dtype
 
@@ -92,7 +94,9 @@ class Batch1Sampler(nn.Module):
     def forward(self, image: torch.Tensor, proprio: torch.Tensor, instruction: torch.Tensor,
                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         dt_ = self.dtype
-        proprio_norm = self.normalizer.normalize_proprio(proprio)                        # (1, D)
+        D = self.action_dim
+        state = proprio[:, D:] if self.normalizer.state_dim else None                    # (1, E)
+        proprio_norm = self.normalizer.normalize_observation(proprio[:, :D], state)      # (1, D + E)
         feat = self.backbone(image.to(dt_), proprio_norm.to(dt_), instruction.to(dt_), self.embodiment)  # (1, d)
         head = self.head
         if isinstance(head, CoarseToFineHead):
@@ -144,6 +148,7 @@ class InferenceVariant:
         self.embodiment = embodiment
         self.head_type = policy.check_mode(embodiment, mode)  # the inference mode: token | flow | coarse_to_fine
         self.action_dim = spec.action_dim
+        self.state_dim = spec.state_dim
         self.chunk_size = spec.chunk_size
         self.image_size = policy.config.image_size
         self._generator = torch.Generator().manual_seed(seed)
@@ -153,8 +158,8 @@ class InferenceVariant:
         """Restart the flow-noise generator (the benchmark gives every kind the same noise)."""
         self._generator.manual_seed(seed)
 
-    def _inputs(self, image_rgb: np.ndarray, joint_positions: Any, instruction: str, num_samples: int
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray]:
+    def _inputs(self, image_rgb: np.ndarray, joint_positions: Any, instruction: str, num_samples: int,
+                state: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray]:
         if not isinstance(image_rgb, np.ndarray) or image_rgb.ndim != 3 or image_rgb.shape[2] != 3 \
                 or image_rgb.dtype != np.uint8:
             got = f"{image_rgb.shape} {image_rgb.dtype}" if isinstance(image_rgb, np.ndarray) else type(image_rgb).__name__
@@ -163,6 +168,10 @@ class InferenceVariant:
         if q.shape != (self.action_dim,) or not np.isfinite(q).all():
             raise ValueError(f"joint_positions: expected {self.action_dim} finite numbers for "
                              f"{self.embodiment!r}, got shape {q.shape}")
+        x = np.asarray(state if state is not None else (), dtype=np.float64).reshape(-1)
+        if x.shape != (self.state_dim,) or not np.isfinite(x).all():
+            raise ValueError(f"state: expected {self.state_dim} finite numbers for {self.embodiment!r}, "
+                             f"got shape {x.shape}")
         if not isinstance(instruction, str):
             raise ValueError(f"instruction: expected a str, got {instruction!r}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -181,19 +190,20 @@ class InferenceVariant:
         noise = None
         if self.head_type != "token":  # drawn as FlowHead.sample draws it, so fp32 == PolicyRunner
             noise = torch.randn(num_samples, self.chunk_size * self.action_dim, generator=self._generator)
-        return image, torch.from_numpy(q).float()[None], emb, noise, q
+        return image, torch.from_numpy(np.concatenate([q, x])).float()[None], emb, noise, q  # proprio (1, D + E)
 
     def _run(self, image: torch.Tensor, proprio: torch.Tensor, instruction: torch.Tensor,
              noise: torch.Tensor | None) -> tuple[np.ndarray, float]:
         raise NotImplementedError
 
-    def predict(self, image_rgb: np.ndarray, joint_positions: Any, instruction: str, num_samples: int = 5
-                ) -> tuple[np.ndarray, float]:
-        """(T, D) float64 absolute action targets and confidence in [0, 1] for one observation.
+    def predict(self, image_rgb: np.ndarray, joint_positions: Any, instruction: str, num_samples: int = 5,
+                state: Any = None) -> tuple[np.ndarray, float]:
+        """(T, D) float64 absolute action targets and confidence in [0, 1] for one observation;
+        ``state`` (E,) the embodiment's state joints (None when it has none).
 
-        Raises ValueError on a wrong image, joint vector, instruction or sample count.
+        Raises ValueError on a wrong image, joint vector, state, instruction or sample count.
         """
-        image, proprio, emb, noise, q = self._inputs(image_rgb, joint_positions, instruction, num_samples)
+        image, proprio, emb, noise, q = self._inputs(image_rgb, joint_positions, instruction, num_samples, state)
         delta, confidence = self._run(image, proprio, emb, noise)
         return q[None, :] + delta.astype(np.float64), min(max(float(confidence), 0.0), 1.0)
 
@@ -229,7 +239,8 @@ def export_onnx(policy: HybridPolicy, embodiment: str, mode: str | None = None) 
     sampler = Batch1Sampler(policy.eval(), embodiment, mode=mode).eval()
     spec = policy.config.embodiment(embodiment)
     S, E = policy.config.image_size, policy.config.instruction_dim
-    args: tuple[torch.Tensor, ...] = (torch.rand(1, 3, S, S), torch.zeros(1, spec.action_dim), torch.zeros(1, E))
+    args: tuple[torch.Tensor, ...] = (torch.rand(1, 3, S, S), torch.zeros(1, spec.action_dim + spec.state_dim),
+                                      torch.zeros(1, E))
     names = ["image", "proprio", "instruction"]
     dynamic: dict[str, dict[int, str]] = {}
     if sampler.is_flow:

@@ -11,7 +11,8 @@ Reads top to bottom:
    delta is mostly the demonstrations' DART noise, and weight them like the far steps that
    carry the motion).
 3. ``Backbone``: a small conv encoder turns the image into a GxG grid of tokens (+ learned
-   2D position embeddings); a per-embodiment linear layer turns the normalized proprio into
+   2D position embeddings); a per-embodiment linear layer turns the normalized proprio (the
+   commanded joints, then any observed-only state joints such as a suction cup's vacuum) into
    one token (the joint count differs per robot); a linear layer turns the instruction
    embedding into one token; a learned EMBODIMENT TOKEN is prepended. A pre-norm
    TransformerEncoder mixes them; the output at the embodiment token is the pooled feature.
@@ -53,6 +54,7 @@ ACTIONS = "actions"          # (B, T, D) absolute position targets, raw units
 EMBODIMENT = "embodiment"    # str: the one embodiment this batch belongs to
 DELTAS = "deltas"            # predict(): (B, T, D) actions - proprio, raw units
 CONFIDENCE = "confidence"    # predict(): (B,) in [0, 1]
+STATE = "state"              # (B, E) observed-only joints (EmbodimentSpec.state_joints), raw; only when E > 0
 IMAGE_TOKENS = "image_tokens"  # optional in a batch: (B, G*G, d_model) = backbone.vision(IMAGE), reused as is
 
 HEAD_TYPES = ("token", "flow", "coarse_to_fine")
@@ -77,6 +79,7 @@ class EmbodimentSpec:
     chunk_size: int                            # T: actions per predicted chunk
     head_type: str                             # "token", "flow" or "coarse_to_fine" (both: serves any mode)
     joint_names: tuple[str, ...] = ()          # action order; informational, checked by the node
+    state_joints: tuple[str, ...] = ()         # observed-only joints the policy reads (batch[STATE], E of them)
     control_period_s: float = 0.0              # seconds between two actions of a chunk (0: unknown)
     instruction: str = ""                      # instruction the demonstrations were recorded with
     # flow heads: what the MLP outputs. "sample": the clean chunk x1 (velocity = (x1 - x_t) / (1 - t)), which
@@ -100,6 +103,18 @@ class EmbodimentSpec:
             raise ValueError(f"{self.name}.joint_names: {len(self.joint_names)} names for "
                              f"action_dim {self.action_dim}")
         object.__setattr__(self, "joint_names", tuple(self.joint_names))
+        object.__setattr__(self, "state_joints", tuple(self.state_joints))
+        if len(set(self.state_joints)) != len(self.state_joints) or not all(
+                isinstance(n, str) and n for n in self.state_joints):
+            raise ValueError(f"{self.name}.state_joints: must be unique non-empty names, got {list(self.state_joints)}")
+        if set(self.state_joints) & set(self.joint_names):
+            raise ValueError(f"{self.name}.state_joints: {sorted(set(self.state_joints) & set(self.joint_names))} "
+                             "are commanded joints (in joint_names)")
+
+    @property
+    def state_dim(self) -> int:
+        """E: observed-only joints (batch[STATE] width)."""
+        return len(self.state_joints)
 
     @classmethod
     def from_params(cls, params: object) -> "EmbodimentSpec":
@@ -110,6 +125,7 @@ class EmbodimentSpec:
         return cls(name=params.embodiment, action_dim=params.action_dim,  # type: ignore[attr-defined]
                    chunk_size=params.chunk_size, head_type=head_type,  # type: ignore[attr-defined]
                    joint_names=tuple(params.joint_names),  # type: ignore[attr-defined]
+                   state_joints=tuple(getattr(params, "state_joints", ())),
                    control_period_s=1.0 / params.control_rate_hz,  # type: ignore[attr-defined]
                    instruction=params.instruction)  # type: ignore[attr-defined]
 
@@ -214,19 +230,27 @@ class PolicyConfig:
 
 # ---------------------------------------------------------------- normalization
 class Normalizer(nn.Module):
-    """Per-embodiment statistics: proprio z-score per joint, delta z-score per (step, joint)."""
+    """Per-embodiment statistics: proprio z-score per joint, delta z-score per (step, joint),
+    state z-score per state joint (only for an embodiment with state joints: older
+    checkpoints have no such buffers)."""
 
     def __init__(self, spec: EmbodimentSpec) -> None:
         super().__init__()
         T, D = spec.chunk_size, spec.action_dim
+        self.state_dim = spec.state_dim
         self.register_buffer("proprio_mean", torch.zeros(D))   # (D,)
         self.register_buffer("proprio_std", torch.ones(D))     # (D,)
+        if self.state_dim:
+            self.register_buffer("state_mean", torch.zeros(self.state_dim))  # (E,)
+            self.register_buffer("state_std", torch.ones(self.state_dim))    # (E,)
         self.register_buffer("delta_mean", torch.zeros(T, D))  # (T, D)
         self.register_buffer("delta_std", torch.ones(T, D))    # (T, D)
 
     @torch.no_grad()
-    def fit(self, proprio: np.ndarray, actions: np.ndarray, std_floor: float, delta_std_per: str = "joint") -> None:
-        """Set the statistics from demonstrations: proprio (N, D), absolute actions (N, T, D).
+    def fit(self, proprio: np.ndarray, actions: np.ndarray, std_floor: float, delta_std_per: str = "joint",
+            state: np.ndarray | None = None) -> None:
+        """Set the statistics from demonstrations: proprio (N, D), absolute actions (N, T, D),
+        state (N, E) when the embodiment has state joints.
 
         The delta mean is per (step, joint); the delta std per joint pooled over the chunk
         (``delta_std_per="joint"``) or per (step, joint) (``"step_joint"``).
@@ -251,9 +275,23 @@ class Normalizer(nn.Module):
         else:
             delta_std = delta.std(0)                                                  # (T, D)
         self.delta_std.copy_(torch.from_numpy(np.maximum(delta_std, std_floor)))
+        if self.state_dim:
+            state = np.asarray(state if state is not None else np.zeros((0, 0)), dtype=np.float64)
+            if state.shape != (len(proprio), self.state_dim) or not np.isfinite(state).all():
+                raise ValueError(f"state: expected finite values of shape ({len(proprio)}, {self.state_dim}), "
+                                 f"got {state.shape}")
+            self.state_mean.copy_(torch.from_numpy(state.mean(0)))
+            self.state_std.copy_(torch.from_numpy(np.maximum(state.std(0), std_floor)))
 
     def normalize_proprio(self, proprio: torch.Tensor) -> torch.Tensor:
         return (proprio - self.proprio_mean) / self.proprio_std  # (B, D)
+
+    def normalize_observation(self, proprio: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """(B, D + E) the backbone's proprio input: normalized joints, then normalized state joints."""
+        if not self.state_dim:
+            return self.normalize_proprio(proprio)                              # (B, D)
+        state_norm = (state - self.state_mean) / self.state_std                 # (B, E)
+        return torch.cat([self.normalize_proprio(proprio), state_norm.to(proprio.dtype)], -1)
 
     def normalize_delta(self, delta: torch.Tensor) -> torch.Tensor:
         return (delta - self.delta_mean) / self.delta_std  # (B, T, D)
@@ -340,7 +378,8 @@ class Backbone(nn.Module):
         self.vision = VisionEncoder(config)
         self.embodiment_tokens = nn.ParameterDict(
             {e.name: nn.Parameter(torch.randn(d) * 0.02) for e in config.embodiments})
-        self.proprio_proj = nn.ModuleDict({e.name: nn.Linear(e.action_dim, d) for e in config.embodiments})
+        self.proprio_proj = nn.ModuleDict({e.name: nn.Linear(e.action_dim + e.state_dim, d)
+                                           for e in config.embodiments})
         self.instruction_proj = nn.Linear(config.instruction_dim, d)
         layer = nn.TransformerEncoderLayer(d, config.num_heads, config.ff_dim, config.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
@@ -611,8 +650,10 @@ class HybridPolicy(nn.Module):
     def embodiment_names(self) -> tuple[str, ...]:
         return tuple(e.name for e in self.config.embodiments)
 
-    def fit_normalization(self, embodiment: str, proprio: np.ndarray, actions: np.ndarray) -> None:
-        """Set ``embodiment``'s statistics from its demonstrations (N, D) and (N, T, D).
+    def fit_normalization(self, embodiment: str, proprio: np.ndarray, actions: np.ndarray,
+                          state: np.ndarray | None = None) -> None:
+        """Set ``embodiment``'s statistics from its demonstrations (N, D) and (N, T, D), and its
+        state joints' (N, E) when it has any.
 
         Flow heads that predict the clean chunk (``flow_prediction="sample"``) get one delta
         std per joint (the first chunk steps, mostly recording noise, would otherwise be
@@ -623,7 +664,7 @@ class HybridPolicy(nn.Module):
         """
         spec = self.config.embodiment(embodiment)
         per = "joint" if spec.flow_prediction == "sample" else "step_joint"
-        self.normalizers[embodiment].fit(proprio, actions, self.config.std_floor, delta_std_per=per)
+        self.normalizers[embodiment].fit(proprio, actions, self.config.std_floor, delta_std_per=per, state=state)
 
     def _check_batch(self, batch: Mapping[str, object], with_actions: bool) -> EmbodimentSpec:
         """Validate keys and shapes; return the batch's embodiment spec."""
@@ -638,6 +679,11 @@ class HybridPolicy(nn.Module):
         S, D, T, E = self.config.image_size, spec.action_dim, spec.chunk_size, self.config.instruction_dim
         B = batch[IMAGE].shape[0]  # type: ignore[attr-defined]
         expected = {IMAGE: (B, 3, S, S), PROPRIO: (B, D), INSTRUCTION: (B, E)}
+        if spec.state_dim:
+            if STATE not in batch:
+                raise ValueError(f"batch: missing key {STATE!r}: {name!r} observes state joints "
+                                 f"{list(spec.state_joints)}")
+            expected[STATE] = (B, spec.state_dim)
         if with_actions:
             expected[ACTIONS] = (B, T, D)
         for key, shape in expected.items():
@@ -650,7 +696,7 @@ class HybridPolicy(nn.Module):
     def encode(self, batch: Mapping[str, object]) -> torch.Tensor:
         """Pooled backbone feature (B, d_model) of a (checked) batch; uses batch[IMAGE_TOKENS] if present."""
         name: str = batch[EMBODIMENT]  # type: ignore[assignment]
-        proprio_norm = self.normalizers[name].normalize_proprio(batch[PROPRIO])  # (B, D)
+        proprio_norm = self.normalizers[name].normalize_observation(batch[PROPRIO], batch.get(STATE))  # (B, D + E)
         return self.backbone(batch[IMAGE], proprio_norm, batch[INSTRUCTION], name,
                              image_tokens=batch.get(IMAGE_TOKENS))  # type: ignore[arg-type]
 

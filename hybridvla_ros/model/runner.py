@@ -21,7 +21,7 @@ import torch
 
 from hybridvla_ros.model.checkpoint import KEY_MODEL_VERSION, load_checkpoint, read_checkpoint_config
 from hybridvla_ros.model.policy import (CONFIDENCE, DELTAS, EMBODIMENT, IMAGE, IMAGE_TOKENS, INSTRUCTION,
-                                        PROPRIO, HybridPolicy, PolicyConfig)
+                                        PROPRIO, STATE, HybridPolicy, PolicyConfig)
 from hybridvla_ros.model.text import embed_instruction
 
 INSTRUCTION_CACHE_SIZE = 32
@@ -54,6 +54,7 @@ class PolicyRunner:
         self.image_size: int = config.image_size
         self.model_version: int = int(model_version)
         self.joint_names: tuple[str, ...] = spec.joint_names
+        self.state_joints: tuple[str, ...] = spec.state_joints  # observed-only joints predict() needs as `state`
         self.control_period_s: float = spec.control_period_s
         self.default_instruction: str = spec.instruction
         self._generator = torch.Generator().manual_seed(seed)
@@ -132,18 +133,36 @@ class PolicyRunner:
             raise ValueError(f"num_samples: must be a positive integer, got {num_samples!r}")
         return q
 
+    def check_state(self, state: np.ndarray | None) -> np.ndarray:
+        """``state`` as an (E,) float64 array in ``state_joints`` order; ValueError when it is missing,
+        has the wrong length or is not finite (None or empty is fine for a policy without state joints)."""
+        E = len(self.state_joints)
+        if state is None:
+            if E:
+                raise ValueError(f"state: {self.embodiment!r} needs its state joints {list(self.state_joints)}")
+            return np.zeros(0)
+        try:
+            x = np.asarray(state, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"state: expected {E} numbers ({list(self.state_joints)}), got {state!r}") from None
+        if x.shape != (E,) or not np.isfinite(x).all():
+            raise ValueError(f"state: expected {E} finite numbers ({list(self.state_joints)}), got {x.tolist()}")
+        return x
+
     def predict(self, image_rgb: np.ndarray, joint_positions: np.ndarray, instruction: str,
-                num_samples: int = 5) -> Prediction:
+                num_samples: int = 5, state: np.ndarray | None = None) -> Prediction:
         """Action chunk for one observation.
 
         image_rgb (H, W, 3) uint8, resized to image_size with cv2.INTER_AREA if needed;
-        joint_positions (D,). ``num_samples`` flow samples (one batch) give the confidence;
-        token heads ignore it. Raises ValueError on wrong shapes, dtypes or NaN.
+        joint_positions (D,); ``state`` (E,) the ``state_joints`` (required when there are
+        any). ``num_samples`` flow samples (one batch) give the confidence; token heads
+        ignore it. Raises ValueError on wrong shapes, dtypes or NaN.
         """
         start = time.perf_counter()
         q = self._check_inputs(image_rgb, joint_positions, instruction, num_samples)
+        x = self.check_state(state)
         with torch.inference_mode():
-            batch = self.batch(image_rgb, q, instruction)
+            batch = self.batch(image_rgb, q, instruction, x)
             out = self.policy.predict(batch, num_samples=num_samples, generator=self._generator, mode=self.head_type)
         delta = out[DELTAS][0].double().numpy()                                   # (T, D)
         actions = q[None, :] + delta                                              # (T, D) in float64
@@ -151,26 +170,27 @@ class PolicyRunner:
         return Prediction(actions=actions, confidence=min(max(confidence, 0.0), 1.0),
                           latency_s=time.perf_counter() - start, head_type=self.head_type)
 
-    def predictor(self, instruction: str) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]:
+    def predictor(self, instruction: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, float]]:
         """This runner as a :mod:`hybridvla_ros.core.rollout` Predictor for ``instruction``:
-        (image, joint positions) -> (actions (T, D), confidence)."""
-        def predict(image_rgb: np.ndarray, joint_positions: np.ndarray) -> tuple[np.ndarray, float]:
-            out = self.predict(image_rgb, joint_positions, instruction)
-            return out.actions, out.confidence
+        (image, joint positions, state joints) -> (actions (T, D), confidence)."""
+        return _predictor(self, instruction)
 
-        return predict
-
-    def batch(self, image_rgb: np.ndarray, q: np.ndarray, instruction: str) -> dict[str, object]:
+    def batch(self, image_rgb: np.ndarray, q: np.ndarray, instruction: str,
+              state: np.ndarray | None = None) -> dict[str, object]:
         """The policy batch (B = 1) of one checked observation: image resized to image_size, vision
-        tokens reused for a repeated frame, cached instruction embedding. Call under inference_mode."""
+        tokens reused for a repeated frame, cached instruction embedding, the state joints when the
+        policy has any. Call under inference_mode."""
         S = self.image_size
         if image_rgb.shape[:2] != (S, S):
             image_rgb = cv2.resize(np.ascontiguousarray(image_rgb), (S, S), interpolation=cv2.INTER_AREA)  # (S, S, 3)
         image = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, S, S)
-        return {EMBODIMENT: self.embodiment, IMAGE: image,
-                IMAGE_TOKENS: self._vision_tokens(image_rgb, image),              # (1, G*G, d)
-                PROPRIO: torch.from_numpy(np.asarray(q, dtype=np.float64)).float()[None],  # (1, D)
-                INSTRUCTION: self._instruction_embedding(instruction)}            # (1, E)
+        out = {EMBODIMENT: self.embodiment, IMAGE: image,
+               IMAGE_TOKENS: self._vision_tokens(image_rgb, image),              # (1, G*G, d)
+               PROPRIO: torch.from_numpy(np.asarray(q, dtype=np.float64)).float()[None],  # (1, D)
+               INSTRUCTION: self._instruction_embedding(instruction)}            # (1, E)
+        if self.state_joints:
+            out[STATE] = torch.from_numpy(self.check_state(state)).float()[None]  # (1, E)
+        return out
 
     def warmup(self, iterations: int = 3) -> float:
         """Run a few predictions on a blank observation (first calls are slow); return the last latency.
@@ -182,7 +202,8 @@ class PolicyRunner:
         q = np.zeros(self.action_dim)
         latency = 0.0
         for _ in range(iterations):
-            latency = self.predict(image, q, self.default_instruction).latency_s
+            latency = self.predict(image, q, self.default_instruction,
+                                   state=np.zeros(len(self.state_joints))).latency_s
         self._generator.set_state(state)
         return latency
 
@@ -206,17 +227,18 @@ class ExportedRunner:
         self.runtime = runtime
         self.variant = make_variant(runner, runtime, seed=seed)  # ValueError for a mode the head cannot serve
         for name in ("embodiment", "action_dim", "chunk_size", "head_type", "image_size", "model_version",
-                     "joint_names", "control_period_s", "default_instruction"):
+                     "joint_names", "state_joints", "control_period_s", "default_instruction"):
             setattr(self, name, getattr(runner, name))
 
     def predict(self, image_rgb: np.ndarray, joint_positions: np.ndarray, instruction: str,
-                num_samples: int = 5) -> Prediction:
+                num_samples: int = 5, state: np.ndarray | None = None) -> Prediction:
         """Same contract as PolicyRunner.predict (ValueError on wrong shapes, dtypes or NaN)."""
         start = time.perf_counter()
         q = np.asarray(joint_positions, dtype=np.float64)
         if q.shape != (self.action_dim,) or not np.all(np.isfinite(q)):
             raise ValueError(f"joint_positions: expected {self.action_dim} finite numbers, got {q.shape}")
-        actions, confidence = self.variant.predict(image_rgb, q, instruction, num_samples)
+        x = self.base.check_state(state)
+        actions, confidence = self.variant.predict(image_rgb, q, instruction, num_samples, state=x)
         return Prediction(actions=np.asarray(actions, dtype=np.float64), confidence=float(confidence),
                           latency_s=time.perf_counter() - start, head_type=self.head_type)
 
@@ -225,8 +247,23 @@ class ExportedRunner:
         image = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
         latency = 0.0
         for _ in range(iterations):
-            latency = self.predict(image, np.zeros(self.action_dim), self.default_instruction).latency_s
+            latency = self.predict(image, np.zeros(self.action_dim), self.default_instruction,
+                                   state=np.zeros(len(self.state_joints))).latency_s
         return latency
+
+    def predictor(self, instruction: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, float]]:
+        """Same as PolicyRunner.predictor."""
+        return _predictor(self, instruction)
+
+
+def _predictor(runner: PolicyRunner | ExportedRunner,
+               instruction: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, float]]:
+    """``runner`` as a rollout Predictor for ``instruction``."""
+    def predict(image_rgb: np.ndarray, joint_positions: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
+        out = runner.predict(image_rgb, joint_positions, instruction, state=state)
+        return out.actions, out.confidence
+
+    return predict
 
 
 def load_runner(checkpoint_dir: str | os.PathLike[str], embodiment: str, runtime: str = "torch",

@@ -34,7 +34,7 @@ import torch
 
 from hybridvla_ros.model.checkpoint import json_default, save_checkpoint
 from hybridvla_ros.model.policy import (ACTIONS, CONFIDENCE, EMBODIMENT, IMAGE,
-                                        INSTRUCTION, PROPRIO, EmbodimentSpec, HybridPolicy, PolicyConfig,
+                                        INSTRUCTION, PROPRIO, STATE, EmbodimentSpec, HybridPolicy, PolicyConfig,
                                         count_parameters)
 from hybridvla_ros.model.text import HASH_ENCODER, INSTRUCTION_DIM, MINILM, embed_instruction, encoder_dim
 
@@ -46,6 +46,7 @@ DEMO_EPISODE = "episode"                # (N,) int32 episode index
 DEMO_EMBODIMENT = "embodiment"          # str
 DEMO_INSTRUCTION = "instruction"        # str
 DEMO_CONTROL_PERIOD = "control_period_s"  # float
+DEMO_STATE = "state"                    # (N, E) float32 state joints; optional (absent: E = 0)
 DEMO_KEYS = (DEMO_IMAGES, DEMO_PROPRIO, DEMO_ACTIONS, DEMO_EPISODE, DEMO_EMBODIMENT, DEMO_INSTRUCTION,
              DEMO_CONTROL_PERIOD)
 
@@ -58,6 +59,13 @@ TRAIN_EVAL_EXAMPLES = 512  # training examples re-scored at the end (to see over
 
 
 # ---------------------------------------------------------------- data
+def demo_state(demos: Mapping[str, Any]) -> np.ndarray:
+    """(N, E) float32 the demonstrations' state joints ((N, 0) for a recording without them)."""
+    if DEMO_STATE in demos:
+        return np.asarray(demos[DEMO_STATE], dtype=np.float32)
+    return np.zeros((len(demos[DEMO_PROPRIO]), 0), dtype=np.float32)
+
+
 def check_demos(demos: Mapping[str, Any], spec: EmbodimentSpec) -> None:
     """Raise ValueError naming the key if ``demos`` does not fit ``spec``."""
     missing = [k for k in DEMO_KEYS if k not in demos]
@@ -81,6 +89,13 @@ def check_demos(demos: Mapping[str, Any], spec: EmbodimentSpec) -> None:
         raise ValueError(f"demonstrations[{DEMO_EPISODE!r}]: expected ({N},), got {np.shape(demos[DEMO_EPISODE])}")
     if not (np.isfinite(proprio).all() and np.isfinite(actions).all()):
         raise ValueError(f"demonstrations for {spec.name!r}: proprio/actions contain NaN or inf")
+    state = demo_state(demos)
+    if state.shape != (N, spec.state_dim):
+        raise ValueError(f"demonstrations[{DEMO_STATE!r}]: expected ({N}, {spec.state_dim}) for state joints "
+                         f"{list(spec.state_joints)}, got {state.shape} (recorded with other state_joints? "
+                         "record them again)")
+    if not np.isfinite(state).all():
+        raise ValueError(f"demonstrations for {spec.name!r}: state contains NaN or inf")
 
 
 def split_episodes(episode: np.ndarray, holdout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -107,6 +122,7 @@ class EmbodimentData:
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
         self.proprio = torch.from_numpy(np.asarray(demos[DEMO_PROPRIO], dtype=np.float32)[indices])   # (N, D)
         self.actions = torch.from_numpy(np.asarray(demos[DEMO_ACTIONS], dtype=np.float32)[indices])   # (N, T, D)
+        self.state = torch.from_numpy(demo_state(demos)[indices])                                     # (N, E)
         self.instruction = torch.from_numpy(embed_instruction(str(demos[DEMO_INSTRUCTION]), instruction_dim,
                                                               instruction_encoder))  # (E,)
 
@@ -121,6 +137,8 @@ class EmbodimentData:
             PROPRIO: self.proprio[idx],                                               # (B, D)
             INSTRUCTION: self.instruction.expand(len(idx), -1),                       # (B, E)
         }
+        if self.spec.state_dim:
+            out[STATE] = self.state[idx]                                              # (B, E_state)
         if with_actions:
             out[ACTIONS] = self.actions[idx]                                          # (B, T, D)
         return out
@@ -275,7 +293,7 @@ def train(demos: Sequence[Mapping[str, Any]], specs: Sequence[EmbodimentSpec], *
         train_idx, held_idx = split_episodes(np.asarray(d[DEMO_EPISODE]), holdout_fraction)
         if init_policy is None:
             policy.fit_normalization(spec.name, np.asarray(d[DEMO_PROPRIO])[train_idx],
-                                     np.asarray(d[DEMO_ACTIONS])[train_idx])
+                                     np.asarray(d[DEMO_ACTIONS])[train_idx], state=demo_state(d)[train_idx])
         train_data[spec.name] = EmbodimentData(d, spec, train_idx, config.image_size, config.instruction_dim,
                                                config.instruction_encoder)
         held_data[spec.name] = EmbodimentData(d, spec, held_idx, config.image_size, config.instruction_dim,
@@ -386,6 +404,7 @@ def save_replay_sample(demos: Mapping[str, Any], path: str | os.PathLike[str], m
     idx = np.sort(rng.choice(n, size=min(n, max_examples), replace=False))  # (M,) in recording order
     sample = {k: (np.asarray(demos[k])[idx] if k in (DEMO_IMAGES, DEMO_PROPRIO, DEMO_ACTIONS, DEMO_EPISODE)
                   else demos[k]) for k in DEMO_KEYS}
+    sample[DEMO_STATE] = demo_state(demos)[idx]
     save_demonstrations(sample, os.fspath(path))
     return len(idx)
 
@@ -438,9 +457,10 @@ def load_embodiment(config_dir: str | os.PathLike[str], name: str, physics: str 
 
 
 def demos_cache_path(demos_dir: str | os.PathLike[str], name: str, episodes: int, steps_per_episode: int,
-                     image_size: int, seed: int, physics: str = "kinematic") -> Path:
+                     image_size: int, seed: int, physics: str = "kinematic", state_joints: Sequence[str] = ()) -> Path:
     """Where a recording with these settings is cached."""
-    return Path(demos_dir) / f"{name}_{physics}_ep{episodes}_steps{steps_per_episode}_img{image_size}_seed{seed}.npz"
+    state = "".join(f"_{j}" for j in state_joints)
+    return Path(demos_dir) / f"{name}_{physics}{state}_ep{episodes}_steps{steps_per_episode}_img{image_size}_seed{seed}.npz"
 
 
 def get_demos(params: Any, episodes: int, steps_per_episode: int, image_size: int, seed: int,
@@ -451,7 +471,7 @@ def get_demos(params: Any, episodes: int, steps_per_episode: int, image_size: in
     path = None
     if demos_dir is not None:
         path = demos_cache_path(demos_dir, params.embodiment, episodes, steps_per_episode, image_size, seed,
-                                getattr(params, "physics", "kinematic"))
+                                getattr(params, "physics", "kinematic"), getattr(params, "state_joints", ()))
         if path.is_file():
             return load_demonstrations(path)
     demos = record_demonstrations(params, episodes, steps_per_episode, image_size=image_size, seed=seed,

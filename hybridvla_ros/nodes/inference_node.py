@@ -2,7 +2,13 @@
 
 The subscription keeps only the newest observation (depth 1); a timer runs the policy
 every ``recompute_every`` control periods on it, if it is new and fresh. The chunk is
-stamped with the observation's stamp so the action buffer can place it in time.
+stamped with the observation's stamp so the action buffer can place it in time. Joints are
+taken from the observation by name: ``joint_names`` as the proprio, and the observed-only
+joints the checkpoint reads (``runner.state_joints``, e.g. franka's ``suction_cup``) as its
+state; an observation lacking one is rejected (logged, no chunk: the action buffer holds).
+The checkpoint's state joints must be listed in the parameter file's ``state_joints`` (else
+exit 2 at start, or the update is refused); listed ones the checkpoint does not read are
+ignored, so older checkpoints keep working.
 
 New weights: a checkpoint directory on ``inference/model_update`` (std_msgs/String, from
 the adaptation node) is loaded and warmed up on a background thread, so the timer never
@@ -33,6 +39,7 @@ from std_srvs.srv import Trigger
 
 from hybridvla_msgs.msg import ActionChunk, Observation
 from hybridvla_ros.core.image import ImageDecodeError, decode_raw
+from hybridvla_ros.core.sync import select_joints
 from hybridvla_ros.model.checkpoint import CheckpointError, model_version_of
 from hybridvla_ros.model.runner import PolicyRunner, Prediction, load_runner
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, stamp_to_s
@@ -49,6 +56,7 @@ class SimExpertSource:
 
     head_type = "sim_expert"
     model_version = 0
+    state_joints: tuple[str, ...] = ()  # the expert reads the simulator, not the observation
     MAX_AGE_S = 0.3  # an older plan is not used (ValueError: the observation is skipped)
 
     def __init__(self, action_dim: int, chunk_size: int) -> None:
@@ -59,7 +67,8 @@ class SimExpertSource:
     def on_chunk(self, msg: ActionChunk) -> None:
         self._chunk = msg
 
-    def predict(self, _image: np.ndarray, _q: np.ndarray, _instruction: str, num_samples: int = 1) -> Prediction:
+    def predict(self, _image: np.ndarray, _q: np.ndarray, _instruction: str, num_samples: int = 1,
+                state: np.ndarray | None = None) -> Prediction:
         msg = self._chunk
         if msg is None or (msg.chunk_length, msg.action_dim) != (self.chunk_size, self.action_dim):
             raise ValueError("no expert chunk of the right shape yet (is sim_robot.expert_chunk_rate_hz > 0?)")
@@ -93,6 +102,16 @@ class InferenceNode(Node):
             raise ParameterError(
                 f"inference.checkpoint_path: head for {p.embodiment} has action_dim "
                 f"{self.runner.action_dim}, the parameter file says {p.action_dim}")
+        unlisted = self._unlisted_state_joints(self.runner)
+        if unlisted:
+            raise ParameterError(
+                f"inference.state_joints: the policy in {p.checkpoint_path!r} observes {unlisted} for "
+                f"{p.embodiment}, which state_joints {list(p.state_joints)} does not list (the driver must "
+                "report them in joint_states and the parameter file name them)")
+        unused = [j for j in p.state_joints if j not in self.runner.state_joints]
+        if unused:
+            self.get_logger().info(f"state_joints {unused} are not observed by this policy (an older checkpoint?); "
+                                   "serving it without them")
         self.checkpoint_path = os.path.abspath(p.checkpoint_path)
         self.previous: tuple[PolicyRunner, str] | None = None  # what ~/rollback swaps back to
         self._swap_lock = threading.Lock()   # guards runner / checkpoint_path / previous / loader state
@@ -126,6 +145,10 @@ class InferenceNode(Node):
         # fallback for frames that arrive early).
         if now_s(self) - self._last_run_s >= 0.9 * self._recompute_period_s:
             self._tick()
+
+    def _unlisted_state_joints(self, runner: PolicyRunner) -> list[str]:
+        """The runner's observed-only joints the parameter file's state_joints does not list."""
+        return [j for j in getattr(runner, "state_joints", ()) if j not in self.params.state_joints]
 
     # --- weight swap
     def _publish_active(self) -> None:
@@ -169,6 +192,10 @@ class InferenceNode(Node):
             if (runner.action_dim, runner.chunk_size) != (p.action_dim, p.chunk_size):
                 raise ValueError(f"head for {p.embodiment} has action_dim {runner.action_dim}, chunk_size "
                                  f"{runner.chunk_size}; this node needs {p.action_dim}, {p.chunk_size}")
+            unlisted = self._unlisted_state_joints(runner)
+            if unlisted:
+                raise ValueError(f"the policy observes state joints {unlisted} that state_joints "
+                                 f"{list(p.state_joints)} does not list")
             runner.warmup(2)  # the first calls are slow: not on the timer
         except (CheckpointError, ValueError, OSError) as exc:
             log.error(f"model update {path} ignored, still serving {self.checkpoint_path} "
@@ -212,11 +239,17 @@ class InferenceNode(Node):
         self._last_used_stamp_s = stamp_s
         self._last_run_s = now_s(self)
         runner = self.runner  # one reference per call: a swap takes effect between two calls
-        q = np.asarray(msg.joint_positions, dtype=np.float64)
+        joints = self.params.joint_names
+        state_joints = tuple(runner.state_joints)
         try:
+            # By name: the commanded joints, then the observed-only ones this runner reads (unnamed
+            # values must be exactly those, in that order).
+            observed = select_joints(msg.joint_names, msg.joint_positions, (*joints, *state_joints))
+            q, state = observed[:len(joints)], observed[len(joints):]  # (D,), (E,)
             image = decode_raw(msg.image.encoding, msg.image.height, msg.image.width, msg.image.step, msg.image.data)
             pred = runner.predict(image, q, msg.instruction or self.params.instruction,
-                                       num_samples=self.params.confidence_samples)
+                                  num_samples=self.params.confidence_samples,
+                                  state=state if state_joints else None)
         except (ImageDecodeError, ValueError) as exc:
             self.get_logger().warning(f"observation rejected: {exc}", throttle_duration_sec=2.0)
             return

@@ -1,7 +1,9 @@
 """sim_robot: a simulated robot (kinematic, or MuJoCo physics) that talks like the real robot's driver.
 
 Takes the controller command named in the parameter file (JointTrajectory,
-Float64MultiArray or Twist), publishes joint_states (100 Hz), a camera image (30 Hz)
+Float64MultiArray or Twist; commanded joints only), publishes joint_states (100 Hz: the
+commanded joints, then the simulator's observed-only ones, e.g. franka's ``suction_cup``
+1.0 while it holds the cube, else 0.0), a camera image (30 Hz)
 showing the scene and the target, and a wrench when the robot has a F/T sensor.
 ``sim_robot/push`` (geometry_msgs/WrenchStamped) applies an external force for 0.3 s,
 the way a person pushing the robot would; ``sim_robot/task_error`` reports the distance
@@ -30,8 +32,9 @@ from trajectory_msgs.msg import JointTrajectory
 from hybridvla_msgs.msg import ActionChunk
 from hybridvla_ros.core.image import encode_compressed
 from hybridvla_ros.core.rollout import expert_chunk
-from hybridvla_ros.core.sims import SCENES, make_sim
+from hybridvla_ros.core.sims import SCENES, make_sim, state_vector
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp
+from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.sim_robot import SimRobotParams
 
 PUSH_DURATION_S = 0.3
@@ -46,6 +49,10 @@ class SimRobotNode(Node):
         self.sim = make_sim(p, image_width=p.image_width, image_height=p.image_height, seed=p.seed,
                             physics=p.physics, scene=p.scene)
         self.sim.reset(seed=p.seed)
+        try:  # the parameter file's observed-only joints must be ones this simulator reports
+            state_vector(self.sim, p.state_joints)
+        except ValueError as exc:
+            raise ParameterError(f"sim_robot.{exc} ({p.embodiment}, physics {p.physics})") from None
         self._scene = p.scene
         self._resets = 0
         self._last_step_s = now_s(self)
@@ -142,9 +149,12 @@ class SimRobotNode(Node):
         self.sim.step(dt)
         js = JointState()
         s_to_stamp(t, js.header.stamp)
-        js.name = list(self.params.joint_names)
-        js.position = self.sim.positions.astype(np.float64).tolist()
-        js.velocity = self.sim.velocities.astype(np.float64).tolist()
+        # The commanded joints, then the observed-only ones (a suction cup's vacuum switch) as
+        # the driver reports them: names and positions, velocity 0.
+        state = self.sim.state_joint_positions
+        js.name = [*self.params.joint_names, *state]
+        js.position = [*self.sim.positions.astype(np.float64).tolist(), *(float(v) for v in state.values())]
+        js.velocity = [*self.sim.velocities.astype(np.float64).tolist(), *([0.0] * len(state))]
         self.js_pub.publish(js)
         if self.wrench_pub is not None:
             force, torque = self.sim.wrench()

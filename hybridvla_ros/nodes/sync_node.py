@@ -1,6 +1,9 @@
 """sync: camera + joint_states (+ wrench) -> one Observation per camera frame.
 
-Logic lives in hybridvla_ros.core.sync (pairing, interpolation) and core.image
+The observation carries every joint the policy observes (``observed_joints``): the
+commanded ``joint_names`` in action order, then the observed-only ``state_joints`` (e.g.
+franka's ``suction_cup``); a joint_states message lacking any of them is rejected, naming
+it. Logic lives in hybridvla_ros.core.sync (pairing, interpolation) and core.image
 (decoding without cv_bridge); this node only converts messages.
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ class SyncNode(Node):
         self.params = load_schema(self, SyncParams)
         p = self.params
         self.sync = ObservationSynchronizer(SyncConfig(
-            joint_names=tuple(p.joint_names), max_skew_s=p.max_skew_s, max_age_s=p.max_age_s,
+            joint_names=p.observed_joints, max_skew_s=p.max_skew_s, max_age_s=p.max_age_s,
             wrench_required=p.wrench_required))
         self._pending_image: tuple[float, np.ndarray, str] | None = None
         self.decode_errors = 0
@@ -103,7 +106,7 @@ class SyncNode(Node):
         msg.image.encoding = "rgb8"
         msg.image.step = int(image.shape[1] * 3)
         msg.image.data = np.ascontiguousarray(image).tobytes()
-        msg.joint_names = list(p.joint_names)
+        msg.joint_names = list(p.observed_joints)  # commanded joints, then observed-only ones
         msg.joint_positions = obs.positions.astype(np.float64).tolist()
         msg.joint_velocities = obs.velocities.astype(np.float64).tolist()
         msg.has_wrench = obs.force is not None

@@ -24,6 +24,9 @@ class EmbodimentParams:
     embodiment: str = param("robot name; selects the policy head", choices=EMBODIMENTS)
     joint_names: tuple[str, ...] = param("joints as the robot's driver names them, in action order", min_len=1)
     action_dim: int = param("length of one action (equals len(joint_names))", min=1, max=64)
+    state_joints: tuple[str, ...] = param(
+        "joints the driver reports in joint_states that the policy observes but does not command "
+        "(e.g. a suction cup's vacuum: 1 holding, 0 not); empty: none", ())
     head_type: Literal["token", "flow", "coarse_to_fine", "routed"] = param(
         "policy head mode: token (fast, coarse), flow, coarse_to_fine (token chunk refined by flow), or routed "
         "(a learned router refines only where it helps)")
@@ -51,6 +54,12 @@ class EmbodimentParams:
                 f"joint_names: {len(self.joint_names)} names but action_dim is {self.action_dim}")
         if len(set(self.joint_names)) != len(self.joint_names):
             raise ParameterError(f"joint_names: duplicate names in {list(self.joint_names)}")
+        if len(set(self.state_joints)) != len(self.state_joints) or not all(self.state_joints):
+            raise ParameterError(f"state_joints: names must be non-empty and unique, got {list(self.state_joints)}")
+        commanded = sorted(set(self.state_joints) & set(self.joint_names))
+        if commanded:
+            raise ParameterError(f"state_joints: {commanded} are commanded joints (in joint_names); "
+                                 "state_joints are observed only")
         for name in ("position_min", "position_max", "max_velocity", "max_acceleration", "home_position"):
             if len(getattr(self, name)) != self.action_dim:
                 raise ParameterError(
@@ -69,6 +78,11 @@ class EmbodimentParams:
             raise ParameterError(
                 f"recompute_every: {self.recompute_every} is more than chunk_size {self.chunk_size}; "
                 "the buffer would run dry before the next chunk")
+
+    @property
+    def observed_joints(self) -> tuple[str, ...]:
+        """Every joint the policy reads from joint_states: joint_names, then state_joints."""
+        return tuple(self.joint_names) + tuple(self.state_joints)
 
     @property
     def control_period_s(self) -> float:

@@ -45,7 +45,8 @@ def policy_success(policy: Any, config: Any, embodiment: str, episodes: int, see
     results = []
     for k in range(episodes):  # episodes run one after another on one simulator
         sim.reset(seed=seed + k)
-        results.append(rollout(sim, predict, buffer_config, limits, max_s, p.success_tolerance_m))
+        results.append(rollout(sim, predict, buffer_config, limits, max_s, p.success_tolerance_m,
+                               state_joints=p.state_joints))
     return {"episodes": episodes, "success_rate": float(np.mean([r.success for r in results])),
             "final_error_m_median": float(np.median([r.final_error_m for r in results]))}
 

@@ -56,7 +56,8 @@ def test_human_corrections_are_stored_counted_and_trigger_adaptation(ros, tmp_pa
     ros.spin_for(0.3)  # let every publisher be discovered
 
     def observation(k: int, age_s: float = 0.0) -> Observation:
-        msg = Observation(embodiment="franka", instruction=p.instruction, joint_names=list(p.joint_names))
+        # As sync publishes it: the arm joints, then the observed-only suction cup (holding from k = 5).
+        msg = Observation(embodiment="franka", instruction=p.instruction, joint_names=list(p.observed_joints))
         msg.header.stamp = n.get_clock().now().to_msg()
         if age_s:
             t = ros.now_s() - age_s
@@ -65,8 +66,8 @@ def test_human_corrections_are_stored_counted_and_trigger_adaptation(ros, tmp_pa
         image[k % S, :, 0] = 255  # a row that tells the frames apart
         msg.image.height = msg.image.width = S
         msg.image.encoding, msg.image.step, msg.image.data = "rgb8", S * 3, image.tobytes()
-        msg.joint_positions = (home + 0.01 * k).tolist()
-        msg.joint_velocities = [0.0] * p.action_dim
+        msg.joint_positions = [*(home + 0.01 * k).tolist(), float(k >= 5)]
+        msg.joint_velocities = [0.0] * len(p.observed_joints)
         return msg
 
     def step(action: np.ndarray, source: int) -> ActionStep:
@@ -109,7 +110,7 @@ def test_human_corrections_are_stored_counted_and_trigger_adaptation(ros, tmp_pa
     for msg, (k, proposal, human) in zip(corrections, sent, strict=True):
         np.testing.assert_allclose(msg.human_action, human)
         np.testing.assert_allclose(msg.proposed_action, proposal)
-        np.testing.assert_allclose(msg.observation.joint_positions, home + 0.01 * k)
+        np.testing.assert_allclose(msg.observation.joint_positions, [*(home + 0.01 * k), float(k >= 5)])
 
     # On disk, read while the recorder still runs (as the adaptation worker would).
     with CorrectionStore(store_path, replay_capacity=0) as store:
@@ -119,9 +120,10 @@ def test_human_corrections_are_stored_counted_and_trigger_adaptation(ros, tmp_pa
     for record, (k, proposal, human) in zip(records, sent, strict=True):
         np.testing.assert_allclose(record.human_action, human)
         np.testing.assert_allclose(record.proposed_action, proposal)
-        np.testing.assert_allclose(record.joint_positions, home + 0.01 * k)
+        # Stored as the observation came (every observed joint, named); adaptation picks them by name.
+        np.testing.assert_allclose(record.joint_positions, [*(home + 0.01 * k), float(k >= 5)])
         assert record.image[k % S, 0, 0] == 255 and record.image[(k + 1) % S, 0, 0] == k
-        assert record.embodiment == "franka" and record.joint_names == p.joint_names
+        assert record.embodiment == "franka" and record.joint_names == (*p.joint_names, "suction_cup")
     assert len({r.episode_index for r in records}) == 1, "one override, one episode"
     assert arrays["images"].shape == (10, S, S, 3) and arrays["has_proposal"].all()
 

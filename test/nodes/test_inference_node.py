@@ -1,12 +1,18 @@
 """inference_node over real DDS: newest observation only, chunks stamped with the observation time."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+import yaml
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
 
 from hybridvla_msgs.msg import ActionChunk, Observation
 from hybridvla_ros.core.kinematic_sim import KinematicSim
@@ -18,10 +24,14 @@ pytestmark = pytest.mark.ros
 FRANKA = os.path.join(default_config_dir(), "franka.yaml")
 
 
-def _observation(ros, p: InferenceParams, sim: KinematicSim, stamp_s: float) -> Observation:
+def _observation(ros, p: InferenceParams, sim: KinematicSim, stamp_s: float, with_state: bool = True) -> Observation:
+    """The sync node's Observation: the arm joints, then (unless ``with_state`` is False) the
+    parameter file's observed-only joints (franka's suction_cup) from the simulator."""
     rgb = sim.render()
-    msg = Observation(embodiment="franka", instruction=p.instruction, joint_names=list(p.joint_names),
-                      joint_positions=sim.positions.tolist(), joint_velocities=[0.0] * 7)
+    state = sim.state_joint_positions if with_state else {}
+    msg = Observation(embodiment="franka", instruction=p.instruction, joint_names=[*p.joint_names, *state],
+                      joint_positions=[*sim.positions.tolist(), *state.values()],
+                      joint_velocities=[0.0] * (7 + len(state)))
     msg.header.stamp.sec = int(stamp_s)
     msg.header.stamp.nanosec = int((stamp_s % 1) * 1e9)
     msg.image.height, msg.image.width, msg.image.encoding = rgb.shape[0], rgb.shape[1], "rgb8"
@@ -77,7 +87,7 @@ def test_chunks_answer_the_newest_observation(ros, tiny_checkpoint, runtime, hea
     n = len(chunks)
     pub.publish(_observation(ros, p, sim, ros.now_s() - 5.0))
     bad = _observation(ros, p, sim, ros.now_s())
-    bad.joint_positions = [float("nan")] * 7
+    bad.joint_positions = [float("nan")] * len(bad.joint_names)
     pub.publish(bad)
     ros.spin_for(3 * period)
     assert len(chunks) == n
@@ -90,3 +100,148 @@ def test_missing_checkpoint_is_a_clear_error(ros, tmp_path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "inference.checkpoint_path" in proc.stderr and "nope" in proc.stderr
+
+
+# --- observed-only joints (state_joints): franka's suction cup
+
+LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def _franka_yaml_without_state_joints(dest) -> str:
+    """A copy of config/ whose franka.yaml lists no state_joints (an older robot setup)."""
+    shutil.copytree(default_config_dir(), dest)
+    path = os.path.join(dest, "franka.yaml")
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    del doc["/**"]["ros__parameters"]["state_joints"]
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(doc, f)
+    return path
+
+
+@pytest.fixture(scope="module")
+def franka_checkpoints(tmp_path_factory) -> dict:
+    """Tiny franka policies (seconds to train): ``state`` observes suction_cup (config/franka.yaml),
+    ``old`` was trained before state joints existed (no state_joints in its parameter file)."""
+    import torch
+
+    from hybridvla_ros.model.train import main as train_main
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("state_joints")
+    old_yaml = _franka_yaml_without_state_joints(root / "config_old")
+    out = {"old_yaml": old_yaml}
+    for key, config_dir in (("state", default_config_dir()), ("old", os.path.dirname(old_yaml))):
+        out[key] = str(root / key)
+        assert train_main(["--embodiments", "franka", "--episodes", "2", "--steps-per-episode", "12",
+                           "--train-steps", "12", "--batch-size", "8", "--image-size", "32",
+                           "--instruction-encoder", "hash-3gram", "--physics", "kinematic", "--heads", "config",
+                           "--config-dir", str(config_dir), "--out", out[key], "--threads", "1", "--quiet"]) == 0
+    with open(os.path.join(out["state"], "config.json"), encoding="utf-8") as f:
+        assert json.load(f)["embodiments"][0]["state_joints"] == ["suction_cup"]
+    with open(os.path.join(out["old"], "config.json"), encoding="utf-8") as f:
+        assert not json.load(f)["embodiments"][0].get("state_joints")
+    return out
+
+
+def _serve(ros, p: InferenceParams, chunks: list, seconds: float, **obs_kwargs) -> int:
+    """Observations at ~30 Hz for ``seconds``; returns how many chunks came back meanwhile."""
+    if not hasattr(ros, "observation_pub"):  # one per test: a new publisher would need discovery again
+        ros.observation_pub = ros.node.create_publisher(Observation, "observation", 10)
+    pub = ros.observation_pub
+    sim = KinematicSim(p, seed=3)
+    sim.reset(seed=3)
+    n = len(chunks)
+    end = ros.now_s() + seconds
+    while ros.now_s() < end:
+        msg = _observation(ros, p, sim, ros.now_s(), **obs_kwargs)
+        if obs_kwargs.get("with_state", True):  # the driver's order is not ours, and it has extra joints
+            order = [7, 3, 0, 6, 1, 5, 2, 4]
+            msg.joint_names = ["panda_finger_joint1", *(msg.joint_names[i] for i in order)]
+            msg.joint_positions = [0.04, *(msg.joint_positions[i] for i in order)]
+            msg.joint_velocities = [0.0] * 9
+        pub.publish(msg)
+        ros.spin_for(1 / 30)
+    return len(chunks) - n
+
+
+
+def test_observation_without_a_state_joint_the_checkpoint_needs_is_rejected(ros, franka_checkpoints) -> None:
+    ckpt = franka_checkpoints["state"]
+    overrides = {"checkpoint_path": ckpt}
+    p = from_params(InferenceParams, {**load_node_params(FRANKA, "inference"), **overrides})
+    ros.start([NodeSpec("inference_node", "inference", FRANKA, overrides)])
+    chunks: list[ActionChunk] = []
+    ros.node.create_subscription(ActionChunk, "action_chunk", chunks.append, 50)
+    # Served once the suction cup is there, picked by name from the driver's order.
+    assert ros.spin_until(lambda: _serve(ros, p, chunks, 0.3) > 0 or len(chunks) > 0, 60.0), ros.logs()
+    c = chunks[-1]
+    assert (c.action_dim, c.chunk_length) == (7, p.chunk_size)
+    assert np.all(np.isfinite(c.actions))
+    # Without it: rejected, no chunk (the action buffer holds), the node lives on.
+    ros.spin_for(0.3)
+    chunks.clear()
+    assert _serve(ros, p, chunks, 1.0, with_state=False) == 0
+    ros.spin_for(0.3)
+    assert not chunks and not ros.runners[0].dead()
+    assert ros.spin_until(lambda: "observation rejected" in ros.logs(), 5.0), ros.logs()
+    assert "suction_cup" in ros.logs().split("observation rejected", 1)[1].splitlines()[0]
+    # And served again when it comes back.
+    assert _serve(ros, p, chunks, 1.0) > 0
+
+
+def test_checkpoint_state_joints_the_parameter_file_lacks_are_a_clear_error(ros, franka_checkpoints) -> None:
+    spec = NodeSpec("inference_node", "inference", franka_checkpoints["old_yaml"],
+                    {"checkpoint_path": franka_checkpoints["state"]})
+    proc = subprocess.run([sys.executable, "-m", spec.module, *spec.ros_arguments()], env=ros.env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "inference.state_joints" in proc.stderr and "suction_cup" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_older_checkpoint_is_served_and_swapped_for_one_with_state_joints(ros, franka_checkpoints) -> None:
+    """Parameters list suction_cup, the checkpoint does not read it: served (one info line). An update
+    to a checkpoint that reads it swaps in, and from then on the suction cup is needed."""
+    overrides = {"checkpoint_path": franka_checkpoints["old"]}
+    p = from_params(InferenceParams, {**load_node_params(FRANKA, "inference"), **overrides})
+    ros.start([NodeSpec("inference_node", "inference", FRANKA, overrides)])
+    chunks: list[ActionChunk] = []
+    active: list[dict] = []
+    ros.node.create_subscription(ActionChunk, "action_chunk", chunks.append, 50)
+    ros.node.create_subscription(String, "inference/active_model", lambda m: active.append(json.loads(m.data)),
+                                 LATCHED)
+    update = ros.node.create_publisher(String, "inference/model_update", 10)
+    assert ros.spin_until(lambda: _serve(ros, p, chunks, 0.3, with_state=False) > 0 or len(chunks) > 0,
+                          60.0), ros.logs()
+    assert "not observed by this policy" in ros.logs() and "suction_cup" in ros.logs()
+    assert active and active[-1]["checkpoint_path"] == os.path.abspath(franka_checkpoints["old"])
+
+    update.publish(String(data=franka_checkpoints["state"]))
+    assert ros.spin_until(lambda: active[-1]["checkpoint_path"] == os.path.abspath(franka_checkpoints["state"]),
+                          30.0), ros.logs()
+    new_version = active[-1]["model_version"]
+    ros.spin_for(0.3)
+    chunks.clear()
+    assert _serve(ros, p, chunks, 1.0, with_state=False) == 0, "the new policy needs the suction cup"
+    assert _serve(ros, p, chunks, 1.0) > 0
+    assert chunks[-1].model_version == new_version
+    assert not ros.runners[0].dead()
+
+
+def test_update_to_a_checkpoint_with_unlisted_state_joints_is_refused(ros, franka_checkpoints) -> None:
+    overrides = {"checkpoint_path": franka_checkpoints["old"]}
+    p = from_params(InferenceParams, {**load_node_params(franka_checkpoints["old_yaml"], "inference"), **overrides})
+    ros.start([NodeSpec("inference_node", "inference", franka_checkpoints["old_yaml"], overrides)])
+    chunks: list[ActionChunk] = []
+    ros.node.create_subscription(ActionChunk, "action_chunk", chunks.append, 50)
+    update = ros.node.create_publisher(String, "inference/model_update", 10)
+    assert ros.spin_until(lambda: _serve(ros, p, chunks, 0.3, with_state=False) > 0 or len(chunks) > 0,
+                          60.0), ros.logs()
+    old_version = chunks[-1].model_version
+    assert ros.spin_until(lambda: (update.publish(String(data=franka_checkpoints["state"])), ros.spin_for(0.2))[1]
+                          is None and "ignored, still serving" in ros.logs(), 20.0), ros.logs()
+    assert "suction_cup" in ros.logs().split("ignored, still serving", 1)[1]
+    chunks.clear()
+    assert _serve(ros, p, chunks, 1.0, with_state=False) > 0
+    assert {c.model_version for c in chunks} == {old_version}

@@ -39,13 +39,22 @@ def test_sim_robot_publishes_and_follows_commands(ros, embodiment) -> None:
     ros.spin_for(1.0)
     # ~100 Hz joint states and ~30 Hz images, joints named as the driver names them.
     assert 80 <= len(states) <= 115 and 24 <= len(images) <= 36
-    assert list(states[-1][1].name) == list(p.joint_names)
+    # The commanded joints, then the observed-only ones (franka's MuJoCo suction cup: 0.0, not holding).
+    js = states[-1][1]
+    assert list(js.name) == [*p.joint_names, *p.state_joints]
+    assert len(js.position) == len(js.velocity) == len(js.name)
+    if embodiment == "franka":
+        assert p.physics == "mujoco" and list(p.state_joints) == ["suction_cup"]
+        assert list(js.position)[-1] == 0.0 and list(js.velocity)[-1] == 0.0
+    else:
+        assert not p.state_joints
     img = images[-1][1]
     assert (img.width, img.height, img.encoding) == (p.image_width, p.image_height, "rgb8")
     if p.wrench_topic:
         assert wrenches
 
-    start = np.asarray(states[-1][1].position)
+    dim = len(p.joint_names)
+    start = np.asarray(states[-1][1].position)[:dim]
     kind = p.command_type
     if kind == "geometry_msgs/Twist":
         pub = n.create_publisher(Twist, p.command_topic, 10)
@@ -67,7 +76,7 @@ def test_sim_robot_publishes_and_follows_commands(ros, embodiment) -> None:
         for _ in range(40):
             pub.publish(msg)
             ros.spin_for(0.025)
-    moved = np.asarray(states[-1][1].position) - start
+    moved = np.asarray(states[-1][1].position)[:dim] - start
     assert moved[0] > 0.02, f"{embodiment} did not move: {moved}"
     assert np.all(np.abs(moved[1:]) < 0.02)
 
@@ -119,3 +128,23 @@ def test_reset_starts_a_new_repeatable_episode_and_scene_is_checked(ros) -> None
     assert res.results[0].successful
     assert "seed 42" in call(reset, Trigger.Request()).message
     assert "seed 43" in call(reset, Trigger.Request()).message
+
+
+def test_state_joints_the_simulator_does_not_report_are_a_clear_error(ros, tmp_path) -> None:
+    """aloha's MuJoCo scene has no suction cup: naming one in state_joints stops the node at start."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    with open(os.path.join(default_config_dir(), "aloha.yaml"), encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    doc["/**"]["ros__parameters"]["state_joints"] = ["suction_cup"]
+    path = tmp_path / "aloha_suction.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    spec = NodeSpec("sim_robot_node", "sim_robot", str(path))
+    proc = subprocess.run([sys.executable, "-m", spec.module, *spec.ros_arguments()], env=ros.env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "sim_robot.state_joints" in proc.stderr and "suction_cup" in proc.stderr
+    assert "Traceback" not in proc.stderr

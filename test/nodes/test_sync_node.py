@@ -18,8 +18,9 @@ FRANKA = os.path.join(default_config_dir(), "franka.yaml")
 _PUBLISHERS: dict = {}
 
 
-def _stream(ros, p: SyncParams, seconds: float, image_msg) -> int:
-    """100 Hz joint states (driver order shuffled, an extra joint) and 30 Hz frames; q_i(t) = i + t."""
+def _stream(ros, p: SyncParams, seconds: float, image_msg, with_state: bool = True) -> int:
+    """100 Hz joint states (driver order shuffled, an extra joint) and 30 Hz frames; q_i(t) = i + t,
+    and the state joints (franka's suction_cup) at 1.0 unless ``with_state`` is False."""
     n = ros.node
     # Publishers are made once per test: a new one would need DDS discovery again.
     key = (id(n), p.joint_states_topic, p.camera_topic, p.image_transport)
@@ -30,7 +31,8 @@ def _stream(ros, p: SyncParams, seconds: float, image_msg) -> int:
             n.create_publisher(type(image_msg(0.0)), p.camera_topic + (
                 "/compressed" if p.image_transport == "compressed" else ""), 10))
     js_pub, img_pub = _PUBLISHERS[key]
-    names = ["panda_finger_joint1", *reversed(p.joint_names)]
+    state = list(p.state_joints) if with_state else []
+    names = ["panda_finger_joint1", *state, *reversed(p.joint_names)]
     t0 = ros.now_s()
     next_frame = t0
     frames = 0
@@ -39,7 +41,7 @@ def _stream(ros, p: SyncParams, seconds: float, image_msg) -> int:
         js = JointState(name=names)
         js.header.stamp = n.get_clock().now().to_msg()
         rel = t - t0
-        js.position = [0.04] + [float(i + rel) for i in reversed(range(len(p.joint_names)))]
+        js.position = [0.04] + [1.0] * len(state) + [float(i + rel) for i in reversed(range(len(p.joint_names)))]
         js_pub.publish(js)
         if t >= next_frame:
             # Frames are stamped at capture, 15 ms in the past, as a camera driver would.
@@ -75,7 +77,10 @@ def test_observations_interpolate_joint_state_at_frame_stamp(ros) -> None:
     assert 0.7 * sent <= len(obs) <= sent, (sent, ros.logs())
     for o in obs:
         q = np.asarray(o.joint_positions)
-        assert list(o.joint_names) == list(p.joint_names)
+        # Every observed joint: the arm in action order, then the suction cup, whatever the driver's order.
+        assert list(o.joint_names) == [*p.joint_names, "suction_cup"] == list(p.observed_joints)
+        assert len(o.joint_velocities) == 8 and q[7] == 1.0
+        q = q[:7]
         # q_i = i + t: every joint has the same offset from its index, whatever the driver's order.
         offsets = q - np.arange(7)
         assert np.allclose(offsets, offsets[0], atol=1e-9)
@@ -110,3 +115,21 @@ def test_compressed_images_and_garbage_frames(ros) -> None:
     good = (sent + 1) // 2
     assert 0.6 * good <= len(obs) <= good + 1, (sent, len(obs), ros.logs())
     assert all(not r.dead() for r in ros.runners), "garbage frames must not kill the node"
+
+
+def test_joint_states_without_a_state_joint_are_rejected_naming_it(ros) -> None:
+    """franka observes suction_cup: joint_states lacking it give no observation, like a missing arm joint."""
+    p = from_params(SyncParams, load_node_params(FRANKA, "sync"))
+    ros.start([NodeSpec("sync_node", "sync", FRANKA)])
+    obs: list[Observation] = []
+    ros.node.create_subscription(Observation, "observation", obs.append, 50)
+    sent = _stream(ros, p, 1.5, _raw_bgr(ros), with_state=False)
+    ros.spin_for(0.2)
+    assert sent > 20 and not obs
+    assert ros.spin_until(lambda: "suction_cup" in ros.logs(), 5.0), ros.logs()
+    log = ros.logs()
+    assert "joint_states rejected: missing_joints" in log and "['suction_cup']" in log
+    # The same stream with the suction cup is served (the node lived on).
+    _stream(ros, p, 1.0, _raw_bgr(ros))
+    ros.spin_for(0.2)
+    assert obs and not ros.runners[0].dead()

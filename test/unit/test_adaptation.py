@@ -12,6 +12,7 @@ import torch
 from hybridvla_ros.core.correction_store import CorrectionRecord, CorrectionStore
 from hybridvla_ros.core.image import resize_for_policy
 from hybridvla_ros.core.kinematic_sim import KinematicSim
+from hybridvla_ros.core.sims import state_vector
 from hybridvla_ros.launch_description import default_config_dir
 from hybridvla_ros.model.adaptation import (LOG_FIELDS, LOG_FILE, CorrectionSet, adapt, correction_chunks,
                                             load_corrections, sim_corrections, version_dirs)
@@ -92,6 +93,32 @@ def test_store_sessions_are_separate_episodes_and_other_robots_skipped(tmp_path)
         load_corrections(str(tmp_path / "missing.sqlite"), p, 48)
 
 
+def test_stored_joints_are_picked_by_name_with_the_policys_state_joints(tmp_path) -> None:
+    """The recorder stores the observation's joints as they came (driver order, the suction cup
+    included); adaptation picks the arm joints and the state joints by name, and skips a
+    record that lacks one the policy needs."""
+    p = franka_params()
+    names = list(p.joint_names)
+    path = str(tmp_path / "c.sqlite")
+    with CorrectionStore(path, replay_capacity=100) as store:
+        for i in range(3):
+            stored = dict(zip(names, 0.1 * np.arange(7) + i), suction_cup=float(i % 2))
+            order = ["suction_cup"] + names[::-1]  # not action order
+            store.add(CorrectionRecord(
+                stamp_s=100.0 + 0.1 * i, embodiment="franka", instruction="", image=np.zeros((8, 8, 3), np.uint8),
+                joint_positions=np.array([stored[n] for n in order]), joint_names=tuple(order),
+                human_action=np.full(7, float(i))))
+        store.add(CorrectionRecord(  # no suction cup: unusable for a policy that observes it
+            stamp_s=101.0, embodiment="franka", instruction="", image=np.zeros((8, 8, 3), np.uint8),
+            joint_positions=np.zeros(7), joint_names=tuple(names), human_action=np.zeros(7)))
+    data, info = load_corrections(path, p, 16, state_joints=("suction_cup",))
+    assert info["skipped"] == 1 and len(data) == 3
+    np.testing.assert_allclose(data.proprio[2], 0.1 * np.arange(7) + 2)
+    np.testing.assert_allclose(data.state[:, 0], [0.0, 1.0, 0.0])
+    data, info = load_corrections(path, p, 16)  # a policy without state joints uses all four
+    assert info["skipped"] == 0 and data.state.shape == (4, 0)
+
+
 def test_consistent_corrections_are_learned_saved_and_logged(small_checkpoint, tmp_path) -> None:
     torch.set_num_threads(1)
     p = franka_params(adapt_root=str(tmp_path / "adapt"))
@@ -122,7 +149,8 @@ def test_consistent_corrections_are_learned_saved_and_logged(small_checkpoint, t
     assert new.model_version == log["model_version"]
     sim = KinematicSim(p, seed=999)
     image, q = sim.render(), sim.positions
-    a, b = base.predict(image, q, p.instruction).actions, new.predict(image, q, p.instruction).actions
+    x = state_vector(sim, p.state_joints)  # franka observes its suction cup (never on in the kinematic sim)
+    a, b = base.predict(image, q, p.instruction, state=x).actions, new.predict(image, q, p.instruction, state=x).actions
     assert np.abs(a - b).max() > 1e-4
 
     # The next adaptation builds on the new version and gets the next number.

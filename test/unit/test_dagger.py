@@ -15,13 +15,14 @@ from hybridvla_ros.model.train import load_embodiment, split_episodes
 def test_states_a_still_policy_visits_are_labelled_with_the_way_to_the_goal() -> None:
     params = load_embodiment("config", "franka", physics="kinematic")
     ab, limits = control_path(params_file_for("franka"))
-    hold = lambda _img, q: (np.repeat(q[None], params.chunk_size, 0), 0.5)  # noqa: E731
+    hold = lambda _img, q, _state: (np.repeat(q[None], params.chunk_size, 0), 0.5)  # noqa: E731
     states = record_policy_states(hold, params, ab, limits, episodes=2, max_s=0.4, image_size=32, seed=1,
                                   record_every=2)
     demos = validate_demonstrations(states.demos)
     n = len(demos["proprio"])
     assert n == 2 * 10  # 0.4 s at 50 Hz = 20 control steps, every 2nd recorded, 2 episodes
     assert demos["images"].shape == (n, 32, 32, 3) and demos["actions"].shape == (n, params.chunk_size, 7)
+    assert demos["state"].shape == (n, 1)  # franka observes its suction cup (state_joints)
     assert sorted(set(demos["episode"].tolist())) == [0, 1] and states.success_rate == 0.0
     # the policy held still, yet every label moves: the expert's way from where the robot stands
     moves = np.abs(demos["actions"][:, -1] - demos["proprio"]).max(1)
@@ -44,7 +45,7 @@ def test_the_expert_as_policy_succeeds_and_its_episodes_stop_at_success(monkeypa
         return made["sim"]
 
     monkeypatch.setattr(dagger, "make_sim", make_and_keep)
-    expert = lambda img, q: expert_predictor(made["sim"], params.chunk_size)(img, q)  # noqa: E731
+    expert = lambda img, q, x: expert_predictor(made["sim"], params.chunk_size)(img, q, x)  # noqa: E731
     states = record_policy_states(expert, params, ab, limits, episodes=2, max_s=8.0, image_size=16)
     assert states.success_rate == 1.0
     assert all(r.duration_s < 8.0 for r in states.results)
@@ -72,4 +73,4 @@ def test_bad_counts_are_refused() -> None:
     params = load_embodiment("config", "franka", physics="kinematic")
     ab, limits = control_path(params_file_for("franka"))
     with pytest.raises(ValueError, match="episodes"):
-        record_policy_states(lambda i, q: (q[None], 1.0), params, ab, limits, episodes=0, max_s=1.0, image_size=16)
+        record_policy_states(lambda i, q, x: (q[None], 1.0), params, ab, limits, episodes=0, max_s=1.0, image_size=16)

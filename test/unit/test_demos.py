@@ -45,7 +45,9 @@ def demos() -> dict[str, dict]:
 def test_shapes_dtypes_and_metadata(demos: dict[str, dict], name: str) -> None:
     p, d = PARAMS[name], demos[name]
     n = EPISODES * STEPS
-    assert set(d) == set(DEMO_KEYS)
+    assert set(d) == set(DEMO_KEYS) | {"state"}
+    assert d["state"].shape == (n, len(p.state_joints)) and d["state"].dtype == np.float32
+    assert not d["state"].any()  # the kinematic tasks hold nothing: a suction cup named there stays off
     assert d["images"].shape == (n, 64, 64, 3) and d["images"].dtype == np.uint8
     assert d["proprio"].shape == (n, p.action_dim) and d["proprio"].dtype == np.float32
     assert d["actions"].shape == (n, p.chunk_size, p.action_dim) and d["actions"].dtype == np.float32
@@ -191,6 +193,23 @@ def test_physics_demonstrations_come_from_the_mujoco_scene() -> None:
     tcp = np.stack([panda_chain().forward(q.astype(np.float64)).tool_m for q in demos["proprio"]])  # (N, 3)
     assert tcp[:, 2].min() < 0.08                             # down at the cube (and at the target)
     assert tcp[:, 1].min() < -0.08 and tcp[:, 1].max() > 0.08  # cube at y < 0, target at y > 0
+    # The suction cup's vacuum (state_joints: [suction_cup]) is off, on while carrying, off again:
+    # the one input that tells "going down to the cube" from "lifting it" at the same joints.
+    held = demos["state"][:, 0]
+    assert set(np.unique(held)) == {0.0, 1.0} and held[0] == 0.0 and held[-1] == 0.0
+    on = np.flatnonzero(held)
+    assert np.all(np.diff(on) == 1) and tcp[on, 1].mean() > tcp[on[0], 1] + 0.1  # one carry toward y > 0
+
+
+def test_a_recording_without_state_loads_with_none(demos: dict[str, dict], tmp_path) -> None:
+    """Files written before state joints existed load with E = 0."""
+    d = {k: v for k, v in demos["hello"].items() if k != "state"}
+    path = str(tmp_path / "old.npz")
+    np.savez_compressed(path, **{k: np.asarray(v) for k, v in d.items()})
+    assert load_demonstrations(path)["state"].shape == (len(d["proprio"]), 0)
+    bad = dict(demos["franka"], state=np.full((len(d["proprio"]), 1), np.nan, np.float32))
+    with pytest.raises(ValueError, match="state"):
+        save_demonstrations(bad, str(tmp_path / "nan_state.npz"))
 
 
 def test_drift_moves_the_executed_path_not_the_labels() -> None:

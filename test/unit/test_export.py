@@ -26,10 +26,11 @@ def single_head_checkpoint(tmp_path_factory: pytest.TempPathFactory, train_frank
                               "--instruction-encoder", "hash-3gram")
 
 
-def _observation(runner: PolicyRunner, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _observation(runner: PolicyRunner, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, joint positions, state joints): franka observes its suction cup (0 or 1)."""
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)  # not policy size: variants resize
-    return image, rng.normal(scale=0.1, size=runner.action_dim)
+    return image, rng.normal(scale=0.1, size=runner.action_dim), rng.integers(0, 2, len(runner.state_joints))
 
 
 @pytest.mark.parametrize("heads, embodiment, mode", [
@@ -40,13 +41,14 @@ def test_variants_agree_with_fp32_eager(checkpoint: str, single_head_checkpoint:
                                         mode: str) -> None:
     path = checkpoint if heads == "c2f" else single_head_checkpoint
     runner = PolicyRunner.load(path, embodiment, num_threads=1, seed=7, mode=mode)
-    image, q = _observation(runner)
-    reference = runner.predict(image, q, runner.default_instruction, num_samples=5)
+    image, q, x = _observation(runner)
+    assert len(runner.state_joints) == (1 if embodiment == "franka" else 0)
+    reference = runner.predict(image, q, runner.default_instruction, num_samples=5, state=x)
     tolerances = {"fp32": 1e-6, "onnx": ONNX_ATOL, "int8": INT8_ATOL, "int8-ort": INT8_ATOL, "bf16": BF16_ATOL}
     for kind in VARIANT_KINDS:
         variant = make_variant(runner, kind, seed=7)  # same seed: same flow noise as the runner, its mode
         assert variant.head_type == mode
-        actions, confidence = variant.predict(image, q, runner.default_instruction, 5)
+        actions, confidence = variant.predict(image, q, runner.default_instruction, 5, state=x)
         assert actions.shape == (runner.chunk_size, runner.action_dim), kind
         assert actions.dtype == np.float64
         assert 0.0 <= confidence <= 1.0
@@ -57,7 +59,7 @@ def test_variants_agree_with_fp32_eager(checkpoint: str, single_head_checkpoint:
 @pytest.mark.parametrize("mode", ["flow", "coarse_to_fine"])
 def test_onnx_flow_takes_any_sample_count(checkpoint: str, mode: str) -> None:
     runner = PolicyRunner.load(checkpoint, "aloha", num_threads=1, mode=mode)
-    image, q = _observation(runner, 1)
+    image, q, _ = _observation(runner, 1)
     variant = make_variant(runner, "onnx")
     one, confidence_one = variant.predict(image, q, runner.default_instruction, 1)
     many, _ = variant.predict(image, q, runner.default_instruction, 8)
@@ -77,9 +79,13 @@ def test_bad_requests_name_what_is_wrong(checkpoint: str) -> None:
     with pytest.raises(ValueError, match="runner_or_policy"):
         make_variant(object(), "fp32", "franka")
     variant = make_variant(runner, "int8")
-    image, _ = _observation(runner)
+    image, _, x = _observation(runner)
     with pytest.raises(ValueError, match=r"joint_positions: expected 7"):
-        variant.predict(image, np.zeros(3), "x", 1)
+        variant.predict(image, np.zeros(3), "x", 1, state=x)
+    with pytest.raises(ValueError, match=r"state: expected 1"):
+        variant.predict(image, np.zeros(7), "x", 1)  # the suction cup's state is missing
+    with pytest.raises(ValueError, match=r"suction_cup"):
+        runner.predict(image, np.zeros(7), "x")
 
 
 def test_bench_model_writes_json_and_plot(checkpoint: str, tmp_path, run_bench_model) -> None:  # type: ignore[no-untyped-def]
@@ -101,12 +107,16 @@ def test_the_node_can_serve_an_exported_runtime_with_the_runners_contract(checkp
     served = load_runner(checkpoint, "franka", runtime, mode="coarse_to_fine")
     assert isinstance(served, ExportedRunner)
     assert (served.action_dim, served.chunk_size, served.head_type) == (7, torch_runner.chunk_size, "coarse_to_fine")
-    image, q = _observation(torch_runner)
-    a = torch_runner.predict(image, q, "put the cube on the red target", num_samples=5)
-    b = served.predict(image, q, "put the cube on the red target", num_samples=5)
-    assert b.actions.shape == a.actions.shape and b.latency_s > 0 and 0.0 <= b.confidence <= 1.0
-    np.testing.assert_allclose(b.actions, a.actions, atol=5e-3)
+    assert served.state_joints == torch_runner.state_joints == ("suction_cup",)
+    image, q, _ = _observation(torch_runner)
+    for held in (0.0, 1.0):  # the exported graph reads the suction cup's state as the torch runner does
+        a = torch_runner.predict(image, q, "put the cube on the red target", num_samples=5, state=[held])
+        b = served.predict(image, q, "put the cube on the red target", num_samples=5, state=[held])
+        assert b.actions.shape == a.actions.shape and b.latency_s > 0 and 0.0 <= b.confidence <= 1.0
+        np.testing.assert_allclose(b.actions, a.actions, atol=5e-3)
     with pytest.raises(ValueError, match="joint_positions"):
-        served.predict(image, np.full(7, np.nan), "x")
+        served.predict(image, np.full(7, np.nan), "x", state=[0.0])
+    with pytest.raises(ValueError, match="state"):
+        served.predict(image, q, "x", state=[np.nan])
     with pytest.raises(ValueError, match="runtime"):
         load_runner(checkpoint, "franka", "tensorrt")

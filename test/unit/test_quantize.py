@@ -34,9 +34,10 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, train_franka_aloha) -> 
                               "--instruction-encoder", "hash-3gram")
 
 
-def _observation(action_dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _observation(action_dim: int, state_dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), rng.normal(scale=0.1, size=action_dim)
+    return (rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), rng.normal(scale=0.1, size=action_dim),
+            rng.integers(0, 2, state_dim))
 
 
 @pytest.mark.parametrize("embodiment, mode", [("franka", "token"), ("franka", "coarse_to_fine"),
@@ -48,11 +49,11 @@ def test_int8_kinds_agree_with_fp32_eager(checkpoint: str, embodiment: str, mode
         variant = make_variant(runner, kind, seed=3)
         assert variant.kind == kind and variant.head_type == mode
         for i in range(3):
-            image, q = _observation(runner.action_dim, i)
+            image, q, x = _observation(runner.action_dim, len(runner.state_joints), i)
             fp32.reseed(i)
             variant.reseed(i)  # the same flow noise: differences are quantization only
-            expected, expected_confidence = fp32.predict(image, q, runner.default_instruction, 5)
-            actions, confidence = variant.predict(image, q, runner.default_instruction, 5)
+            expected, expected_confidence = fp32.predict(image, q, runner.default_instruction, 5, state=x)
+            actions, confidence = variant.predict(image, q, runner.default_instruction, 5, state=x)
             assert actions.shape == (runner.chunk_size, runner.action_dim) and actions.dtype == np.float64
             error = np.abs(actions - expected)
             assert error.mean() < INT8_MEAN_ATOL and error.max() < INT8_MAX_ATOL, (kind, error.mean(), error.max())

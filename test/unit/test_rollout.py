@@ -40,12 +40,12 @@ def test_expert_chunk_leaves_the_simulator_alone() -> None:
 
 def test_a_policy_that_holds_still_fails_and_one_that_says_nan_is_held_safely() -> None:
     sim, ab, sf = setup("franka")
-    still = rollout(sim, lambda _img, q: (np.repeat(q[None], ab.chunk_size, 0), 0.9), ab.buffer_config(),
+    still = rollout(sim, lambda _img, q, _state: (np.repeat(q[None], ab.chunk_size, 0), 0.9), ab.buffer_config(),
                     sf.safety_limits(), 2.0, 0.02)
     assert not still.success and math.isnan(still.time_to_success_s) and still.final_error_m > 0.02
     sim, ab, sf = setup("franka")
     start = sim.positions
-    nan = rollout(sim, lambda _img, q: (np.full((ab.chunk_size, 7), np.nan), 0.0), ab.buffer_config(),
+    nan = rollout(sim, lambda _img, q, _state: (np.full((ab.chunk_size, 7), np.nan), 0.0), ab.buffer_config(),
                   sf.safety_limits(), 1.0, 0.02)
     assert not nan.success and nan.chunks == 0  # the buffer rejects every NaN chunk; the robot holds
     assert np.max(np.abs(sim.positions - start)) < 1e-3
