@@ -98,6 +98,9 @@ class SyncConfig:
     history_s: float = 2.0  # proprio / wrench kept, measured back from the newest sample
     wrench_required: bool = False
     max_wrench_age_s: float = 0.1  # max |wrench stamp - frame stamp|
+    # joints (of joint_names) given the nearer sample's value instead of an interpolated one:
+    # a switch such as a suction cup's vacuum (0 / 1) never reads half on
+    held_joints: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         names = self.joint_names
@@ -119,6 +122,11 @@ class SyncConfig:
             object.__setattr__(self, field, _positive_finite(field, getattr(self, field)))
         if not isinstance(self.wrench_required, bool):
             raise ValueError(f"wrench_required must be a bool, got {self.wrench_required!r}")
+        held = tuple(self.held_joints) if not isinstance(self.held_joints, str) else (self.held_joints,)
+        unknown = [n for n in held if n not in names]
+        if unknown:
+            raise ValueError(f"held_joints must be among joint_names, got {unknown!r}")
+        object.__setattr__(self, "held_joints", held)
 
 
 @dataclass(frozen=True)
@@ -238,6 +246,7 @@ class ObservationSynchronizer:
         self._config = config
         self._dim = len(config.joint_names)
         self._joint_index = {name: i for i, name in enumerate(config.joint_names)}
+        self._held = np.array([self._joint_index[n] for n in config.held_joints], dtype=np.intp)  # (H,)
         # tuple(names) -> indices into the message that give config order, or
         # the reject (key, detail) that name list always earns.
         self._name_cache: dict[tuple[str, ...], np.ndarray | tuple[str, str]] = {}
@@ -493,7 +502,9 @@ class ObservationSynchronizer:
                 alpha = (stamp - t0) / (t1 - t0)
                 p0, p1 = self._joint_pos[i - 1], self._joint_pos[i]
                 v0, v1 = self._joint_vel[i - 1], self._joint_vel[i]
-                pos = _readonly(p0 + alpha * (p1 - p0))  # (D,)
+                pos = p0 + alpha * (p1 - p0)  # (D,)
+                pos[self._held] = (p0 if alpha < 0.5 else p1)[self._held]  # switches: the nearer sample
+                pos = _readonly(pos)
                 vel = _readonly(v0 + alpha * (v1 - v0))  # (D,)
                 interpolated = True
 

@@ -29,7 +29,8 @@ class SyncNode(Node):
         self.params = load_schema(self, SyncParams)
         p = self.params
         self.sync = ObservationSynchronizer(SyncConfig(
-            joint_names=p.observed_joints, max_skew_s=p.max_skew_s, max_age_s=p.max_age_s,
+            joint_names=p.observed_joints, held_joints=tuple(p.state_joints), max_skew_s=p.max_skew_s,
+            max_age_s=p.max_age_s,
             wrench_required=p.wrench_required))
         self._pending_image: tuple[float, np.ndarray, str] | None = None
         self.decode_errors = 0

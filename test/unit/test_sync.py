@@ -82,6 +82,19 @@ def test_frame_between_two_samples_is_interpolated_exactly_for_linear_motion() -
     assert obs.force is None and obs.torque is None
 
 
+def test_held_joints_take_the_nearer_sample_not_a_blend() -> None:
+    """A suction cup's vacuum switches 0 -> 1 between two samples: a frame between them reads
+    0 or 1 (the nearer sample), never a half-held 0.5; the arm joints are still interpolated."""
+    sync = make_sync(held_joints=("j3",))
+    sync.add_joint_state(1.00, JOINTS, [0.0, 0.0, 0.0])
+    sync.add_joint_state(1.01, JOINTS, [1.0, 1.0, 1.0])
+    for stamp, switch in ((1.004, 0.0), (1.006, 1.0)):
+        obs, _ = sync.add_frame(stamp, now_s=1.02)
+        np.testing.assert_allclose(obs.positions, [(stamp - 1.0) * 100, (stamp - 1.0) * 100, switch], atol=1e-9)
+    with pytest.raises(ValueError, match="held_joints"):
+        SyncConfig(joint_names=JOINTS, max_skew_s=0.02, max_age_s=0.5, held_joints=("suction_cup",))
+
+
 def test_skew_is_distance_to_the_nearer_bracketing_sample() -> None:
     sync = make_sync()
     sync.add_joint_state(2.00, JOINTS, linear_positions(2.00))
