@@ -137,6 +137,11 @@ _ALIGN_TOL_M = 0.012
 _ALIGN_CONE = 0.5
 _DONE_TOL_M = 0.015  # a released cube this close to the target is left alone
 _FUNNEL_SLOPE = 1.0  # waypoint height above the cube / target per metre of horizontal error
+# Horizontal error (m) the funnel ignores: within it the waypoint goes straight down (still
+# aiming at the centre). Gripping: the 17 mm cup fits on the 22.5 mm half-width top face
+# anywhere within 5 mm of the centre. Placing: the task's 20 mm tolerance.
+_GRIP_DEADBAND_M = 0.005
+_PLACE_DEADBAND_M = 0.01
 _ORIENT_GAIN_PER_S = 4.0
 _MAX_TILT_RAD = 0.6  # hand tilted more than this from pointing down: unwind to home first
 _LIMIT_MARGIN_RAD = 0.05  # a joint this close to a limit: unwind too
@@ -708,7 +713,7 @@ class MujocoFrankaSim:
         if self._held:
             bottom = float(corners_z.min() - TABLE_TOP_Z_M)
             offset = tcp - cube  # the grip's offset, kept while carrying
-            xy_err = float(np.hypot(*(target[:2] - cube[:2])))
+            xy_err = max(0.0, float(np.hypot(*(target[:2] - cube[:2]))) - _PLACE_DEADBAND_M)
             carry = _HOVER_Z_M - TABLE_TOP_Z_M - 2 * CUBE_HALF_SIZE_M  # cube bottom while carrying
             height = 0.5 * CUBE_TOUCH_M + min(carry, _FUNNEL_SLOPE * xy_err)  # cube bottom goal
             aim = target[:2]
@@ -731,7 +736,7 @@ class MujocoFrankaSim:
             return phase, goal, _CART_SPEED_M_S
         top = float(corners_z.max())
         above_top = float(tcp[2] - top)
-        xy_err = float(np.hypot(*(cube[:2] - tcp[:2])))
+        xy_err = max(0.0, float(np.hypot(*(cube[:2] - tcp[:2]))) - _GRIP_DEADBAND_M)
         hover = max(_HOVER_Z_M, top + _SAFE_CLEARANCE_M + 0.01) - top
         if above_top < _FUNNEL_SLOPE * xy_err - 0.005 and above_top < _SAFE_CLEARANCE_M:
             # Low beside the cube (outside the funnel): up first, turning toward it as it rises.

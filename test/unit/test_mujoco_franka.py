@@ -120,6 +120,27 @@ def test_expert_as_a_chunked_policy_passes_buffer_and_safety_filter_smoothly() -
     assert result.safety_modified < 0.5 * result.duration_s / PERIOD_S
 
 
+def test_a_few_millimetres_off_centre_the_expert_still_goes_down_onto_the_cube() -> None:
+    """The cup (17 mm radius) fits on the cube's top face (22.5 mm half width) within 5 mm of
+    its centre, so there the expert goes straight down to touching (still aiming at the
+    centre) instead of hovering until aligned: a learned policy a few mm off then grips
+    rather than stalling above the cube."""
+    sim = MujocoFrankaSim(FRANKA, seed=3)
+    cube = sim.cube_position
+    above = cube + np.array([0.004, 0.0, CUBE_HALF_SIZE_M + 0.012])  # 4 mm off centre, 12 mm above the top
+    for _ in range(300):
+        sim.command_positions(sim.reach_step(above))
+        sim.step(PERIOD_S)
+    tcp = sim.end_effector_positions()[0]
+    assert np.linalg.norm(tcp - above) < 0.002 and not sim.grasped
+    phase, goal, _speed = sim._expert_plan()
+    top = cube[2] + CUBE_HALF_SIZE_M
+    assert phase == "descend" and goal[2] - top < 0.003  # down to touching, not the funnel's 4 mm above it
+    np.testing.assert_allclose(goal[:2], cube[:2], atol=1e-3)
+    ok, _, _ = run_expert(sim, 10.0)
+    assert ok
+
+
 def test_phase_follows_the_state_not_a_counter() -> None:
     a, b = MujocoFrankaSim(FRANKA, seed=2), MujocoFrankaSim(FRANKA, seed=2)
     for _ in range(200):
