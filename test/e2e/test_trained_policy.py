@@ -1,0 +1,51 @@
+"""A policy trained on the expert's demonstrations places cubes on the MuJoCo Franka (issue 5).
+
+``hybridvla train`` as a user runs it for this robot: demonstrations from the scripted
+expert (with the suction cup's state, the one thing the arm's joints cannot show), the
+model trained on them, then DAgger rounds in which the expert labels the states the policy
+itself visits. The result is then run in closed loop on fresh nominal scenes through the
+deployed control path (the real action buffer and safety filter, MuJoCo contact physics;
+``core.rollout``, the graph minus DDS): 20 fresh scenes in DAgger's last collection (which
+measures the final policy and is not trained on) and 30 more on other seeds. It must place
+the cube on the target in at least the stated number of those 50 episodes.
+
+Measured: see the README ("What the learned policy does on the MuJoCo Franka"). Before
+any DAgger round the trained policy placed 0 of 20 in each of three runs, and without the
+suction state 3 DAgger rounds stayed at 0 of 20, so this test fails without either.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hybridvla_ros.model.checkpoint import load_checkpoint
+from hybridvla_ros.model.train import TRAIN_LOG
+from hybridvla_ros.model.train import main as train_main
+from hybridvla_ros.studies.transfer import policy_success
+
+pytestmark = [pytest.mark.e2e]
+
+DAGGER_EPISODES = 20      # per round; the last collection measures the final policy
+EPISODES = 30             # more closed-loop episodes on fresh nominal scenes
+EVAL_SEED = 50_000        # scene seeds no recording or DAgger round used
+# Stated: at least 1 placed cube in the 50 episodes (2 %). Measured on the 2-core machine:
+# 5/20 + 2/30 = 7/50 (14 %); before DAgger, 0/20 in each of three runs.
+STATED_PLACED = 1
+RECIPE = ["--embodiments", "franka", "--dagger-rounds", "2", "--dagger-episodes", str(DAGGER_EPISODES),
+          "--threads", "2", "--quiet"]
+
+
+def test_a_policy_trained_on_the_experts_demonstrations_places_cubes(tmp_path) -> None:
+    out = tmp_path / "franka"
+    assert train_main([*RECIPE, "--out", str(out), "--demos", str(tmp_path / "demos")]) == 0
+    log = json.loads((out / TRAIN_LOG).read_text())
+    curve = [point["franka"]["success_rate"] for point in log["dagger"]]
+    policy, config = load_checkpoint(out)
+    assert config.embodiment("franka").state_joints == ("suction_cup",)
+    torch.set_num_threads(2)
+    result = policy_success(policy, config, "franka", EPISODES, EVAL_SEED, max_s=8.0)
+    placed = round(curve[-1] * DAGGER_EPISODES) + round(result["success_rate"] * EPISODES)
+    print(f"DAgger curve {curve}; {EPISODES} more episodes: {result}; placed {placed} of {DAGGER_EPISODES + EPISODES}")
+    assert placed >= STATED_PLACED, (curve, result)
