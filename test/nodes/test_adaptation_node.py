@@ -43,8 +43,9 @@ def fill_store(path: str, p: AdaptationParams, n: int, seed: int = 100) -> None:
                     store.add(CorrectionRecord(
                         stamp_s=1000.0 + 10 * episode + k * p.control_period_s, embodiment="franka",
                         instruction=p.instruction, image=resize_for_policy(sim.render(), 96),
-                        joint_positions=sim.positions, human_action=human, session_id="test",
-                        episode_index=episode, joint_names=tuple(p.joint_names)))
+                        joint_positions=np.array([*sim.positions, *sim.state_joint_positions.values()]),
+                        human_action=human, session_id="test", episode_index=episode,
+                        joint_names=(*p.joint_names, *sim.state_joint_positions)))  # as the recorder stores them
                 sim.command_positions(human)
                 sim.step(p.control_period_s)
             episode += 1
@@ -52,8 +53,10 @@ def fill_store(path: str, p: AdaptationParams, n: int, seed: int = 100) -> None:
 
 def observation(ros, p: AdaptationParams, sim: KinematicSim) -> Observation:
     rgb = sim.render()
-    msg = Observation(embodiment="franka", instruction=p.instruction, joint_names=list(p.joint_names),
-                      joint_positions=sim.positions.tolist(), joint_velocities=[0.0] * p.action_dim)
+    state = sim.state_joint_positions  # franka's suction cup: the sync node carries it after the arm joints
+    msg = Observation(embodiment="franka", instruction=p.instruction, joint_names=[*p.joint_names, *state],
+                      joint_positions=[*sim.positions.tolist(), *state.values()],
+                      joint_velocities=[0.0] * (p.action_dim + len(state)))
     msg.header.stamp = ros.node.get_clock().now().to_msg()
     msg.image.height, msg.image.width, msg.image.encoding = rgb.shape[0], rgb.shape[1], "rgb8"
     msg.image.step = rgb.shape[1] * 3
