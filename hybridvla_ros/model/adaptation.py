@@ -146,15 +146,20 @@ def _observed_joints(record: Any, action_dim: int, joint_names: Sequence[str], s
     """(q (D,), state (E,)) of a stored correction, picked by name from the joints it recorded
     (``joint_names`` empty: its first ``action_dim`` names); a record without names holds
     exactly the D joints in action order. None when a joint is missing."""
-    values = np.asarray(record.joint_positions, dtype=np.float64)
+    from hybridvla_ros.core.sync import select_joints
+
     names = tuple(record.joint_names)
     if not names:
+        values = np.asarray(record.joint_positions, dtype=np.float64)
         return (values, np.zeros(0)) if values.size == action_dim and not state_joints else None
-    index = {n: i for i, n in enumerate(names)}
     wanted = tuple(joint_names) or names[:action_dim]
-    if len(wanted) != action_dim or any(n not in index for n in wanted + tuple(state_joints)):
+    if len(wanted) != action_dim:
         return None
-    return values[[index[n] for n in wanted]], values[[index[n] for n in state_joints]]
+    try:
+        values = select_joints(names, record.joint_positions, (*wanted, *state_joints))
+    except ValueError:  # a joint missing (or named twice)
+        return None
+    return values[:action_dim], values[action_dim:]
 
 
 def corrections_from_records(records: Iterable[Any], embodiment: str, action_dim: int, chunk_size: int,
