@@ -529,29 +529,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="closed-loop episodes per embodiment and DAgger round (default: 20)")
     p.add_argument("--dagger-train-steps", type=int, default=500,
                    help="optimizer steps after each DAgger round, all embodiments together (default: 500)")
+    p.add_argument("--dagger-keep", default="best", choices=DAGGER_KEEP,
+                   help="the checkpoint DAgger writes: the round's policy with the best closed-loop success in its "
+                        "own collection (default; then the lower median final error, then the later round) or "
+                        "the last round's")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 # seconds per closed-loop DAgger episode: the kinematic experts settle within ~1.2 s, the MuJoCo tasks take ~3.5 s
 DAGGER_EPISODE_S = {"kinematic": 6.0, "mujoco": 8.0}
+DAGGER_KEEP = ("best", "last")
 
 
 def dagger(result: TrainResult, demos: list[dict[str, Any]], specs: Sequence[EmbodimentSpec], params: Sequence[Any],
            config_dir: str | os.PathLike[str], rounds: int, episodes: int, train_steps: int, *, out_dir: str | None,
            batch_size: int, lr: float, weight_decay: float, augment_shift_px: int, seed: int, threads: int,
-           progress: bool, extra_log: Mapping[str, Any]) -> TrainResult:
+           progress: bool, extra_log: Mapping[str, Any], keep: str = "best") -> TrainResult:
     """``rounds`` DAgger rounds on ``result.policy`` (model/dagger.py): each runs ``episodes``
     closed-loop episodes per embodiment through the deployed control path, adds the visited
     states with the expert's labels to that embodiment's data and trains ``train_steps``
-    more steps; a last collection measures the final policy. Returns the last TrainResult
-    (checkpoint written to ``out_dir``) with ``log["dagger"]``: per round and embodiment, the
-    closed-loop success rate and median final task error of the policy that collected."""
+    more steps; a last collection measures the final policy. Returns, with the checkpoint
+    written to ``out_dir``, the policy of the round ``keep`` names: ``"last"``, or ``"best"``
+    (Ross et al. keep the best policy on validation: here the highest closed-loop success
+    over the embodiments in the round's own collection, then the lowest median final error;
+    the later round on a tie). ``log["dagger"]`` has per round and embodiment the closed-loop
+    success rate and median final task error of the policy that collected, and
+    ``log["dagger_kept_round"]`` the round returned."""
+    if keep not in DAGGER_KEEP:
+        raise ValueError(f"keep: one of {DAGGER_KEEP}, got {keep!r}")
     from hybridvla_ros.core.rollout import control_path
     from hybridvla_ros.model.dagger import merge_demonstrations, record_policy_states
     from hybridvla_ros.model.runner import PolicyRunner
 
     curve: list[dict[str, Any]] = []
+    scored: list[tuple[float, float, int, TrainResult]] = []  # (success, -median error, round, result)
     paths = {p.embodiment: control_path(str(Path(config_dir) / f"{p.embodiment}.yaml")) for p in params}
     for rnd in range(rounds + 1):
         point: dict[str, Any] = {"round": rnd}
@@ -570,6 +582,9 @@ def dagger(result: TrainResult, demos: list[dict[str, Any]], specs: Sequence[Emb
             if rnd < rounds:
                 demos[i] = merge_demonstrations(states.demos, demos[i])  # the demonstrations' held-out episodes stay last
         curve.append(point)
+        per_robot = [point[p.embodiment] for p in params]
+        scored.append((float(np.mean([r["success_rate"] for r in per_robot])),
+                       -float(np.mean([r["final_error_m_median"] for r in per_robot])), rnd, result))
         if rnd == rounds:
             break
         steps = result.log["steps"]
@@ -580,7 +595,12 @@ def dagger(result: TrainResult, demos: list[dict[str, Any]], specs: Sequence[Emb
                        extra_log=extra_log, init_policy=result.policy)
         result.log["steps"] = {k: steps[k] + result.log["steps"][k] for k in steps}  # one loss curve for all
         result.log["train_time_s"] += train_time
+    if keep == "best":
+        kept_round, result = max(scored, key=lambda item: item[:3])[2:]
+    else:
+        kept_round = rounds
     result.log["dagger"] = curve
+    result.log["dagger_kept_round"] = kept_round
     return write_outputs(result, demos, specs, out_dir, seed) if out_dir is not None else result
 
 
@@ -629,7 +649,7 @@ def main(argv: list[str] | None = None) -> int:
             result = dagger(result, demos, specs, params, args.config_dir, args.dagger_rounds, args.dagger_episodes,
                             args.dagger_train_steps, out_dir=args.out, batch_size=args.batch_size, lr=args.lr,
                             weight_decay=args.weight_decay, augment_shift_px=args.augment_shift_px, seed=args.seed,
-                            threads=args.threads, progress=progress, extra_log=extra_log)
+                            threads=args.threads, progress=progress, extra_log=extra_log, keep=args.dagger_keep)
     except (ValueError, OSError) as exc:  # ParameterError and CheckpointError are ValueErrors
         print(f"hybridvla train: error: {exc}", file=sys.stderr)
         return 1
@@ -637,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     for point in log.get("dagger", []):
         print(f"  dagger round {point['round']}: closed-loop success " + ", ".join(
             f"{n} {v['success_rate']:.2f} (median final error {1e3 * v['final_error_m_median']:.0f} mm)"
-            for n, v in point.items() if n != "round"))
+            for n, v in point.items() if n != "round")
+            + ("  <- kept" if point["round"] == log["dagger_kept_round"] else ""))
     print(f"trained {log['parameters']:,} parameters in {log['train_time_s']:.1f} s "
           f"(demonstrations {record_time:.1f} s); checkpoint: {args.out}")
     for name, per_mode in log["modes"].items():

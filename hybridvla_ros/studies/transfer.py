@@ -1,12 +1,17 @@
 """Study 2, multi-embodiment transfer: one backbone trained on two robots against one per robot.
 
-Same data budget: every model sees the same demonstrations of each robot (recorded once,
-from the simulators the parameter files name: MuJoCo for franka and aloha) and takes the
-same number of optimizer steps on each robot's data (the shared model alternates robots,
-so it takes ``len(robots) x train_steps`` steps in all). Each model is then judged per
-robot on (a) the held-out demonstrations (action error relative to holding still) and
-(b) closed-loop episodes on fresh nominal scenes through the in-process control path
-(:func:`hybridvla_ros.core.rollout.rollout`: the real action buffer and safety filter).
+Each model is trained with ``hybridvla train``'s recipe (its encoder, image size and
+augmentation, coarse-to-fine heads) and then DAgger rounds, as the README recommends for
+the MuJoCo Franka. Same data budget: every model starts from the same demonstrations of
+each robot (recorded once, from the simulators the parameter files name: MuJoCo for
+franka and aloha), collects the same number of DAgger episodes per robot and round (each
+keeps its round with the best closed-loop success, as ``hybridvla train`` does), and
+takes the same number of optimizer steps per robot (the shared model alternates robots,
+so it takes ``len(robots) x`` the steps in all). Each model is then judged per robot on
+(a) the held-out demonstrations (action error relative to holding still) and (b)
+closed-loop episodes on fresh nominal scenes, the same scenes for every model, through
+the in-process control path (:func:`hybridvla_ros.core.rollout.rollout`: the real action
+buffer and safety filter). Each model's checkpoint is written under ``<out>/checkpoints/``.
 """
 from __future__ import annotations
 
@@ -51,53 +56,102 @@ def policy_success(policy: Any, config: Any, embodiment: str, episodes: int, see
             "final_error_m_median": float(np.median([r.final_error_m for r in results]))}
 
 
+def _train_with_dagger(demos: list[Any], specs: list[Any], params: list[Any], args: argparse.Namespace,
+                       recipe: argparse.Namespace, out_dir: str) -> Any:
+    """``hybridvla train``'s recipe on these robots: ``args.train_steps`` optimizer steps per robot,
+    then ``args.dagger_rounds`` DAgger rounds (``args.dagger_episodes`` closed-loop episodes per
+    robot each, then ``args.dagger_train_steps`` more steps per robot; the round with the best
+    closed-loop success is kept). Writes the checkpoint to ``out_dir``; ``demos`` is not changed."""
+    from hybridvla_ros.launch_description import default_config_dir
+    from hybridvla_ros.model.policy import PolicyConfig
+    from hybridvla_ros.model.text import encoder_dim
+    from hybridvla_ros.model.train import dagger, train
+
+    n = len(specs)
+    config = PolicyConfig(image_size=recipe.image_size, instruction_encoder=recipe.instruction_encoder,
+                          instruction_dim=encoder_dim(recipe.instruction_encoder), dropout=recipe.dropout)
+    common = {"batch_size": recipe.batch_size, "lr": recipe.lr, "weight_decay": recipe.weight_decay,
+              "augment_shift_px": recipe.augment_shift_px, "seed": args.seed, "threads": args.threads}
+    result = train(list(demos), specs, out_dir=None if args.dagger_rounds else out_dir, policy_config=config,
+                   train_steps=args.train_steps * n, progress=True, **common)
+    if args.dagger_rounds:
+        result = dagger(result, list(demos), specs, params, default_config_dir(), args.dagger_rounds,
+                        args.dagger_episodes, args.dagger_train_steps * n, out_dir=out_dir, progress=True,
+                        extra_log={}, **common)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """``hybridvla study transfer``: print, write JSON and a plot."""
-    from hybridvla_ros.model.policy import EmbodimentSpec
-    from hybridvla_ros.model.train import get_demos, train
+    import dataclasses
 
+    import torch
+
+    from hybridvla_ros.model.policy import EmbodimentSpec
+    from hybridvla_ros.model.train import DEFAULT_STEPS_PER_EPISODE, build_parser, get_demos
+
+    recipe = build_parser().parse_args([])  # hybridvla train's defaults: encoder, image size, augmentation
     ap = argparse.ArgumentParser(prog="hybridvla study transfer", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--embodiments", nargs=2, default=["franka", "aloha"], choices=EMBODIMENTS)
-    ap.add_argument("--episodes", type=int, default=40, help="demonstration episodes per robot")
-    ap.add_argument("--steps-per-episode", type=int, default=250)
-    ap.add_argument("--train-steps", type=int, default=1500, help="optimizer steps per robot")
+    ap.add_argument("--episodes", type=int, default=recipe.episodes, help="demonstration episodes per robot")
+    ap.add_argument("--steps-per-episode", type=int, default=None,
+                    help="control steps per demonstration episode (default: hybridvla train's)")
+    ap.add_argument("--train-steps", type=int, default=recipe.train_steps, help="optimizer steps per robot")
+    ap.add_argument("--dagger-rounds", type=int, default=2,
+                    help="DAgger rounds after training, as hybridvla train --dagger-rounds (0: none)")
+    ap.add_argument("--dagger-episodes", type=int, default=recipe.dagger_episodes,
+                    help="closed-loop episodes per robot and DAgger round")
+    ap.add_argument("--dagger-train-steps", type=int, default=recipe.dagger_train_steps,
+                    help="optimizer steps per robot after each DAgger round")
     ap.add_argument("--eval-episodes", type=int, default=20, help="closed-loop episodes per robot and model")
     ap.add_argument("--max-s", type=float, default=12.0, help="seconds per closed-loop episode")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=recipe.threads, help="torch threads")
     ap.add_argument("--demos", default="runs/demos", help="demonstration cache folder")
     ap.add_argument("--out", default="runs/studies/transfer")
     args = ap.parse_args(argv)
+    for name in ("episodes", "train_steps", "dagger_episodes", "dagger_train_steps", "eval_episodes", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)!r}")
+    if args.dagger_rounds < 0:
+        ap.error(f"--dagger-rounds must be >= 0, got {args.dagger_rounds!r}")
+    torch.set_num_threads(args.threads)
     names = list(args.embodiments)
     params = [sim_params(n) for n in names]
-    demos = [get_demos(p, args.episodes, args.steps_per_episode, 96, args.seed, args.demos, True) for p in params]
-    specs = [EmbodimentSpec.from_params(p) for p in params]
+    demos = [get_demos(p, args.episodes, args.steps_per_episode or DEFAULT_STEPS_PER_EPISODE[p.physics],
+                       recipe.image_size, args.seed, args.demos, True) for p in params]
+    specs = [dataclasses.replace(EmbodimentSpec.from_params(p), head_type="coarse_to_fine") for p in params]
     runs: dict[str, dict[str, Any]] = {}
-    t0 = time.perf_counter()
-    shared = train(demos, specs, train_steps=args.train_steps * len(names), seed=args.seed, progress=True)
-    runs["shared"] = {"train_s": time.perf_counter() - t0, "robots": {}}
-    models = {n: ("shared", shared) for n in names}
-    alone = {}
-    for d, s in zip(demos, specs):
+    models: dict[str, list[tuple[str, Any]]] = {}  # robot -> (model label, TrainResult) judged on it
+    for label, idx in (("shared", list(range(len(names)))), *((f"{n} alone", [i]) for i, n in enumerate(names))):
         t0 = time.perf_counter()
-        alone[s.name] = train([d], [s], train_steps=args.train_steps, seed=args.seed, progress=True)
-        runs[f"{s.name} alone"] = {"train_s": time.perf_counter() - t0, "robots": {}}
+        checkpoint = os.path.join(args.out, "checkpoints", label.replace(" ", "_"))
+        result = _train_with_dagger([demos[i] for i in idx], [specs[i] for i in idx], [params[i] for i in idx],
+                                    args, recipe, checkpoint)
+        runs[label] = {"train_s": time.perf_counter() - t0, "checkpoint": checkpoint,
+                       "dagger": result.log.get("dagger", []),
+                       "dagger_kept_round": result.log.get("dagger_kept_round"), "robots": {}}
+        for i in idx:
+            models.setdefault(names[i], []).append((label, result))
     for name in names:
-        for label, result in ((models[name][0], models[name][1]), (f"{name} alone", alone[name])):
+        for label, result in models[name]:
             held = result.log["heldout"][name]
             closed = policy_success(result.policy, result.config, name, args.eval_episodes, 10_000 + args.seed,
                                     args.max_s)
             runs[label]["robots"][name] = {"heldout_error_vs_hold_still": held.get("ratio_to_baseline"),
                                            "heldout_action_mae": held.get("action_mae"), **closed}
     os.makedirs(args.out, exist_ok=True)
-    result = {"settings": vars(args), "runs": runs}
+    result_json = {"settings": vars(args), "runs": runs}
     with open(os.path.join(args.out, "transfer.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, default=float)
+        json.dump(result_json, f, indent=2, default=float)
     for name in names:
         for label in ("shared", f"{name} alone"):
             r = runs[label]["robots"][name]
+            curve = ", ".join(f"{p[name]['success_rate']:.2f}" for p in runs[label]["dagger"])
             print(f"{name:7s} {label:14s} success {r['success_rate']:.2f}  held-out error vs hold-still "
-                  f"{r['heldout_error_vs_hold_still']}  final error {1e3 * r['final_error_m_median']:.0f} mm")
+                  f"{r['heldout_error_vs_hold_still']:.3f}  final error {1e3 * r['final_error_m_median']:.0f} mm"
+                  + (f"  DAgger rounds' success {curve} (kept {runs[label]['dagger_kept_round']})" if curve else ""))
     _plot(runs, names, os.path.join(args.out, "transfer.png"))
     print(f"wrote {args.out}/transfer.json and transfer.png")
     return 0

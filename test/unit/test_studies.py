@@ -44,3 +44,34 @@ def test_transfer_study_judges_a_policy_in_closed_loop_on_the_physics_robot(tiny
     r = policy_success(policy, config, "franka", episodes=2, seed=10_000, max_s=1.0)
     assert r["episodes"] == 2 and 0.0 <= r["success_rate"] <= 1.0
     assert 0.0 < r["final_error_m_median"] < 1.0  # the cube is somewhere on the table
+
+
+def test_transfer_study_trains_every_model_with_dagger_on_the_same_budget(tmp_path, capsys) -> None:
+    """The study end to end on two fast robots: a shared model and one per robot, each trained and
+    then given DAgger rounds, judged on held-out data and in closed loop; the JSON holds each
+    model's DAgger curve per robot, and every model saw the same episodes per robot."""
+    out = tmp_path / "transfer"
+    assert study_main(["transfer", "--embodiments", "hello", "leap", "--episodes", "4", "--steps-per-episode", "20",
+                       "--train-steps", "3", "--dagger-rounds", "1", "--dagger-episodes", "2",
+                       "--dagger-train-steps", "2", "--eval-episodes", "1", "--max-s", "0.5", "--threads", "1",
+                       "--demos", str(tmp_path / "demos"), "--out", str(out)]) == 0
+    runs = json.loads((out / "transfer.json").read_text())["runs"]
+    assert set(runs) == {"shared", "hello alone", "leap alone"}
+    assert set(runs["shared"]["robots"]) == {"hello", "leap"}
+    for label, robots in (("shared", ("hello", "leap")), ("hello alone", ("hello",)), ("leap alone", ("leap",))):
+        curve = runs[label]["dagger"]
+        assert [p["round"] for p in curve] == [0, 1]  # the trained policy's collection, then the final one's
+        for robot in robots:
+            assert all(p[robot]["states"] > 0 and 0.0 <= p[robot]["success_rate"] <= 1.0 for p in curve)
+            r = runs[label]["robots"][robot]
+            assert r["episodes"] == 1 and r["heldout_error_vs_hold_still"] > 0
+        assert runs[label]["dagger_kept_round"] in (0, 1)
+        assert (out / "checkpoints" / label.replace(" ", "_") / "model.safetensors").is_file()
+    assert (out / "transfer.png").stat().st_size > 10_000
+    assert "DAgger rounds' success" in capsys.readouterr().out
+
+
+def test_transfer_study_refuses_a_negative_dagger_round_count() -> None:
+    with pytest.raises(SystemExit) as exc:
+        study_main(["transfer", "--dagger-rounds", "-1"])
+    assert exc.value.code == 2

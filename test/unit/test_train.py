@@ -43,11 +43,28 @@ def test_dagger_rounds_add_the_states_the_policy_visits_and_log_its_closed_loop_
     curve = log["dagger"]
     assert [p["round"] for p in curve] == [0, 1]  # the policy that collected round 0, and the final one
     assert all(0.0 <= p["hello"]["success_rate"] <= 1.0 and p["hello"]["states"] > 0 for p in curve)
-    # the round's states joined the training data (the demonstrations' last episode stays held out)
-    assert log["examples"]["hello"]["train"] == 2 * 20 + curve[0]["hello"]["states"]
+    # the checkpoint is the round with the best closed-loop success (then lower final error, then later)
+    kept = max(range(2), key=lambda r: (curve[r]["hello"]["success_rate"], -curve[r]["hello"]["final_error_m_median"], r))
+    assert log["dagger_kept_round"] == kept
+    if kept == 1:  # the round's states joined the training data (the demonstrations' last episode stays held out)
+        assert log["examples"]["hello"]["train"] == 2 * 20 + curve[0]["hello"]["states"]
+        assert len(log["steps"]["loss"]) == 20 + 10  # one loss curve across the rounds
+    else:  # the policy trained on the demonstrations alone, before any DAgger state
+        assert log["examples"]["hello"]["train"] == 2 * 20
+        assert len(log["steps"]["loss"]) == 20
     assert log["examples"]["hello"]["heldout"] == 20
-    assert len(log["steps"]["loss"]) == 20 + 10  # one loss curve across the rounds
     assert PolicyRunner.load(str(out), "hello").action_dim == 3
+
+
+def test_dagger_keeps_the_last_round_when_asked(tmp_path) -> None:
+    out = tmp_path / "ckpt"
+    assert main(["--embodiments", "hello", "--physics", "kinematic", "--episodes", "3", "--steps-per-episode", "20",
+                 "--train-steps", "20", "--batch-size", "8", "--out", str(out), "--threads", "1", "--quiet",
+                 "--config-dir", default_config_dir(), "--dagger-rounds", "1", "--dagger-episodes", "2",
+                 "--dagger-train-steps", "10", "--dagger-keep", "last"]) == 0
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["dagger_kept_round"] == 1
+    assert log["examples"]["hello"]["train"] == 2 * 20 + log["dagger"][0]["hello"]["states"]
 
 
 def test_negative_dagger_rounds_are_refused(tmp_path, capsys) -> None:
