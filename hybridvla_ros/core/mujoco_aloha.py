@@ -45,6 +45,7 @@ Not thread-safe: one thread steps, commands and renders.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -815,6 +816,27 @@ class MujocoAlohaSim:
             self._renderer = make_fast_renderer(self.model, self._width, self._height)
         self._renderer.update_scene(self.data, camera=_CAMERA)
         return self._renderer.render()
+
+    def clone(self) -> MujocoAlohaSim:
+        """An independent copy (model, physics state, controller, contact memory, generators)
+        without the renderer: stepping or resetting it never changes this simulator
+        (rollout.expert_chunk rolls the expert out ahead on one, DAgger labels states with
+        it). ``copy.deepcopy`` does the same."""
+        twin = copy.copy(self)
+        twin.model = copy.deepcopy(self.model)  # reset() recolours the cube in the model
+        twin.data = mujoco.MjData(twin.model)
+        mujoco.mj_copyData(twin.data, twin.model, self.data)
+        twin._ref = copy.deepcopy(self._ref)
+        twin._push = copy.deepcopy(self._push)
+        twin._rng = copy.deepcopy(self._rng)
+        twin._cmd = self._cmd.copy()
+        twin._hold_point = self._hold_point.copy()
+        twin._last_touch_s = self._last_touch_s.copy()  # updated in place while stepping
+        twin._renderer = None
+        return twin
+
+    def __deepcopy__(self, memo: dict) -> MujocoAlohaSim:
+        return self.clone()
 
     def close(self) -> None:
         """Free the renderer's GL context (the sim stays usable; render() makes a new one)."""

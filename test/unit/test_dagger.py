@@ -33,6 +33,21 @@ def test_states_a_still_policy_visits_are_labelled_with_the_way_to_the_goal() ->
     np.testing.assert_allclose(demos["actions"][0], expert_chunk(sim, params.chunk_size), atol=1e-5)
 
 
+@pytest.mark.parametrize("embodiment", ["franka", "aloha"])
+def test_states_are_labelled_on_the_physics_robots(embodiment: str) -> None:
+    """DAgger on the MuJoCo robots (what `hybridvla train --dagger-rounds` and the transfer study
+    run): the expert's label comes from a clone of the simulator, which ALOHA lacked."""
+    params = load_embodiment("config", embodiment)
+    assert params.physics == "mujoco"
+    ab, limits = control_path(params_file_for(embodiment))
+    hold = lambda _img, q, _state: (np.repeat(q[None], params.chunk_size, 0), 0.5)  # noqa: E731
+    states = record_policy_states(hold, params, ab, limits, episodes=1, max_s=0.2, image_size=16, seed=1,
+                                  record_every=5)
+    demos = validate_demonstrations(states.demos)
+    assert demos["actions"].shape == (2, params.chunk_size, len(params.joint_names))
+    assert np.all(np.abs(demos["actions"][:, -1] - demos["proprio"]).max(1) > 1e-3)  # the expert moves on
+
+
 def test_the_expert_as_policy_succeeds_and_its_episodes_stop_at_success(monkeypatch) -> None:
     import hybridvla_ros.model.dagger as dagger
 

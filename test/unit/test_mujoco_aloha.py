@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -299,3 +300,26 @@ def test_render_is_rgb_and_shows_the_arm_moving(sim: MujocoAlohaSim) -> None:
     # A red cube in the nominal scene: red pixels are visible from cam_high.
     r, g, b = (img[..., i].astype(int) for i in range(3))
     assert np.sum((r > 150) & (g < 80) & (b < 80)) > 3
+
+
+def test_clone_rolls_ahead_without_touching_the_original() -> None:
+    """DAgger labels each visited state with the expert's chunk rolled out on a clone; the
+    clone must not move the original, and must follow the path the original would."""
+    from hybridvla_ros.core.rollout import expert_chunk
+
+    sim = MujocoAlohaSim(PARAMS, seed=3)
+    assert expert_steps(sim, MAX_EPISODE_S, until=lambda: sim.phase == "lift")  # the left gripper holds the cube
+    state = (sim.positions, sim.cube_position, sim.time_s, sim.phase)
+    twin = copy.deepcopy(sim)
+    planned = expert_chunk(sim, 16)  # on its own clone
+    for target in planned:
+        twin.command_positions(target)
+        twin.step(PERIOD_S)
+    twin.reset(seed=99)  # a reset of the clone recolours only its own cube
+    np.testing.assert_array_equal(sim.positions, state[0])
+    np.testing.assert_array_equal(sim.cube_position, state[1])
+    assert (sim.time_s, sim.phase) == (state[2], state[3])
+    for target in planned:  # the original, driven the same way, follows the same path
+        np.testing.assert_allclose(sim.expert_target(), target, atol=1e-9)
+        sim.command_positions(target)
+        sim.step(PERIOD_S)
