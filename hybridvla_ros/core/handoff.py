@@ -41,7 +41,9 @@ Rules a reader may want spelled out:
   after the deadman is released), else the last commanded action (a mobile base
   whose pose target is integrated: holding there is a zero step), else the
   measured position of any age, else nothing (the safety filter's watchdog
-  holds).
+  holds). The ``hold_at_command_joints`` (grippers) keep their last command
+  in a hold at the measured position: a gripper's measured opening stops at
+  the object it squeezes, so holding there would let go of it.
 - Hand-back: ``resume_policy()`` asks the action buffer to restart
   (``Output.reset_action_buffer``) and keeps holding until a policy action
   comes from a chunk that arrived after the resume (when the caller passes
@@ -174,6 +176,7 @@ class HandoffConfig:
     conservative_exit_s: float = 2.0  # >= 0: normal scores this long -> back to AUTONOMOUS
     measured_timeout_s: float = 0.5  # > 0: a measured position older than this is not used to hold
     hold_at_measured: bool = True  # hold at the measured position (arms), not the last command (bases)
+    hold_at_command_joints: tuple[str, ...] = ()  # held at their last command even so (grippers)
     control_period_s: float = 0.02  # > 0: teleop twists are integrated over this
 
     def __post_init__(self) -> None:
@@ -205,6 +208,10 @@ class HandoffConfig:
         object.__setattr__(self, "conservative_exit_s", exit_s)
         if not isinstance(self.hold_at_measured, bool):
             raise ValueError(f"hold_at_measured must be true or false, got {self.hold_at_measured!r}")
+        joints = self.hold_at_command_joints
+        if isinstance(joints, str) or not all(isinstance(j, str) for j in joints):
+            raise ValueError(f"hold_at_command_joints must be joint names, got {joints!r}")
+        object.__setattr__(self, "hold_at_command_joints", tuple(joints))
 
 
 @dataclass(frozen=True)
@@ -324,6 +331,10 @@ class HandoffStateMachine:
         self._names = names
         self._index = {n: i for i, n in enumerate(names)}
         self._dim = len(names)
+        unknown = [j for j in config.hold_at_command_joints if j not in self._index]
+        if unknown:
+            raise ValueError(f"hold_at_command_joints: {unknown} are not in joint_names {list(names)}")
+        self._hold_at_command = np.array([self._index[j] for j in config.hold_at_command_joints], dtype=np.int64)
 
         self._mode = Mode.AUTONOMOUS
         self._reason = REASON_START
@@ -361,6 +372,8 @@ class HandoffStateMachine:
         The whole new config is validated first: ValueError (naming the field) leaves the
         old one in force. The mode is kept; new thresholds apply from the next event.
         """
+        if "hold_at_command_joints" in changes:
+            raise ValueError("hold_at_command_joints: set when the state machine is built, not at run time")
         new = dataclasses.replace(self._config, **changes)
         self._config = new
         return new
@@ -735,7 +748,9 @@ class HandoffStateMachine:
             cfg = self._config
             fresh = self._measured is not None and now_s - self._measured_s <= cfg.measured_timeout_s
             if cfg.hold_at_measured and fresh:
-                self._hold_target = self._measured
+                self._hold_target = self._measured.copy()
+                if self._last_commanded is not None:  # grippers keep squeezing what they hold
+                    self._hold_target[self._hold_at_command] = self._last_commanded[self._hold_at_command]
             elif self._last_commanded is not None:
                 self._hold_target = self._last_commanded
             else:

@@ -83,7 +83,8 @@ class HandoffNode(Node):
             ood_zscore=p.ood_zscore, conservative_velocity_scale=p.conservative_velocity_scale,
             conservative_exit_s=p.conservative_exit_s, measured_timeout_s=p.measured_timeout_s,
             # A base's pose target is integrated, not measured: holding at the last target is a zero twist.
-            hold_at_measured=not self.is_base, control_period_s=p.control_period_s), p.joint_names)
+            hold_at_measured=not self.is_base, hold_at_command_joints=p.hold_at_command_joints,
+            control_period_s=p.control_period_s), p.joint_names)
         self.ood = OodScorer(
             np.asarray(p.position_min), np.asarray(p.position_max), p.ood_zscore, p.ood_limit_margin_frac,
             mean=np.asarray(p.proprio_mean) if p.proprio_mean else None,

@@ -49,6 +49,9 @@ class HandoffParams(EmbodimentParams):
     # --- holds and publishing
     measured_timeout_s: float = param("a measured position older than this is not used as the hold target",
                                       0.5, min=0.001, max=60.0)
+    hold_at_command_joints: tuple[str, ...] = param(
+        "joints a hold keeps at their last command rather than the measured position: grippers, whose "
+        "measured opening stops at the object they squeeze (holding there lets go)", ())
     mode_publish_rate_hz: float = param("rate of handoff/mode and handoff/velocity_scale besides every change",
                                         2.0, min=0.1, max=100.0)
 
@@ -57,9 +60,10 @@ class HandoffParams(EmbodimentParams):
         if self.resume_confidence < self.pause_confidence:
             raise ParameterError(
                 f"resume_confidence: {self.resume_confidence} is below pause_confidence {self.pause_confidence}")
-        unknown = [j for j in self.ood_ignore_joints if j not in self.joint_names]
-        if unknown:
-            raise ParameterError(f"ood_ignore_joints: {unknown} are not in joint_names")
+        for name in ("ood_ignore_joints", "hold_at_command_joints"):
+            unknown = [j for j in getattr(self, name) if j not in self.joint_names]
+            if unknown:
+                raise ParameterError(f"{name}: {unknown} are not in joint_names")
         if len(self.proprio_mean) != len(self.proprio_std):
             raise ParameterError(f"proprio_mean: {len(self.proprio_mean)} values but proprio_std has "
                                  f"{len(self.proprio_std)}; give both or neither")

@@ -279,6 +279,22 @@ def test_hold_target_measured_if_fresh_else_last_command_and_frozen() -> None:
     assert run.sm.tick(0.3).kind == NONE
 
 
+def test_a_gripper_is_held_at_its_last_command_the_arm_at_its_measured_position() -> None:
+    """j2 is a gripper squeezing an object: commanded 0.3, measured 0.8 (the object stops it). A
+    hold keeps squeezing (0.3) while the arm joints stop where they are."""
+    cfg = HandoffConfig(**{**CFG.__dict__, "hold_at_command_joints": ("j2",)})
+    measured = np.array([0.5, 0.5, 0.8])
+    run = Run(cfg)((0.0, "measured", measured), (0.0, "policy", START), *LOW)
+    np.testing.assert_array_equal(run.sm.tick(0.3).action, [0.5, 0.5, 0.3])
+    # without a command yet, the measured position is all there is
+    run = Run(cfg)((0.0, "measured", measured), *LOW)
+    np.testing.assert_array_equal(run.sm.tick(0.3).action, measured)
+    with pytest.raises(ValueError, match="not in joint_names"):
+        HandoffStateMachine(HandoffConfig(**{**CFG.__dict__, "hold_at_command_joints": ("finger",)}), NAMES)
+    with pytest.raises(ValueError, match="not at run time"):
+        run.sm.update_config(hold_at_command_joints=("j0",))
+
+
 def test_releasing_the_deadman_stops_at_the_measured_position_not_the_human_target() -> None:
     run = Run()((0.0, "policy", START), *override(0.0, 0.3))
     run((0.29, "measured", np.array([0.1, 0.2, 0.6])), (0.3, "tick"), (0.31, "deadman", False))
@@ -396,6 +412,7 @@ def test_ood_scorer_limits_stats_and_ignored_joints() -> None:
     ("conservative_velocity_scale", 0.0, "conservative_velocity_scale"),
     ("conservative_exit_s", -1.0, "conservative_exit_s"),
     ("hold_at_measured", 1, "hold_at_measured"),
+    ("hold_at_command_joints", "j2", "hold_at_command_joints"),
 ])
 def test_config_rejects_bad_values(field: str, value: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -422,6 +439,7 @@ def test_params_load_for_every_embodiment_and_home_is_in_distribution(embodiment
 @pytest.mark.parametrize("changes, message", [
     ({"pause_confidence": 0.6, "resume_confidence": 0.4}, "handoff.resume_confidence: 0.4 is below"),
     ({"ood_ignore_joints": ["panda_finger"]}, "handoff.ood_ignore_joints: ['panda_finger']"),
+    ({"hold_at_command_joints": ["panda_finger"]}, "handoff.hold_at_command_joints: ['panda_finger']"),
     ({"proprio_mean": [0.0] * 7}, "handoff.proprio_mean: 7 values but proprio_std has 0"),
     ({"proprio_mean": [0.0] * 3, "proprio_std": [1.0] * 3}, "handoff.proprio_mean: needs 7 values"),
     ({"deadman_timeout_s": 0.0}, "handoff.deadman_timeout_s: 0.0 is below the minimum"),

@@ -323,3 +323,43 @@ def test_clone_rolls_ahead_without_touching_the_original() -> None:
         np.testing.assert_allclose(sim.expert_target(), target, atol=1e-9)
         sim.command_positions(target)
         sim.step(PERIOD_S)
+
+
+def _cube_after_a_hold(seed: int, hold_at_command_joints: tuple[str, ...]) -> tuple[str, str]:
+    """The expert lifts the cube with the left gripper through the handoff state machine, then
+    the policy's confidence drops and the handoff holds for 2 s: who grips the cube before and after."""
+    from hybridvla_ros.core.handoff import HandoffConfig, HandoffStateMachine
+
+    sim = MujocoAlohaSim(PARAMS, seed=seed)
+    sm = HandoffStateMachine(HandoffConfig(hold_at_command_joints=hold_at_command_joints,
+                                           control_period_s=PERIOD_S), PARAMS.joint_names)
+    t, lifting = 0.0, 0
+    while lifting < 25 and t < MAX_EPISODE_S:  # 0.5 s into the lift
+        sm.on_measured(sim.positions, t)
+        sim.command_positions(sm.on_policy_action(sim.expert_target(), t).action)
+        sim.step(PERIOD_S)
+        t += PERIOD_S
+        lifting += sim.phase == "lift"
+    before = sim.grasped_by
+    sm.on_chunk_confidence(0.0, t)
+    sm.on_chunk_confidence(0.0, t)  # two low-confidence chunks: PAUSED, the robot holds
+    for _ in range(100):
+        sm.on_measured(sim.positions, t)
+        sim.command_positions(sm.tick(t).action)
+        sim.step(PERIOD_S)
+        t += PERIOD_S
+    return before, sim.grasped_by
+
+
+def test_a_handoff_hold_keeps_the_cube_in_the_gripper() -> None:
+    """config/aloha.yaml holds the grippers at their last command: the measured opening of a
+    gripper squeezing the cube is wider than commanded, and holding there dropped the cube
+    (seeds 1 and 2 below, measured) where the arms' measured hold is right."""
+    from hybridvla_ros.params.handoff import HandoffParams
+
+    joints = from_params(HandoffParams, load_node_params(os.path.join(CONFIG, "aloha.yaml"), "handoff"),
+                         "handoff").hold_at_command_joints
+    assert set(joints) == {"vx300s_left/left_finger", "vx300s_right/left_finger"}
+    for seed in (1, 2):
+        assert _cube_after_a_hold(seed, joints) == ("left", "left")
+    assert ("left", "none") in [_cube_after_a_hold(seed, ()) for seed in (1, 2)]  # all joints at measured
