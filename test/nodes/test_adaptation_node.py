@@ -73,7 +73,10 @@ def test_corrections_become_a_served_version_and_roll_back(ros, tiny_checkpoint,
         NodeSpec("inference_node", "inference", FRANKA, {"checkpoint_path": tiny_checkpoint}),
         NodeSpec("adaptation_node", "adaptation", FRANKA,
                  {"checkpoint_path": tiny_checkpoint, "adapt_root": str(adapt_root), "steps": 150,
-                  "min_corrections": 20, "seed": 0}),
+                  # these corrections contradict the tiny policy's training data; with half of each batch
+                  # replayed the held-out replay error rose 18 % (> the 10 % allowed) once training kept
+                  # all 480 of its examples for replay instead of 400
+                  "replay_fraction": 0.75, "min_corrections": 20, "seed": 0}),
     ])
     n = ros.node
     chunks: list[ActionChunk] = []
