@@ -53,8 +53,8 @@ DEMO_KEYS = (DEMO_IMAGES, DEMO_PROPRIO, DEMO_ACTIONS, DEMO_EPISODE, DEMO_EMBODIM
 LOSS_PLOT = "loss.png"
 TRAIN_LOG = "train_log.json"
 REPLAY_FILE = "replay_{embodiment}.npz"  # next to the checkpoint; see save_replay_sample
-REPLAY_EXAMPLES = 2000    # demonstration examples kept per embodiment for replay during adaptation
-#                           (400 anchored the head too little: held-out replay error rose 30-50 % in adaptation, 15 % with 2000)
+REPLAY_EXAMPLES = 2000    # demonstration examples kept per embodiment for replay during adaptation (with
+#                           400 the head drifted: held-out replay error rose 30-50 %, 15 % with 2000)
 EVAL_BATCH = 256          # examples per predict() call during evaluation
 TRAIN_EVAL_EXAMPLES = 512  # training examples re-scored at the end (to see over-fitting)
 

@@ -70,3 +70,27 @@ def test_dagger_keeps_the_last_round_when_asked(tmp_path) -> None:
 def test_negative_dagger_rounds_are_refused(tmp_path, capsys) -> None:
     assert main(["--dagger-rounds", "-1", "--out", str(tmp_path / "x")]) == 2
     assert "--dagger-rounds must be >= 0" in capsys.readouterr().err
+
+
+def test_the_replay_sample_keeps_up_to_2000_examples_with_their_episodes_and_state(tmp_path) -> None:
+    """Adaptation replays this sample to keep the old skill; 400 examples let the head drift (README, study 1)."""
+    import numpy as np
+
+    from hybridvla_ros.core.demos import load_demonstrations
+    from hybridvla_ros.model.train import REPLAY_EXAMPLES, save_replay_sample
+
+    assert REPLAY_EXAMPLES == 2000
+    n, d, t = 2500, 7, 4
+    demos = {"images": np.zeros((n, 8, 8, 3), np.uint8),
+             "proprio": np.arange(n * d, dtype=np.float32).reshape(n, d),
+             "actions": np.zeros((n, t, d), np.float32), "episode": (np.arange(n) // 100).astype(np.int32),
+             "state": (np.arange(n) % 2).astype(np.float32)[:, None], "embodiment": "franka",
+             "instruction": "place the cube", "control_period_s": 0.02}
+    assert save_replay_sample(demos, tmp_path / "big.npz") == REPLAY_EXAMPLES
+    sample = load_demonstrations(str(tmp_path / "big.npz"))
+    rows = (sample["proprio"][:, 0] / d).astype(int)  # which demonstration step each example is
+    assert len(rows) == REPLAY_EXAMPLES == len(set(rows)) and np.all(np.diff(rows) > 0)  # distinct, in order
+    np.testing.assert_array_equal(sample["episode"], rows // 100)
+    np.testing.assert_array_equal(sample["state"][:, 0], rows % 2)
+    small = {k: (v[:300] if isinstance(v, np.ndarray) else v) for k, v in demos.items()}
+    assert save_replay_sample(small, tmp_path / "small.npz") == 300  # fewer than the cap: all of them
