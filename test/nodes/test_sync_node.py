@@ -53,6 +53,14 @@ def _stream(ros, p: SyncParams, seconds: float, image_msg, with_state: bool = Tr
     return frames
 
 
+def _wait_for_sync_node(ros, p: SyncParams) -> None:
+    """Until the started sync node's topics are discovered (a loaded machine can take seconds)."""
+    camera = p.camera_topic + ("/compressed" if p.image_transport == "compressed" else "")
+    assert ros.spin_until(lambda: ros.node.count_publishers("observation") > 0
+                          and ros.node.count_subscribers(p.joint_states_topic) > 0
+                          and ros.node.count_subscribers(camera) > 0, 60.0), ros.logs()
+
+
 def _raw_bgr(ros):
     def make(stamp_s: float) -> Image:
         img = np.zeros((48, 64, 3), np.uint8)
@@ -67,6 +75,7 @@ def _raw_bgr(ros):
 def test_observations_interpolate_joint_state_at_frame_stamp(ros) -> None:
     p = from_params(SyncParams, load_node_params(FRANKA, "sync"))
     ros.start([NodeSpec("sync_node", "sync", FRANKA)])
+    _wait_for_sync_node(ros, p)
     obs: list[Observation] = []
     ros.node.create_subscription(Observation, "observation", obs.append, 50)
     _stream(ros, p, 1.0, _raw_bgr(ros))  # discovery
@@ -94,6 +103,7 @@ def test_observations_interpolate_joint_state_at_frame_stamp(ros) -> None:
 def test_compressed_images_and_garbage_frames(ros) -> None:
     p = from_params(SyncParams, load_node_params(FRANKA, "sync") | {"image_transport": "compressed"})
     ros.start([NodeSpec("sync_node", "sync", FRANKA, {"image_transport": "compressed"})])
+    _wait_for_sync_node(ros, p)
     obs: list[Observation] = []
     ros.node.create_subscription(Observation, "observation", obs.append, 50)
     ok_jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 200, np.uint8))[1].tobytes()
@@ -121,6 +131,7 @@ def test_joint_states_without_a_state_joint_are_rejected_naming_it(ros) -> None:
     """franka observes suction_cup: joint_states lacking it give no observation, like a missing arm joint."""
     p = from_params(SyncParams, load_node_params(FRANKA, "sync"))
     ros.start([NodeSpec("sync_node", "sync", FRANKA)])
+    _wait_for_sync_node(ros, p)
     obs: list[Observation] = []
     ros.node.create_subscription(Observation, "observation", obs.append, 50)
     sent = _stream(ros, p, 1.5, _raw_bgr(ros), with_state=False)
