@@ -1,13 +1,14 @@
 """ament_python package hybridvla_ros (see package.xml)."""
+import os
+import runpy
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "hybridvla_ros"
-NODES = [
-    "sync_node", "inference_node", "action_buffer_node", "handoff_node", "safety_filter_node",
-    "correction_recorder_node", "adaptation_node", "monitor_node", "sim_robot_node", "sim_operator_node",
-]
+# The node list is defined once, in hybridvla_ros/graph_nodes.py: plain data, read here without
+# importing the package (colcon's build environment may lack rclpy, numpy, yaml).
+graph_nodes = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), PACKAGE, "graph_nodes.py"))
 
 setup(
     name=PACKAGE,
@@ -26,7 +27,6 @@ setup(
     description="Deploys a hybrid VLA policy on a robot with ROS 2.",
     license="Apache-2.0",
     entry_points={
-        "console_scripts": [f"{n} = {PACKAGE}.nodes.{n}:main" for n in NODES]
-        + [f"hybridvla = {PACKAGE}.cli:main"],
+        "console_scripts": graph_nodes["console_scripts"]() + [f"hybridvla = {PACKAGE}.cli:main"],
     },
 )

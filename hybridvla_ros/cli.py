@@ -3,6 +3,7 @@
     hybridvla run --embodiment franka --sim --duration 30   # like ros2 launch, plus a report
     hybridvla demo                                          # train if needed, run on the sim, report
     hybridvla train --embodiments franka aloha hello leap   # policy from the sims' scripted experts
+    hybridvla adapt config/franka.yaml --store runs/corrections/franka.sqlite  # one head adaptation
     hybridvla bench                                         # control-path numbers, JSON in runs/
     hybridvla bench-model                                   # batch-1 inference variants side by side
     hybridvla bench-precision                               # 1 mm reaching: token chunk vs flow-refined
@@ -14,86 +15,15 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import signal
 import sys
-import time
-from typing import Any
 
-from hybridvla_ros.launch_description import describe_graph, params_file_for, validate_graph
-from hybridvla_ros.params import ParameterError, from_params, load_node_params
-from hybridvla_ros.params.embodiment import EMBODIMENTS, EmbodimentParams
+from hybridvla_ros.graph_run import run_graph
+from hybridvla_ros.params import ParameterError
+from hybridvla_ros.params.check import check_parameter_file
+from hybridvla_ros.params.embodiment import EMBODIMENTS
 
 DEFAULT_CHECKPOINT = "checkpoints/default"
-
-
-def _print_report(report: dict[str, Any]) -> None:
-    width = max(len(k) for k in report)
-    for key, value in report.items():
-        if isinstance(value, float):
-            value = "n/a" if math.isnan(value) else f"{value:.3f}"
-        print(f"  {key:<{width}}  {value}")
-
-
-def _write_json(path: str | None, data: dict[str, Any]) -> None:
-    if not path:
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=float)
-    print(f"wrote {path}")
-
-
-def run_graph(embodiment: str, sim: bool, duration_s: float | None, checkpoint: str | None,
-              params_file: str | None = None, json_path: str | None = None, log_dir: str | None = None,
-              warmup_s: float = 3.0, quiet: bool = False) -> dict[str, Any] | None:
-    """Start the graph, run it for ``duration_s`` (None: until Ctrl-C), and return the report."""
-    from hybridvla_ros.monitor import GraphMonitor
-    from hybridvla_ros.runner import GraphRunner, NodeDied
-
-    specs = describe_graph(embodiment, sim=sim, checkpoint_path=checkpoint, params_file=params_file)
-    validate_graph(specs)
-    params = from_params(EmbodimentParams, load_node_params(specs[0].params_file, "sync"), "sync")
-    stop = {"flag": False}
-
-    def _on_signal(signum: int, _frame: Any) -> None:
-        stop["flag"] = True
-
-    old = signal.signal(signal.SIGTERM, _on_signal)
-    runner = GraphRunner(specs, log_dir=log_dir)
-    monitor = None
-    report = None
-    try:
-        runner.start()
-        if not quiet:
-            print(f"started {len(specs)} nodes for {embodiment}{' (simulated)' if sim else ''}: "
-                  + ", ".join(s.name for s in specs) + (f"; logs in {log_dir}" if log_dir else ""))
-        monitor = GraphMonitor(params)
-        end = None if duration_s is None else time.monotonic() + duration_s + warmup_s
-        while not stop["flag"] and (end is None or time.monotonic() < end):
-            runner.wait(0.2)
-        report = monitor.report(skip_first_s=1.0)
-    except KeyboardInterrupt:
-        report = monitor.report(skip_first_s=1.0) if monitor else None
-    except NodeDied as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if log_dir:
-            print(f"see the node logs in {log_dir}", file=sys.stderr)
-        raise
-    finally:
-        if monitor is not None:
-            monitor.close()
-        codes = runner.stop()
-        signal.signal(signal.SIGTERM, old)
-    if report is not None:
-        report["node_exit_codes"] = codes
-        if not quiet:
-            print("report:")
-            _print_report({k: v for k, v in report.items() if k != "node_exit_codes"})
-        _write_json(json_path, report)
-    return report
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -112,8 +42,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     ckpt = args.checkpoint
     if not os.path.isfile(os.path.join(ckpt, "model.safetensors")):
         print(f"no policy at {ckpt}: training one on the simulators' scripted experts (a few minutes)")
-        from hybridvla_ros.model import train
-        code = train.main(["--out", ckpt])
+        from hybridvla_ros.cli_model import train_main
+        code = train_main(["--out", ckpt])
         if code:
             return code
     try:
@@ -127,31 +57,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(argv: list[str]) -> int:
-    from hybridvla_ros.model import train
-    return train.main(argv)
+    from hybridvla_ros.cli_model import train_main
+    return train_main(argv)
+
+
+def _cmd_adapt(argv: list[str]) -> int:
+    from hybridvla_ros.cli_model import adapt_main
+    return adapt_main(argv)
 
 
 def _cmd_bench(argv: list[str]) -> int:
-    from hybridvla_ros import bench
-    return bench.main(argv)
+    from hybridvla_ros import bench_control_path
+    return bench_control_path.main(argv)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from hybridvla_ros.launch_description import NodeSpec
-    specs = [NodeSpec(f"{n}_node", n, args.params_file)
-             for n in ("sync", "inference", "action_buffer", "handoff", "safety_filter", "correction_recorder",
-                       "adaptation", "monitor", "sim_robot", "sim_operator")]
+    """Report every error of a parameter file, each under its section; 2 if any, else 0."""
     try:
-        validate_graph(specs)
+        issues = check_parameter_file(args.params_file)
     except ParameterError as exc:
         print(f"{args.params_file}: {exc}", file=sys.stderr)
+        return 2
+    for issue in issues:
+        print(f"{args.params_file}: {issue}", file=sys.stderr)
+    if issues:
+        print(f"{args.params_file}: {len(issues)} error{'s' if len(issues) > 1 else ''}", file=sys.stderr)
         return 2
     print(f"{args.params_file}: ok")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hybridvla_ros.core.correction_store import CorrectionStore, CorrectionStoreError, export_mcap
+    from hybridvla_ros.core.correction_export import export_mcap
+    from hybridvla_ros.core.correction_store import CorrectionStore, CorrectionStoreError
     if not os.path.isfile(args.store):
         print(f"error: no correction store at {args.store!r}", file=sys.stderr)
         return 2
@@ -191,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     sub.add_parser("train", help="train the policy (see hybridvla train --help)", add_help=False)
+    sub.add_parser("adapt", help="fine-tune a head on a correction store, as adaptation_node does "
+                   "(see hybridvla adapt --help)", add_help=False)
     sub.add_parser("eval", help="N episodes of the task through the whole graph, JSON and plots "
                    "(see hybridvla eval --help)", add_help=False)
     sub.add_parser("study", help="the README's studies: safety, latency, adaptation, transfer "
@@ -217,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
         return _cmd_train(argv[1:])
+    if argv and argv[0] == "adapt":
+        return _cmd_adapt(argv[1:])
     if argv and argv[0] == "bench":
         return _cmd_bench(argv[1:])
     if argv and argv[0] == "study":

@@ -2,7 +2,7 @@
 
 The graph runs as separate processes over real DDS (as ``hybridvla run`` starts it, with
 the simulated robot and the simulated operator); this process listens
-(:class:`~hybridvla_ros.monitor.GraphMonitor`) and drives episodes the way a test
+(:class:`~hybridvla_ros.nodes.graph_listener.GraphListener`) and drives episodes the way a test
 engineer would from a terminal: ``ros2 param set /sim_robot scene ...``, then
 ``sim_robot/reset`` (new scene, robot at home), ``action_buffer/reset`` (drop the old
 chunk) and ``safety_filter/reset_estop`` when an e-stop is latched. An episode ends when
@@ -11,7 +11,7 @@ chunk) and ``safety_filter/reset_estop`` when an e-stop is latched. An episode e
 Per episode and in total it reports success, final task error, time to success, handoffs,
 human override time, corrections stored, safety interventions and e-stops, the achieved
 control rate, and the latency of each stage against the budget
-(:mod:`hybridvla_ros.core.evaluation`); JSON and a PNG go to ``--out``.
+(:mod:`hybridvla_ros.core.episodes`); JSON and a PNG go to ``--out``.
 """
 from __future__ import annotations
 
@@ -25,15 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from hybridvla_ros.core.evaluation import EpisodeResult, plot_evaluation, summarize
+from hybridvla_ros.core.episodes import STAGES, EpisodeResult, plot_evaluation, stage_latencies, summarize
+from hybridvla_ros.core.handoff import Mode
 from hybridvla_ros.core.stats import rate_and_jitter
 from hybridvla_ros.launch_description import describe_graph, validate_graph
-from hybridvla_ros.params import from_params
+from hybridvla_ros.launcher import GraphLauncher, NodeDied
+from hybridvla_ros.params import ParameterError, from_params
 from hybridvla_ros.params.embodiment import EMBODIMENTS
 from hybridvla_ros.params.monitor import MonitorParams
 from hybridvla_ros.params.sim_robot import SimRobotParams
 
-HUMAN_OVERRIDE, PAUSED, ESCALATED = 2, 1, 3  # hybridvla_msgs/HandoffMode values
 # policy sim_expert: the scripted expert is a feedback controller, so it is replanned often: a plan
 # every 40 ms, a new chunk every 2 control periods (with 100-200 ms old plans, as a 10 Hz policy
 # would run, the cup reaches the cube late and the stiff grasp trips the 40 N e-stop)
@@ -48,43 +49,42 @@ class Evaluation:
     def __init__(self, embodiment: str, checkpoint: str | None = None, params_file: str | None = None,
                  overrides: dict[str, dict[str, Any]] | None = None, log_dir: str | None = None,
                  env: dict[str, str] | None = None, domain_id: int | None = None) -> None:
-        from hybridvla_ros.runner import GraphRunner
-
         self.specs = describe_graph(embodiment, sim=True, checkpoint_path=checkpoint, params_file=params_file,
                                     overrides=overrides)
         validate_graph(self.specs)
         by_name = {s.name: s for s in self.specs}
         self.sim_params = from_params(SimRobotParams, by_name["sim_robot"].node_values(), "sim_robot")
         self.monitor_params = from_params(MonitorParams, by_name["monitor"].node_values(), "monitor")
-        self.runner = GraphRunner(self.specs, env=env, log_dir=log_dir)
-        self.monitor: Any = None
+        self.launcher = GraphLauncher(self.specs, env=env, log_dir=log_dir)
+        self.listener: Any = None
         self._domain_id = domain_id
         self._scene = self.sim_params.scene
         self.episodes: list[EpisodeResult] = []
         self._windows: list[tuple[float, float]] = []  # per episode: (start, end) wall-clock seconds
 
-    def __enter__(self) -> "Evaluation":
-        from hybridvla_ros.monitor import GraphMonitor
+    def __enter__(self) -> Evaluation:
+        # Imported here: it needs rclpy, which `hybridvla eval --help` and the ROS-free parts do not.
+        from hybridvla_ros.nodes.graph_listener import GraphListener
 
-        self.runner.start()
-        self.monitor = GraphMonitor(self.sim_params, node_name="hybridvla_eval", domain_id=self._domain_id)
+        self.launcher.start()
+        self.listener = GraphListener(self.sim_params, node_name="hybridvla_eval", domain_id=self._domain_id)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.monitor is not None:
-            self.monitor.close()
-        self.runner.stop()
+        if self.listener is not None:
+            self.listener.close()
+        self.launcher.stop()
 
     def wait_until_ready(self, timeout_s: float = 60.0) -> None:
         """Block until the policy has sent chunks and commands flow; raises RuntimeError (naming
         the dead node, or what is missing) otherwise."""
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
-            self.runner.wait(0.2)  # raises NodeDied
-            r = self.monitor.snapshot()
+            self.launcher.wait(0.2)  # raises NodeDied
+            r = self.listener.snapshot()
             if r.chunk_info and r.command_times and r.safety is not None:
                 return
-        r = self.monitor.snapshot()
+        r = self.listener.snapshot()
         raise RuntimeError(f"graph not ready after {timeout_s:.0f} s: chunks {len(r.chunk_info)}, "
                            f"commands {len(r.command_times)}, safety status {'yes' if r.safety else 'no'}")
 
@@ -92,7 +92,7 @@ class Evaluation:
         """Switch the sim's scene preset (applies from the next reset); raises RuntimeError if refused."""
         if scene == self._scene:
             return
-        ok, why = self.monitor.set_parameter("sim_robot", "scene", scene)
+        ok, why = self.listener.set_parameter("sim_robot", "scene", scene)
         if not ok:
             raise RuntimeError(f"sim_robot refused scene {scene!r}: {why}")
         self._scene = scene
@@ -100,7 +100,7 @@ class Evaluation:
     def run_episode(self, timeout_s: float, success_hold_s: float = 0.3, seed: int | None = None) -> EpisodeResult:
         """Reset the scene (with ``seed``, else the next one in sequence) and run one episode;
         returns its result."""
-        mon = self.monitor
+        mon = self.listener
         if seed is not None:
             ok, why = mon.set_parameter("sim_robot", "seed", int(seed))
             if not ok:
@@ -117,7 +117,7 @@ class Evaluation:
         success_since: float | None = None
         first_success: float | None = None
         while True:
-            self.runner.wait(0.05)  # raises NodeDied
+            self.launcher.wait(0.05)  # raises NodeDied
             now = time.monotonic()
             r = mon.snapshot()
             heard_ok = r.task_success and r.success_changes and r.success_changes[-1][0] >= t0 + STALE_SUCCESS_S
@@ -140,8 +140,8 @@ class Evaluation:
             time_to_success_s=(first_success - t0) if success and first_success is not None else math.nan,
             duration_s=t1 - t0,
             final_error_m=r1.task_errors[-1] if len(r1.task_errors) > len(r0.task_errors) else math.nan,
-            handoffs=sum(1 for t, m in r1.modes if t >= t0 and m in (PAUSED, ESCALATED)),
-            human_override_s=_time_in_mode(r1.modes, HUMAN_OVERRIDE, t0, t1),
+            handoffs=sum(1 for t, m in r1.modes if t >= t0 and m in (Mode.PAUSED, Mode.ESCALATED)),
+            human_override_s=_time_in_mode(r1.modes, Mode.HUMAN_OVERRIDE, t0, t1),
             corrections=max(0, r1.corrections - r0.corrections),
             safety_interventions=int(s1.commands_modified - s0.commands_modified) if s0 and s1 else 0,
             estops=int(s1.estop_trips - s0.estop_trips) if s0 and s1 else 0,
@@ -155,7 +155,7 @@ class Evaluation:
         """The summary of ``episodes`` (default: all run so far) with the latency breakdown."""
         eps = self.episodes if episodes is None else episodes
         windows = [self._windows[e.index] for e in eps]
-        rows = [row for row in self.monitor.snapshot().stage_times  # latency of these episodes only
+        rows = [row for row in self.listener.snapshot().stage_times  # latency of these episodes only
                 if any(w0 <= row[4] <= w1 for w0, w1 in windows)]
         return summarize(eps, rows, self.monitor_params.latency_budget_s, self.sim_params.control_rate_hz)
 
@@ -171,8 +171,6 @@ def _time_in_mode(modes: list[tuple[float, int]], mode: int, t0: float, t1: floa
 
 
 def _episode_stages(stage_times: list[tuple[float, ...]], wall0: float, wall1: float) -> dict[str, float]:
-    from hybridvla_ros.core.evaluation import STAGES, stage_latencies
-
     rows = [row for row in stage_times if wall0 <= row[4] <= wall1]
     lat = stage_latencies(rows)
     return {name: float(np.median(lat[name]) * 1e3) if lat[name].size else math.nan for name in (*STAGES, "total")}
@@ -236,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1000, help="scene seed of the first episode (then +1 each)")
     p.add_argument("--stall-s", type=float, default=0.0,
                    help="the simulated operator takes over after this long without progress (0: only when asked)")
-    p.add_argument("--out", default=None, help="folder for eval.json and eval.png (default runs/eval/<embodiment>_<scene>)")
+    p.add_argument("--out", default=None,
+                   help="folder for eval.json and eval.png (default runs/eval/<embodiment>_<scene>)")
     p.add_argument("--log-dir", default=None, help="each node's output to <dir>/<node>.log")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -244,9 +243,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``hybridvla eval``: returns the exit status (2 for bad arguments or parameters)."""
-    from hybridvla_ros.params import ParameterError
-    from hybridvla_ros.runner import NodeDied
-
     args = build_parser().parse_args(argv)
     if args.episodes < 1 or not args.timeout > 0 or args.seed < 0 or args.stall_s < 0:
         print("hybridvla eval: error: --episodes >= 1, --timeout > 0, --seed >= 0 and --stall-s >= 0 please",
@@ -266,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     s = result["summary"]
     print(f"{args.embodiment} ({result['settings']['physics']}, {args.scene}): success {s['successes']}/{s['episodes']}"
-          f", final error median {s['final_error_m_median'] * 1e3:.1f} mm, control rate {s['control_rate_hz_median']:.1f} Hz")
+          f", final error median {s['final_error_m_median'] * 1e3:.1f} mm"
+          f", control rate {s['control_rate_hz_median']:.1f} Hz")
     for key in ("time_to_success_s_median", "handoffs", "human_override_s", "corrections", "safety_interventions",
                 "estops", "within_budget_fraction"):
         print(f"  {key:26s} {s[key]}")

@@ -14,10 +14,18 @@ from typing import Any
 
 import yaml
 
+from hybridvla_ros.graph_nodes import GRAPH_NODES, PACKAGE
 from hybridvla_ros.params import ParameterError, load_node_params
+from hybridvla_ros.params.check import (
+    ParameterIssue,
+    file_sources,
+    merge_node_issues,
+    node_issues,
+    overrides_source,
+    raise_if_any,
+)
 from hybridvla_ros.params.embodiment import EMBODIMENTS
-
-PACKAGE = "hybridvla_ros"
+from hybridvla_ros.params.registry import NODE_SCHEMAS
 
 
 @dataclass(frozen=True)
@@ -99,13 +107,14 @@ def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str
                    checkpoint_path: str | None = None, params_file: str | None = None,
                    human_in_loop: bool = True,
                    overrides: dict[str, dict[str, Any]] | None = None) -> list[NodeSpec]:
-    """The nodes for one robot, in data-flow order.
+    """The nodes for one robot, in data-flow order (those of :data:`~hybridvla_ros.graph_nodes.GRAPH_NODES`
+    that run with this ``sim`` and ``human_in_loop``).
 
     sync -> inference -> action_buffer -> handoff -> safety_filter -> robot, with the
     correction_recorder, the adaptation worker (it feeds new head weights to inference)
-    and the monitor listening (and, when ``sim``, sim_robot as the
-    robot and sim_operator as the person at the teleop device). Without ``human_in_loop`` the safety filter listens to the action buffer
-    directly (``action_command`` remapped to ``policy_action``) and there is no handoff,
+    and the monitor listening (and, when ``sim``, sim_robot as the robot and sim_operator as
+    the person at the teleop device). Without ``human_in_loop`` the safety filter listens to
+    the action buffer directly (``action_command`` remapped to ``policy_action``) and there is no handoff,
     recorder or monitor. ``overrides`` maps a node name to parameters that replace the
     file's values. Topics are relative, so a namespace applies to all of them.
     """
@@ -119,18 +128,14 @@ def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str
     def spec(executable: str, name: str, remappings: tuple[tuple[str, str], ...] = ()) -> NodeSpec:
         return NodeSpec(executable, name, path, extra.get(name, {}), remappings)
 
-    nodes = [spec("sync_node", "sync"), spec("inference_node", "inference"),
-             spec("action_buffer_node", "action_buffer")]
-    if human_in_loop:
-        nodes += [spec("handoff_node", "handoff"), spec("safety_filter_node", "safety_filter"),
-                  spec("correction_recorder_node", "correction_recorder"), spec("adaptation_node", "adaptation"),
-                  spec("monitor_node", "monitor")]
-    else:
-        nodes.append(spec("safety_filter_node", "safety_filter", (("action_command", "policy_action"),)))
-    if sim:
-        nodes.append(spec("sim_robot_node", "sim_robot"))
-        if human_in_loop:
-            nodes.append(spec("sim_operator_node", "sim_operator"))
+    nodes: list[NodeSpec] = []
+    for node in GRAPH_NODES:
+        if (node.sim_only and not sim) or (node.human_in_loop_only and not human_in_loop):
+            continue
+        remappings: tuple[tuple[str, str], ...] = ()
+        if node.name == "safety_filter" and not human_in_loop:  # no handoff between them
+            remappings = (("action_command", "policy_action"),)
+        nodes.append(spec(node.executable, node.name, remappings))
     unknown = set(extra) - {n.name for n in nodes}
     if unknown:
         raise ParameterError(f"overrides: no node named {sorted(unknown)} in this graph")
@@ -138,22 +143,16 @@ def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str
 
 
 def validate_graph(nodes: list[NodeSpec]) -> None:
-    """Check every node's parameter file section before anything starts; raises ParameterError."""
-    from hybridvla_ros.params import from_params
-    from hybridvla_ros.params.action_buffer import ActionBufferParams
-    from hybridvla_ros.params.adaptation import AdaptationParams
-    from hybridvla_ros.params.correction_recorder import CorrectionRecorderParams
-    from hybridvla_ros.params.handoff import HandoffParams
-    from hybridvla_ros.params.inference import InferenceParams
-    from hybridvla_ros.params.monitor import MonitorParams
-    from hybridvla_ros.params.safety_filter import SafetyFilterParams
-    from hybridvla_ros.params.sim_operator import SimOperatorParams
-    from hybridvla_ros.params.sim_robot import SimRobotParams
-    from hybridvla_ros.params.sync import SyncParams
+    """Check every node's parameters (file sections and overrides) before anything starts.
 
-    schemas = {"sync": SyncParams, "inference": InferenceParams, "action_buffer": ActionBufferParams,
-               "handoff": HandoffParams, "safety_filter": SafetyFilterParams,
-               "correction_recorder": CorrectionRecorderParams, "adaptation": AdaptationParams,
-               "monitor": MonitorParams, "sim_robot": SimRobotParams, "sim_operator": SimOperatorParams}
+    Unknown keys (see :mod:`hybridvla_ros.params.check`) and bad values of every node, each
+    once. Raises ParameterError with one line per problem, each naming its section
+    (``/**`` or the node) and parameter.
+    """
+    per_node: dict[str, list[ParameterIssue]] = {}
     for spec in nodes:
-        from_params(schemas[spec.name], spec.node_values(), spec.name)
+        if spec.name not in NODE_SCHEMAS:
+            raise ParameterError(f"{spec.name}: no parameter schema for this node; known: {list(NODE_SCHEMAS)}")
+        sources = file_sources(spec.params_file, spec.name) + overrides_source(spec.name, spec.parameters)
+        per_node[spec.name] = node_issues(NODE_SCHEMAS[spec.name], spec.name, sources)
+    raise_if_any(merge_node_issues(per_node))

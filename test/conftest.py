@@ -4,7 +4,8 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -41,16 +42,16 @@ class RosHarness:
         self.node = Node(f"test_harness_{domain_id}", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self.runners: list[Any] = []
+        self.runners: list[Any] = []  # the GraphLaunchers started (tests read ros.runners)
 
     def start(self, specs: list[Any], log_name: str = "nodes") -> Any:
         """Start node processes (NodeSpecs); they are stopped at teardown."""
-        from hybridvla_ros.runner import GraphRunner
+        from hybridvla_ros.launcher import GraphLauncher
 
-        runner = GraphRunner(specs, env=self.env, log_dir=str(self.tmp_path / log_name))
-        runner.start()
-        self.runners.append(runner)
-        return runner
+        launcher = GraphLauncher(specs, env=self.env, log_dir=str(self.tmp_path / log_name))
+        launcher.start()
+        self.runners.append(launcher)
+        return launcher
 
     def spin_for(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -77,8 +78,8 @@ class RosHarness:
     def close(self) -> None:
         import rclpy
 
-        for r in self.runners:
-            r.stop()
+        for launcher in self.runners:
+            launcher.stop()
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
@@ -97,7 +98,7 @@ def ros(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
     """A small policy for every embodiment, really trained on the scripted experts (shared by the session)."""
-    from hybridvla_ros.model.train import main as train_main
+    from hybridvla_ros.cli_model import train_main
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     # On the kinematic simulators (fast; the graph tests that use this policy pin that robot) and
@@ -117,7 +118,7 @@ def train_franka_aloha() -> Callable[..., str]:
     ``extra`` arguments are passed on. Returns ``out``."""
     import torch
 
-    from hybridvla_ros.model.train import main as train_main
+    from hybridvla_ros.cli_model import train_main
 
     def train(out: str, steps: int, *extra: str) -> str:
         torch.set_num_threads(1)

@@ -60,17 +60,20 @@ Deterministic: time comes in as ``now_s``. Every public method first applies
 the timeouts up to ``now_s``. Outputs carry the transitions, help requests and
 buffer reset that happened since the previous output; ``drain()`` collects them
 after an event that returns no output. Never raises on bad input at run time.
+
+Size: one state machine (modes, timeouts, deadman, escalation, hand-back) with its
+reasons and outputs; split across files its transitions would no longer read in one place.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -366,7 +369,7 @@ class HandoffStateMachine:
         self._pending_reset = False
         self._stats = {k: 0 for k in _COUNTERS}
 
-    def update_config(self, **changes: float) -> HandoffConfig:
+    def update_config(self, **changes: Any) -> HandoffConfig:
         """Change thresholds or timeouts at run time (e.g. ``ros2 param set``); returns the new config.
 
         The whole new config is validated first: ValueError (naming the field) leaves the
@@ -746,9 +749,10 @@ class HandoffStateMachine:
     def _hold(self, now_s: float, reason: str) -> Output:
         if self._hold_target is None:
             cfg = self._config
-            fresh = self._measured is not None and now_s - self._measured_s <= cfg.measured_timeout_s
-            if cfg.hold_at_measured and fresh:
-                self._hold_target = self._measured.copy()
+            measured = self._measured
+            fresh = measured is not None and now_s - self._measured_s <= cfg.measured_timeout_s
+            if cfg.hold_at_measured and fresh and measured is not None:
+                self._hold_target = measured.copy()
                 if self._last_commanded is not None:  # grippers keep squeezing what they hold
                     self._hold_target[self._hold_at_command] = self._last_commanded[self._hold_at_command]
             elif self._last_commanded is not None:

@@ -29,19 +29,23 @@ Rules, in one place:
   the last ``shift_window`` policy actions; the statistic is the largest per-dimension
   mean |z|. In-distribution actions stay around the training mean (score about 0.8 for
   Gaussian actions, less for a policy near home); WARN above ``shift_warn_above``.
+
+Size: one health model of the graph (a status per node, markers, image overlay);
+the per-node rules are many short pieces that read best side by side.
 """
 from __future__ import annotations
 
 import json
 import math
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 
+from hybridvla_ros.core.handoff import Mode
 from hybridvla_ros.core.stats import percentiles
 
 DIAGNOSTIC_PREFIX = "hybridvla: "
@@ -70,8 +74,8 @@ class Level(IntEnum):
 SEVERITY: dict[Level, int] = {Level.OK: 0, Level.WARN: 1, Level.STALE: 2, Level.ERROR: 3}
 
 
-# hybridvla_msgs/HandoffMode constants
-MODE_NAMES: dict[int, str] = {0: "AUTONOMOUS", 1: "PAUSED", 2: "HUMAN_OVERRIDE", 3: "ESCALATED", 4: "CONSERVATIVE"}
+# HandoffMode.mode value -> name, from core.handoff.Mode (equal to the hybridvla_msgs/HandoffMode constants)
+MODE_NAMES: dict[int, str] = {int(mode): mode.name for mode in Mode}
 MODE_LEVELS: dict[str, Level] = {"AUTONOMOUS": Level.OK, "HUMAN_OVERRIDE": Level.OK, "CONSERVATIVE": Level.WARN,
                                  "PAUSED": Level.WARN, "ESCALATED": Level.ERROR}
 UNKNOWN_MODE = "UNKNOWN"
@@ -402,7 +406,7 @@ class GraphHealth:
         self._outcomes.append(bool(success))
         self._outcome_count += 1
 
-    def on_joint_positions(self, t: float, positions: Sequence[float]) -> None:
+    def on_joint_positions(self, t: float, positions: Sequence[float] | np.ndarray) -> None:
         """The robot's measured joint positions (in action order): what was executed."""
         self._executed.append((t, np.asarray(positions, dtype=np.float64)))
 

@@ -1,7 +1,7 @@
 """Small statistics for monitoring and benchmarks (ROS-free)."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -15,6 +15,9 @@ interpolation here.
 Everything is plain Python + numpy and never raises on bad message content:
 bad input is rejected with a reason and counted, so a node can log it at a
 throttled rate and publish the counters as diagnostics.
+
+Size: the synchronizer and its input checks (stamps, skew, interpolation, counters)
+are one algorithm; the checks are most of the lines and belong next to it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hybridvla_ros.core.joints import DuplicateJointsError, JointIndex, MissingJointsError
+
 __all__ = [
     "SyncConfig",
     "SyncedObservation",
@@ -35,7 +40,6 @@ __all__ = [
     "FRAME_DROP_REASONS",
     "JOINT_REJECT_REASONS",
     "WRENCH_REJECT_REASONS",
-    "select_joints",
 ]
 
 # Category keys used in returned reasons ("<key>: <detail>") and in stats
@@ -71,7 +75,6 @@ WRENCH_REJECT_REASONS: tuple[str, ...] = (
 PENDING = "pending"
 
 _SKEW_WINDOW = 100  # observations the skew percentiles are computed over
-_NAME_CACHE_MAX = 16  # distinct joint_states name lists remembered; drivers use one or two
 
 
 def _positive_finite(field: str, value: object) -> float:
@@ -162,7 +165,7 @@ def _finite_stamp(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     try:
-        stamp = float(value)  # type: ignore[arg-type]
+        stamp = float(value)
     except (TypeError, ValueError, OverflowError):
         return None
     return stamp if math.isfinite(stamp) else None
@@ -179,51 +182,6 @@ def _float_vector(values: object) -> np.ndarray | None:
     if arr.ndim != 1:
         return None
     return arr
-
-
-def select_joints(names: Sequence[str], values: Sequence[float], wanted: Sequence[str]) -> np.ndarray:
-    """(len(wanted),) float64: the ``wanted`` joints' values picked from a message by name.
-
-    ``names`` / ``values`` are a message's parallel joint lists (an Observation's
-    ``joint_names`` / ``joint_positions``, a JointState's ``name`` / ``position``); joints
-    not wanted are ignored, values included. Empty ``names`` means the values are
-    already in ``wanted`` order, accepted only when there are exactly len(wanted) of them.
-    Raises ValueError naming the problem: names and values of different lengths, a
-    wanted joint missing (all of them named) or named more than once, values that are
-    not numbers, NaN/Inf in a wanted joint (named).
-    """
-    wanted = tuple(wanted)
-    if isinstance(names, (str, bytes)) or isinstance(values, (str, bytes)):
-        raise ValueError(f"names and values must be sequences, got {_short(names)}, {_short(values)}")
-    names = tuple(names)
-    arr = _float_vector(values)
-    if arr is None:
-        raise ValueError(f"joint values must be a flat list of numbers, got {_short(values)}")
-    if not names:
-        if arr.size != len(wanted):
-            raise ValueError(f"no joint names and {arr.size} values; unnamed values must be the "
-                             f"{len(wanted)} joints {list(wanted)} in that order")
-        out = arr.copy()
-    else:
-        if arr.size != len(names):
-            raise ValueError(f"{len(names)} joint names but {arr.size} values")
-        index: dict[str, int] = {}
-        dupes: set[str] = set()
-        for i, n in enumerate(names):
-            if n in index:
-                dupes.add(n)
-            index[n] = i
-        missing = [n for n in wanted if n not in index]
-        if missing:
-            raise ValueError(f"missing joints {missing} (have {list(names)})")
-        ambiguous = sorted(dupes & set(wanted))
-        if ambiguous:
-            raise ValueError(f"joints named more than once: {ambiguous}")
-        out = arr[[index[n] for n in wanted]] if wanted else np.zeros(0)
-    bad = [n for n, v in zip(wanted, out) if not math.isfinite(v)]
-    if bad:
-        raise ValueError(f"NaN/Inf in joints {bad}")
-    return out
 
 
 class ObservationSynchronizer:
@@ -247,9 +205,8 @@ class ObservationSynchronizer:
         self._dim = len(config.joint_names)
         self._joint_index = {name: i for i, name in enumerate(config.joint_names)}
         self._held = np.array([self._joint_index[n] for n in config.held_joints], dtype=np.intp)  # (H,)
-        # tuple(names) -> indices into the message that give config order, or
-        # the reject (key, detail) that name list always earns.
-        self._name_cache: dict[tuple[str, ...], np.ndarray | tuple[str, str]] = {}
+        # Where each configured joint sits in a joint_states name list (core.joints' rule).
+        self._message_index = JointIndex(config.joint_names)
 
         # Parallel lists, sorted by stamp: bisect needs random access.
         self._joint_stamps_s: list[float] = []
@@ -294,25 +251,13 @@ class ObservationSynchronizer:
         return False, f"{key}: {detail}"
 
     def _order_for(self, names: tuple[str, ...]) -> np.ndarray | tuple[str, str]:
-        cached = self._name_cache.get(names)
-        if cached is not None:
-            return cached
-        result: np.ndarray | tuple[str, str]
-        if len(set(names)) != len(names):
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            result = ("duplicate_names", f"joint names appear more than once: {dupes!r}")
-        else:
-            position = {name: i for i, name in enumerate(names)}
-            missing = [n for n in self._config.joint_names if n not in position]
-            if missing:
-                result = ("missing_joints", f"joint_states lacks configured joints {missing!r}")
-            else:
-                result = np.array([position[n] for n in self._config.joint_names], dtype=np.intp)
-        if len(self._name_cache) >= _NAME_CACHE_MAX:
-            # A publisher cycling through name lists is broken; don't grow without bound.
-            self._name_cache.clear()
-        self._name_cache[names] = result
-        return result
+        """Indices into the message that give config order, or the reject (key, detail)."""
+        try:
+            return self._message_index.indices(names)
+        except MissingJointsError as exc:
+            return ("missing_joints", f"joint_states lacks configured joints {list(exc.joints)!r}")
+        except DuplicateJointsError as exc:
+            return ("duplicate_names", f"joint names appear more than once: {list(exc.joints)!r}")
 
     def add_joint_state(
         self,
@@ -326,11 +271,11 @@ class ObservationSynchronizer:
         Returns (True, '') when stored, else (False, '<key>: <detail>') with
         key one of JOINT_REJECT_REASONS, counted in stats. Never raises.
         Rejects: non-finite stamp, names/positions length mismatch, non-empty
-        velocities of another length, duplicate names, configured joints
-        missing (named in the reason), NaN/Inf in a configured joint's
-        position or velocity, and stamps <= the newest stored one. Joints not
-        in the config are ignored, including their values. Empty velocities
-        are stored as zeros.
+        velocities of another length, a configured joint named twice or
+        missing (named in the reason; the rule of core.joints), NaN/Inf in a
+        configured joint's position or velocity, and stamps <= the newest
+        stored one. Joints not in the config are ignored, including their
+        values and duplicates. Empty velocities are stored as zeros.
         """
         self._counts["joint_states_in"] += 1
         stamp = _finite_stamp(stamp_s)
@@ -369,12 +314,12 @@ class ObservationSynchronizer:
         pos = pos[order]  # (D,)
         vel = vel[order] if vel.size else np.zeros(self._dim)  # (D,)
         if not (np.isfinite(pos).all() and np.isfinite(vel).all()):
-            bad = [
+            bad_joints = [
                 n
                 for n, p, v in zip(self._config.joint_names, pos, vel)
                 if not (math.isfinite(p) and math.isfinite(v))
             ]
-            return self._reject_joint("non_finite", f"NaN/Inf in position or velocity of {_short(bad)}")
+            return self._reject_joint("non_finite", f"NaN/Inf in position or velocity of {_short(bad_joints)}")
         if self._joint_stamps_s:
             newest = self._joint_stamps_s[-1]
             if stamp == newest:

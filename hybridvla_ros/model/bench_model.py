@@ -4,7 +4,7 @@ For one checkpoint, each embodiment and each inference mode its head serves (tok
 coarse_to_fine: ``policy.HEAD_MODES``; ``--modes`` narrows them), every kind of
 :mod:`hybridvla_ros.model.export` (fp32 eager, int8 torch dynamic quantization, bf16,
 onnxruntime fp32, int8-ort: the ONNX graph with int8 MatMuls in onnxruntime) on the same
-held-out observations (recorded fresh with ``core.demos.record_demonstrations`` and a seed
+held-out observations (recorded fresh with ``sim.demos.record_demonstrations`` and a seed
 the trainer does not use):
 
 - latency of ``predict`` (preprocessing included) at batch 1, one torch/onnxruntime
@@ -163,7 +163,7 @@ def bench_mode(policy: Any, embodiment: str, mode: str, demos: dict[str, Any], k
 
     images, proprio, actions = demos["images"], demos["proprio"].astype(np.float64), demos["actions"]
     instruction = str(demos["instruction"])
-    from hybridvla_ros.model.train import demo_state
+    from hybridvla_ros.model.demo_data import demo_state
 
     state = demo_state(demos).astype(np.float64)                                       # (N, E)
     observations = [(images[i], proprio[i], state[i]) for i in range(len(proprio))]
@@ -248,8 +248,9 @@ def print_mode(name: str, res: dict[str, Any], mode_res: dict[str, Any], num_sam
         r = mode_res["kinds"].get(kind)
         if r and "meets_int8_target" in r:
             vs_onnx = f", {r['speedup_vs_onnx']:.2f}x fp32 onnx" if "speedup_vs_onnx" in r else ""
-            print(f"  {kind} target (>= {INT8_SPEEDUP_TARGET:.0f}x fp32 eager, < {100 * INT8_ERROR_INCREASE_TARGET:.0f} "
-                  f"% more error): {r['speedup_vs_fp32']:.2f}x (CPU time {r['cpu_speedup_vs_fp32']:.2f}x){vs_onnx}, "
+            print(f"  {kind} target (>= {INT8_SPEEDUP_TARGET:.0f}x fp32 eager, "
+                  f"< {100 * INT8_ERROR_INCREASE_TARGET:.0f} % more error): {r['speedup_vs_fp32']:.2f}x "
+                  f"(CPU time {r['cpu_speedup_vs_fp32']:.2f}x){vs_onnx}, "
                   f"{100 * r['error_increase_vs_fp32']:+.2f} % "
                   f"-> {'met' if r['meets_int8_target'] else 'NOT met'}")
     if sampling and num_samples != 1:
@@ -342,12 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.ao.quantization (see model/quantize.py)
     torch.set_num_threads(1)
     if args.memory_probe:
-        print(json.dumps(memory_probe(args.checkpoint, *args.memory_probe, iterations=args.iterations)))
+        kind, embodiment = args.memory_probe
+        print(json.dumps(memory_probe(args.checkpoint, kind, embodiment, iterations=args.iterations)))
         return 0
 
-    from hybridvla_ros.core.demos import record_demonstrations
     from hybridvla_ros.model.checkpoint import load_checkpoint
-    from hybridvla_ros.model.train import load_embodiment
+    from hybridvla_ros.model.demo_data import load_embodiment
+    from hybridvla_ros.sim.demos import record_demonstrations
 
     try:
         policy, config = load_checkpoint(args.checkpoint)
@@ -393,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         demos = record_demonstrations(load_embodiment(args.config_dir, name), args.episodes, args.steps_per_episode,
                                       image_size=config.image_size, seed=args.seed)
-        res: dict[str, Any] = {"head_type": head_type, "observations": len(demos["proprio"]),
+        res: dict[str, Any] = {"head_type": head_type, "observations": len(np.asarray(demos["proprio"])),
                                "num_samples": args.num_samples, "modes": {}}
         for mode in modes:
             res["modes"][mode] = bench_mode(policy, name, mode, demos, args.kinds, args.num_samples,

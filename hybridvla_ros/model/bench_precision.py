@@ -81,7 +81,7 @@ def _episode(sim: Any, seed: int, steps: int, recompute_every: int, plan: Any) -
     """Run one episode, replanning with ``plan(sim) -> (T, D)``; the final TCP error (m)."""
     sim.reset(seed=seed)
     chunk, k = None, 0
-    for step in range(steps):
+    for _ in range(steps):
         if chunk is None or k >= recompute_every or k >= len(chunk):
             chunk, k = plan(sim), 0
         sim.command_positions(chunk[k])
@@ -102,9 +102,9 @@ def run(checkpoint: str, embodiment: str = "franka", config_dir: str = "config",
         steps: int = 120, tolerance_mm: float = 1.0, num_samples: int = 5, seed: int = 0,
         closed_loop: bool = True, progress: bool = False) -> dict[str, Any]:
     """The benchmark's result dict (see the module docstring). Raises ValueError / CheckpointError."""
-    from hybridvla_ros.core.kinematic_sim import KinematicSim
-    from hybridvla_ros.core.sims import state_vector
-    from hybridvla_ros.model.train import load_embodiment
+    from hybridvla_ros.model.demo_data import load_embodiment
+    from hybridvla_ros.sim.kinematic import KinematicSim
+    from hybridvla_ros.sim.registry import state_vector
 
     params = load_embodiment(config_dir, embodiment, physics="kinematic")  # the reach task: kinematic sim
     tol = tolerance_mm * 1e-3
@@ -146,8 +146,9 @@ def run(checkpoint: str, embodiment: str = "franka", config_dir: str = "config",
         for mode in base.policy.modes(embodiment):
             runner = PolicyRunner(base.policy, base.config, embodiment, seed=seed, mode=mode)
             errs = [_episode(sim, s, steps, every,
-                             lambda sim: runner.predict(sim.render(), sim.positions, instruction, num_samples,
-                                                        state=state_vector(sim, runner.state_joints)).actions)
+                             lambda sim, runner=runner: runner.predict(  # this mode's runner
+                                 sim.render(), sim.positions, instruction, num_samples,
+                                 state=state_vector(sim, runner.state_joints)).actions)
                     for s in seeds]
             closed[mode] = summarize(errs, tol)
             if progress:

@@ -25,8 +25,9 @@ import json
 import math
 import os
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import safetensors.torch
@@ -189,7 +190,8 @@ def _check_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, t
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing tensor(s) {missing[:8]}" + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+            more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+            parts.append(f"missing tensor(s) {missing[:8]}{more}")
         if unexpected:
             parts.append(f"unexpected tensor(s) {unexpected[:8]}"
                          + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""))
@@ -235,6 +237,16 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[HybridPolicy, Po
     policy.load_state_dict(tensors, strict=True)
     policy.eval()
     return policy, config
+
+
+def read_policy_config(directory: str | os.PathLike[str]) -> PolicyConfig:
+    """The PolicyConfig of a checkpoint (architecture and embodiments) without reading its weights.
+
+    Raises CheckpointError as :func:`read_checkpoint_config` does, or for config entries that
+    do not make a PolicyConfig.
+    """
+    doc = read_checkpoint_config(directory)
+    return _config_from_doc(doc, f"'{Path(directory) / CONFIG_FILE}'")
 
 
 def model_version_of(directory: str | os.PathLike[str]) -> int:

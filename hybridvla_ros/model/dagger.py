@@ -3,32 +3,49 @@
 A policy cloned from the expert's demonstrations makes small errors, and in closed loop
 they carry it into states the demonstrations never showed (on the MuJoCo Franka: 5-10
 mrad per chunk, 8 cm off after a second, 0 of 10 cube placements). DAgger runs the
-trained policy through the deployed control path (:func:`hybridvla_ros.core.rollout.rollout`:
+trained policy through the deployed control path (:func:`hybridvla_ros.sim.rollout.rollout`:
 the real action buffer and safety filter), records every state it visits with the label
-the scripted expert gives *from that state* (:func:`hybridvla_ros.core.rollout.expert_chunk`,
+the scripted expert gives *from that state* (:func:`hybridvla_ros.sim.rollout.expert_chunk`,
 the same "next T targets" a demonstration holds), adds them to the data and trains on.
 Each round's closed-loop success is the learning curve, measured on the policy that
 collected the round's data.
 
-The recorded data use the demonstration format of :mod:`hybridvla_ros.core.demos`, so a
-round's data can be saved, replayed and trained on like demonstrations.
+The recorded data use the demonstration format of :mod:`hybridvla_ros.sim.demos`, so a
+round's data can be saved, replayed and trained on like demonstrations. :func:`dagger`
+runs the rounds after :func:`hybridvla_ros.model.train.train` (``hybridvla train
+--dagger-rounds N``).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import os
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from hybridvla_ros.core.demos import validate_demonstrations
+from hybridvla_ros.core.dataset_keys import DEMO_PROPRIO
 from hybridvla_ros.core.image import resize_for_policy
-from hybridvla_ros.core.rollout import RolloutResult, expert_chunk, rollout
-from hybridvla_ros.core.sims import make_sim, state_vector
+from hybridvla_ros.model.policy import EmbodimentSpec
+from hybridvla_ros.model.runner import PolicyRunner
+from hybridvla_ros.model.train import TrainConfig, TrainResult, train, write_outputs
+from hybridvla_ros.sim.base import Simulator
+from hybridvla_ros.sim.demos import validate_demonstrations
+from hybridvla_ros.sim.registry import make_sim, state_vector
+from hybridvla_ros.sim.rollout import RolloutResult, control_path, expert_chunk, rollout
 
-__all__ = ["PolicyStates", "record_policy_states", "merge_demonstrations"]
+__all__ = ["PolicyStates", "record_policy_states", "merge_demonstrations", "DaggerConfig", "dagger"]
 
 DAGGER_SEED_OFFSET = 1_000_003  # DAgger scenes are drawn from seeds the demonstrations did not use
+# seconds per closed-loop DAgger episode: the kinematic experts settle within ~1.2 s, the MuJoCo tasks take ~3.5 s
+DAGGER_EPISODE_S = {"kinematic": 6.0, "mujoco": 8.0}
+DAGGER_KEEP = ("best", "last")
+DAGGER_WARMUP_STEPS = 20        # learning-rate warm-up of each round's training (it continues a trained policy)
+DAGGER_RECORD_EVERY = 2         # every second control step of a closed-loop episode is recorded
 
 
 @dataclass
@@ -68,7 +85,7 @@ def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: 
     for e in range(episodes):  # episodes are sequential on one simulator
         steps = itertools.count()
 
-        def observe(s: Any, e: int = e, steps: Any = steps) -> None:
+        def observe(s: Simulator, e: int = e, steps: Any = steps) -> None:
             if next(steps) % record_every == 0:
                 images.append(resize_for_policy(s.render(), image_size))   # (S, S, 3) uint8
                 proprio.append(np.asarray(s.positions, dtype=np.float32))  # (D,)
@@ -97,7 +114,8 @@ def merge_demonstrations(first: Mapping[str, Any], then: Mapping[str, Any]) -> d
     episodes renumbered to follow ``first``'s (so a split that holds out the LAST episodes
     holds out ``then``'s). Raises ValueError when they are of different embodiments,
     instructions, control periods or shapes."""
-    a, b = validate_demonstrations(dict(first)), validate_demonstrations(dict(then))
+    a: dict[str, Any] = validate_demonstrations(dict(first))
+    b: dict[str, Any] = validate_demonstrations(dict(then))
     for key in ("embodiment", "instruction", "control_period_s"):
         if a[key] != b[key]:
             raise ValueError(f"merge_demonstrations: {key} differs: {a[key]!r} and {b[key]!r}")
@@ -111,3 +129,81 @@ def merge_demonstrations(first: Mapping[str, Any], then: Mapping[str, Any]) -> d
     for key in ("embodiment", "instruction", "control_period_s"):
         out[key] = a[key]
     return out
+
+
+@dataclass(frozen=True)
+class DaggerConfig:
+    """The DAgger rounds :func:`dagger` runs."""
+
+    rounds: int                 # rounds of collection + training (0: only measure the policy)
+    episodes: int = 20          # closed-loop episodes per embodiment and round
+    train_steps: int = 500      # optimizer steps after each round, all embodiments together
+    keep: str = "best"          # "best": the round with the best closed-loop success; "last": the last one
+
+    def __post_init__(self) -> None:
+        if self.keep not in DAGGER_KEEP:
+            raise ValueError(f"keep: one of {DAGGER_KEEP}, got {self.keep!r}")
+        if self.rounds < 0:
+            raise ValueError(f"rounds: must be >= 0, got {self.rounds!r}")
+        for name in ("episodes", "train_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)!r}")
+
+
+def dagger(result: TrainResult, demos: list[dict[str, Any]], specs: Sequence[EmbodimentSpec], params: Sequence[Any],
+           config_dir: str | os.PathLike[str], rounds: DaggerConfig, train_config: TrainConfig, *,
+           out_dir: str | os.PathLike[str] | None, progress: bool = False,
+           extra_log: Mapping[str, Any] | None = None) -> TrainResult:
+    """``rounds.rounds`` DAgger rounds on ``result.policy``: each runs ``rounds.episodes``
+    closed-loop episodes per embodiment (``params``: SimRobotParams, in ``specs`` order; the
+    control path from ``config_dir/<embodiment>.yaml``) through the deployed control path,
+    adds the visited states with the expert's labels to that embodiment's data (``demos`` is
+    extended in place) and trains ``rounds.train_steps`` more steps with ``train_config``'s
+    optimizer settings; a last collection measures the final policy. Returns, with the
+    checkpoint written to ``out_dir``, the policy of the round ``rounds.keep`` names:
+    ``"last"``, or ``"best"`` (Ross et al. keep the best policy on validation: here the highest
+    closed-loop success over the embodiments in the round's own collection, then the lowest
+    median final error; the later round on a tie). ``log["dagger"]`` has per round and
+    embodiment the closed-loop success rate and median final task error of the policy that
+    collected, and ``log["dagger_kept_round"]`` the round returned."""
+    seed = train_config.seed
+    curve: list[dict[str, Any]] = []
+    scored: list[tuple[float, float, int, TrainResult]] = []  # (success, -median error, round, result)
+    paths = {p.embodiment: control_path(str(Path(config_dir) / f"{p.embodiment}.yaml")) for p in params}
+    for rnd in range(rounds.rounds + 1):
+        point: dict[str, Any] = {"round": rnd}
+        for i, p in enumerate(params):
+            runner = PolicyRunner(result.policy, result.config, p.embodiment, seed=seed + rnd)
+            predict = runner.predictor(p.instruction)
+            states = record_policy_states(predict, p, *paths[p.embodiment], rounds.episodes,
+                                          DAGGER_EPISODE_S[p.physics], result.config.image_size,
+                                          seed=seed + rnd, record_every=DAGGER_RECORD_EVERY)
+            point[p.embodiment] = {"success_rate": states.success_rate,
+                                   "final_error_m_median": float(np.median([r.final_error_m for r in states.results])),
+                                   "states": len(states.demos[DEMO_PROPRIO])}
+            if progress:
+                print(f"dagger round {rnd}: {p.embodiment} closed-loop success {states.success_rate:.2f}, median "
+                      f"final error {point[p.embodiment]['final_error_m_median']:.3f} m", file=sys.stderr, flush=True)
+            if rnd < rounds.rounds:
+                # the demonstrations' held-out episodes stay last
+                demos[i] = merge_demonstrations(states.demos, demos[i])
+        curve.append(point)
+        per_robot = [point[p.embodiment] for p in params]
+        scored.append((float(np.mean([r["success_rate"] for r in per_robot])),
+                       -float(np.mean([r["final_error_m_median"] for r in per_robot])), rnd, result))
+        if rnd == rounds.rounds:
+            break
+        steps = result.log["steps"]
+        train_time = result.log["train_time_s"]
+        round_config = dataclasses.replace(train_config, train_steps=rounds.train_steps,
+                                           warmup_steps=DAGGER_WARMUP_STEPS, seed=seed + 1 + rnd)
+        result = train(demos, specs, round_config, init_policy=result.policy, progress=progress, extra_log=extra_log)
+        result.log["steps"] = {k: steps[k] + result.log["steps"][k] for k in steps}  # one loss curve for all
+        result.log["train_time_s"] += train_time
+    if rounds.keep == "best":
+        kept_round, result = max(scored, key=lambda item: item[:3])[2:]
+    else:
+        kept_round = rounds.rounds
+    result.log["dagger"] = curve
+    result.log["dagger_kept_round"] = kept_round
+    return write_outputs(result, demos, specs, out_dir, seed) if out_dir is not None else result

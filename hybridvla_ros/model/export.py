@@ -11,7 +11,7 @@ confidence)`` takes the same numpy inputs as :meth:`PolicyRunner.predict`. Kinds
   (:func:`hybridvla_ros.model.quantize.quantize_policy_dynamic`).
 - ``int8-ort``: the ``onnx`` graph below with its weight MatMuls dynamically quantized to int8
   by ``onnxruntime.quantization``, run by onnxruntime
-  (:class:`hybridvla_ros.model.quantize.OnnxInt8Variant`).
+  (:class:`OnnxInt8Variant`, quantized by :func:`hybridvla_ros.model.quantize.quantize_onnx_dynamic`).
 - ``bf16``: a copy with backbone and head weights cast to bfloat16 (a weight cast, not
   ``torch.autocast``: at batch 1 autocast's per-op casts cost more than they save);
   normalization, the flow Euler update, the token decode and the confidence stay fp32.
@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from hybridvla_ros.model.policy import CoarseToFineHead, FlowHead, HybridPolicy, PolicyConfig
+from hybridvla_ros.model.quantize import quantize_onnx_dynamic, quantize_policy_dynamic
 from hybridvla_ros.model.text import embed_instruction
 
 VARIANT_KINDS = ("fp32", "int8", "bf16", "onnx", "int8-ort")
@@ -162,7 +163,8 @@ class InferenceVariant:
                 state: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray]:
         if not isinstance(image_rgb, np.ndarray) or image_rgb.ndim != 3 or image_rgb.shape[2] != 3 \
                 or image_rgb.dtype != np.uint8:
-            got = f"{image_rgb.shape} {image_rgb.dtype}" if isinstance(image_rgb, np.ndarray) else type(image_rgb).__name__
+            got = (f"{image_rgb.shape} {image_rgb.dtype}" if isinstance(image_rgb, np.ndarray)
+                   else type(image_rgb).__name__)
             raise ValueError(f"image_rgb: expected an (H, W, 3) uint8 array, got {got}")
         q = np.asarray(joint_positions, dtype=np.float64)
         if q.shape != (self.action_dim,) or not np.isfinite(q).all():
@@ -217,8 +219,6 @@ class TorchVariant(InferenceVariant):
         self.kind = kind
         policy = policy.eval()
         if kind == "int8":
-            from hybridvla_ros.model.quantize import quantize_policy_dynamic
-
             policy = quantize_policy_dynamic(policy)  # a copy; the transformer stays fp32 on its fused path
         dtype = torch.float32
         if kind == "bf16":  # a copy with backbone and heads in bf16; the normalizers stay fp32
@@ -228,7 +228,8 @@ class TorchVariant(InferenceVariant):
             dtype = torch.bfloat16
         self.sampler = Batch1Sampler(policy, embodiment, dtype, mode=self.head_type).eval()
 
-    def _run(self, image, proprio, instruction, noise):  # type: ignore[no-untyped-def]
+    def _run(self, image: torch.Tensor, proprio: torch.Tensor, instruction: torch.Tensor,
+             noise: torch.Tensor | None) -> tuple[np.ndarray, float]:
         with torch.inference_mode():
             delta, confidence = self.sampler(image, proprio, instruction, noise)
         return delta[0].numpy(), float(confidence[0])
@@ -279,12 +280,31 @@ class OnnxVariant(InferenceVariant):
         options.log_severity_level = 3
         self.session = ort.InferenceSession(self.model_bytes, options, providers=["CPUExecutionProvider"])
 
-    def _run(self, image, proprio, instruction, noise):  # type: ignore[no-untyped-def]
+    def _run(self, image: torch.Tensor, proprio: torch.Tensor, instruction: torch.Tensor,
+             noise: torch.Tensor | None) -> tuple[np.ndarray, float]:
         feed = {"image": image.numpy(), "proprio": proprio.numpy(), "instruction": instruction.numpy()}
         if noise is not None:
             feed["noise"] = noise.numpy()
         delta, confidence = self.session.run(None, feed)
         return delta[0], float(confidence[0])
+
+
+class OnnxInt8Variant(OnnxVariant):
+    """The ``onnx`` kind's graph, weight MatMuls quantized to int8, run by onnxruntime (same session options)."""
+
+    kind = "int8-ort"
+
+    def __init__(self, policy: HybridPolicy, embodiment: str, seed: int = 0, mode: str | None = None,
+                 per_channel: bool = False) -> None:
+        super().__init__(policy, embodiment, seed, mode)
+        import onnxruntime as ort
+
+        t0 = time.perf_counter()
+        self.model_bytes = quantize_onnx_dynamic(self.model_bytes, per_channel)
+        self.quantize_time_s = time.perf_counter() - t0
+        fp32_session = self.session
+        self.session = ort.InferenceSession(self.model_bytes, fp32_session.get_session_options(),
+                                            providers=fp32_session.get_providers())
 
 
 def make_variant(runner_or_policy: Any, kind: str, embodiment: str | None = None, seed: int = 0,
@@ -312,8 +332,6 @@ def make_variant(runner_or_policy: Any, kind: str, embodiment: str | None = None
         raise ValueError(f"embodiment: name one of {list(policy.embodiment_names)}, got {embodiment!r}")
     policy.check_mode(embodiment, mode)
     if kind == "int8-ort":
-        from hybridvla_ros.model.quantize import OnnxInt8Variant
-
         return OnnxInt8Variant(policy, embodiment, seed, mode)
     if kind == "onnx":
         return OnnxVariant(policy, embodiment, seed, mode)

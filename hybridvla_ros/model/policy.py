@@ -31,13 +31,19 @@ Reads top to bottom:
 
 A batch holds ONE embodiment (``batch[EMBODIMENT]`` is its name); the trainer alternates
 embodiments between steps.
+
+Size: about 760 lines because it is the whole network in one file, read top to bottom in
+one sitting like nanoGPT's model.py; the parts only make sense together (the heads share
+the backbone's feature and the normalizer's delta scale), and training, checkpoints and
+export live in their own modules.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
+from typing import cast
 
 import numpy as np
 import torch
@@ -117,7 +123,7 @@ class EmbodimentSpec:
         return len(self.state_joints)
 
     @classmethod
-    def from_params(cls, params: object) -> "EmbodimentSpec":
+    def from_params(cls, params: object) -> EmbodimentSpec:
         """Build from an ``EmbodimentParams`` (any object with the same attributes); new flow heads
         predict the clean sample. The parameter file's ``head_type`` is the inference mode; the
         "routed" mode is served by a coarse_to_fine head."""
@@ -698,13 +704,13 @@ class HybridPolicy(nn.Module):
         name: str = batch[EMBODIMENT]  # type: ignore[assignment]
         proprio_norm = self.normalizers[name].normalize_observation(batch[PROPRIO], batch.get(STATE))  # (B, D + E)
         return self.backbone(batch[IMAGE], proprio_norm, batch[INSTRUCTION], name,
-                             image_tokens=batch.get(IMAGE_TOKENS))  # type: ignore[arg-type]
+                             image_tokens=batch.get(IMAGE_TOKENS))
 
     def forward(self, batch: Mapping[str, object]) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss of one single-embodiment batch, and its parts as floats."""
         spec = self._check_batch(batch, with_actions=True)
         feat = self.encode(batch)                                                  # (B, d)
-        delta = batch[ACTIONS] - batch[PROPRIO][:, None, :]                        # (B, T, D)
+        delta = cast(torch.Tensor, batch[ACTIONS]) - cast(torch.Tensor, batch[PROPRIO])[:, None, :]  # (B, T, D)
         target = self.normalizers[spec.name].normalize_delta(delta)                # (B, T, D)
         loss, parts = self.heads[spec.name].loss(feat, target)
         return loss, {"loss": loss.item(), **parts}
@@ -750,7 +756,7 @@ class HybridPolicy(nn.Module):
         else:
             delta_norm, confidence = head.sample(feat, num_samples, generator)        # (B, T, D), (B,)
         delta = self.normalizers[spec.name].denormalize_delta(delta_norm)           # (B, T, D)
-        return {ACTIONS: batch[PROPRIO][:, None, :] + delta, DELTAS: delta, CONFIDENCE: confidence}
+        return {ACTIONS: cast(torch.Tensor, batch[PROPRIO])[:, None, :] + delta, DELTAS: delta, CONFIDENCE: confidence}
 
 
 def count_parameters(module: nn.Module) -> int:

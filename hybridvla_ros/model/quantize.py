@@ -12,27 +12,29 @@ range, so no calibration set is needed and a new checkpoint quantizes in well un
   model at batch 1 on the CPU torchao's ``Int8DynamicActivationInt8WeightConfig`` (0.18) was
   2.2x SLOWER than fp32 eager (tensor-subclass dispatch on every op) and still 1.5x slower under
   ``torch.compile``, so this kind stays on ``torch.ao`` while torch ships it.
-- ``int8-ort``: :class:`OnnxInt8Variant`, the ``onnx`` kind's graph with every weight MatMul
+- ``int8-ort``: :func:`quantize_onnx_dynamic`, applied by :class:`hybridvla_ros.model.export.OnnxInt8Variant`
+  to the ``onnx`` kind's graph with every weight MatMul
   and Gemm turned into a dynamically quantized MatMul by ``onnxruntime.quantization.
   quantize_dynamic`` (ORT fuses it into ``DynamicQuantizeMatMul``, VNNI where the CPU has
   it), run by onnxruntime. Convolutions stay fp32: ORT's ``ConvInteger`` made the whole graph
   slower (1.13 ms against 0.78 ms fp32). Most of its speed-up over fp32 eager is the runtime
   (the fp32 ONNX graph alone is 2-3x); the int8 arithmetic adds about 1.3-1.4x on top. The
   benchmark prints both ratios (``speedup_vs_fp32``, ``speedup_vs_onnx``).
+
+This module only quantizes (a policy, an ONNX graph); the inference variants that run the
+results live in :mod:`hybridvla_ros.model.export`, which imports this one (never the other way).
 """
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
 
-from hybridvla_ros.model.export import OnnxVariant
 from hybridvla_ros.model.policy import HybridPolicy
 
 # Linears under this module path stay fp32 (the fused transformer fast path).
@@ -98,20 +100,3 @@ def quantize_onnx_dynamic(model_bytes: bytes, per_channel: bool = False) -> byte
         with open(dst, "rb") as f:
             return f.read()
 
-
-class OnnxInt8Variant(OnnxVariant):
-    """The ``onnx`` kind's graph, weight MatMuls quantized to int8, run by onnxruntime (same session options)."""
-
-    kind = "int8-ort"
-
-    def __init__(self, policy: HybridPolicy, embodiment: str, seed: int = 0, mode: str | None = None,
-                 per_channel: bool = False) -> None:
-        super().__init__(policy, embodiment, seed, mode)
-        import onnxruntime as ort
-
-        t0 = time.perf_counter()
-        self.model_bytes = quantize_onnx_dynamic(self.model_bytes, per_channel)
-        self.quantize_time_s = time.perf_counter() - t0
-        fp32_session = self.session
-        self.session = ort.InferenceSession(self.model_bytes, fp32_session.get_session_options(),
-                                            providers=fp32_session.get_providers())

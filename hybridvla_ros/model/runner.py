@@ -12,16 +12,26 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import cv2
 import numpy as np
 import torch
 
 from hybridvla_ros.model.checkpoint import KEY_MODEL_VERSION, load_checkpoint, read_checkpoint_config
-from hybridvla_ros.model.policy import (CONFIDENCE, DELTAS, EMBODIMENT, IMAGE, IMAGE_TOKENS, INSTRUCTION,
-                                        PROPRIO, STATE, HybridPolicy, PolicyConfig)
+from hybridvla_ros.model.policy import (
+    CONFIDENCE,
+    DELTAS,
+    EMBODIMENT,
+    IMAGE,
+    IMAGE_TOKENS,
+    INSTRUCTION,
+    PROPRIO,
+    STATE,
+    HybridPolicy,
+    PolicyConfig,
+)
 from hybridvla_ros.model.text import embed_instruction
 
 INSTRUCTION_CACHE_SIZE = 32
@@ -64,7 +74,7 @@ class PolicyRunner:
 
     @classmethod
     def load(cls, checkpoint_dir: str | os.PathLike[str], embodiment: str, num_threads: int = 1,
-             seed: int = 0, mode: str | None = None, instruction_encoder: str | None = None) -> "PolicyRunner":
+             seed: int = 0, mode: str | None = None, instruction_encoder: str | None = None) -> PolicyRunner:
         """Load ``checkpoint_dir`` for ``embodiment``, serving ``mode`` (None: the head's type).
 
         Raises CheckpointError, or ValueError if the checkpoint has no head for ``embodiment``,
@@ -77,7 +87,8 @@ class PolicyRunner:
         policy, config = load_checkpoint(checkpoint_dir)
         if instruction_encoder is not None and instruction_encoder != config.instruction_encoder:
             raise ValueError(f"instruction_encoder: checkpoint '{checkpoint_dir}' was trained with "
-                             f"{config.instruction_encoder!r} ({config.instruction_dim}-d), not {instruction_encoder!r}")
+                             f"{config.instruction_encoder!r} ({config.instruction_dim}-d), "
+                             f"not {instruction_encoder!r}")
         model_version = read_checkpoint_config(checkpoint_dir)[KEY_MODEL_VERSION]
         torch.set_num_threads(num_threads)
         return cls(policy, config, embodiment, model_version=model_version, seed=seed, mode=mode)
@@ -103,7 +114,7 @@ class PolicyRunner:
         """(1, G*G, d_model) vision tokens of ``image`` (from ``image_rgb``, (S, S, 3) uint8): the
         previous call's when the bytes are equal, else freshly encoded (inside inference_mode)."""
         if self._last_image is not None and np.array_equal(image_rgb, self._last_image):
-            return self._last_image_tokens  # type: ignore[return-value]
+            return self._last_image_tokens
         tokens = self.policy.backbone.vision(image)                                        # (1, G*G, d)
         self._last_image, self._last_image_tokens = image_rgb.copy(), tokens
         return tokens
@@ -171,7 +182,7 @@ class PolicyRunner:
                           latency_s=time.perf_counter() - start, head_type=self.head_type)
 
     def predictor(self, instruction: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, float]]:
-        """This runner as a :mod:`hybridvla_ros.core.rollout` Predictor for ``instruction``:
+        """This runner as a :mod:`hybridvla_ros.sim.rollout` Predictor for ``instruction``:
         (image, joint positions, state joints) -> (actions (T, D), confidence)."""
         return _predictor(self, instruction)
 
@@ -184,10 +195,11 @@ class PolicyRunner:
         if image_rgb.shape[:2] != (S, S):
             image_rgb = cv2.resize(np.ascontiguousarray(image_rgb), (S, S), interpolation=cv2.INTER_AREA)  # (S, S, 3)
         image = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, S, S)
-        out = {EMBODIMENT: self.embodiment, IMAGE: image,
-               IMAGE_TOKENS: self._vision_tokens(image_rgb, image),              # (1, G*G, d)
-               PROPRIO: torch.from_numpy(np.asarray(q, dtype=np.float64)).float()[None],  # (1, D)
-               INSTRUCTION: self._instruction_embedding(instruction)}            # (1, E)
+        out: dict[str, object] = {
+            EMBODIMENT: self.embodiment, IMAGE: image,
+            IMAGE_TOKENS: self._vision_tokens(image_rgb, image),                       # (1, G*G, d)
+            PROPRIO: torch.from_numpy(np.asarray(q, dtype=np.float64)).float()[None],  # (1, D)
+            INSTRUCTION: self._instruction_embedding(instruction)}                     # (1, E)
         if self.state_joints:
             out[STATE] = torch.from_numpy(self.check_state(state)).float()[None]  # (1, E)
         return out
@@ -226,9 +238,17 @@ class ExportedRunner:
         self.base = runner
         self.runtime = runtime
         self.variant = make_variant(runner, runtime, seed=seed)  # ValueError for a mode the head cannot serve
-        for name in ("embodiment", "action_dim", "chunk_size", "head_type", "image_size", "model_version",
-                     "joint_names", "state_joints", "control_period_s", "default_instruction"):
-            setattr(self, name, getattr(runner, name))
+        # PolicyRunner's attributes, spelled out so the type checker knows them
+        self.embodiment: str = runner.embodiment
+        self.action_dim: int = runner.action_dim
+        self.chunk_size: int = runner.chunk_size
+        self.head_type: str = runner.head_type
+        self.image_size: int = runner.image_size
+        self.model_version: int = runner.model_version
+        self.joint_names: tuple[str, ...] = runner.joint_names
+        self.state_joints: tuple[str, ...] = runner.state_joints
+        self.control_period_s: float = runner.control_period_s
+        self.default_instruction: str = runner.default_instruction
 
     def predict(self, image_rgb: np.ndarray, joint_positions: np.ndarray, instruction: str,
                 num_samples: int = 5, state: np.ndarray | None = None) -> Prediction:

@@ -24,6 +24,7 @@ import os
 import threading
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,11 +70,11 @@ class SentenceEncoder:
     def __init__(self, name: str, model_dir: Path) -> None:
         self.name = name
         self.model_dir = model_dir
-        self._model = None
+        self._model: Any = None  # a SentenceTransformer once loaded (imported only when used)
         self._lock = threading.Lock()
         self.calls = 0  # texts encoded so far (callers cache; the tests check that they do)
 
-    def _load(self):  # type: ignore[no-untyped-def]
+    def _load(self) -> Any:
         with self._lock:
             if self._model is None:
                 if not (self.model_dir / "modules.json").is_file() and not (self.model_dir / "config.json").is_file():

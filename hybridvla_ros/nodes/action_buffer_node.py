@@ -44,8 +44,8 @@ class ActionBufferNode(Node):
             return
         flat = np.asarray(msg.actions, dtype=np.float64)
         if msg.action_dim == 0 or flat.size != msg.chunk_length * msg.action_dim:
-            self.get_logger().warning(
-                f"chunk rejected: {flat.size} values for {msg.chunk_length}x{msg.action_dim}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"chunk rejected: {flat.size} values for {msg.chunk_length}x{msg.action_dim}",
+                                      throttle_duration_sec=2.0)
             return
         actions = flat.reshape(msg.chunk_length, msg.action_dim)  # (T, D)
         ok, reason = self.buffer.add_chunk(actions, stamp_to_s(msg.header.stamp), msg.step_period_s,

@@ -28,6 +28,8 @@ from std_msgs.msg import String
 from hybridvla_ros.core.correction_store import CorrectionStoreError
 from hybridvla_ros.model.adaptation import LOG_FIELDS, adapt
 from hybridvla_ros.model.checkpoint import CheckpointError, json_default, read_checkpoint_config
+from hybridvla_ros.model.corrections_data import load_corrections_for
+from hybridvla_ros.model.replay import checkpoint_replay_or_record
 from hybridvla_ros.nodes.common import load_schema, run_node
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.adaptation import AdaptationParams
@@ -133,7 +135,11 @@ class AdaptationNode(Node):
         log.info(f"adaptation {self.attempts}: {request.get('count', '?')} corrections in {request['store_path']}, "
                  f"base {base}")
         try:
-            result = adapt(self.params, base, store_path=request["store_path"], request=request)
+            corrections, store = load_corrections_for(base, request["store_path"], self.params)
+            # The replay sample training stored next to the checkpoint; a checkpoint without one
+            # (not written by `hybridvla train`) gets one recorded on the kinematic simulator.
+            replay = checkpoint_replay_or_record(base, self.params)
+            result = adapt(self.params, base, corrections, replay, store=store, request=request)
         except (CheckpointError, CorrectionStoreError, ValueError, OSError) as exc:
             entry: dict[str, Any] = {k: None for k in LOG_FIELDS}
             entry.update(embodiment=self.params.embodiment, accepted=False, reason=f"error: {exc}",

@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import array
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
-from hybridvla_ros.params import ParameterError, from_params
+from hybridvla_ros.params import ParameterError
+from hybridvla_ros.params.check import load_node_schema
 
 T = TypeVar("T")
+
+# The arguments rclpy was initialised with: the node reads its --params-file paths from them
+# to say which file and section an unknown key came from (rcl keeps no record of it).
+_process_args: list[str] | None = None
 
 
 def node_parameters(node: Node) -> dict[str, Any]:
@@ -29,8 +35,13 @@ def node_parameters(node: Node) -> dict[str, Any]:
 
 
 def load_schema(node: Node, schema: type[T]) -> T:
-    """Validate the node's parameters against its schema; raises ParameterError naming the field."""
-    return from_params(schema, node_parameters(node), node.get_name())
+    """Validate the node's parameters against its schema.
+
+    Raises ParameterError naming the field: one line per key the schema does not know
+    (with its file, section and the closest known name), else the first bad value.
+    """
+    argv = _process_args if _process_args is not None else sys.argv
+    return load_node_schema(schema, node_parameters(node), node.get_name(), argv, node.get_namespace())
 
 
 def stamp_to_s(stamp: Any) -> float:
@@ -54,9 +65,11 @@ def now_s(node: Node) -> float:
 def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
     """Create the node, spin until Ctrl-C or shutdown, clean up; returns the exit code.
 
-    A bad parameter file gives a one-line error naming the parameter and exit code 2,
-    not a traceback.
+    A bad parameter file gives a one-line error per bad parameter and exit code 2, not a
+    traceback.
     """
+    global _process_args
+    _process_args = list(sys.argv if args is None else args)
     rclpy.init(args=args)
     node: Node | None = None
     code = 0
@@ -64,7 +77,8 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
         node = factory()
         rclpy.spin(node)
     except ParameterError as exc:
-        print(f"[FATAL] bad parameter: {exc}", file=sys.stderr, flush=True)
+        for line in str(exc).splitlines():
+            print(f"[FATAL] bad parameter: {line}", file=sys.stderr, flush=True)
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

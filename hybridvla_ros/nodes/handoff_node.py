@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from geometry_msgs.msg import Twist
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.client import Client
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
@@ -33,34 +34,12 @@ from hybridvla_ros.core.handoff import (
     Output,
     OutputKind,
 )
+from hybridvla_ros.core.joints import JointIndex, JointSelectionError
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp
 from hybridvla_ros.params.handoff import HandoffParams
 
 SOURCES = {OutputKind.POLICY: ActionStep.SOURCE_POLICY, OutputKind.HUMAN: ActionStep.SOURCE_HUMAN,
            OutputKind.HOLD: ActionStep.SOURCE_HOLD}
-
-
-class JointOrder:
-    """Maps a message's joint names onto the embodiment's action order (cached per name list)."""
-
-    def __init__(self, joint_names: tuple[str, ...]) -> None:
-        self._joints = joint_names
-        self._names: list[str] | None = None
-        self._index: list[int] = []
-
-    def positions(self, names: list[str], values: list[float] | np.ndarray) -> np.ndarray | None:
-        """Values in action order, or None if a joint is missing or the lengths disagree."""
-        if names != self._names:
-            try:
-                self._index = [names.index(j) for j in self._joints]
-            except ValueError:
-                self._names = None
-                return None
-            self._names = names
-        arr = np.asarray(values, dtype=np.float64)
-        if arr.shape != (len(names),):
-            return None
-        return arr[self._index]
 
 
 RUNTIME_PARAMETERS = ("pause_confidence", "resume_confidence", "low_confidence_chunks_to_pause",
@@ -91,8 +70,8 @@ class HandoffNode(Node):
             std=np.asarray(p.proprio_std) if p.proprio_std else None, ignore=p.ood_ignore_mask)
         # Thresholds and timeouts can be tuned on a running robot (ros2 param set /handoff ...).
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._measured_order = JointOrder(p.joint_names)
-        self._observation_order = JointOrder(p.joint_names)
+        self._measured_index = JointIndex(p.joint_names)
+        self._observation_index = JointIndex(p.joint_names)
         self._last_scale: float | None = None
 
         qos = QoSProfile(depth=10)
@@ -113,7 +92,7 @@ class HandoffNode(Node):
         self.create_subscription(Observation, "observation", self._on_observation, QoSProfile(depth=5))
         self.create_service(Trigger, "~/acknowledge", self._on_acknowledge)
         self.create_service(Trigger, "~/resume_policy", self._on_resume)
-        self.reset_client = self.create_client(Trigger, "action_buffer/reset")
+        self.reset_client: Client = self.create_client(Trigger, "action_buffer/reset")
         self.create_timer(p.control_period_s, self._tick)
         self.create_timer(1.0 / p.mode_publish_rate_hz, self._publish_mode)
         self._publish_mode()
@@ -179,15 +158,21 @@ class HandoffNode(Node):
         self._apply(self.sm.drain())
 
     def _on_joint_state(self, msg: JointState) -> None:
-        q = self._measured_order.positions(list(msg.name), msg.position)
-        if q is None:
-            self.get_logger().warning("joint_states without all joints; ignored", throttle_duration_sec=5.0)
+        try:  # NaN/Inf go on: the state machine rejects them itself
+            q = self._measured_index.select(msg.name, msg.position, finite=False, require_names=True)
+        except JointSelectionError as exc:
+            self.get_logger().warning(f"joint_states ignored: {exc}", throttle_duration_sec=5.0)
             return
         self.sm.on_measured(q, now_s(self))
 
     def _on_observation(self, msg: Observation) -> None:
-        names = list(msg.joint_names) or list(self.params.joint_names)  # unnamed: action order
-        q = self._observation_order.positions(names, msg.joint_positions)
+        # Unnamed joint positions are in action order. One we cannot read scores as out of distribution.
+        try:
+            q = self._observation_index.select(msg.joint_names, msg.joint_positions, finite=False)
+        except JointSelectionError as exc:
+            self.get_logger().warning(f"observation joints unreadable, scored out of distribution: {exc}",
+                                      throttle_duration_sec=5.0)
+            q = None
         self.sm.on_ood_score(self.ood.score(q) if q is not None else float("inf"), now_s(self))
         self._apply(self.sm.drain())
 

@@ -17,6 +17,7 @@ from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String, UInt64
@@ -24,6 +25,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from hybridvla_msgs.msg import ActionChunk, ActionStep, BufferStatus, HandoffMode, Observation, SafetyStatus
 from hybridvla_ros.core.image import ImageDecodeError, decode_raw
+from hybridvla_ros.core.joints import JointIndex, JointSelectionError, MissingJointsError
 from hybridvla_ros.core.monitoring import GraphHealth, MarkerSpec, SafetySample, annotate_image
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp
 from hybridvla_ros.params.monitor import MonitorParams
@@ -53,7 +55,7 @@ class MonitorNode(Node):
         super().__init__("monitor", automatically_declare_parameters_from_overrides=True)
         self.params = p = load_schema(self, MonitorParams)
         self.health = GraphHealth(p.monitor_config())
-        self._js_index: tuple[list[str], list[int]] | None = None
+        self._joint_index = JointIndex(p.joint_names)  # the driver's joint_states order, per name list
         self._image_msg: Image | None = None
         self._image_new = False
         reliable = QoSProfile(depth=20)
@@ -75,7 +77,7 @@ class MonitorNode(Node):
         self.create_timer(1.0 / p.marker_rate_hz, self._publish_markers)
         if p.image_rate_hz > 0:
             self.create_timer(1.0 / p.image_rate_hz, self._publish_image)
-        self._tf_static_pub = None
+        self._tf_static_pub: Publisher | None = None
         if p.publish_plot_frame and p.resolved_plot_space == "joint":
             self._publish_plot_frame()
         self.get_logger().info(
@@ -101,8 +103,8 @@ class MonitorNode(Node):
         tr.x, tr.y, tr.z = p.plot_origin_m
         tf.transform.rotation.w = 1.0
         qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._tf_static_pub = self.create_publisher(TFMessage, "/tf_static", qos)
-        self._tf_static_pub.publish(TFMessage(transforms=[tf]))
+        self._tf_static_pub = pub = self.create_publisher(TFMessage, "/tf_static", qos)
+        pub.publish(TFMessage(transforms=[tf]))
 
     # --- inputs
     def _on_observation(self, msg: Observation) -> None:
@@ -110,14 +112,13 @@ class MonitorNode(Node):
         self._image_msg, self._image_new = msg.image, True
 
     def _on_joint_state(self, msg: JointState) -> None:
-        names = list(msg.name)
         try:
-            if self._js_index is None or names != self._js_index[0]:
-                self._js_index = (names, [names.index(j) for j in self.params.joint_names])
-            positions = np.asarray(msg.position, dtype=np.float64)[self._js_index[1]]
-        except (ValueError, IndexError):
-            self._js_index = None
+            positions = self._joint_index.select(msg.name, msg.position, finite=False, require_names=True)
+        except MissingJointsError:
             return  # not this robot's joints (another driver on the topic)
+        except JointSelectionError as exc:
+            self.get_logger().warning(f"joint_states ignored: {exc}", throttle_duration_sec=5.0)
+            return
         self.health.on_joint_positions(now_s(self), positions)
 
     def _on_chunk(self, msg: ActionChunk) -> None:

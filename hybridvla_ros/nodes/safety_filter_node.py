@@ -19,6 +19,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from hybridvla_msgs.msg import ActionStep, SafetyStatus
 from hybridvla_ros.core.command import pose_step_to_twist
+from hybridvla_ros.core.joints import JointIndex, JointSelectionError
 from hybridvla_ros.core.safety import SafetyFilter, SafetyResult
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, stamp_to_s
 from hybridvla_ros.params.safety_filter import SafetyFilterParams
@@ -55,19 +56,18 @@ class SafetyFilterNode(Node):
         self.create_subscription(Float64, "handoff/velocity_scale", self._on_velocity_scale, QoSProfile(depth=5))
         self.create_service(Trigger, "~/reset_estop", self._on_reset)
         self.create_timer(p.control_period_s, self._tick)
-        self._index = None  # joint order of the driver's joint_states, learnt from the first message
+        self._measured_index = JointIndex(p.joint_names)  # the driver's joint_states order, per name list
         self.get_logger().info(f"safety filter for {p.embodiment} -> {p.command_topic} ({p.command_type})")
 
     # --- inputs
     def _on_joint_state(self, msg: JointState) -> None:
-        names = list(msg.name)
+        # A joint_states it cannot read (a joint missing or named twice) never reaches the filter:
+        # it keeps the last good reading, and before the first one it sends no command at all.
+        # NaN/Inf go on to the filter, which rejects and counts them (measured_rejected).
         try:
-            if self._index is None or len(names) != len(self._index[0]) or names != self._index[0]:
-                self._index = (names, [names.index(j) for j in self.params.joint_names])
-            positions = np.asarray(msg.position, dtype=np.float64)[self._index[1]]
-        except (ValueError, IndexError):
-            self._index = None
-            self.get_logger().warning("joint_states without all joints; ignored", throttle_duration_sec=5.0)
+            positions = self._measured_index.select(msg.name, msg.position, finite=False, require_names=True)
+        except JointSelectionError as exc:
+            self.get_logger().warning(f"joint_states ignored: {exc}", throttle_duration_sec=5.0)
             return
         self.filter.update_measured(positions, stamp_to_s(msg.header.stamp))
 

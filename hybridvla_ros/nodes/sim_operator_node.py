@@ -4,7 +4,7 @@ Answers the handoff's help requests the way an operator would: holds the deadman
 (``teleop/deadman``, a heartbeat at the control rate), streams the scripted expert's
 targets (``sim_robot/expert_action``, what a person watching the scene would do) on
 ``teleop/joint_command``, releases, and calls ``handoff/resume_policy``. The decisions
-are in hybridvla_ros.core.sim_operator.
+are in hybridvla_ros.sim.operator.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.client import Client
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
@@ -19,9 +20,10 @@ from std_msgs.msg import Bool, Float64
 from std_srvs.srv import Trigger
 
 from hybridvla_msgs.msg import HandoffMode
-from hybridvla_ros.core.sim_operator import OperatorConfig, ScriptedOperator
+from hybridvla_ros.core.joints import JointIndex, JointSelectionError
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node
 from hybridvla_ros.params.sim_operator import SimOperatorParams
+from hybridvla_ros.sim.operator import OperatorConfig, ScriptedOperator
 
 
 class SimOperatorNode(Node):
@@ -36,6 +38,7 @@ class SimOperatorNode(Node):
             stall_s=p.stall_s, stall_progress_m=p.stall_progress_m))
         self._mode: int | None = None
         self._expert: np.ndarray | None = None
+        self._expert_index = JointIndex(p.joint_names)
         self._task_error: float | None = None
         self._was_pressing = False
         self.deadman_pub = self.create_publisher(Bool, "teleop/deadman", QoSProfile(depth=5))
@@ -43,8 +46,8 @@ class SimOperatorNode(Node):
         self.create_subscription(HandoffMode, "handoff/mode", self._on_mode, QoSProfile(depth=10))
         self.create_subscription(JointState, "sim_robot/expert_action", self._on_expert, QoSProfile(depth=5))
         self.create_subscription(Float64, "sim_robot/task_error", self._on_error, QoSProfile(depth=5))
-        self.resume_client = self.create_client(Trigger, "handoff/resume_policy")
-        self.ack_client = self.create_client(Trigger, "handoff/acknowledge")
+        self.resume_client: Client = self.create_client(Trigger, "handoff/resume_policy")
+        self.ack_client: Client = self.create_client(Trigger, "handoff/acknowledge")
         self.create_timer(p.control_period_s, self._tick)
         for name in ("stall_s", "reaction_s"):  # declared so `ros2 param set` finds them when the file omits them
             if not self.has_parameter(name):
@@ -68,11 +71,11 @@ class SimOperatorNode(Node):
         self._mode = int(msg.mode)
 
     def _on_expert(self, msg: JointState) -> None:
-        names = list(msg.name)
         try:
-            self._expert = np.asarray(msg.position, dtype=np.float64)[[names.index(j) for j in self.params.joint_names]]
-        except (ValueError, IndexError):
+            self._expert = self._expert_index.select(msg.name, msg.position, finite=False, require_names=True)
+        except JointSelectionError as exc:
             self._expert = None
+            self.get_logger().warning(f"expert target ignored: {exc}", throttle_duration_sec=5.0)
 
     def _on_error(self, msg: Float64) -> None:
         self._task_error = float(msg.data)

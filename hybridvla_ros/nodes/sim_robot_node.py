@@ -11,31 +11,33 @@ from the tool to the target (m), and ``sim_robot/expert_action`` (JointState) wh
 scripted expert would command next (the simulated operator follows it),
 ``sim_robot/task_success`` (Bool) whether the task is done (error under
 ``success_tolerance_m``), and with ``expert_chunk_rate_hz`` > 0 ``sim_robot/expert_chunk``
-(ActionChunk) the expert's plan for the next chunk (inference's ``sim_expert`` source). ``sim_robot/reset`` (std_srvs/Trigger) starts a new episode:
+(ActionChunk) the expert's plan for the next chunk (inference's ``sim_expert`` source).
+``sim_robot/reset`` (std_srvs/Trigger) starts a new episode:
 robot at home, a new scene drawn with seed ``seed + k`` for the k-th reset (so an
 evaluation is repeatable); ``scene`` (nominal / shifted) and ``seed`` can be changed at
 run time (``ros2 param set /sim_robot scene shifted``) and apply from the next reset.
-The simulators live in hybridvla_ros.core (``sims.make_sim``).
+The simulators live in hybridvla_ros.sim (``registry.make_sim``; each one a ``sim.base.Simulator``).
 """
 from __future__ import annotations
 
 import numpy as np
 from geometry_msgs.msg import Twist, WrenchStamped
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from rcl_interfaces.msg import SetParametersResult
 from std_msgs.msg import Bool, Float64, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from hybridvla_msgs.msg import ActionChunk
 from hybridvla_ros.core.image import encode_compressed
-from hybridvla_ros.core.rollout import expert_chunk
-from hybridvla_ros.core.sims import SCENES, make_sim, state_vector
+from hybridvla_ros.core.joints import JointIndex
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.sim_robot import SimRobotParams
+from hybridvla_ros.sim.registry import SCENES, make_sim, state_vector
+from hybridvla_ros.sim.rollout import expert_chunk
 
 PUSH_DURATION_S = 0.3
 
@@ -53,6 +55,7 @@ class SimRobotNode(Node):
             state_vector(self.sim, p.state_joints)
         except ValueError as exc:
             raise ParameterError(f"sim_robot.{exc} ({p.embodiment}, physics {p.physics})") from None
+        self._command_index = JointIndex(p.joint_names)  # the controller command's joint order, per name list
         self._scene = p.scene
         self._resets = 0
         self._last_step_s = now_s(self)
@@ -111,8 +114,7 @@ class SimRobotNode(Node):
         """New episode: robot at home, scene drawn from the current preset with seed + k."""
         self._resets += 1
         seed, self._next_seed = self._next_seed, self._next_seed + 1
-        if hasattr(self.sim, "scene"):
-            self.sim.scene = self._scene
+        self.sim.scene = self._scene
         self.sim.reset(seed=seed)
         self._episode_start_s = now_s(self)
         res.success = True
@@ -129,9 +131,8 @@ class SimRobotNode(Node):
             else:
                 if not msg.points:
                     raise ValueError("JointTrajectory without points")
-                names = list(msg.joint_names)
-                order = [names.index(j) for j in self.params.joint_names]
-                target = np.asarray(msg.points[-1].positions, dtype=np.float64)[order]
+                target = self._command_index.select(msg.joint_names, msg.points[-1].positions, finite=False,
+                                                    require_names=True)
                 self.sim.command_positions(target)
             self.commands_received += 1
         except (ValueError, IndexError) as exc:

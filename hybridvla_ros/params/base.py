@@ -6,7 +6,8 @@ import math
 import os
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import yaml
 
@@ -31,12 +32,11 @@ def param(description: str, default: Any = dataclasses.MISSING, *, min: float | 
     return dataclasses.field(default=default, metadata=meta)
 
 
-def load_node_params(path: str | os.PathLike[str], node_name: str) -> dict[str, Any]:
-    """Read a ROS 2 parameter file and return the parameters ``node_name`` would get.
+def read_parameter_document(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The top-level mapping (section name -> section) of a ROS 2 parameter file.
 
-    Merges the ``/**`` wildcard section and the node's own section (node wins), as rcl
-    does. Raises ParameterError if the file is missing, is not YAML, or is not in
-    ``node_name: ros__parameters:`` form.
+    Raises ParameterError if the file is missing, is not YAML, or its top level is not a
+    mapping.
     """
     path = os.fspath(path)
     try:
@@ -48,14 +48,34 @@ def load_node_params(path: str | os.PathLike[str], node_name: str) -> dict[str, 
         raise ParameterError(f"parameter file {path!r} is not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise ParameterError(f"parameter file {path!r}: top level must be a mapping of node names")
+    return doc
+
+
+def section_parameters(doc: Mapping[str, Any], key: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``ros__parameters`` mapping of section ``key`` of a parameter file.
+
+    Raises ParameterError naming the file and section if the section is not in
+    ``key: ros__parameters:`` form.
+    """
+    section = doc.get(key)
+    if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
+        raise ParameterError(f"parameter file {os.fspath(path)!r}: section {key!r} must contain 'ros__parameters:'")
+    return dict(section["ros__parameters"])
+
+
+def load_node_params(path: str | os.PathLike[str], node_name: str) -> dict[str, Any]:
+    """Read a ROS 2 parameter file and return the parameters ``node_name`` would get.
+
+    Merges the ``/**`` wildcard section and the node's own section (node wins), as rcl
+    does. Raises ParameterError if the file is missing, is not YAML, or is not in
+    ``node_name: ros__parameters:`` form.
+    """
+    doc = read_parameter_document(path)
     merged: dict[str, Any] = {}
     for key in (*WILDCARD_KEYS, node_name, "/" + node_name):
-        section = doc.get(key)
-        if section is None:
+        if doc.get(key) is None:
             continue
-        if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
-            raise ParameterError(f"parameter file {path!r}: section {key!r} must contain 'ros__parameters:'")
-        merged.update(section["ros__parameters"])
+        merged.update(section_parameters(doc, key, path))
     return merged
 
 
@@ -124,30 +144,57 @@ def _check_bounds(name: str, value: Any, meta: Mapping[str, Any]) -> None:
         raise ParameterError(f"{name}: needs at least {min_len} entries, got {len(value)}")
 
 
+def field_errors(cls: type[T], params: Mapping[str, Any]) -> tuple[T | None, list[tuple[str, str]]]:
+    """Validate ``params`` against the schema ``cls``, collecting every error instead of the first.
+
+    Returns ``(instance, [])`` when the values are valid, else ``(None, errors)`` with one
+    ``(field, message)`` per missing, mistyped or out-of-range field; the messages start with
+    the field's name. The cross-field checks of ``__post_init__`` run only once every field
+    is valid on its own (they need the values), so they add at most one error; its field is
+    the name its message starts with ('' when it names none). Keys the schema does not know
+    are not looked at here (see :mod:`hybridvla_ros.params.check`).
+    """
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    errors: list[tuple[str, str]] = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in params:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                desc = f.metadata.get("description", "")
+                errors.append((f.name, f"{f.name}: missing required parameter ({desc})"))
+            continue
+        try:
+            value = _coerce(f.name, params[f.name], hints[f.name])
+            _check_bounds(f.name, value, f.metadata)
+        except ParameterError as exc:
+            errors.append((f.name, str(exc)))
+            continue
+        kwargs[f.name] = value
+    if errors:
+        return None, errors
+    try:
+        return cls(**kwargs), []
+    except ParameterError as exc:
+        message = str(exc)
+        head = message.split(":", 1)[0]
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return None, [(head if head in names else "", message)]
+
+
 def from_params(cls: type[T], params: Mapping[str, Any], node_name: str = "") -> T:
     """Build the schema ``cls`` from a parameter dict, validating every field.
 
-    Unknown keys are ignored (a shared ``/**`` section feeds several nodes). Raises
-    ParameterError naming ``<node>.<parameter>`` for a missing, mistyped or out-of-range
-    value, or for a cross-field check in ``__post_init__``.
+    Keys the schema does not know are not checked here: ``params`` is usually the merge of
+    a shared ``/**`` section and the node's own, and only the file says which key came from
+    where (:mod:`hybridvla_ros.params.check` makes unknown keys errors). Raises
+    ParameterError naming ``<node>.<parameter>`` for the first missing, mistyped or
+    out-of-range value, or for a cross-field check in ``__post_init__``.
     """
     prefix = f"{node_name}." if node_name else ""
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        name = prefix + f.name
-        if f.name not in params:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-                desc = f.metadata.get("description", "")
-                raise ParameterError(f"{name}: missing required parameter ({desc})")
-            continue
-        value = _coerce(name, params[f.name], hints[f.name])
-        _check_bounds(name, value, f.metadata)
-        kwargs[f.name] = value
-    try:
-        return cls(**kwargs)
-    except ParameterError as exc:
-        raise ParameterError(prefix + str(exc)) from None
+    instance, errors = field_errors(cls, params)
+    if errors:
+        raise ParameterError(prefix + errors[0][1])
+    return typing.cast(T, instance)
 
 
 def describe(cls: type) -> list[tuple[str, str, Any, str]]:
@@ -156,6 +203,6 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")  # type: ignore[misc]
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
         out.append((f.name, str(hints[f.name]), default, f.metadata.get("description", "")))
     return out

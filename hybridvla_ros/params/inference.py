@@ -6,15 +6,21 @@ from dataclasses import dataclass
 from hybridvla_ros.params.base import param
 from hybridvla_ros.params.embodiment import EmbodimentParams
 
+# The names hybridvla_ros.policies registers (with aliases), listed here so that reading the parameter
+# file does not import the policies (torch); test_policies checks the two lists agree.
+POLICY_SOURCES = ("builtin", "checkpoint", "sim_expert")
+
 
 @dataclass(frozen=True, kw_only=True)
 class InferenceParams(EmbodimentParams):
     """Policy loading and scheduling."""
 
-    checkpoint_path: str = param("directory with model.safetensors and config.json")
-    policy_source: str = param("checkpoint: the trained policy; sim_expert: the simulated robot's scripted expert "
-                               "(sim_robot/expert_chunk), a perfect policy to test the graph with", "checkpoint",
-                               choices=("checkpoint", "sim_expert"))
+    checkpoint_path: str = param("directory with model.safetensors and config.json (read by policy sources with "
+                                 "weights: builtin)")
+    policy_source: str = param("which policy runs (hybridvla_ros.policies registry): builtin (or its older name "
+                               "checkpoint): our model from checkpoint_path; sim_expert: the simulated robot's "
+                               "scripted expert (sim_robot/expert_chunk), a perfect policy to test the graph with",
+                               "builtin", choices=POLICY_SOURCES)
     num_threads: int = param("torch intra-op threads", 1, min=1, max=64)
     runtime: str = param("what runs the policy: torch (eager, vision tokens reused for a repeated frame), onnx "
                          "(ONNX Runtime) or int8-ort (ONNX Runtime with int8 weights, fastest)", "torch",

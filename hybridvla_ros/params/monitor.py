@@ -50,7 +50,8 @@ class MonitorParams(EmbodimentParams):
     max_skew_s: float = param("WARN when the proprio skew exceeds this (sync's max_skew_s)", 0.006, min=1e-4, max=1.0)
     # --- inference
     latency_budget_s: float = param("inference latency budget: WARN when p99 is above", 0.05, min=1e-4, max=10.0)
-    latency_error_factor: float = param("ERROR when latency p50 is above this times the budget", 2.0, min=1.0, max=100.0)
+    latency_error_factor: float = param("ERROR when latency p50 is above this times the budget", 2.0,
+                                        min=1.0, max=100.0)
     confidence_warn_below: float = param("WARN when the mean chunk confidence is below", 0.2, min=0.0, max=1.0)
     # --- safety filter
     intervention_warn_fraction: float = param(

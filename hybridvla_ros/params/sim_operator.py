@@ -9,7 +9,7 @@ from hybridvla_ros.params.embodiment import EmbodimentParams
 
 @dataclass(frozen=True, kw_only=True)
 class SimOperatorParams(EmbodimentParams):
-    """Timing of the scripted operator (see core/sim_operator.py)."""
+    """Timing of the scripted operator (see sim/operator.py)."""
 
     reaction_s: float = param("from a help request to pressing the deadman", 0.5, min=0.0, max=60.0)
     min_help_s: float = param("help at least this long", 2.0, min=0.0, max=600.0)

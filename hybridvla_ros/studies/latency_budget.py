@@ -9,7 +9,7 @@ driving (handoff thresholds at 0 so it is never paused), twice, side by side in 
 2. with ``recompute_every: 1`` (inference asked for every period).
 
 For each: the p50 of every stage from a camera frame's stamp to the first command derived
-from it (:mod:`hybridvla_ros.core.evaluation`) and its share of the budget; commands per
+from it (:mod:`hybridvla_ros.core.episodes`) and its share of the budget; commands per
 second (what the robot gets) against chunks per second (what it would get if every
 command needed its own inference: a graph without recycling and buffer); and the jitter.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hybridvla_ros.core.evaluation import STAGES, stage_latencies
+from hybridvla_ros.core.episodes import STAGES, stage_latencies
 from hybridvla_ros.core.stats import rate_and_jitter
 from hybridvla_ros.params.embodiment import EMBODIMENTS
 
@@ -43,10 +43,10 @@ def measure(embodiment: str, duration_s: float, checkpoint: str | None, recomput
         ev.wait_until_ready()
         time.sleep(1.0)
         wall0 = time.time()
-        r0 = ev.monitor.snapshot()
+        r0 = ev.listener.snapshot()
         time.sleep(duration_s)
         wall1 = time.time()
-        r1 = ev.monitor.snapshot()
+        r1 = ev.listener.snapshot()
         period = ev.sim_params.control_period_s
         configured = ev.sim_params.recompute_every if recompute_every is None else recompute_every
     times = np.asarray(r1.command_times)
@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs:
         print(f"recompute_every={r['recompute_every']}: {r['commands_per_s']:.1f} commands/s from "
               f"{r['chunks_per_s']:.1f} chunks/s, jitter p50 {r['jitter_p50_ms']:.1f} ms; stage p50 (share of 50 ms): "
-              + ", ".join(f"{k} {v['p50_ms']:.1f} ms ({100 * v['share_of_budget']:.0f}%)" for k, v in r["stages"].items()))
+              + ", ".join(f"{k} {v['p50_ms']:.1f} ms ({100 * v['share_of_budget']:.0f}%)"
+                          for k, v in r["stages"].items()))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "latency_budget.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)

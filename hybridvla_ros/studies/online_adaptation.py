@@ -32,13 +32,13 @@ def _measure(ev: Any, scene: str, episodes: int, seed0: int, timeout_s: float) -
     """Success of the policy alone on ``episodes`` scenes starting at seed ``seed0``."""
     ev.set_scene(scene)
     for name, value in ALONE.items():
-        ev.monitor.set_parameter("handoff", name, value)
-    ev.monitor.set_parameter("sim_operator", "stall_s", 0.0)
+        ev.listener.set_parameter("handoff", name, value)
+    ev.listener.set_parameter("sim_operator", "stall_s", 0.0)
     results = [ev.run_episode(timeout_s, seed=seed0 + k) for k in range(episodes)]
     return {"scene": scene, "episodes": episodes, "successes": sum(r.success for r in results),
             "success_rate": sum(r.success for r in results) / episodes,
             "final_error_m": [r.final_error_m for r in results],
-            "model_version": ev.monitor.snapshot().active_model.get("model_version")}
+            "model_version": ev.listener.snapshot().active_model.get("model_version")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measure-episodes", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="correction rounds (a learning-curve point each)")
     ap.add_argument("--correction-episodes", type=int, default=3, help="shifted episodes with the operator per round")
-    ap.add_argument("--stall-s", type=float, default=2.0, help="the operator takes over after this long without progress")
+    ap.add_argument("--stall-s", type=float, default=2.0,
+                    help="the operator takes over after this long without progress")
     ap.add_argument("--timeout", type=float, default=15.0)
     ap.add_argument("--out", default="runs/studies/online_adaptation")
     args = ap.parse_args(argv)
@@ -72,21 +73,21 @@ def main(argv: list[str] | None = None) -> int:
         before = {"nominal": _measure(ev, "nominal", args.measure_episodes, nominal_seed, args.timeout),
                   "shifted": _measure(ev, "shifted", args.measure_episodes, shifted_seed, args.timeout)}
         curve.append({"corrections": 0, **before["shifted"]})
-        print(f"before: nominal {before['nominal']['success_rate']:.2f}, shifted {before['shifted']['success_rate']:.2f}",
-              flush=True)
+        print(f"before: nominal {before['nominal']['success_rate']:.2f}, "
+              f"shifted {before['shifted']['success_rate']:.2f}", flush=True)
         for rnd in range(args.rounds):
             ev.set_scene("shifted")
             for name in ALONE:  # as deployed: the handoff may ask for help, the operator steps in on a stall
-                ev.monitor.set_parameter("handoff", name, {"pause_confidence": 0.3, "resume_confidence": 0.5}[name])
-            ev.monitor.set_parameter("sim_operator", "stall_s", float(args.stall_s))
+                ev.listener.set_parameter("handoff", name, {"pause_confidence": 0.3, "resume_confidence": 0.5}[name])
+            ev.listener.set_parameter("sim_operator", "stall_s", float(args.stall_s))
             for k in range(args.correction_episodes):
                 ev.run_episode(args.timeout, seed=train_seed + rnd * 100 + k)
-            n_adapt = len(ev.monitor.snapshot().adaptations)
+            n_adapt = len(ev.listener.snapshot().adaptations)
             # let the adaptation asked for by the last corrections finish before measuring
-            ev.monitor.wait_for(lambda r: len(r.adaptations) > n_adapt, timeout_s=180.0)
+            ev.listener.wait_for(lambda r, n=n_adapt: len(r.adaptations) > n, timeout_s=180.0)
             time.sleep(2.0)  # the accepted weights are loaded and swapped in the background
             point = _measure(ev, "shifted", args.measure_episodes, shifted_seed, args.timeout)
-            snap = ev.monitor.snapshot()
+            snap = ev.listener.snapshot()
             point["corrections"] = snap.corrections
             point["adaptations"] = [{k: a.get(k) for k in ("accepted", "reason", "version", "corrections")}
                                     for a in snap.adaptations]

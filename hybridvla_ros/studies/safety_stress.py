@@ -11,9 +11,10 @@ limits act on the motion the robot really makes.
 
 Reported per embodiment: the fraction of requests modified; per limit, the fraction of
 requests it acted on and how much the requests it acted on were changed (the largest
-joint change, as a fraction of that joint's range; a rejected request counts as 1); and, checked on every command sent, the number of commands that break a limit
-(position outside the range, a velocity above max_velocity or an acceleration above
-max_acceleration by more than 1e-9 relative): it must be 0.
+joint change, as a fraction of that joint's range; a rejected request counts as 1); and,
+checked on every command sent, the number of commands that break a limit (position outside
+the range, a velocity above max_velocity or an acceleration above max_acceleration by more
+than 1e-9 relative): it must be 0.
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ def stress_embodiment(embodiment: str, n: int = 1000, seed: int = 0, regime: str
             request = request[:-1]
         res = filt.filter(request, t)
         cmd = res.command
+        assert cmd is not None, "the filter has a measured state from the start, so it always commands"
         modified += int(res.modified)
         for name in res.limits_hit:
             hits[name] += 1

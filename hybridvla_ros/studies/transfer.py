@@ -10,7 +10,7 @@ takes the same number of optimizer steps per robot (the shared model alternates 
 so it takes ``len(robots) x`` the steps in all). Each model is then judged per robot on
 (a) the held-out demonstrations (action error relative to holding still) and (b)
 closed-loop episodes on fresh nominal scenes, the same scenes for every model, through
-the in-process control path (:func:`hybridvla_ros.core.rollout.rollout`: the real action
+the in-process control path (:func:`hybridvla_ros.sim.rollout.rollout`: the real action
 buffer and safety filter). Each model's checkpoint is written under ``<out>/checkpoints/``.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from hybridvla_ros.params.sim_robot import SimRobotParams
 def sim_params(embodiment: str) -> SimRobotParams:
     """The sim_robot parameters of ``config/<embodiment>.yaml`` (physics, scene, image size)."""
     from hybridvla_ros.launch_description import default_config_dir
-    from hybridvla_ros.model.train import load_embodiment
+    from hybridvla_ros.model.demo_data import load_embodiment
 
     return load_embodiment(default_config_dir(), embodiment)
 
@@ -39,9 +39,9 @@ def sim_params(embodiment: str) -> SimRobotParams:
 def policy_success(policy: Any, config: Any, embodiment: str, episodes: int, seed: int, max_s: float,
                    scene: str = "nominal") -> dict[str, Any]:
     """Closed-loop episodes of ``policy`` on fresh scenes (seeds ``seed..seed+episodes-1``)."""
-    from hybridvla_ros.core.rollout import control_path, rollout
-    from hybridvla_ros.core.sims import make_sim
     from hybridvla_ros.model.runner import PolicyRunner
+    from hybridvla_ros.sim.registry import make_sim
+    from hybridvla_ros.sim.rollout import control_path, rollout
 
     p = sim_params(embodiment)
     buffer_config, limits = control_path(params_file_for(embodiment))
@@ -63,21 +63,24 @@ def _train_with_dagger(demos: list[Any], specs: list[Any], params: list[Any], ar
     robot each, then ``args.dagger_train_steps`` more steps per robot; the round with the best
     closed-loop success is kept). Writes the checkpoint to ``out_dir``; ``demos`` is not changed."""
     from hybridvla_ros.launch_description import default_config_dir
+    from hybridvla_ros.model.dagger import DaggerConfig, dagger
     from hybridvla_ros.model.policy import PolicyConfig
     from hybridvla_ros.model.text import encoder_dim
-    from hybridvla_ros.model.train import dagger, train
+    from hybridvla_ros.model.train import TrainConfig, train
 
     n = len(specs)
     config = PolicyConfig(image_size=recipe.image_size, instruction_encoder=recipe.instruction_encoder,
                           instruction_dim=encoder_dim(recipe.instruction_encoder), dropout=recipe.dropout)
-    common = {"batch_size": recipe.batch_size, "lr": recipe.lr, "weight_decay": recipe.weight_decay,
-              "augment_shift_px": recipe.augment_shift_px, "seed": args.seed, "threads": args.threads}
-    result = train(list(demos), specs, out_dir=None if args.dagger_rounds else out_dir, policy_config=config,
-                   train_steps=args.train_steps * n, progress=True, **common)
+    train_config = TrainConfig(train_steps=args.train_steps * n, batch_size=recipe.batch_size, lr=recipe.lr,
+                               weight_decay=recipe.weight_decay, augment_shift_px=recipe.augment_shift_px,
+                               seed=args.seed, threads=args.threads)
+    result = train(list(demos), specs, train_config, policy_config=config,
+                   out_dir=None if args.dagger_rounds else out_dir, progress=True)
     if args.dagger_rounds:
-        result = dagger(result, list(demos), specs, params, default_config_dir(), args.dagger_rounds,
-                        args.dagger_episodes, args.dagger_train_steps * n, out_dir=out_dir, progress=True,
-                        extra_log={}, **common)
+        rounds = DaggerConfig(rounds=args.dagger_rounds, episodes=args.dagger_episodes,
+                              train_steps=args.dagger_train_steps * n)
+        result = dagger(result, list(demos), specs, params, default_config_dir(), rounds, train_config,
+                        out_dir=out_dir, progress=True, extra_log={})
     return result
 
 
@@ -87,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from hybridvla_ros.cli_model import build_train_parser
+    from hybridvla_ros.model.demo_data import DEFAULT_STEPS_PER_EPISODE, get_demos
     from hybridvla_ros.model.policy import EmbodimentSpec
-    from hybridvla_ros.model.train import DEFAULT_STEPS_PER_EPISODE, build_parser, get_demos
 
-    recipe = build_parser().parse_args([])  # hybridvla train's defaults: encoder, image size, augmentation
+    recipe = build_train_parser().parse_args([])  # hybridvla train's defaults: encoder, image size, augmentation
     ap = argparse.ArgumentParser(prog="hybridvla study transfer", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--embodiments", nargs=2, default=["franka", "aloha"], choices=EMBODIMENTS)

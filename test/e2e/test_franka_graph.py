@@ -14,8 +14,8 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
-from hybridvla_ros.launch_description import describe_graph, default_config_dir
-from hybridvla_ros.monitor import GraphMonitor
+from hybridvla_ros.launch_description import default_config_dir, describe_graph
+from hybridvla_ros.nodes.graph_listener import GraphListener
 from hybridvla_ros.params import from_params, load_node_params
 from hybridvla_ros.params.safety_filter import SafetyFilterParams
 
@@ -34,26 +34,26 @@ def test_whole_graph_on_simulated_franka(ros, tiny_checkpoint) -> None:
         "sim_robot": {"physics": "kinematic"},  # the robot the session checkpoint was trained on (and fast)
         "correction_recorder": {"store_path": str(ros.tmp_path / "corrections.sqlite")}})
     runner = ros.start(graph)
-    monitor = GraphMonitor(p, domain_id=ros.domain_id)
+    listener = GraphListener(p, domain_id=ros.domain_id)
     try:
-        assert monitor.wait_for(lambda r: len(r.command_times) > 25, 60.0), ros.logs()
+        assert listener.wait_for(lambda r: len(r.command_times) > 25, 60.0), ros.logs()
         # A wrench spike (someone pushes the arm) latches the e-stop; commands hold.
         # (pushed again every 0.2 s: the first message can go out before the robot has discovered us)
         for _ in range(25):
-            monitor.push((0.0, 0.0, 3 * p.max_force_n))
-            if monitor.wait_for(lambda r: r.safety is not None and r.safety.estop_latched, 0.2):
+            listener.push((0.0, 0.0, 3 * p.max_force_n))
+            if listener.wait_for(lambda r: r.safety is not None and r.safety.estop_latched, 0.2):
                 break
-        assert monitor.wait_for(lambda r: r.safety is not None and r.safety.estop_latched, 1.0), ros.logs()
-        assert "force" in monitor.snapshot().safety.estop_reason
-        n_latched = len(monitor.snapshot().commands)
-        monitor.wait_for(lambda r: False, 1.0)
-        held = np.asarray(monitor.snapshot().commands[n_latched:])
+        assert listener.wait_for(lambda r: r.safety is not None and r.safety.estop_latched, 1.0), ros.logs()
+        assert "force" in listener.snapshot().safety.estop_reason
+        n_latched = len(listener.snapshot().commands)
+        listener.wait_for(lambda r: False, 1.0)
+        held = np.asarray(listener.snapshot().commands[n_latched:])
         assert len(held) > 10 and np.allclose(held, held[0], atol=1e-12)
         # Once the push is over, a reset resumes control.
-        monitor.wait_for(lambda r: r.safety is not None and r.safety.last_force_n < p.max_force_n, 3.0)
-        ok, message = monitor.reset_estop()
+        listener.wait_for(lambda r: r.safety is not None and r.safety.last_force_n < p.max_force_n, 3.0)
+        ok, message = listener.reset_estop()
         assert ok, message
-        assert monitor.wait_for(lambda r: r.safety is not None and not r.safety.estop_latched, 3.0)
+        assert listener.wait_for(lambda r: r.safety is not None and not r.safety.estop_latched, 3.0)
 
         # Let the policy drive (as with `ros2 param set /handoff ...` and the resume service).
         setter = ros.node.create_client(SetParameters, "handoff/set_parameters")
@@ -66,12 +66,12 @@ def test_whole_graph_on_simulated_franka(ros, tiny_checkpoint) -> None:
         assert resume.wait_for_service(timeout_sec=10.0)
         future = resume.call_async(Trigger.Request())
         assert ros.spin_until(future.done, 10.0) and future.result().success, future.result().message
-        assert monitor.wait_for(lambda r: len(r.chunk_info) > 0, 60.0), ros.logs()  # model warm-up on a loaded machine
-        n_policy = len(monitor.snapshot().commands)
+        assert listener.wait_for(lambda r: len(r.chunk_info) > 0, 60.0), ros.logs()  # model warm-up on a loaded machine
+        n_policy = len(listener.snapshot().commands)
 
-        n0 = len(monitor.snapshot().command_times)
-        monitor.wait_for(lambda r: False, 6.0)  # run for 6 s
-        rec = monitor.snapshot()
+        n0 = len(listener.snapshot().command_times)
+        listener.wait_for(lambda r: False, 6.0)  # run for 6 s
+        rec = listener.snapshot()
         assert not runner.dead(), ros.logs()
         # Rate: one command per control period (median period of the commands as sent).
         times = np.sort(np.asarray(rec.command_times[n0:]))
@@ -92,4 +92,4 @@ def test_whole_graph_on_simulated_franka(ros, tiny_checkpoint) -> None:
         if rec.safety.estop_latched:
             assert "force" in rec.safety.estop_reason and rec.safety.estop_trips == 2
     finally:
-        monitor.close()
+        listener.close()

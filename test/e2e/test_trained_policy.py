@@ -7,7 +7,7 @@ itself visits; the checkpoint is the round's policy that placed the most cubes i
 collection. That choice is made on those episodes, so they are not counted here: the
 checkpoint is run in closed loop on fresh nominal scenes no recording, DAgger round or
 choice used, through the deployed control path (the real action buffer and safety
-filter, MuJoCo contact physics; ``core.rollout``, the graph minus DDS). It must place the
+filter, MuJoCo contact physics; ``sim.rollout``, the graph minus DDS). It must place the
 cube on the target in at least the stated number of those episodes.
 
 Measured: see the README ("What the learned policy does on the MuJoCo Franka"). Before
@@ -21,9 +21,9 @@ import json
 import pytest
 import torch
 
+from hybridvla_ros.cli_model import train_main
 from hybridvla_ros.model.checkpoint import load_checkpoint
 from hybridvla_ros.model.train import TRAIN_LOG
-from hybridvla_ros.model.train import main as train_main
 from hybridvla_ros.studies.transfer import policy_success
 
 pytestmark = [pytest.mark.e2e]

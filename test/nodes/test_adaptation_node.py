@@ -15,11 +15,11 @@ from std_srvs.srv import Trigger
 from hybridvla_msgs.msg import ActionChunk, Observation
 from hybridvla_ros.core.correction_store import CorrectionRecord, CorrectionStore
 from hybridvla_ros.core.image import resize_for_policy
-from hybridvla_ros.core.kinematic_sim import KinematicSim
 from hybridvla_ros.launch_description import NodeSpec, default_config_dir
 from hybridvla_ros.model.checkpoint import model_version_of
 from hybridvla_ros.params import from_params, load_node_params
 from hybridvla_ros.params.adaptation import AdaptationParams
+from hybridvla_ros.sim.kinematic import KinematicSim
 
 pytestmark = pytest.mark.ros
 FRANKA = os.path.join(default_config_dir(), "franka.yaml")

@@ -9,16 +9,15 @@ import sys
 
 import numpy as np
 import pytest
-
 import yaml
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
 from hybridvla_msgs.msg import ActionChunk, Observation
-from hybridvla_ros.core.kinematic_sim import KinematicSim
 from hybridvla_ros.launch_description import NodeSpec, default_config_dir
 from hybridvla_ros.params import from_params, load_node_params
 from hybridvla_ros.params.inference import InferenceParams
+from hybridvla_ros.sim.kinematic import KinematicSim
 
 pytestmark = pytest.mark.ros
 FRANKA = os.path.join(default_config_dir(), "franka.yaml")
@@ -124,7 +123,7 @@ def franka_checkpoints(tmp_path_factory) -> dict:
     ``old`` was trained before state joints existed (no state_joints in its parameter file)."""
     import torch
 
-    from hybridvla_ros.model.train import main as train_main
+    from hybridvla_ros.cli_model import train_main
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("state_joints")
@@ -244,3 +243,55 @@ def test_update_to_a_checkpoint_with_unlisted_state_joints_is_refused(ros, frank
     chunks.clear()
     assert _serve(ros, p, chunks, 1.0, with_state=False) > 0
     assert {c.model_version for c in chunks} == {old_version}
+
+
+def test_sim_expert_serves_the_plans_it_reads_and_refuses_updates(ros, tmp_path) -> None:
+    """policy_source sim_expert: each new plan on sim_robot/expert_chunk answers an observation, on the plan's
+    own time base; a malformed plan is dropped with a warning; weight updates are refused."""
+    overrides = {"checkpoint_path": str(tmp_path / "unused"), "policy_source": "sim_expert"}
+    p = from_params(InferenceParams, {**load_node_params(FRANKA, "inference"), **overrides})
+    ros.start([NodeSpec("inference_node", "inference", FRANKA, overrides)])
+    chunks: list[ActionChunk] = []
+    active: list[dict] = []
+    ros.node.create_subscription(ActionChunk, "action_chunk", chunks.append, 50)
+    ros.node.create_subscription(String, "inference/active_model", lambda m: active.append(json.loads(m.data)),
+                                 LATCHED)
+    plan_pub = ros.node.create_publisher(ActionChunk, "sim_robot/expert_chunk", 10)
+    obs_pub = ros.node.create_publisher(Observation, "observation", 10)
+    update = ros.node.create_publisher(String, "inference/model_update", 10)
+    sim = KinematicSim(p, seed=3)
+    sim.reset(seed=3)
+    plans: dict[float, np.ndarray] = {}
+
+    def plan_and_observe(size: int | None = None) -> None:
+        t = ros.now_s() - 0.01
+        plan = ActionChunk(embodiment="franka", chunk_length=p.chunk_size, action_dim=7,
+                           step_period_s=p.control_period_s, confidence=1.0, head_type="sim_expert")
+        plan.header.stamp.sec, plan.header.stamp.nanosec = int(t), int((t % 1) * 1e9)
+        actions = sim.positions[None, :] + np.linspace(0.0, 0.1, p.chunk_size)[:, None]  # (T, 7)
+        plan.actions = actions.ravel().tolist()[:size]
+        plan_pub.publish(plan)
+        plans[plan.header.stamp.sec + plan.header.stamp.nanosec * 1e-9] = actions
+        ros.spin_for(0.02)
+        obs_pub.publish(_observation(ros, p, sim, ros.now_s()))
+        ros.spin_for(0.05)
+
+    assert ros.spin_until(lambda: (plan_and_observe(), len(chunks) > 2)[1], 60.0), ros.logs()
+    c = chunks[-1]
+    stamp = c.header.stamp.sec + c.header.stamp.nanosec * 1e-9
+    answered = [s for s in plans if abs(s - stamp) < 1e-6]
+    assert answered, "stamped with the plan's time, not the frame's"
+    np.testing.assert_allclose(np.asarray(c.actions).reshape(p.chunk_size, 7), plans[answered[0]])
+    assert (c.head_type, c.confidence, c.model_version) == ("sim_expert", 1.0, 0)
+    assert c.step_period_s == pytest.approx(p.control_period_s)
+    assert active and active[-1]["model_version"] == 0
+
+    ros.spin_for(0.5)  # every good plan answered or too old (sim_expert's MAX_AGE_S is 0.3 s)
+    n = len(chunks)
+    plan_and_observe(size=5)  # 5 values for a (16, 7) plan
+    assert ros.spin_until(lambda: "plan on sim_robot/expert_chunk rejected" in ros.logs(), 5.0), ros.logs()
+    update.publish(String(data=str(tmp_path / "some_checkpoint")))
+    assert ros.spin_until(lambda: "is not adaptable" in ros.logs(), 5.0), ros.logs()
+    assert len(chunks) == n and not ros.runners[0].dead()
+    plan_and_observe()
+    assert ros.spin_until(lambda: len(chunks) > n, 5.0), ros.logs()

@@ -1,4 +1,4 @@
-"""safety_filter_node over real DDS: limits, NaN, e-stop latch and reset, watchdog."""
+"""safety_filter_node over real DDS: unreadable joint_states, limits, NaN, e-stop latch and reset, watchdog."""
 from __future__ import annotations
 
 import math
@@ -12,10 +12,10 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from hybridvla_msgs.msg import ActionStep, SafetyStatus
-from hybridvla_ros.launch_description import NodeSpec
+from hybridvla_ros.core.safety import REASON_NO_STATE
+from hybridvla_ros.launch_description import NodeSpec, default_config_dir
 from hybridvla_ros.params import from_params, load_node_params
 from hybridvla_ros.params.safety_filter import SafetyFilterParams
-from hybridvla_ros.launch_description import default_config_dir
 
 CONFIG = default_config_dir()
 
@@ -59,6 +59,20 @@ def test_safety_filter_node_limits_latches_and_holds(ros) -> None:
             ros.spin_for(p.control_period_s)
 
     assert ros.spin_until(lambda: len(statuses) > 0, 20.0), ros.logs()
+
+    # A joint_states that names a joint twice is ambiguous (core.joints): ignored, and said so. With
+    # no joint state it could read, the filter commands nothing however many actions come.
+    assert ros.spin_until(lambda: js_pub.get_subscription_count() > 0 and act_pub.get_subscription_count() > 0,
+                          10.0)
+    twice = JointState(name=[*p.joint_names, p.joint_names[0]], position=[*home.tolist(), home[0] + 0.5])
+    for _ in range(25):
+        twice.header.stamp = n.get_clock().now().to_msg()
+        js_pub.publish(twice)
+        act_pub.publish(ActionStep(embodiment="franka", action=home.tolist()))
+        ros.spin_for(0.02)
+    assert ros.spin_until(lambda: "named more than once" in ros.logs(), 5.0), ros.logs()
+    assert commands == [] and any(s.hold_reason == REASON_NO_STATE for s in statuses)
+
     for _ in range(20):  # let discovery finish before counting commands
         joint_state()
         ros.spin_for(0.02)

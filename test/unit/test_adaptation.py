@@ -10,18 +10,19 @@ import pytest
 import torch
 
 from hybridvla_ros.core.correction_store import CorrectionRecord, CorrectionStore
-from hybridvla_ros.core.image import resize_for_policy
-from hybridvla_ros.core.kinematic_sim import KinematicSim
-from hybridvla_ros.core.sims import state_vector
 from hybridvla_ros.launch_description import default_config_dir
-from hybridvla_ros.model.adaptation import (LOG_FIELDS, LOG_FILE, CorrectionSet, adapt, correction_chunks,
-                                            load_corrections, sim_corrections, version_dirs)
+from hybridvla_ros.model.adaptation import LOG_FIELDS, LOG_FILE, adapt, version_dirs
 from hybridvla_ros.model.checkpoint import model_version_of
+from hybridvla_ros.model.corrections_data import CorrectionSet, correction_chunks, correction_set, load_corrections
 from hybridvla_ros.model.policy import EmbodimentSpec, PolicyConfig
+from hybridvla_ros.model.replay import checkpoint_replay, checkpoint_replay_or_record, replay_path
 from hybridvla_ros.model.runner import PolicyRunner
-from hybridvla_ros.model.train import replay_path, train
+from hybridvla_ros.model.train import TrainConfig, train
 from hybridvla_ros.params import ParameterError, from_params, load_node_params
 from hybridvla_ros.params.adaptation import AdaptationParams
+from hybridvla_ros.sim.corrections import RECORDED_IMAGE_SIZE, simulated_corrections
+from hybridvla_ros.sim.kinematic import KinematicSim
+from hybridvla_ros.sim.registry import state_vector
 
 FRANKA = os.path.join(default_config_dir(), "franka.yaml")
 SMALL = PolicyConfig(image_size=48, conv_channels=(8, 16, 32), d_model=64, num_heads=4, num_layers=1, ff_dim=128,
@@ -37,17 +38,24 @@ def leap_params(**overrides: object) -> AdaptationParams:
     return from_params(AdaptationParams, {**load_node_params(path, "adaptation"), **overrides}, "adaptation")
 
 
+def sim_corrections(p: AdaptationParams, n: int, **kwargs: object) -> CorrectionSet:
+    """``n`` simulated corrections (sim/corrections.py), read as adaptation reads a store's."""
+    data, skipped = correction_set(simulated_corrections(p, n, **kwargs), p, RECORDED_IMAGE_SIZE, p.state_joints)
+    assert skipped == 0 and len(data) == n
+    return data
+
+
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory) -> str:
     """A small franka (token head) + leap (flow head) policy, briefly trained on the expert (replay files too)."""
-    from hybridvla_ros.core.demos import record_demonstrations
+    from hybridvla_ros.sim.demos import record_demonstrations
 
     torch.set_num_threads(1)
     params = [franka_params(), leap_params()]
     out = tmp_path_factory.mktemp("adapt") / "base"
     demos = [record_demonstrations(p, 3, 40, image_size=SMALL.image_size, seed=0) for p in params]
-    train(demos, [EmbodimentSpec.from_params(p) for p in params], out_dir=out, policy_config=SMALL,
-          train_steps=160, batch_size=16, seed=0)
+    train(demos, [EmbodimentSpec.from_params(p) for p in params], TrainConfig(train_steps=160, batch_size=16, seed=0),
+          out_dir=out, policy_config=SMALL)
     return str(out)
 
 
@@ -122,7 +130,7 @@ def test_stored_joints_are_picked_by_name_with_the_policys_state_joints(tmp_path
 def test_consistent_corrections_are_learned_saved_and_logged(small_checkpoint, tmp_path) -> None:
     torch.set_num_threads(1)
     p = franka_params(adapt_root=str(tmp_path / "adapt"))
-    result = adapt(p, small_checkpoint, corrections=sim_corrections(p, 50))
+    result = adapt(p, small_checkpoint, sim_corrections(p, 50), checkpoint_replay(small_checkpoint, "franka"))
     log = result.log
     assert result.accepted, log["reason"]
     assert set(LOG_FIELDS) <= set(log)
@@ -154,7 +162,7 @@ def test_consistent_corrections_are_learned_saved_and_logged(small_checkpoint, t
     assert np.abs(a - b).max() > 1e-4
 
     # The next adaptation builds on the new version and gets the next number.
-    again = adapt(p, new_dir, corrections=sim_corrections(p, 30, seed=300))
+    again = adapt(p, new_dir, sim_corrections(p, 30, seed=300), checkpoint_replay(new_dir, "franka"))
     assert again.log["base_version"] == 1 and again.log["base_model_version"] == log["model_version"]
     if again.accepted:
         assert again.checkpoint_dir == new_dir.parent / "v0002"
@@ -164,7 +172,8 @@ def test_consistent_corrections_are_learned_saved_and_logged(small_checkpoint, t
 def test_poisoned_corrections_are_rejected_and_nothing_is_written(small_checkpoint, tmp_path) -> None:
     torch.set_num_threads(1)
     p = franka_params(adapt_root=str(tmp_path / "adapt"))
-    result = adapt(p, small_checkpoint, corrections=sim_corrections(p, 50, labels="noise"))
+    result = adapt(p, small_checkpoint, sim_corrections(p, 50, labels="noise"),
+                   checkpoint_replay(small_checkpoint, "franka"))
     log = result.log
     assert not result.accepted and result.checkpoint_dir is None
     assert log["version"] is None and log["model_version"] == model_version_of(small_checkpoint)
@@ -178,25 +187,76 @@ def test_poisoned_corrections_are_rejected_and_nothing_is_written(small_checkpoi
 def test_too_few_corrections_and_replay_fallback(small_checkpoint, tmp_path) -> None:
     torch.set_num_threads(1)
     p = franka_params(adapt_root=str(tmp_path / "adapt"), min_corrections=20, replay_examples=10, steps=20)
-    few = adapt(p, small_checkpoint, corrections=sim_corrections(p, 10))
+    few = adapt(p, small_checkpoint, sim_corrections(p, 10), checkpoint_replay(small_checkpoint, "franka"))
     assert not few.accepted and "too few corrections" in few.log["reason"] and few.log["steps"] == 0
     assert set(LOG_FIELDS) <= set(few.log)
 
-    # A checkpoint without its replay sample: fresh expert demonstrations are recorded instead.
+    # A checkpoint without its replay sample: the caller (as adaptation_node does) has fresh expert
+    # demonstrations recorded instead; adapt itself never runs a simulator.
     bare = tmp_path / "bare"
     shutil.copytree(small_checkpoint, bare)
     os.remove(replay_path(bare, "franka"))
-    result = adapt(p, bare, corrections=sim_corrections(p, 30))
+    with pytest.raises(ValueError, match="no replay sample"):
+        checkpoint_replay(bare, "franka")
+    result = adapt(p, bare, sim_corrections(p, 30), checkpoint_replay_or_record(bare, p))
     assert result.log["samples"]["replay_source"] == "recorded" and result.log["samples"]["replay"] > 0
     if result.accepted:  # the recorded sample travels with the new version
         assert replay_path(result.checkpoint_dir, "franka").is_file()
+
+
+def test_replay_data_for_another_robot_is_refused(small_checkpoint, tmp_path) -> None:
+    p = franka_params(adapt_root=str(tmp_path / "adapt"), min_corrections=20)
+    with pytest.raises(ValueError, match="embodiment is 'leap', expected 'franka'"):
+        adapt(p, small_checkpoint, sim_corrections(p, 20), checkpoint_replay(small_checkpoint, "leap"))
+
+
+def test_simulated_corrections_read_back_from_a_store_as_they_were_made(tmp_path) -> None:
+    """sim/corrections.py makes what the recorder stores: written to a store and read back
+    (PNG images, joints by name), they are the same training data."""
+    p = franka_params()
+    records = simulated_corrections(p, 12)
+    path = str(tmp_path / "c.sqlite")
+    with CorrectionStore(path, replay_capacity=100) as store:
+        for r in records:
+            store.add(r)
+    stored, info = load_corrections(path, p, RECORDED_IMAGE_SIZE, p.state_joints)
+    direct = sim_corrections(p, 12)
+    assert info["count"] == 12 and info["skipped"] == 0
+    for name in ("images", "proprio", "human_action", "stamp_s", "episode", "actions", "state"):
+        np.testing.assert_array_equal(getattr(stored, name), getattr(direct, name), err_msg=name)
+    assert len(np.unique(direct.episode)) == 2  # 40-step episodes at 50 Hz: one correction per 0.1 s, 8 each
+    with pytest.raises(ValueError, match="labels"):
+        simulated_corrections(p, 3, labels="shifty")
+
+
+def test_hybridvla_adapt_runs_one_adaptation_on_a_store(small_checkpoint, tmp_path, capsys) -> None:
+    """The command line does what adaptation_node does: corrections from the store, the checkpoint's
+    replay sample, one attempt logged; exit 0 accepted, 3 rejected, 1 error."""
+    from hybridvla_ros.cli import main
+
+    torch.set_num_threads(1)
+    p = franka_params()
+    path = str(tmp_path / "c.sqlite")
+    with CorrectionStore(path, replay_capacity=100) as store:
+        for r in simulated_corrections(p, 30):
+            store.add(r)
+    root = tmp_path / "adapt"
+    code = main(["adapt", FRANKA, "--store", path, "--checkpoint", small_checkpoint, "--adapt-root", str(root)])
+    log = json.loads(capsys.readouterr().out)
+    assert code == (0 if log["accepted"] else 3)
+    assert log["store"]["path"] == path and log["store"]["count"] == 30
+    assert log["samples"]["replay_source"] == "file"
+    assert len((root / "franka" / LOG_FILE).read_text().splitlines()) == 1
+    assert main(["adapt", FRANKA, "--store", str(tmp_path / "missing.sqlite"), "--checkpoint", small_checkpoint,
+                 "--adapt-root", str(root)]) == 1
+    assert "no correction store" in capsys.readouterr().err
 
 
 def test_coarse_to_fine_head_adaptation_runs_and_decides(small_checkpoint, tmp_path) -> None:
     torch.set_num_threads(1)
     p = leap_params(adapt_root=str(tmp_path / "adapt"), steps=60)
     assert p.head_type == "coarse_to_fine"
-    result = adapt(p, small_checkpoint, corrections=sim_corrections(p, 30))
+    result = adapt(p, small_checkpoint, sim_corrections(p, 30), checkpoint_replay(small_checkpoint, "leap"))
     log = result.log
     assert set(LOG_FIELDS) <= set(log) and log["steps"] > 0
     assert 0.0 <= log["out_of_range_fraction"] <= 1.0  # the token part's bins are checked

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from hybridvla_ros.cli import main as cli_main
-from hybridvla_ros.core.kinematic_sim import KinematicSim
 from hybridvla_ros.launch_description import default_config_dir
 from hybridvla_ros.model.bench_precision import expert_chunk
 from hybridvla_ros.model.checkpoint import save_checkpoint
+from hybridvla_ros.model.demo_data import load_embodiment
 from hybridvla_ros.model.policy import EmbodimentSpec, HybridPolicy, PolicyConfig
-from hybridvla_ros.model.train import load_embodiment
+from hybridvla_ros.sim.kinematic import KinematicSim
 
 
 def _tiny(tmp_path, head_type: str) -> str:

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from hybridvla_ros.core.correction_export import export_mcap
 from hybridvla_ros.core.correction_store import (
     CORRECTION_TOPIC,
     CORRECTION_TYPE,
@@ -22,7 +23,6 @@ from hybridvla_ros.core.correction_store import (
     CorrectionStore,
     CorrectionStoreError,
     CorrectionWriter,
-    export_mcap,
 )
 
 D = 7

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridvla_ros.core.demos import record_demonstrations, validate_demonstrations
-from hybridvla_ros.core.rollout import control_path, expert_chunk, expert_predictor
-from hybridvla_ros.core.sims import make_sim
 from hybridvla_ros.launch_description import params_file_for
-from hybridvla_ros.model.dagger import merge_demonstrations, record_policy_states
-from hybridvla_ros.model.train import load_embodiment, split_episodes
+from hybridvla_ros.model.dagger import DaggerConfig, merge_demonstrations, record_policy_states
+from hybridvla_ros.model.demo_data import load_embodiment, split_episodes
+from hybridvla_ros.sim.demos import record_demonstrations, validate_demonstrations
+from hybridvla_ros.sim.registry import make_sim
+from hybridvla_ros.sim.rollout import control_path, expert_chunk, expert_predictor
 
 
 def test_states_a_still_policy_visits_are_labelled_with_the_way_to_the_goal() -> None:
@@ -71,7 +71,8 @@ def test_merge_puts_the_second_set_after_the_first_so_it_is_held_out() -> None:
     a = record_demonstrations(params, 2, 5, image_size=16, seed=0)
     b = record_demonstrations(params, 3, 5, image_size=16, seed=1)
     merged = merge_demonstrations(a, b)
-    assert len(merged["proprio"]) == 25 and merged["episode"].tolist() == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5 + [4] * 5
+    assert len(merged["proprio"]) == 25
+    assert merged["episode"].tolist() == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5 + [4] * 5
     np.testing.assert_array_equal(merged["images"][10:], b["images"])
     _train, held = split_episodes(merged["episode"], 0.2)
     assert set(merged["episode"][held].tolist()) == {4}
@@ -89,3 +90,13 @@ def test_bad_counts_are_refused() -> None:
     ab, limits = control_path(params_file_for("franka"))
     with pytest.raises(ValueError, match="episodes"):
         record_policy_states(lambda i, q, x: (q[None], 1.0), params, ab, limits, episodes=0, max_s=1.0, image_size=16)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"rounds": 1, "keep": "worst"}, "keep"),
+    ({"rounds": -1}, "rounds"),
+    ({"rounds": 1, "episodes": 0}, "episodes"),
+])
+def test_dagger_settings_are_checked(fields, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        DaggerConfig(**fields)

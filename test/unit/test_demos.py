@@ -8,17 +8,17 @@ import time
 import numpy as np
 import pytest
 
-from hybridvla_ros.core.demos import (
+from hybridvla_ros.core.image import resize_for_policy
+from hybridvla_ros.params import from_params, load_node_params
+from hybridvla_ros.params.sim_robot import SimRobotParams
+from hybridvla_ros.sim.demos import (
     DEMO_KEYS,
     load_demonstrations,
     record_demonstrations,
     save_demonstrations,
 )
-from hybridvla_ros.core.image import resize_for_policy
-from hybridvla_ros.core.kinematic_sim import KinematicSim
-from hybridvla_ros.core.kinematics import panda_chain
-from hybridvla_ros.params import from_params, load_node_params
-from hybridvla_ros.params.sim_robot import SimRobotParams
+from hybridvla_ros.sim.kinematic import KinematicSim
+from hybridvla_ros.sim.kinematics import panda_chain
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config")
 EMBODIMENTS = ("franka", "aloha", "hello", "leap")

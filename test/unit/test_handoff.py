@@ -44,7 +44,7 @@ class Run:
         self.outputs: list[Output] = []
         self.results: list[tuple[bool, str]] = []
 
-    def __call__(self, *events: tuple) -> "Run":
+    def __call__(self, *events: tuple) -> Run:
         for t, name, *args in events:
             sm = self.sm
             if name == "policy":
@@ -518,3 +518,35 @@ def test_thresholds_can_change_at_run_time_and_bad_values_are_refused() -> None:
     with pytest.raises(ValueError, match="resume_confidence"):
         sm.update_config(resume_confidence=0.05)
     assert sm.config.resume_confidence == 0.95, "a refused change leaves the old config in force"
+
+
+def _msg_constants(msg_file: str, prefix: str = "") -> dict[str, int]:
+    """The ``uint8 NAME=VALUE`` constants of a .msg file in msg/ (``prefix`` stripped, others skipped)."""
+    import re
+
+    out: dict[str, int] = {}
+    with open(os.path.join(ROOT, "msg", msg_file), encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"\s*u?int\d+\s+([A-Z_][A-Z0-9_]*)\s*=\s*(\d+)", line.split("#")[0])
+            if m and m.group(1).startswith(prefix):
+                out[m.group(1)[len(prefix):]] = int(m.group(2))
+    return out
+
+
+def test_modes_and_output_kinds_equal_the_message_constants() -> None:
+    """core.handoff.Mode is the one definition of the modes; the .msg files must agree with it."""
+    modes = _msg_constants("HandoffMode.msg")
+    assert modes and modes == {m.name: m.value for m in Mode}
+    sources = _msg_constants("ActionStep.msg", prefix="SOURCE_")
+    assert sources and sources == {k.name: k.value for k in OutputKind if k is not OutputKind.NONE}
+
+
+def test_every_mode_name_comes_from_the_enum() -> None:
+    from hybridvla_ros.core.monitoring import MODE_COLOURS, MODE_LEVELS, MODE_NAMES
+    from hybridvla_ros.sim import operator
+
+    assert MODE_NAMES == {m.value: m.name for m in Mode}
+    assert set(MODE_LEVELS) == set(MODE_NAMES.values()) and set(MODE_NAMES.values()) <= set(MODE_COLOURS)
+    assert (operator.MODE_AUTONOMOUS, operator.MODE_PAUSED, operator.MODE_HUMAN, operator.MODE_ESCALATED,
+            operator.MODE_CONSERVATIVE) == (Mode.AUTONOMOUS, Mode.PAUSED, Mode.HUMAN_OVERRIDE, Mode.ESCALATED,
+                                            Mode.CONSERVATIVE)

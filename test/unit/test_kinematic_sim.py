@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybridvla_ros.core.kinematic_sim import TWIST_TIMEOUT_S, KinematicSim
 from hybridvla_ros.params import from_params, load_node_params
 from hybridvla_ros.params.sim_robot import SimRobotParams
+from hybridvla_ros.sim.kinematic import TWIST_TIMEOUT_S, KinematicSim
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config")
 EMBODIMENTS = ("franka", "aloha", "hello", "leap")

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from hybridvla_ros.launch_description import describe_graph, params_file_for
+from hybridvla_ros.launcher import GraphLauncher
 from hybridvla_ros.params import ParameterError
-from hybridvla_ros.runner import GraphRunner
 
 
 def test_graph_with_and_without_the_simulated_robot() -> None:
@@ -43,9 +43,9 @@ def test_ros_arguments_carry_name_params_file_overrides_and_remaps() -> None:
     assert "action_command:=policy_action" in specs["safety_filter"].ros_arguments()
 
 
-def test_runner_starts_each_node_as_its_own_python_module() -> None:
+def test_launcher_starts_each_node_as_its_own_python_module() -> None:
     spec = describe_graph("franka", sim=True)[0]
-    cmd = GraphRunner([spec]).command_for(spec)
+    cmd = GraphLauncher([spec]).command_for(spec)
     assert cmd[:3] == [sys.executable, "-m", "hybridvla_ros.nodes.sync_node"]
 
 
@@ -66,3 +66,38 @@ def test_nodes_never_use_the_warn_alias() -> None:
                  for i, line in enumerate(path.read_text().splitlines(), 1)
                  if re.search(r"\b(get_logger\(\)|log|logger)\.warn\(", line)]
     assert offenders == []
+
+
+def test_one_node_list_for_setup_launch_schemas_and_node_modules(monkeypatch) -> None:
+    """hybridvla_ros.graph_nodes is the node list: setup.py's console scripts, the launch description,
+    the parameter schemas and the node modules all agree with it."""
+    import pathlib
+    import runpy
+
+    import setuptools
+
+    from hybridvla_ros.graph_nodes import GRAPH_NODES, NODE_NAMES
+    from hybridvla_ros.params.registry import NODE_SCHEMAS
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    # Plain data: it runs on its own, with nothing of the package imported (as setup.py reads it).
+    alone = runpy.run_path(str(root / "hybridvla_ros" / "graph_nodes.py"))
+    assert alone["NODE_NAMES"] == NODE_NAMES and len(set(NODE_NAMES)) == len(NODE_NAMES) == 10
+
+    captured: dict = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: captured.update(kwargs))
+    monkeypatch.chdir(root)
+    runpy.run_path(str(root / "setup.py"), run_name="__main__")
+    scripts = dict(line.replace(" ", "").split("=") for line in captured["entry_points"]["console_scripts"])
+    assert scripts.pop("hybridvla") == "hybridvla_ros.cli:main"
+    assert scripts == {f"{n}_node": f"hybridvla_ros.nodes.{n}_node:main" for n in NODE_NAMES}
+
+    node_files = {p.stem for p in (root / "hybridvla_ros" / "nodes").glob("*_node.py")}
+    assert node_files == {n.executable for n in GRAPH_NODES}, "a node module without an entry (or the reverse)"
+    for node in GRAPH_NODES:
+        text = (root / "hybridvla_ros" / "nodes" / f"{node.executable}.py").read_text()
+        assert "\ndef main(" in text, f"{node.executable} has no main()"
+
+    assert tuple(NODE_SCHEMAS) == NODE_NAMES
+    full = describe_graph("franka", sim=True)
+    assert [(s.name, s.executable, s.module) for s in full] == [(n.name, n.executable, n.module) for n in GRAPH_NODES]

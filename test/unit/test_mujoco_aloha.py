@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from hybridvla_ros.core.mujoco_aloha import PHASES, SCENES, MujocoAlohaSim
 from hybridvla_ros.params import from_params, load_node_params
 from hybridvla_ros.params.sim_robot import SimRobotParams
+from hybridvla_ros.sim.mujoco_aloha import PHASES, SCENES, MujocoAlohaSim
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config")
 PERIOD_S = 0.02  # 50 Hz, as config/aloha.yaml
@@ -305,7 +305,7 @@ def test_render_is_rgb_and_shows_the_arm_moving(sim: MujocoAlohaSim) -> None:
 def test_clone_rolls_ahead_without_touching_the_original() -> None:
     """DAgger labels each visited state with the expert's chunk rolled out on a clone; the
     clone must not move the original, and must follow the path the original would."""
-    from hybridvla_ros.core.rollout import expert_chunk
+    from hybridvla_ros.sim.rollout import expert_chunk
 
     sim = MujocoAlohaSim(PARAMS, seed=3)
     assert expert_steps(sim, MAX_EPISODE_S, until=lambda: sim.phase == "lift")  # the left gripper holds the cube

@@ -10,20 +10,20 @@ import os
 import numpy as np
 import pytest
 
-from hybridvla_ros.core import mujoco_common as mc
-from hybridvla_ros.core.mujoco_franka import (
+from hybridvla_ros.launch_description import params_file_for
+from hybridvla_ros.params import from_params, load_node_params
+from hybridvla_ros.params.action_buffer import ActionBufferParams
+from hybridvla_ros.params.safety_filter import SafetyFilterParams
+from hybridvla_ros.params.sim_robot import SimRobotParams
+from hybridvla_ros.sim import mujoco_common as mc
+from hybridvla_ros.sim.mujoco_franka import (
     CUBE_HALF_SIZE_M,
     SCENES,
     TABLE_TOP_Z_M,
     MujocoFrankaSim,
     SceneConfig,
 )
-from hybridvla_ros.core.rollout import expert_predictor, rollout
-from hybridvla_ros.launch_description import params_file_for
-from hybridvla_ros.params import from_params, load_node_params
-from hybridvla_ros.params.action_buffer import ActionBufferParams
-from hybridvla_ros.params.safety_filter import SafetyFilterParams
-from hybridvla_ros.params.sim_robot import SimRobotParams
+from hybridvla_ros.sim.rollout import expert_predictor, rollout
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config")
 

@@ -9,25 +9,12 @@ import yaml
 
 from hybridvla_ros.launch_description import NodeSpec, validate_graph
 from hybridvla_ros.params import ParameterError, from_params, load_node_params
-from hybridvla_ros.params.action_buffer import ActionBufferParams
-from hybridvla_ros.params.adaptation import AdaptationParams
-from hybridvla_ros.params.correction_recorder import CorrectionRecorderParams
-from hybridvla_ros.params.handoff import HandoffParams
-from hybridvla_ros.params.monitor import MonitorParams
 from hybridvla_ros.params.embodiment import EMBODIMENTS, EmbodimentParams
-from hybridvla_ros.params.inference import InferenceParams
-from hybridvla_ros.params.safety_filter import SafetyFilterParams
-from hybridvla_ros.params.sim_operator import SimOperatorParams
-from hybridvla_ros.params.sim_robot import SimRobotParams
-from hybridvla_ros.params.sync import SyncParams
+from hybridvla_ros.params.registry import NODE_SCHEMAS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "config")
-SCHEMAS = {"sync": SyncParams, "inference": InferenceParams, "action_buffer": ActionBufferParams,
-           "handoff": HandoffParams, "safety_filter": SafetyFilterParams,
-           "correction_recorder": CorrectionRecorderParams, "adaptation": AdaptationParams,
-           "monitor": MonitorParams,
-           "sim_robot": SimRobotParams, "sim_operator": SimOperatorParams}
+SCHEMAS = NODE_SCHEMAS
 EXPECTED = {"franka": (7, "coarse_to_fine", "trajectory_msgs/JointTrajectory"),
             "aloha": (14, "coarse_to_fine", "std_msgs/Float64MultiArray"),
             "hello": (3, "flow", "geometry_msgs/Twist"),
@@ -81,7 +68,8 @@ def _franka_with(tmp_path, **changes) -> str:
     ({"all__max_velocity": [1.0, 2.0]}, "safety_filter", "safety_filter.max_velocity: needs 7 values"),
     ({"all__head_type": "diffusion"}, "inference", "inference.head_type: 'diffusion' is not one of"),
     ({"all__position_min": [3.0] * 7}, "safety_filter", "safety_filter.position_min: panda_joint1 has min 3.0"),
-    ({"safety_filter__max_force_n": "forty"}, "safety_filter", "safety_filter.max_force_n: expected a number, got 'forty'"),
+    ({"safety_filter__max_force_n": "forty"}, "safety_filter",
+     "safety_filter.max_force_n: expected a number, got 'forty'"),
     ({"safety_filter__max_force_n": None}, "safety_filter", "safety_filter.max_force_n: missing required parameter"),
     ({"all__recompute_every": 99}, "inference", "inference.recompute_every: 99 is more than chunk_size 16"),
     ({"all__command_type": "std_msgs/String"}, "safety_filter", "safety_filter.command_type: 'std_msgs/String'"),

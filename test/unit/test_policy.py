@@ -7,8 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from hybridvla_ros.model.policy import (ACTIONS, CONFIDENCE, EMBODIMENT, HEAD_MODES, IMAGE, INSTRUCTION, PROPRIO,
-                                        STATE, EmbodimentSpec, HybridPolicy, PolicyConfig)
+from hybridvla_ros.model.policy import (
+    ACTIONS,
+    CONFIDENCE,
+    EMBODIMENT,
+    HEAD_MODES,
+    IMAGE,
+    INSTRUCTION,
+    PROPRIO,
+    STATE,
+    EmbodimentSpec,
+    HybridPolicy,
+    PolicyConfig,
+)
 from hybridvla_ros.model.text import INSTRUCTION_DIM, embed_instruction
 
 SPECS = (EmbodimentSpec("franka", 7, 16, "token"), EmbodimentSpec("aloha", 14, 32, "flow"),

@@ -14,8 +14,12 @@ from torch import nn
 from hybridvla_ros.model import bench_model
 from hybridvla_ros.model.export import VARIANT_KINDS, make_variant
 from hybridvla_ros.model.policy import HEAD_MODES
-from hybridvla_ros.model.quantize import (KEEP_FP32_PREFIX, quantize_onnx_dynamic, quantize_policy_dynamic,
-                                          quantized_linear_names)
+from hybridvla_ros.model.quantize import (
+    KEEP_FP32_PREFIX,
+    quantize_onnx_dynamic,
+    quantize_policy_dynamic,
+    quantized_linear_names,
+)
 from hybridvla_ros.model.runner import PolicyRunner
 
 INT8_KINDS = ("int8", "int8-ort")
@@ -112,11 +116,13 @@ def test_bench_model_json_has_the_documented_fields(checkpoint: str, tmp_path,  
     result = run_bench_model(checkpoint, tmp_path, 3)
     assert set(result["definitions"]) >= {"action_mae", "error_increase_vs_fp32", "mae_vs_fp32",
                                           "confidence_cost_ratio", "speedup_vs_onnx"}
-    assert len(result["machine"]["load_average_start"]) == 3 and result["targets"]["int8_speedup_min"] == 2.0
+    assert len(result["machine"]["load_average_start"]) == 3
+    assert result["targets"]["int8_speedup_min"] == 2.0
     for name in ("franka", "aloha"):
         res = result["embodiments"][name]
         assert res["head_type"] == "coarse_to_fine"
-        assert list(res["modes"]) == ["coarse_to_fine", "token", "flow", "routed"]  # every mode it serves, its own first
+        # every mode it serves, its own first
+        assert list(res["modes"]) == ["coarse_to_fine", "token", "flow", "routed"]
         assert set(res["modes"]) == set(HEAD_MODES["coarse_to_fine"])
         assert res["kinds"] == res["modes"]["coarse_to_fine"]["kinds"]
         for mode, mres in res["modes"].items():

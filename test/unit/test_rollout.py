@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from hybridvla_ros.core.kinematic_sim import KinematicSim
-from hybridvla_ros.core.rollout import expert_chunk, expert_predictor, rollout
 from hybridvla_ros.launch_description import params_file_for
 from hybridvla_ros.params import from_params, load_node_params
 from hybridvla_ros.params.action_buffer import ActionBufferParams
 from hybridvla_ros.params.embodiment import EMBODIMENTS
 from hybridvla_ros.params.safety_filter import SafetyFilterParams
+from hybridvla_ros.sim.kinematic import KinematicSim
+from hybridvla_ros.sim.rollout import expert_chunk, expert_predictor, rollout
 
 
 def setup(embodiment: str, seed: int = 3):

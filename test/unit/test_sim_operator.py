@@ -4,8 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridvla_ros.core.sim_operator import (MODE_AUTONOMOUS, MODE_ESCALATED, MODE_HUMAN, MODE_PAUSED,
-                                             OperatorConfig, Phase, ScriptedOperator)
+from hybridvla_ros.sim.operator import (
+    MODE_AUTONOMOUS,
+    MODE_ESCALATED,
+    MODE_HUMAN,
+    MODE_PAUSED,
+    OperatorConfig,
+    Phase,
+    ScriptedOperator,
+)
 
 TARGET = np.array([0.1, 0.2])
 

@@ -152,6 +152,17 @@ def test_missing_joint_is_rejected_naming_it() -> None:
     assert sync.stats["joint_states_rejected_missing_joints"] == 1
 
 
+def test_joint_names_follow_the_one_selection_rule() -> None:
+    """core.joints' rule: a configured joint named twice is rejected (naming it), a duplicate of a
+    joint the robot does not use is ignored, as every other node reads joint_states."""
+    sync = make_sync()
+    ok, reason = sync.add_joint_state(1.0, ["j1", "j2", "j3", "j2"], [1, 2, 3, 4])
+    assert not ok and reason.startswith("duplicate_names") and "'j2'" in reason and "'j1'" not in reason
+    ok, _ = sync.add_joint_state(1.0, ["gripper", "j3", "gripper", "j1", "j2"], [0, 3, 0, 1, 2])
+    assert ok
+    assert sync.stats["joint_states_rejected_duplicate_names"] == 1
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_position_or_velocity_is_rejected(bad: float) -> None:
     sync = make_sync()

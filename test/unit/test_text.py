@@ -4,8 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hybridvla_ros.model.text import (DIR_PREFIX, HASH_ENCODER, MINILM, MINILM_DIM, embed_instruction, get_encoder,
-                                      minilm_dir)
+from hybridvla_ros.model.text import (
+    DIR_PREFIX,
+    HASH_ENCODER,
+    MINILM,
+    MINILM_DIM,
+    embed_instruction,
+    get_encoder,
+    minilm_dir,
+)
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:

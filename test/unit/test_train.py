@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 import os
 
+from hybridvla_ros.cli_model import train_main as main
 from hybridvla_ros.launch_description import default_config_dir
 from hybridvla_ros.model.runner import PolicyRunner
-from hybridvla_ros.model.train import main
 
 
 def test_tiny_training_run_writes_checkpoint_plot_and_log(tmp_path) -> None:
@@ -44,7 +44,8 @@ def test_dagger_rounds_add_the_states_the_policy_visits_and_log_its_closed_loop_
     assert [p["round"] for p in curve] == [0, 1]  # the policy that collected round 0, and the final one
     assert all(0.0 <= p["hello"]["success_rate"] <= 1.0 and p["hello"]["states"] > 0 for p in curve)
     # the checkpoint is the round with the best closed-loop success (then lower final error, then later)
-    kept = max(range(2), key=lambda r: (curve[r]["hello"]["success_rate"], -curve[r]["hello"]["final_error_m_median"], r))
+    kept = max(range(2), key=lambda r: (curve[r]["hello"]["success_rate"], -curve[r]["hello"]["final_error_m_median"],
+                                        r))
     assert log["dagger_kept_round"] == kept
     if kept == 1:  # the round's states joined the training data (the demonstrations' last episode stays held out)
         assert log["examples"]["hello"]["train"] == 2 * 20 + curve[0]["hello"]["states"]
@@ -76,8 +77,8 @@ def test_the_replay_sample_keeps_up_to_2000_examples_with_their_episodes_and_sta
     """Adaptation replays this sample to keep the old skill; 400 examples let the head drift (README, study 1)."""
     import numpy as np
 
-    from hybridvla_ros.core.demos import load_demonstrations
-    from hybridvla_ros.model.train import REPLAY_EXAMPLES, save_replay_sample
+    from hybridvla_ros.model.replay import REPLAY_EXAMPLES, save_replay_sample
+    from hybridvla_ros.sim.demos import load_demonstrations
 
     assert REPLAY_EXAMPLES == 2000
     n, d, t = 2500, 7, 4

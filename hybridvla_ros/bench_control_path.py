@@ -8,6 +8,8 @@
    every embodiment (median and p99 over thousands of calls), and the wall time of one
    head adaptation on 50 simulated corrections (target: under 60 s on a 2-core CPU).
 Timing lives here, not in tests: our machines are shared and noisy; quote medians.
+The model's own benchmarks are ``hybridvla bench-model`` (:mod:`hybridvla_ros.model.bench_model`)
+and ``hybridvla bench-precision`` (:mod:`hybridvla_ros.model.bench_precision`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import numpy as np
 from hybridvla_ros.core.action_buffer import ActionBuffer
 from hybridvla_ros.core.safety import SafetyFilter
 from hybridvla_ros.core.stats import percentiles
+from hybridvla_ros.graph_run import run_graph
 from hybridvla_ros.launch_description import params_file_for
 from hybridvla_ros.params import from_params, load_node_params
 from hybridvla_ros.params.action_buffer import ActionBufferParams
@@ -73,15 +76,18 @@ def time_adaptation(checkpoint: str, corrections: int = 50, embodiment: str = "f
 
     import torch
 
-    from hybridvla_ros.model.adaptation import adapt, sim_corrections
+    from hybridvla_ros.model.adaptation import adapt
+    from hybridvla_ros.model.corrections_data import correction_set
+    from hybridvla_ros.model.replay import checkpoint_replay_or_record
     from hybridvla_ros.params.adaptation import AdaptationParams
+    from hybridvla_ros.sim.corrections import RECORDED_IMAGE_SIZE, simulated_corrections
 
     p = from_params(AdaptationParams, load_node_params(params_file_for(embodiment), "adaptation"), "adaptation")
     torch.set_num_threads(p.num_threads)
-    data = sim_corrections(p, corrections)
+    data, _ = correction_set(simulated_corrections(p, corrections), p, RECORDED_IMAGE_SIZE, p.state_joints)
     with tempfile.TemporaryDirectory() as root:
-        t0 = time.perf_counter()
-        result = adapt(p, checkpoint, corrections=data, adapt_root=root)
+        t0 = time.perf_counter()  # the replay sample is read (or recorded) in the timed part, as the node does
+        result = adapt(p, checkpoint, data, checkpoint_replay_or_record(checkpoint, p), adapt_root=root)
         wall = time.perf_counter() - t0
     log = result.log
     return {"corrections": corrections, "wall_time_s": wall, "accepted": bool(result.accepted),
@@ -120,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
               f"({'accepted' if ad['accepted'] else 'rejected'} after {ad['steps']} steps; target < 60 s)")
 
     if not args.skip_graph:
-        from hybridvla_ros.cli import run_graph
-
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         print(f"graph on the simulated {args.embodiment} for {args.duration:.0f} s ...")
         report = run_graph(args.embodiment, True, args.duration, args.checkpoint, quiet=True,

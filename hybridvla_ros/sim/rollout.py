@@ -13,16 +13,16 @@ policy): the expert is rolled out for a chunk on a copy of the simulator.
 """
 from __future__ import annotations
 
-import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import numpy as np
 
 from hybridvla_ros.core.action_buffer import ActionBuffer, ActionBufferConfig
 from hybridvla_ros.core.safety import SafetyFilter, SafetyLimits
-from hybridvla_ros.core.sims import state_vector
+from hybridvla_ros.sim.base import Simulator
+from hybridvla_ros.sim.registry import state_vector
 
 # (image (H, W, 3) uint8, joint positions (D,), state joints (E,)) -> (chunk (T, D) absolute targets, confidence)
 Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, float]]
@@ -56,10 +56,10 @@ def control_path(config_file: str) -> tuple[ActionBufferConfig, SafetyLimits]:
     return buffer.buffer_config(), safety.safety_limits()
 
 
-def expert_chunk(sim: Any, chunk_size: int) -> np.ndarray:
-    """(T, D) the scripted expert's next ``chunk_size`` targets, rolled out on a copy of ``sim``
-    (``sim.clone()`` when it has one, else ``copy.deepcopy``); ``sim`` is not changed."""
-    twin = sim.clone() if hasattr(sim, "clone") else copy.deepcopy(sim)
+def expert_chunk(sim: Simulator, chunk_size: int) -> np.ndarray:
+    """(T, D) the scripted expert's next ``chunk_size`` targets, rolled out on ``sim.clone()``;
+    ``sim`` is not changed."""
+    twin = sim.clone()
     out = np.empty((chunk_size, sim.positions.size))
     for k in range(chunk_size):  # sequential: each step starts where the last one ended
         out[k] = twin.expert_target()
@@ -68,14 +68,14 @@ def expert_chunk(sim: Any, chunk_size: int) -> np.ndarray:
     return out
 
 
-def expert_predictor(sim: Any, chunk_size: int) -> Predictor:
+def expert_predictor(sim: Simulator, chunk_size: int) -> Predictor:
     """A perfect policy for ``sim``: ignores the observation, returns the expert's chunk, confidence 1."""
     return lambda _image, _q, _state: (expert_chunk(sim, chunk_size), 1.0)
 
 
-def rollout(sim: Any, predict: Predictor, buffer_config: ActionBufferConfig, limits: SafetyLimits,
+def rollout(sim: Simulator, predict: Predictor, buffer_config: ActionBufferConfig, limits: SafetyLimits,
             max_s: float, success_tolerance_m: float, success_hold_s: float = 0.3,
-            camera_rate_hz: float = 30.0, observe: Callable[[Any], None] | None = None,
+            camera_rate_hz: float = 30.0, observe: Callable[[Simulator], None] | None = None,
             state_joints: tuple[str, ...] = ()) -> RolloutResult:
     """Run one episode from the simulator's current state (reset it first); returns the result.
     The predictor sees the camera frame, the joint positions and the simulator's
@@ -127,7 +127,8 @@ def rollout(sim: Any, predict: Predictor, buffer_config: ActionBufferConfig, lim
         else:
             done_since = None
     success = done_since is not None and t - done_since >= success_hold_s
-    return RolloutResult(success=bool(success), time_to_success_s=first_done if success else math.nan,
+    time_to_success_s = first_done if success and first_done is not None else math.nan
+    return RolloutResult(success=bool(success), time_to_success_s=time_to_success_s,
                          final_error_m=errors[-1], min_error_m=float(min(errors)), duration_s=t, chunks=chunks,
                          safety_modified=safety.stats["modified"],
                          mean_confidence=float(np.mean(confidences)) if confidences else math.nan)

@@ -1,8 +1,11 @@
-"""A listener on a running graph: what the report, the benchmark and the end-to-end test see.
+"""A listener on a running graph: what ``hybridvla run``'s report, ``hybridvla bench``,
+``hybridvla eval``, the studies and the end-to-end tests see.
 
 It subscribes like any other ROS node (over real DDS) and turns what it hears into
 numbers: commands sent and their rate and jitter, inference latency, frame-to-command
-latency, safety interventions and e-stops, and the simulated task error.
+latency, safety interventions and e-stops, and the simulated task error. It is not a
+node of the graph (no console script, no parameter file): it runs inside the process
+that started the graph, on a thread with its own rclpy context.
 """
 from __future__ import annotations
 
@@ -61,10 +64,10 @@ def _sent_s(info: dict[str, Any] | None) -> float:
     return info["source_timestamp"] * 1e-9 if info and info.get("source_timestamp") else time.time()
 
 
-class GraphMonitor:
+class GraphListener:
     """Runs a listening node in a background thread with its own rclpy context."""
 
-    def __init__(self, params: EmbodimentParams, node_name: str = "hybridvla_monitor",
+    def __init__(self, params: EmbodimentParams, node_name: str = "hybridvla_listener",
                  domain_id: int | None = None) -> None:
         self.params = params
         self.rec = Recording()
@@ -88,7 +91,8 @@ class GraphMonitor:
         n.create_subscription(HandoffMode, "handoff/mode", self._on_mode, qos)
         n.create_subscription(UInt64, "correction_recorder/count", self._on_corrections, qos)
         n.create_subscription(Bool, "sim_robot/task_success", self._on_success, qos)
-        latched = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
         n.create_subscription(String, "adaptation/status", self._on_adaptation, latched)
         n.create_subscription(String, "inference/active_model", self._on_active_model, latched)
         self.push_pub = n.create_publisher(WrenchStamped, "sim_robot/push", QoSProfile(depth=5))
@@ -122,9 +126,9 @@ class GraphMonitor:
             # The first command after the first step of a chunk is the first derived from its frame.
             while self._pending_first_step:
                 seq, _ = self._pending_first_step.pop(0)
-                info = self.rec.chunk_info.get(seq)
-                if info is not None:
-                    obs_stamp, latency, _conf = info
+                chunk = self.rec.chunk_info.get(seq)
+                if chunk is not None:
+                    obs_stamp, latency, _conf = chunk
                     self.rec.frame_to_command_s.append(ros_t - obs_stamp - latency)
                     obs_sent = self.rec.observation_sent.get(obs_stamp)
                     chunk_sent = self.rec.chunk_sent.get(seq)

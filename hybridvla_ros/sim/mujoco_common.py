@@ -12,7 +12,7 @@
 * :func:`make_fast_renderer`: an offscreen renderer set up for speed on a CPU (no MSAA,
   shadows, reflections or skybox: ~10x faster at 160x120).
 * :class:`JointReference`: how a position command is interpreted, the same rule as
-  :class:`~hybridvla_ros.core.kinematic_sim.KinematicSim` (a joint trajectory controller
+  :class:`~hybridvla_ros.sim.kinematic.KinematicSim` (a joint trajectory controller
   receiving one point a control period ahead). It produces the reference (position,
   velocity, acceleration) that the simulated joint servos track.
 * :class:`ExternalPush`: a timed ``xfrc_applied`` push at a point of a body.
@@ -38,7 +38,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402  (after the backend choice above)
 import numpy as np  # noqa: E402
 
-from hybridvla_ros.core.kinematic_sim import _brake_speed, _profile_speed  # noqa: E402
+from hybridvla_ros.sim.profiles import brake_speed, profile_speed  # noqa: E402
 
 __all__ = [
     "MissingAssetError",
@@ -225,7 +225,7 @@ def look_at_quat(eye_m: tuple[float, float, float], target_m: tuple[float, float
 class JointReference:
     """The reference a joint position controller tracks, from streamed position commands.
 
-    Same rule as :class:`~hybridvla_ros.core.kinematic_sim.KinematicSim` (see its module
+    Same rule as :class:`~hybridvla_ros.sim.kinematic.KinematicSim` (see its module
     docstring): a command within one period's reach of the reference (``|target - q_ref|
     <= STREAM_TOLERANCE * max_velocity * control_period``, per joint) is interpolated to
     arrive by the next control period (the stream's own acceleration is the sender's to
@@ -278,14 +278,14 @@ class JointReference:
     def advance(self, dt_s: float, now_s: float) -> None:
         """Move the reference over one sub-step ``dt_s`` starting at ``now_s``."""
         err = self.target - self.q
-        desired = np.sign(err) * _profile_speed(np.abs(err), self._vmax, self._amax, dt_s)
+        desired = np.sign(err) * profile_speed(np.abs(err), self._vmax, self._amax, dt_s)
         time_left = self._cmd_time_s + self._period_s - now_s
         streaming = self._stream if time_left > 1e-9 else np.zeros_like(self._stream)
         if streaming.any():
             interp = np.clip(err / max(time_left, dt_s), -self._vmax, self._vmax)
             desired = np.where(streaming, interp, desired)
-        desired = np.clip(desired, -_brake_speed(self.q - self._lo, self._amax, dt_s),
-                          _brake_speed(self._hi - self.q, self._amax, dt_s))
+        desired = np.clip(desired, -brake_speed(self.q - self._lo, self._amax, dt_s),
+                          brake_speed(self._hi - self.q, self._amax, dt_s))
         # A streamed joint follows its stream as commanded: the stream's acceleration between
         # periods is the sender's to limit (the safety filter does), and limiting it again per
         # sub-step would make the joint fall behind the stream, after which the next point is

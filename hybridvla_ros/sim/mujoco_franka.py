@@ -1,25 +1,18 @@
 """A MuJoCo simulation of the Franka Panda picking a cube and placing it on a target (ROS-free).
 
-:class:`MujocoFrankaSim` has the public interface of
-:class:`~hybridvla_ros.core.kinematic_sim.KinematicSim` (the sim node, the demonstration
-recorder and the evaluation drive either one), with real contact dynamics.
+:class:`MujocoFrankaSim` is a :class:`~hybridvla_ros.sim.base.Simulator` (the sim node,
+the demonstration recorder and the evaluation drive it like the kinematic one), with real
+contact dynamics. The model (Panda from ``gymnasium-robotics`` with a suction cup, table,
+cube, target, camera; the scene presets) is built in
+:mod:`~hybridvla_ros.sim.mujoco_franka_model`; the expert's plan is
+:mod:`~hybridvla_ros.sim.mujoco_franka_expert`. This module runs them.
 
-Robot. The Panda model (meshes, inertias) of the pip package ``gymnasium-robotics``
-(``kitchen_franka/franka_assets``, from vikashplus/franka), read at run time and edited
-with ``mujoco.MjSpec``: its link6 / link7 frames are set exactly to the Franka DH frames
-(the model's joint 6 / 7 zero differs from Franka's by -pi/2 / -pi/4: ``qpos = q +
-_JOINT_OFFSET_RAD``, so ``positions`` are in Franka's convention and limits of
-config/franka.yaml), the fingers are replaced by a suction cup, the hand becomes its own
-body under link7 so that a force/torque sensor between link7 and the hand measures the
-tool's load, and every link is gravity compensated (``gravcomp``, as Franka's controller
-does). Each joint has a position servo with MuJoCo Menagerie's Panda gains (kp 4500 / 2000
-Nm/rad, kv 450 / 200 Nms/rad, torque limits 87 / 12 Nm) tracking a reference with
-velocity, inertia and Coriolis feed-forward (~1 mrad tracking error at full speed). The
-visual meshes are decimated to ~3k triangles per link (renders ~5x faster, same picture at
-160x120); collision uses the model's own coarse collision meshes. 2 ms physics step.
+Servos. Each joint's position servo (Menagerie gains) tracks a reference with velocity,
+inertia and Coriolis feed-forward (~1 mrad tracking error at full speed); positions are
+in Franka's convention (``qpos = q + JOINT_OFFSET_RAD``).
 
 Commands. ``command_positions`` is interpreted by
-:class:`~hybridvla_ros.core.mujoco_common.JointReference`, KinematicSim's rule: a target
+:class:`~hybridvla_ros.sim.mujoco_common.JointReference`, KinematicSim's rule: a target
 within one control period's reach is interpolated to arrive by the next period, anything
 else is approached with a velocity/acceleration-limited profile; the reference brakes into
 the joint limits, never past them.
@@ -43,28 +36,18 @@ Task. ``task_error_m`` is the horizontal distance cube centre - target centre pl
 cube's height above its resting height; ``success`` needs the cube released, resting on
 the table (in contact, slower than 5 cm/s) and ``task_error_m <= tolerance_m``.
 
-Expert. ``expert_target`` derives everything from the state alone (held or not, cube, TCP
-and target positions, hand tilt, armed), never from a counter, so it takes over from any
-state. Its waypoint sits on a funnel above where the cube is (not held) or goes (held):
-the smaller the horizontal error, the lower, down to touching, so the path bends smoothly
-from gliding over to going down (no corners for a safety filter's acceleration limit to
-cut); a cube is first lifted off the table before turning toward the target, and a TCP
-low beside the cube rises first. After the release it retreats straight up. Phase names
-for monitoring: unwind (hand tilted > 0.6 rad, or a joint within 0.05 rad of a limit: straight
-joint-space move home), approach,
-descend, lift, carry, place, retreat, done. Each call is one damped-least-squares IK step
-of the TCP (position and "hand pointing down" orientation, MuJoCo's site Jacobian
-``mj_jacSite``) with a null-space pull toward home, landing at 4 cm/s so the expert never
-presses (< 5 N, far below the safety filter's 40 N). An episode takes ~3.2 s (nominal) /
-~3.5 s (shifted).
+Expert. ``expert_target`` takes the waypoint of the phase the state is in and makes one
+damped-least-squares IK step of the TCP (position and "hand pointing down" orientation,
+MuJoCo's site Jacobian ``mj_jacSite``) with a null-space pull toward home. An episode
+takes ~3.2 s (nominal) / ~3.5 s (shifted).
 
-Scenes. :data:`SCENES` holds :class:`SceneConfig` presets (where cube and target are drawn,
-cube colour): ``nominal`` (training) and ``shifted`` (both regions moved outside the
-nominal ones, other cube colour) for distribution-shift evaluation.
-
-The simulator has no :class:`~hybridvla_ros.core.kinematics.PinholeCamera` (``camera`` is
+The simulator has no :class:`~hybridvla_ros.sim.kinematics.PinholeCamera` (``camera`` is
 omitted); :meth:`MujocoFrankaSim.project_to_image` projects world points with MuJoCo's
 camera instead.
+
+Size: one class of about 480 lines whose parts (servo feed-forward, suction cup, F/T
+compensation, the expert's IK step, cloning) all read and write the same MuJoCo model and
+data; the model and the expert's plan are their own modules.
 """
 
 from __future__ import annotations
@@ -72,16 +55,36 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
 
+# First: it picks MuJoCo's headless GL backend (EGL) before mujoco is imported.
+from hybridvla_ros.sim import mujoco_common as mc
+
+# isort: split
+import mujoco
 import numpy as np
 
-from hybridvla_ros.core import mujoco_common as mc  # sets MUJOCO_GL before mujoco is imported
-from hybridvla_ros.core.kinematic_sim import _profile_speed
-from hybridvla_ros.core.kinematics import dls_position_step
 from hybridvla_ros.params.embodiment import EmbodimentParams
-
-import mujoco  # noqa: E402,I001  (after mujoco_common chose the GL backend)
+from hybridvla_ros.sim.base import SimulatorFactory
+from hybridvla_ros.sim.kinematics import dls_position_step
+from hybridvla_ros.sim.mujoco_franka_expert import CART_SPEED_M_S, FrankaTaskState, plan_expert
+from hybridvla_ros.sim.mujoco_franka_model import (
+    ASSET_PACKAGE,
+    ASSET_PIP_NAME,
+    CUBE_HALF_SIZE_M,
+    CUBE_TOUCH_M,
+    CUP_TOUCH_M,
+    JOINT_OFFSET_RAD,
+    PHYSICS_TIMESTEP_S,
+    SCENES,
+    SERVO_KP,
+    SERVO_KV,
+    TABLE_TOP_Z_M,
+    TCP_Z_M,
+    SceneConfig,
+    box_corners_z,
+    build_spec,
+)
+from hybridvla_ros.sim.profiles import profile_speed
 
 __all__ = [
     "MujocoFrankaSim",
@@ -96,251 +99,18 @@ __all__ = [
     "REARM_CLEARANCE_M",
 ]
 
-ASSET_PACKAGE = "gymnasium_robotics"  # import name, located without importing it
-ASSET_PIP_NAME = "gymnasium-robotics"
-ASSET_SUBDIR = "envs/assets/kitchen_franka/franka_assets"
-
-PHYSICS_TIMESTEP_S = 0.002
-TABLE_TOP_Z_M = 0.0  # the robot base stands on the table top
-CUBE_HALF_SIZE_M = 0.0225  # 4.5 cm cube
-CUBE_MASS_KG = 0.1
-TARGET_RADIUS_M = 0.03
 MIN_LIFT_FOR_RELEASE_M = 0.02
 REARM_CLEARANCE_M = 0.02
-CUP_TOUCH_M = 0.002  # the cup "touches" the cube within this distance (detected, no force: geom gap)
-CUBE_TOUCH_M = 0.002  # the cube "touches" the table within this distance
-FLANGE_Z_M = 0.107  # link7 origin -> flange (Franka DH)
-TCP_Z_M = 0.1034  # flange -> Franka Hand TCP, where the suction cup's face is
 SUCTION_JOINT = "suction_cup"  # joint_states name of the vacuum state (state_joints in config/franka.yaml)
-
-_JOINT_OFFSET_RAD = np.array([0.0, 0.0, 0.0, 0.0, 0.0, -math.pi / 2, -math.pi / 4])  # qpos - q
-_KP = np.array([4500.0] * 4 + [2000.0] * 3)  # Nm/rad (MuJoCo Menagerie franka_emika_panda)
-_KV = np.array([450.0] * 4 + [200.0] * 3)  # Nms/rad
-_TORQUE_LIMIT_NM = np.array([87.0] * 4 + [12.0] * 3)  # Franka tau_max
-_ARMATURE = 0.1  # reflected rotor inertia (kg m^2), keeps stiff servos stable at 2 ms
 _FORCE_NOISE_N = 0.3
 _TORQUE_NOISE_NM = 0.03
 
-# Collision bits: geom a and b collide if a.contype & b.conaffinity or b.contype & a.conaffinity.
-_BIT_WORLD, _BIT_ROBOT, _BIT_CUBE = 1, 2, 4
-
-# Expert tuning.
-_CART_SPEED_M_S = 0.5
-_CART_ACCEL_M_S2 = 2.0
-_CONTACT_SPEED_M_S = 0.04  # last centimetres before touching the cube / table
-_HOVER_Z_M = TABLE_TOP_Z_M + 0.14  # TCP height for moving over the table
-_SAFE_CLEARANCE_M = 0.035  # cube bottom / TCP above cube top before moving sideways
-# The phase is called descend / place once the waypoint has started down the funnel and the
-# TCP is within _ALIGN_TOL_M + _ALIGN_CONE * height of the axis (names for monitoring: the
-# waypoint itself moves continuously).
-_ALIGN_TOL_M = 0.012
-_ALIGN_CONE = 0.5
-_DONE_TOL_M = 0.015  # a released cube this close to the target is left alone
-_FUNNEL_SLOPE = 1.0  # waypoint height above the cube / target per metre of horizontal error
-# Horizontal error (m) the funnel ignores: within it the waypoint goes straight down (still
-# aiming at the centre). Gripping: the 17 mm cup fits on the 22.5 mm half-width top face
-# anywhere within 5 mm of the centre. Placing: the task's 20 mm tolerance.
-_GRIP_DEADBAND_M = 0.005
-_PLACE_DEADBAND_M = 0.01
+# Expert IK step.
+_CART_ACCEL_M_S2 = 2.0  # planned TCP deceleration into the waypoint
 _ORIENT_GAIN_PER_S = 4.0
-_MAX_TILT_RAD = 0.6  # hand tilted more than this from pointing down: unwind to home first
-_LIMIT_MARGIN_RAD = 0.05  # a joint this close to a limit: unwind too
 _ORIENT_WEIGHT_M = 0.3  # rad -> m: how much orientation error counts against position
 _IK_DAMPING = 0.03
 _NULL_GAIN_PER_S = 1.5
-
-_VISUAL_MESH_CELL_M = 0.008  # decimation of the visual meshes: ~5x fewer triangles, same picture
-# In front of the robot, to its right, looking down at the workspace: close enough that the
-# 4.5 cm cube is several pixels wide in the policy's 96 x 96 image (the whole arm is not needed
-# in view, the hand over the table is).
-_CAMERA_EYE_M = (0.82, -0.32, 0.68)
-_CAMERA_LOOK_AT_M = (0.48, 0.0, 0.02)
-_CAMERA_FOVY_DEG = 50.0
-
-
-@dataclass(frozen=True)
-class SceneConfig:
-    """Where a scene preset draws the cube and the target (world m) and the cube's colour."""
-
-    name: str
-    cube_xy_low_m: tuple[float, float]
-    cube_xy_high_m: tuple[float, float]
-    target_xy_low_m: tuple[float, float]
-    target_xy_high_m: tuple[float, float]
-    cube_rgba: tuple[float, float, float, float]
-    cube_yaw_range_rad: float = 0.6  # cube yaw drawn from +-this
-
-    def __post_init__(self) -> None:
-        for low_name, high_name in (("cube_xy_low_m", "cube_xy_high_m"), ("target_xy_low_m", "target_xy_high_m")):
-            low, high = np.asarray(getattr(self, low_name), float), np.asarray(getattr(self, high_name), float)
-            if low.shape != (2,) or high.shape != (2,) or not np.all(np.isfinite(low)) \
-                    or not np.all(np.isfinite(high)) or np.any(high < low):
-                raise ValueError(f"SceneConfig {self.name!r}: {low_name} / {high_name} must be finite (x, y) "
-                                 f"with low <= high, got {getattr(self, low_name)} / {getattr(self, high_name)}")
-        rgba = np.asarray(self.cube_rgba, float)
-        if rgba.shape != (4,) or np.any(rgba < 0) or np.any(rgba > 1):
-            raise ValueError(f"SceneConfig {self.name!r}: cube_rgba must be 4 values in [0, 1], got {self.cube_rgba}")
-        if not (math.isfinite(self.cube_yaw_range_rad) and 0 <= self.cube_yaw_range_rad <= math.pi):
-            raise ValueError(f"SceneConfig {self.name!r}: cube_yaw_range_rad must be in [0, pi], "
-                             f"got {self.cube_yaw_range_rad}")
-
-
-SCENES: dict[str, SceneConfig] = {
-    # Training distribution: cube to the robot's right, target to its left, +-4 cm.
-    "nominal": SceneConfig("nominal", cube_xy_low_m=(0.46, -0.19), cube_xy_high_m=(0.54, -0.11),
-                           target_xy_low_m=(0.46, 0.11), target_xy_high_m=(0.54, 0.19),
-                           cube_rgba=(0.15, 0.35, 0.85, 1.0)),
-    # Distribution shift: cube farther out and on the left, target close in on the right,
-    # a yellow cube. Every position lies outside the nominal boxes, all stay reachable.
-    "shifted": SceneConfig("shifted", cube_xy_low_m=(0.60, 0.02), cube_xy_high_m=(0.66, 0.10),
-                           target_xy_low_m=(0.34, -0.26), target_xy_high_m=(0.40, -0.20),
-                           cube_rgba=(0.90, 0.75, 0.10, 1.0)),
-}
-
-
-def _box_corners_z(center: np.ndarray, rot: np.ndarray, half: float) -> np.ndarray:
-    """(8,) heights of a cube's corners (centre (3,), rotation (3, 3))."""
-    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)  # (8, 3)
-    return center[2] + half * (signs @ rot[2])
-
-
-def _build_spec(params: EmbodimentParams) -> mujoco.MjSpec:
-    """The scene: Panda (from the installed assets) on a table, cube, target disc, camera."""
-    root = mc.find_package_dir(ASSET_PACKAGE, ASSET_PIP_NAME, ASSET_SUBDIR)
-    files = mc.load_asset_files(root, prefix="franka_assets/")
-    include = {k: v for k, v in files.items() if k.endswith(".xml")}
-    assets = {k: v for k, v in files.items() if not k.endswith(".xml")}
-    xml = ('<mujoco model="franka_pick_place"><include file="franka_assets/assets.xml"/>'
-           '<worldbody><include file="franka_assets/chain.xml"/></worldbody></mujoco>')
-    spec = mujoco.MjSpec.from_string(xml, include=include, assets=assets)
-    # Meshes as vertex arrays (see mujoco_common): visual ones decimated to render fast.
-    for mesh in list(spec.meshes):
-        if mesh.name.startswith("finger"):
-            spec.delete(mesh)
-            continue
-        # The include prefixes the file with its folder: keep "visual|collision/<name>.stl".
-        key = "franka_assets/meshes/" + "/".join(mesh.file.replace("\\", "/").split("/")[-2:])
-        vertices, faces = _mesh_arrays(root, key, files[key], _VISUAL_MESH_CELL_M if "_viz" in mesh.name else 0.0)
-        mesh.uservert = vertices.reshape(-1)
-        mesh.userface = faces.reshape(-1)
-        mesh.file = ""
-    spec.option.timestep = PHYSICS_TIMESTEP_S
-    spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
-    spec.stat.extent = 1.5
-
-    # --- robot: exact DH frames for link6/7, joints named as the driver names them, no fingers
-    links = [spec.body(f"panda0_link{i}") for i in range(8)]
-    for body, quat in ((links[6], _quat_from_euler_xyz(math.pi / 2, 0.0, math.pi / 2)),
-                       (links[7], _quat_from_euler_xyz(math.pi / 2, 0.0, math.pi / 4))):
-        body.alt.type = mujoco.mjtOrientation.mjORIENTATION_QUAT
-        body.quat = quat
-    lo, hi = np.asarray(params.position_min), np.asarray(params.position_max)
-    for i, name in enumerate(params.joint_names):
-        joint = spec.joint(f"robot:panda0_joint{i + 1}")
-        joint.name = name
-        joint.range = [lo[i] + _JOINT_OFFSET_RAD[i], hi[i] + _JOINT_OFFSET_RAD[i]]
-        joint.damping = [0.0, 0.0, 0.0]  # the servo's kv does the damping
-        joint.armature = _ARMATURE
-    for finger in ("panda0_leftfinger", "panda0_rightfinger"):
-        spec.delete(spec.body(finger))
-    hand = links[7].add_body(name="hand", pos=[0.0, 0.0, FLANGE_Z_M], quat=[0.92388, 0.0, 0.0, -0.382683])
-    for geom in list(links[7].geoms):
-        if geom.meshname.startswith("hand"):
-            mesh, mass, is_col = geom.meshname, geom.mass, geom.contype != 0
-            spec.delete(geom)
-            hand.add_geom(default=spec.find_default("panda_col" if is_col else "panda_viz"),
-                          type=mujoco.mjtGeom.mjGEOM_MESH, meshname=mesh, mass=mass)
-    for body in links + [hand]:
-        body.gravcomp = 1.0
-        for geom in body.geoms:
-            if geom.contype or geom.conaffinity:  # collision geom
-                robot = body is not links[0] and body is not links[1]  # the base sits on the table
-                geom.contype = _BIT_ROBOT if robot else 0
-                geom.conaffinity = _BIT_WORLD if robot else 0
-    # Suction cup: a stem from the hand to a cup whose face is the TCP.
-    hand.add_geom(name="cup_stem", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[0.008, 0.02, 0.0],
-                  pos=[0.0, 0.0, 0.075], rgba=[0.25, 0.25, 0.28, 1.0], contype=0, conaffinity=0, mass=0.05)
-    hand.add_geom(name="cup", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[0.017, 0.004, 0.0],
-                  pos=[0.0, 0.0, TCP_Z_M - 0.004], rgba=[0.12, 0.12, 0.14, 1.0], mass=0.05,
-                  contype=_BIT_ROBOT, conaffinity=_BIT_WORLD, gap=CUP_TOUCH_M)
-    hand.add_site(name="tcp", pos=[0.0, 0.0, TCP_Z_M], size=[0.005, 0, 0], group=4)
-    hand.add_site(name="ft_sensor", pos=[0.0, 0.0, 0.0], size=[0.01, 0, 0], group=4)
-    spec.add_sensor(name="ft_force", type=mujoco.mjtSensor.mjSENS_FORCE, objtype=mujoco.mjtObj.mjOBJ_SITE,
-                    objname="ft_sensor")
-    spec.add_sensor(name="ft_torque", type=mujoco.mjtSensor.mjSENS_TORQUE, objtype=mujoco.mjtObj.mjOBJ_SITE,
-                    objname="ft_sensor")
-    for i, name in enumerate(params.joint_names):
-        act = spec.add_actuator(name=name, target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT)
-        act.gaintype = mujoco.mjtGain.mjGAIN_FIXED
-        act.biastype = mujoco.mjtBias.mjBIAS_AFFINE
-        act.gainprm[0] = _KP[i]
-        act.biasprm[:3] = [0.0, -_KP[i], -_KV[i]]
-        act.forcelimited = mujoco.mjtLimited.mjLIMITED_TRUE
-        act.forcerange = [-_TORQUE_LIMIT_NM[i], _TORQUE_LIMIT_NM[i]]
-        act.ctrllimited = mujoco.mjtLimited.mjLIMITED_FALSE
-
-    # --- world: floor, table, cube, target disc, lights, camera
-    world = spec.worldbody
-    world.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[3, 3, 0.1], pos=[0, 0, -0.75],
-                   rgba=[0.55, 0.56, 0.58, 1], contype=0, conaffinity=0)
-    world.add_geom(name="wall", type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.02, 3, 1.5], pos=[-0.9, 0, 0.5],
-                   rgba=[0.80, 0.82, 0.86, 1], contype=0, conaffinity=0)
-    world.add_geom(name="wall_side", type=mujoco.mjtGeom.mjGEOM_BOX, size=[3, 0.02, 1.5], pos=[0, 1.2, 0.5],
-                   rgba=[0.76, 0.78, 0.82, 1], contype=0, conaffinity=0)
-    world.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.6, 0.75, 0.02],
-                   pos=[0.3, 0.0, TABLE_TOP_Z_M - 0.02], rgba=[0.69, 0.58, 0.44, 1],
-                   contype=_BIT_WORLD, conaffinity=0)
-    for x in (-0.25, 0.85):
-        for y in (-0.7, 0.7):
-            world.add_geom(type=mujoco.mjtGeom.mjGEOM_BOX, size=[0.03, 0.03, 0.355],
-                           pos=[x, y, TABLE_TOP_Z_M - 0.395], rgba=[0.4, 0.33, 0.25, 1], contype=0, conaffinity=0)
-    cube = world.add_body(name="cube", pos=[0.5, -0.15, TABLE_TOP_Z_M + CUBE_HALF_SIZE_M])
-    cube.add_freejoint(name="cube_free")
-    cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF_SIZE_M] * 3, mass=CUBE_MASS_KG,
-                  rgba=list(SCENES["nominal"].cube_rgba), contype=_BIT_CUBE, conaffinity=_BIT_WORLD | _BIT_ROBOT,
-                  friction=[1.0, 0.005, 0.0001], gap=CUBE_TOUCH_M)
-    target = world.add_body(name="target", pos=[0.5, 0.15, TABLE_TOP_Z_M], mocap=True)
-    target.add_geom(name="target_disc", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[TARGET_RADIUS_M, 0.0006, 0],
-                    pos=[0, 0, 0.0007], rgba=[0.9, 0.08, 0.08, 1], contype=0, conaffinity=0)
-    world.add_light(name="key", type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL, dir=[-0.3, -0.2, -1.0],
-                    diffuse=[0.75, 0.75, 0.75], specular=[0.2, 0.2, 0.2], castshadow=False)
-    world.add_light(name="fill", type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL, dir=[-1.0, -0.5, -0.6],
-                    diffuse=[0.35, 0.35, 0.35], specular=[0.0, 0.0, 0.0], castshadow=False)
-    world.add_camera(name="scene", pos=list(_CAMERA_EYE_M),
-                     quat=list(mc.look_at_quat(_CAMERA_EYE_M, _CAMERA_LOOK_AT_M)), fovy=_CAMERA_FOVY_DEG)
-    spec.add_equality(name="suction", type=mujoco.mjtEq.mjEQ_WELD, objtype=mujoco.mjtObj.mjOBJ_BODY,
-                      name1="hand", name2="cube", active=False, solref=[0.01, 1.0])
-    spec.visual.headlight.ambient = [0.35, 0.35, 0.35]
-    spec.visual.headlight.diffuse = [0.3, 0.3, 0.3]
-    return spec
-
-
-_MESH_CACHE: dict[tuple[str, str, float], tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _mesh_arrays(root: str, key: str, data: bytes, cell_m: float) -> tuple[np.ndarray, np.ndarray]:
-    """(vertices (V, 3), faces (F, 3)) of one STL, decimated to ``cell_m`` if > 0 (cached:
-    every simulator built in a process reuses them)."""
-    cache_key = (root, key, cell_m)
-    if cache_key not in _MESH_CACHE:
-        vertices, faces = mc.read_stl(data)
-        if cell_m > 0:
-            vertices, faces = mc.cluster_decimate(vertices, faces, cell_m)
-        _MESH_CACHE[cache_key] = (vertices, faces)
-    return _MESH_CACHE[cache_key]
-
-
-def _quat_from_euler_xyz(ax: float, ay: float, az: float) -> list[float]:
-    """(w, x, y, z) of MuJoCo's default intrinsic x-y-z Euler angles (rad)."""
-    quat = np.array([1.0, 0.0, 0.0, 0.0])
-    for axis, angle in ((0, ax), (1, ay), (2, az)):
-        q = np.zeros(4)
-        q[0] = math.cos(angle / 2)
-        q[1 + axis] = math.sin(angle / 2)
-        out = np.zeros(4)
-        mujoco.mju_mulQuat(out, quat, q)
-        quat = out
-    return quat.tolist()
 
 
 class MujocoFrankaSim:
@@ -372,7 +142,7 @@ class MujocoFrankaSim:
         self._home = np.clip(np.asarray(params.home_position, dtype=np.float64), self._lo, self._hi)
         self._width, self._height = int(image_width), int(image_height)
 
-        self.model = _build_spec(params).compile()
+        self.model = build_spec(params).compile()
         self.data = mujoco.MjData(self.model)
         m = self.model
         jids = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n) for n in params.joint_names]
@@ -393,8 +163,9 @@ class MujocoFrankaSim:
         self._camera_id = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, "scene")
         self._force_adr = int(m.sensor_adr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SENSOR, "ft_force")])
         self._torque_adr = int(m.sensor_adr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SENSOR, "ft_torque")])
-        self._ff_gain = _KV / _KP  # velocity feed-forward through the servo's own damping
-        self._ref = mc.JointReference(self._lo, self._hi, self._vmax, params.max_acceleration, self._period_s)
+        self._ff_gain = SERVO_KV / SERVO_KP  # velocity feed-forward through the servo's own damping
+        amax = np.asarray(params.max_acceleration, dtype=np.float64)
+        self._ref = mc.JointReference(self._lo, self._hi, self._vmax, amax, self._period_s)
         self._push = mc.ExternalPush(self._hand_body)
         self._renderer: mujoco.Renderer | None = None
         self._jacp = np.zeros((3, m.nv))
@@ -437,7 +208,7 @@ class MujocoFrankaSim:
     def positions(self) -> np.ndarray:
         """(7,) measured joint positions (rad, Franka convention), clipped to the limits (MuJoCo's
         limit constraint is soft: a joint pressed into its stop may sit a hair past it)."""
-        return np.clip(self.data.qpos[self._qadr] - _JOINT_OFFSET_RAD, self._lo, self._hi)
+        return np.clip(self.data.qpos[self._qadr] - JOINT_OFFSET_RAD, self._lo, self._hi)
 
     @property
     def velocities(self) -> np.ndarray:
@@ -521,7 +292,7 @@ class MujocoFrankaSim:
         now = self.data.time
         mujoco.mj_resetData(self.model, self.data)
         self.data.time = now
-        self.data.qpos[self._qadr] = q + _JOINT_OFFSET_RAD
+        self.data.qpos[self._qadr] = q + JOINT_OFFSET_RAD
         self._ref.reset(q, now)
         self._pending_s = 0.0
         self._push = mc.ExternalPush(self._hand_body)
@@ -557,6 +328,10 @@ class MujocoFrankaSim:
         arr = mc.check_finite_array("command", target, (7,))
         self._ref.command(arr, self.data.time)
 
+    def command_twist(self, linear_x: float, linear_y: float, angular_z: float) -> None:
+        """The Panda has no mobile base: always raises ValueError (as KinematicSim does for arms)."""
+        raise ValueError(f"{self.params.embodiment} has no mobile base; use command_positions")
+
     def apply_external_force(self, force: np.ndarray, duration_s: float) -> None:
         """Push the hand at the TCP with ``force`` (3,) N (world axes) for ``duration_s`` s
         (replaces an earlier push): a real external force, the arm yields and the wrist
@@ -591,8 +366,8 @@ class MujocoFrankaSim:
         self._acc_full[self._dadr] = self._ref.a
         mujoco.mj_mulM(self.model, d, self._tau_full, self._acc_full)  # (nv,) M(q) a_ref
         coriolis = d.qfrc_bias[self._dadr] - d.qfrc_gravcomp[self._dadr]  # gravity is gravcomp's
-        d.ctrl[:] = (self._ref.q + _JOINT_OFFSET_RAD + self._ff_gain * self._ref.v
-                     + (self._tau_full[self._dadr] + coriolis) / _KP)
+        d.ctrl[:] = (self._ref.q + JOINT_OFFSET_RAD + self._ff_gain * self._ref.v
+                     + (self._tau_full[self._dadr] + coriolis) / SERVO_KP)
 
     # ------------------------------------------------------------------ suction cup
 
@@ -619,7 +394,7 @@ class MujocoFrankaSim:
     def _cube_rest_height_m(self) -> float:
         """Height (m) of the cube's lowest corner above the table top."""
         rot = self.data.xmat[self._cube_body].reshape(3, 3)
-        return float(_box_corners_z(self.data.xpos[self._cube_body], rot, CUBE_HALF_SIZE_M).min() - TABLE_TOP_Z_M)
+        return float(box_corners_z(self.data.xpos[self._cube_body], rot, CUBE_HALF_SIZE_M).min() - TABLE_TOP_Z_M)
 
     def _tcp_cube_distance_m(self) -> float:
         """Distance (m) from the TCP to the cube's surface (0 inside)."""
@@ -688,77 +463,22 @@ class MujocoFrankaSim:
     def _tcp_rotation_at(self, q: np.ndarray) -> np.ndarray:
         """(3, 3) TCP orientation at joint positions ``q`` (7,) (a scratch MjData)."""
         scratch = mujoco.MjData(self.model)
-        scratch.qpos[self._qadr] = q + _JOINT_OFFSET_RAD
+        scratch.qpos[self._qadr] = q + JOINT_OFFSET_RAD
         mujoco.mj_kinematics(self.model, scratch)
         return scratch.site_xmat[self._tcp_site].reshape(3, 3).copy()
 
     def _expert_plan(self) -> tuple[str, np.ndarray, float]:
-        """(phase, TCP waypoint (3,) m, speed limit m/s) for the current state."""
+        """(phase, TCP waypoint (3,) m, speed limit m/s) for the current state (see
+        :func:`~hybridvla_ros.sim.mujoco_franka_expert.plan_expert`)."""
         d = self.data
-        tcp = d.site_xpos[self._tcp_site]
-        q = self.positions
-        if self._tilt_rad() > _MAX_TILT_RAD or np.any(np.minimum(q - self._lo, self._hi - q) < _LIMIT_MARGIN_RAD):
-            # Left in a contorted pose (or against a joint limit, where the Cartesian steps
-            # below stall): straight back toward home in joint space (the Cartesian steps
-            # assume the hand roughly points down and the joints are free to move).
-            return "unwind", tcp.copy(), _CART_SPEED_M_S
-        cube = d.xpos[self._cube_body]
-        rot = d.xmat[self._cube_body].reshape(3, 3)
-        corners_z = _box_corners_z(cube, rot, CUBE_HALF_SIZE_M)
-        target = d.mocap_pos[self._target_mocap]
-        # Waypoints sit on a funnel above where the cube goes (or is): the closer horizontally,
-        # the lower, down to touching. Moving toward a point on the funnel's axis keeps the
-        # TCP above the funnel (no edge is clipped), and the path bends smoothly from gliding
-        # over to going down: no corner for a safety filter's acceleration limit to cut.
-        if self._held:
-            bottom = float(corners_z.min() - TABLE_TOP_Z_M)
-            offset = tcp - cube  # the grip's offset, kept while carrying
-            xy_err = max(0.0, float(np.hypot(*(target[:2] - cube[:2]))) - _PLACE_DEADBAND_M)
-            carry = _HOVER_Z_M - TABLE_TOP_Z_M - 2 * CUBE_HALF_SIZE_M  # cube bottom while carrying
-            height = 0.5 * CUBE_TOUCH_M + min(carry, _FUNNEL_SLOPE * xy_err)  # cube bottom goal
-            aim = target[:2]
-            lifting = bottom < _SAFE_CLEARANCE_M and bottom < _FUNNEL_SLOPE * xy_err - 0.005
-            if lifting:
-                # Low and away from the target (below its funnel): off the table first, aiming
-                # above the cube itself and turning toward the target as it rises.
-                w = (bottom / _SAFE_CLEARANCE_M) ** 2
-                aim = cube[:2] + w * (target[:2] - cube[:2])
-            goal = np.array([aim[0] + offset[0], aim[1] + offset[1], tcp[2] + height - bottom])
-            speed = self._landing_speed(goal[2] - tcp[2], bottom)
-            if _FUNNEL_SLOPE * xy_err < carry and xy_err <= _ALIGN_TOL_M + _ALIGN_CONE * bottom:
-                return "place", goal, speed
-            return ("lift" if lifting else "carry"), goal, speed
-        if not self._armed or self._cube_resting() and self.task_error_m() <= _DONE_TOL_M:
-            # Straight up: away from the cube just released (not re-armed yet), or done.
-            xy = cube[:2] if not self._armed else tcp[:2]
-            goal = np.array([xy[0], xy[1], max(_HOVER_Z_M, tcp[2])])
-            phase = "done" if tcp[2] >= _HOVER_Z_M - 0.01 else "retreat"
-            return phase, goal, _CART_SPEED_M_S
-        top = float(corners_z.max())
-        above_top = float(tcp[2] - top)
-        xy_err = max(0.0, float(np.hypot(*(cube[:2] - tcp[:2]))) - _GRIP_DEADBAND_M)
-        hover = max(_HOVER_Z_M, top + _SAFE_CLEARANCE_M + 0.01) - top
-        if above_top < _FUNNEL_SLOPE * xy_err - 0.005 and above_top < _SAFE_CLEARANCE_M:
-            # Low beside the cube (outside the funnel): up first, turning toward it as it rises.
-            w = max(0.0, above_top / _SAFE_CLEARANCE_M) ** 2
-            aim = tcp[:2] + w * (cube[:2] - tcp[:2])
-            return "approach", np.array([aim[0], aim[1], top + hover]), _CART_SPEED_M_S
-        # The cup stops just inside its touch distance: it grips as the arm comes to rest,
-        # instead of pressing the welded cube into the table.
-        goal = np.array([cube[0], cube[1], top + 0.85 * CUP_TOUCH_M + min(hover, _FUNNEL_SLOPE * xy_err)])
-        going_down = _FUNNEL_SLOPE * xy_err < hover and xy_err <= _ALIGN_TOL_M + _ALIGN_CONE * max(0.0, above_top)
-        phase = "descend" if going_down else "approach"
-        return phase, goal, self._landing_speed(goal[2] - tcp[2], above_top)
+        return plan_expert(FrankaTaskState(
+            tcp_m=d.site_xpos[self._tcp_site], positions=self.positions, position_min=self._lo,
+            position_max=self._hi, tilt_rad=self._tilt_rad(), cube_m=d.xpos[self._cube_body],
+            cube_rot=d.xmat[self._cube_body].reshape(3, 3), target_m=d.mocap_pos[self._target_mocap],
+            held=self._held, armed=self._armed, cube_resting=self._cube_resting(),
+            task_error_m=self.task_error_m()))
 
-    @staticmethod
-    def _landing_speed(goal_dz_m: float, gap_m: float) -> float:
-        """Speed limit (m/s) going down onto a surface ``gap_m`` below: 4 cm/s for the last
-        5 mm, +2.5 cm/s per cm above that; full speed when the waypoint is not below."""
-        if goal_dz_m > -0.001:
-            return _CART_SPEED_M_S
-        return _CONTACT_SPEED_M_S + 2.5 * max(0.0, gap_m - 0.005)
-
-    def reach_step(self, position_m: np.ndarray, max_speed_m_s: float = _CART_SPEED_M_S) -> np.ndarray:
+    def reach_step(self, position_m: np.ndarray, max_speed_m_s: float = CART_SPEED_M_S) -> np.ndarray:
         """(7,) joint target for the next control period moving the TCP toward ``position_m``
         (3,) (world m) at up to ``max_speed_m_s`` with the hand pointing down: one damped
         least-squares IK step (site Jacobian) with a null-space pull toward home, within the
@@ -775,7 +495,7 @@ class MujocoFrankaSim:
         tcp = d.site_xpos[self._tcp_site]
         err = goal - tcp
         dist = float(np.linalg.norm(err))
-        speed = min(speed_limit, float(_profile_speed(dist, _CART_SPEED_M_S, 0.8 * _CART_ACCEL_M_S2, period)))
+        speed = min(speed_limit, float(profile_speed(dist, CART_SPEED_M_S, 0.8 * _CART_ACCEL_M_S2, period)))
         dx = err * (min(speed * period, dist) / dist) if dist > 1e-9 else np.zeros(3)
         rot = d.site_xmat[self._tcp_site].reshape(3, 3)
         # Small-angle orientation error (world axes) toward the hand-down orientation.
@@ -811,7 +531,7 @@ class MujocoFrankaSim:
             ratio = float(np.max(np.abs(dq) / (0.95 * self._vmax * self._period_s)))
             target = np.clip(q + (dq / ratio if ratio > 1.0 else dq), self._lo, self._hi)
         else:
-            target = self._ik_step(goal, min(speed, _CART_SPEED_M_S))
+            target = self._ik_step(goal, min(speed, CART_SPEED_M_S))
         return target
 
     def _tilt_rad(self) -> float:
@@ -874,9 +594,10 @@ class MujocoFrankaSim:
 
 def _timing(iterations: int = 300) -> None:
     """Print the cost of step(0.01) and of one render() (ms) on this machine."""
+    import os  # noqa: PLC0415
+
     from hybridvla_ros.params import from_params, load_node_params  # noqa: PLC0415
     from hybridvla_ros.params.sim_robot import SimRobotParams  # noqa: PLC0415
-    import os  # noqa: PLC0415
 
     config = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                           "config", "franka.yaml")
@@ -894,6 +615,11 @@ def _timing(iterations: int = 300) -> None:
         t_step += t1 - t0
     print(f"step(0.01): {1e3 * t_step / iterations:.2f} ms, render {sim._width}x{sim._height}: "
           f"{1e3 * t_render / iterations:.2f} ms (per call, mean of {iterations})")
+
+
+# Registered by name (sim.registry): the type checker holds the class to the Simulator
+# protocol and to the constructor make_sim calls here.
+_AS_REGISTERED: SimulatorFactory = MujocoFrankaSim
 
 
 if __name__ == "__main__":

@@ -1,10 +1,8 @@
 """ALOHA bimanual cube transfer in MuJoCo: two ViperX 300 s arms, real contact, a scripted expert.
 
-:class:`MujocoAlohaSim` has the public interface of
-:class:`~hybridvla_ros.core.kinematic_sim.KinematicSim` (the sim node, the demonstration
-recorder and the evaluation call the same methods), over gym-aloha's
-``bimanual_viperx_transfer_cube.xml`` scene. gym-aloha is installed for its assets only
-and is never imported: its folder is found with ``importlib.util.find_spec``.
+:class:`MujocoAlohaSim` is a :class:`~hybridvla_ros.sim.base.Simulator` (the sim node, the
+demonstration recorder and the evaluation call the same methods as on the kinematic one),
+over gym-aloha's ``bimanual_viperx_transfer_cube.xml`` scene.
 
 Task. The cube starts on the LEFT half of the table (the scene preset draws where); the
 left arm picks it, lifts it to the hold point ``target`` (world m, default (0, 0.5, 0.2):
@@ -18,19 +16,10 @@ are no welds. ``phase`` and ``grasped_by`` tell where the task stands, read from
 (cube and gripper poses, finger openings, cube contacts debounced over 50 ms; no step
 counter), so the expert picks up wherever a person or a policy left the robots.
 
-Model changes (made in code on gym-aloha's files, never copied):
-
-* each arm joint is a stiff PD position servo (kp, kv from the joint's inertia at home:
-  ~13 Hz bandwidth, critically damped, torque-limited like the Dynamixels) on
-  gravity-compensated links with a small rotor inertia, as the servos' position loop
-  behaves; the model's large joint friction (30-60 Nm, which would leave a servo
-  centimetres off its target) is reduced to 0.1 Nm;
-* each gripper has one value (our ``left_finger``, m); the model's ``right_finger`` gets
-  its negation, as in gym-aloha, and the two fingers are coupled (one linkage). Fingers
-  are high-gain servos with a force limit (ALOHA's current-limited grippers): a target a
-  couple of mm inside the cube squeezes it with the full force;
-* a "pinch" site between each pair of fingertips (the tool points); the fast offscreen
-  renderer of :mod:`~hybridvla_ros.core.mujoco_common`.
+The model (gym-aloha's scene with stiff joint servos, coupled force-limited grippers and
+pinch sites, changed in code) is built by :mod:`~hybridvla_ros.sim.mujoco_aloha_model`;
+the expert's phase machine is :mod:`~hybridvla_ros.sim.mujoco_aloha_expert`. This module
+runs them: commands, physics steps, contacts, the task, the expert's IK and the camera.
 
 Position controller. Commands are taken as a joint trajectory controller takes one point
 a control period ahead, with KinematicSim's rule (``mujoco_common.JointReference``): a
@@ -41,90 +30,62 @@ physics step; the measured positions follow it within a few mrad in free motion 
 off it where contact resists (a squeezed cube, the table, a push).
 
 Not thread-safe: one thread steps, commands and renders.
+
+Size: one class of about 470 lines whose parts (servos, debounced contacts, the task, the
+expert's IK and gripper steps, cloning) all read and write the same MuJoCo model and data;
+the model and the expert's phase machine are their own modules.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
-from dataclasses import dataclass
 
 # First: it picks MuJoCo's headless GL backend (EGL) before mujoco is imported.
-from hybridvla_ros.core.mujoco_common import (
+from hybridvla_ros.sim.mujoco_common import (
     ExternalPush,
     JointReference,
     check_finite_array,
     check_finite_number,
     check_seed,
-    find_package_dir,
     make_fast_renderer,
 )
 
-import mujoco  # noqa: E402  (after the backend choice)
-import numpy as np  # noqa: E402
+# isort: split
+import mujoco
+import numpy as np
 
-from hybridvla_ros.core.kinematic_sim import _brake_speed  # noqa: E402  (the same braking rule)
-from hybridvla_ros.params.embodiment import EmbodimentParams  # noqa: E402
+from hybridvla_ros.params.embodiment import EmbodimentParams
+from hybridvla_ros.sim.base import SimulatorFactory
+from hybridvla_ros.sim.mujoco_aloha_expert import (
+    GRIP_MIN_M,
+    PHASES,
+    AlohaTaskState,
+    Waypoint,
+    classify_phase,
+    plan_waypoints,
+)
+from hybridvla_ros.sim.mujoco_aloha_model import (
+    BIT_LEFT_FINGER,
+    BIT_LEFT_GRIPPER,
+    BIT_RIGHT_FINGER,
+    BIT_TABLE,
+    CUBE_HALF_M,
+    PINCH_X_M,
+    SCENES,
+    TABLE_Z_M,
+    SceneConfig,
+    build_aloha_model,
+)
+from hybridvla_ros.sim.profiles import brake_speed  # the same braking rule as every simulator
 
 __all__ = ["MujocoAlohaSim", "SceneConfig", "SCENES", "DEFAULT_HOLD_POINT_M", "PHASES"]
 
-# ------------------------------------------------------------------ scene constants
-
 DEFAULT_HOLD_POINT_M = (0.0, 0.5, 0.2)  # where the right gripper ends up holding the cube (world)
-_CUBE_HALF_M = 0.02  # gym-aloha's cube: 4 cm, 50 g
-_TABLE_Z_M = 0.0  # table top
 _LIFTED_Z_M = 0.06  # cube centre above this: clear of the table (resting: 0.02)
 _CAMERA = "top"  # our cam_high
-_SCENE_FILE = "bimanual_viperx_transfer_cube.xml"
-_ARMS = ("vx300s_left", "vx300s_right")
-_ARM_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
-_PINCH_X_M = 0.13  # pinch point on the gripper_link x axis: 2.4 cm behind the fingertips
-_GRIP_FORCE_N = 6.0  # finger force limit (the grippers are current-limited)
-_SERVO_OMEGA = 80.0  # rad/s, bandwidth of the arm joints' position loop
-_ARMATURE = 0.02  # kg m^2 (arm joints) / kg (fingers): rotor inertia seen at the joint
-_FINGER_KP = 4000.0  # N/m: a 1.5 mm error already saturates the force limit
-_FINGER_MASS_KG = 0.035  # one finger link (gym-aloha's inertial)
-_JOINT_FRICTION = 0.1  # Nm (N for fingers)
-# Peak torque of each arm joint's servo(s) (Nm): ViperX 300 s Dynamixels, XM540-W270 ~10 Nm
-# each (shoulder and elbow have two), XM430-W350 ~4 Nm on wrist_rotate. Gravity is
-# compensated, so this only bounds what a servo can push against the table or the other arm.
-_ARM_TORQUE_NM = {"waist": 10.0, "shoulder": 20.0, "elbow": 20.0, "forearm_roll": 10.0, "wrist_angle": 10.0,
-                  "wrist_rotate": 4.0}
 
-# What a geom touching the cube is (bit flags).
-_BIT_LEFT_FINGER, _BIT_RIGHT_FINGER, _BIT_TABLE, _BIT_LEFT_GRIPPER = 1, 2, 4, 8
-
-PHASES = ("reach", "descend", "grasp", "regrasp", "lift", "approach", "handover", "release", "done")
-
-
-@dataclass(frozen=True)
-class SceneConfig:
-    """Where the cube starts and what it looks like."""
-
-    cube_xy_low_m: tuple[float, float]  # (x, y) world corner of the start box
-    cube_xy_high_m: tuple[float, float]
-    cube_rgba: tuple[float, float, float, float]
-
-    def __post_init__(self) -> None:
-        lo, hi = np.asarray(self.cube_xy_low_m, float), np.asarray(self.cube_xy_high_m, float)
-        if lo.shape != (2,) or hi.shape != (2,) or not np.all(np.isfinite(lo)) or np.any(hi < lo):
-            raise ValueError(f"cube_xy_low_m/high_m must be finite (x, y) with low <= high, "
-                             f"got {self.cube_xy_low_m!r}, {self.cube_xy_high_m!r}")
-        rgba = np.asarray(self.cube_rgba, float)
-        if rgba.shape != (4,) or np.any(rgba < 0) or np.any(rgba > 1):
-            raise ValueError(f"cube_rgba must be 4 numbers in [0, 1], got {self.cube_rgba!r}")
-
-
-# The left base is at (-0.469, 0.5), the right at (+0.469, 0.5), facing each other.
-SCENES: dict[str, SceneConfig] = {
-    # the training distribution: a red cube in a 6 x 6 cm box on the left half
-    "nominal": SceneConfig((-0.13, 0.47), (-0.07, 0.53), (1.0, 0.0, 0.0, 1.0)),
-    # out of distribution: farther out and to the back, a blue cube
-    "shifted": SceneConfig((-0.20, 0.56), (-0.16, 0.62), (0.1, 0.35, 1.0, 1.0)),
-}
-
-# Expert tuning
+# Expert IK and grippers
 _CART_SPEED_M_S = 0.35
 _CART_ACCEL_M_S2 = 1.5
 _ANG_SPEED_RAD_S = 2.0
@@ -132,32 +93,13 @@ _ANG_ACCEL_RAD_S2 = 5.0
 _ROT_WEIGHT_M = 0.15  # 1 rad of orientation error counts like 15 cm of position error
 _DLS_DAMPING = 0.03
 _NULL_GAIN_PER_S = 0.3
-_PICK_PITCH_RAD = math.radians(60.0)  # the left gripper points 60 deg down to pick (as ACT)
-_ABOVE_M = 0.07  # approach height of the pinch point above the cube centre
-_GRASP_ABOVE_CENTRE_M = 0.012  # the tilted fingertips reach 2 cm below the pinch: keep off the table
-_GRASP_TOL_M = 0.01
-_RIGHT_GRASP_OFFSET_M = 0.004  # right pinch this far +x of the cube centre (deep in the fingers)
-_RIGHT_PREGRASP_M = 0.09  # right waits this much farther out along +x
-_RIGHT_CLOSE_TOL_M = 0.01  # the right closes with its pinch this close to its grasp point
 _OPEN_M = 0.057
 _CLOSED_M = 0.021
-_OPEN_ENOUGH_M = 0.053
 _SLOW_CLOSE_BELOW_M = 0.05  # fingers close slowly from here on (they meet the cube at ~0.042)
 _SLOW_CLOSE_M_S = 0.03
 _TOUCH_HOLD_S = 0.05  # a contact counts for this long after it was last seen
-_GRIP_MIN_M = 0.03  # a gripper closed below this holds nothing (the cube stops it at ~0.042)
-_HOLD_MAX_M = 0.052  # ... and one open wider than this does not grip it
+_HOLD_MAX_M = 0.052  # a gripper open wider than this does not grip the cube (nor below GRIP_MIN_M)
 _HOLD_DIST_M = 0.04  # a held cube's centre lies this close to the pinch point (9 cm long fingers)
-
-
-def _scene_path() -> str:
-    """Path of gym-aloha's transfer-cube scene; MissingAssetError (a FileNotFoundError) naming
-    the pip package when it is not installed."""
-    path = os.path.join(find_package_dir("gym_aloha", "gym-aloha", "assets"), _SCENE_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing: reinstall the pip package 'gym-aloha' "
-                                "(`pip install --no-deps gym-aloha`)")
-    return path
 
 
 def _rot_error(current: np.ndarray, desired: np.ndarray) -> np.ndarray:
@@ -167,23 +109,6 @@ def _rot_error(current: np.ndarray, desired: np.ndarray) -> np.ndarray:
     vec = np.empty(3)
     mujoco.mju_quat2Vel(vec, quat, 1.0)
     return vec
-
-
-def _frame(x_axis: np.ndarray, y_hint: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation whose columns are x_axis, y (y_hint made orthogonal), z = x cross y."""
-    x = x_axis / np.linalg.norm(x_axis)
-    y = y_hint - x * float(x @ y_hint)
-    y /= np.linalg.norm(y)
-    return np.stack([x, y, np.cross(x, y)], axis=1)
-
-
-@dataclass
-class _Waypoint:
-    """What the expert wants of one arm this control period."""
-
-    pinch_m: np.ndarray  # (3,) world goal of the pinch point
-    rot: np.ndarray  # (3, 3) world goal orientation of the gripper
-    close: bool  # squeeze (True) or open the gripper
 
 
 class MujocoAlohaSim:
@@ -234,127 +159,20 @@ class MujocoAlohaSim:
     # ------------------------------------------------------------------ model
 
     def _build_model(self) -> None:
-        """Load gym-aloha's scene, apply the model changes of the module docstring, map our
-        joints onto it. ValueError if ``params.joint_names`` are not the model's."""
-        spec = mujoco.MjSpec.from_file(_scene_path())
-        spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST  # stiff servo damping
-        spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC  # less slip in a pinch grasp
-        spec.option.impratio = 10.0
-        for arm in _ARMS:
-            # Gravity compensation (set before compiling: MuJoCo only applies it to models
-            # compiled with it) of every link, fingers included.
-            stack = [spec.body(arm)]
-            while stack:
-                body = stack.pop()
-                body.gravcomp = 1.0
-                stack.extend(body.bodies)
-            # The two fingers of a ViperX gripper ride one linkage: right_finger = -left_finger.
-            # Without this the two force-limited finger servos let a held cube sink through
-            # the grip under its weight (both saturate, nothing holds the sum in place).
-            coupling = spec.add_equality()
-            coupling.type = mujoco.mjtEq.mjEQ_JOINT
-            coupling.name1 = f"{arm}/right_finger"
-            coupling.name2 = f"{arm}/left_finger"
-            coupling.data[:5] = [0.0, -1.0, 0.0, 0.0, 0.0]  # q1 = -q2
-            gripper = spec.body(f"{arm}/gripper_link")
-            gripper.add_site(name=f"{arm}/pinch", pos=[_PINCH_X_M, 0.0, 0.0], size=[0.005, 0.0, 0.0],
-                             rgba=[0.0, 0.0, 0.0, 0.0])
-        model = spec.compile()
-        self.model = model
-        self.data = mujoco.MjData(model)
-
-        # Our 14 joints -> model joints, qpos / dof addresses, actuators.
-        names = list(self.params.joint_names)
-        self._qadr = np.empty(14, dtype=np.int64)
-        self._dadr = np.empty(14, dtype=np.int64)
-        self._act = np.empty(14, dtype=np.int64)
-        act_of_joint = {int(model.actuator_trnid[a, 0]): a for a in range(model.nu)}
-        for i, name in enumerate(names):
-            jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
-            if jid < 0:
-                raise ValueError(f"params: joint_names[{i}] = {name!r} is not a joint of the ALOHA model")
-            self._qadr[i] = model.jnt_qposadr[jid]
-            self._dadr[i] = model.jnt_dofadr[jid]
-            self._act[i] = act_of_joint[jid]
-        self._fingers = np.array([i for i, n in enumerate(names) if n.endswith("/left_finger")])  # (2,)
-        if self._fingers.size != 2:
-            raise ValueError(f"params: joint_names need one left_finger per arm, got {names}")
-        self._arm_idx = [np.array([names.index(f"{arm}/{j}") for j in _ARM_JOINTS]) for arm in _ARMS]  # 2 x (6,)
-        # The mirrored finger of each gripper (model joint 'right_finger'), in our finger order.
-        self._mirror_qadr, self._mirror_dadr, self._mirror_act = [], [], []
-        for i in self._fingers:
-            arm = names[i].split("/")[0]
-            jid = model.joint(f"{arm}/right_finger").id
-            self._mirror_qadr.append(int(model.jnt_qposadr[jid]))
-            self._mirror_dadr.append(int(model.jnt_dofadr[jid]))
-            self._mirror_act.append(act_of_joint[jid])
-        self._mirror_qadr = np.array(self._mirror_qadr)
-        self._mirror_dadr = np.array(self._mirror_dadr)
-        self._mirror_act = np.array(self._mirror_act)
-        cube_jid = model.joint("red_box_joint").id
-        self._cube_qadr = int(model.jnt_qposadr[cube_jid])
-        self._cube_dadr = int(model.jnt_dofadr[cube_jid])
-        self._cube_geom = model.geom("red_box").id
-        self._cube_body = model.body("box").id
-        self._table_geom = model.geom("table").id
-        self._pinch_site = np.array([model.site(f"{arm}/pinch").id for arm in _ARMS])  # (2,)
-        self._gripper_body = np.array([model.body(f"{arm}/gripper_link").id for arm in _ARMS])
-        self._base_xy = np.array([model.body(arm).pos[:2] for arm in _ARMS])  # (2, 2)
-        self._finger_geoms = [np.array([model.geom(f"{arm}/10_left_gripper_finger").id,
-                                        model.geom(f"{arm}/10_right_gripper_finger").id]) for arm in _ARMS]
-        # Every body of a gripper (wrist_rotate link and its children): contact with the left
-        # one is what wrench() reports and what success forbids.
-        self._gripper_bodies = []
-        for gb in self._gripper_body:
-            bodies = {int(gb)}
-            for b in range(model.nbody):
-                p = b
-                while p > 0:
-                    if p == gb:
-                        bodies.add(b)
-                        break
-                    p = int(model.body_parentid[p])
-            self._gripper_bodies.append(np.array(sorted(bodies)))
-        self._left_gripper_mask = np.zeros(model.nbody, dtype=bool)
-        self._left_gripper_mask[self._gripper_bodies[0]] = True
-        # What touching each geom means for the cube: bit flags, a Python list for speed.
-        bits = np.zeros(model.ngeom, dtype=np.int64)
-        bits[self._left_gripper_mask[model.geom_bodyid]] |= _BIT_LEFT_GRIPPER
-        bits[self._finger_geoms[0]] |= _BIT_LEFT_FINGER
-        bits[self._finger_geoms[1]] |= _BIT_RIGHT_FINGER
-        bits[self._table_geom] |= _BIT_TABLE
-        self._contact_bits: list[int] = bits.tolist()
-
-        # Servos: stiff PD (gravity is compensated); fingers force-limited.
-        all_fingers = np.concatenate([self._dadr[self._fingers], self._mirror_dadr])
-        arm_dofs = np.concatenate([self._dadr[idx] for idx in self._arm_idx])
-        model.dof_frictionloss[arm_dofs] = _JOINT_FRICTION
-        model.dof_frictionloss[all_fingers] = _JOINT_FRICTION
-        model.dof_armature[arm_dofs] = _ARMATURE
-        model.dof_armature[all_fingers] = _ARMATURE
-        self.data.qpos[self._qadr] = self._home
-        self.data.qpos[self._mirror_qadr] = -self._home[self._fingers]
-        mujoco.mj_forward(model, self.data)
-        full_m = np.zeros((model.nv, model.nv))
-        mujoco.mj_fullM(model, self.data, full_m)
-        self._kp = np.empty(14)
-        self._kv = np.empty(14)
-        for i in range(14):
-            a = self._act[i]
-            if i in self._fingers:
-                kp, kv = _FINGER_KP, 2.0 * math.sqrt(_FINGER_KP * (_FINGER_MASS_KG + _ARMATURE))
-            else:
-                inertia = full_m[self._dadr[i], self._dadr[i]]  # includes the armature
-                kp, kv = inertia * _SERVO_OMEGA ** 2, 2.0 * inertia * _SERVO_OMEGA
-            self._kp[i], self._kv[i] = kp, kv
-            for act in ([a, self._mirror_act[list(self._fingers).index(i)]] if i in self._fingers else [a]):
-                model.actuator_gainprm[act, 0] = kp
-                model.actuator_biasprm[act, :3] = [0.0, -kp, -kv]
-                model.actuator_ctrllimited[act] = 0
-                limit = _GRIP_FORCE_N if i in self._fingers else _ARM_TORQUE_NM[names[i].split("/")[1]]
-                model.actuator_forcelimited[act] = 1
-                model.actuator_forcerange[act] = [-limit, limit]
-        self._timestep = float(model.opt.timestep)
+        """Build the model (:func:`~hybridvla_ros.sim.mujoco_aloha_model.build_aloha_model`) and
+        keep the addresses this simulator uses. ValueError if ``params.joint_names`` are not
+        the model's."""
+        built = build_aloha_model(self.params)
+        self.model, self.data = built.model, built.data
+        self._qadr, self._dadr, self._act = built.qadr, built.dadr, built.actuators
+        self._fingers, self._arm_idx = built.fingers, built.arm_idx
+        self._mirror_qadr, self._mirror_act = built.mirror_qadr, built.mirror_act
+        self._cube_qadr, self._cube_dadr = built.cube_qadr, built.cube_dadr
+        self._cube_geom, self._cube_body = built.cube_geom, built.cube_body
+        self._pinch_site, self._gripper_body, self._base_xy = built.pinch_site, built.gripper_body, built.base_xy
+        self._left_gripper_mask, self._contact_bits = built.left_gripper_mask, built.contact_bits
+        self._kp, self._kv = built.servo_kp, built.servo_kv
+        self._timestep = built.timestep_s
 
     # ------------------------------------------------------------------ properties
 
@@ -479,7 +297,7 @@ class MujocoAlohaSim:
         cfg = SCENES[self._scene_name]
         xy = rng.uniform(cfg.cube_xy_low_m, cfg.cube_xy_high_m)  # (2,)
         a = self._cube_qadr
-        self.data.qpos[a:a + 3] = [xy[0], xy[1], _TABLE_Z_M + _CUBE_HALF_M]
+        self.data.qpos[a:a + 3] = [xy[0], xy[1], TABLE_Z_M + CUBE_HALF_M]
         self.data.qpos[a + 3:a + 7] = [1.0, 0.0, 0.0, 0.0]
         self.data.qvel[self._cube_dadr:self._cube_dadr + 6] = 0.0
         self.model.geom_rgba[self._cube_geom] = cfg.cube_rgba
@@ -505,7 +323,7 @@ class MujocoAlohaSim:
         """Push the left gripper's pinch point with ``force`` (3,) N (world axes) for
         ``duration_s`` seconds (replaces an earlier push); the arm yields to it as its servos
         allow. Raises ValueError for a non-finite force / duration or duration <= 0."""
-        self._push.start(force, duration_s, self.time_s, np.array([_PINCH_X_M, 0.0, 0.0]))
+        self._push.start(force, duration_s, self.time_s, np.array([PINCH_X_M, 0.0, 0.0]))
 
     # ------------------------------------------------------------------ time
 
@@ -557,8 +375,8 @@ class MujocoAlohaSim:
                 flags |= bits[g2]
             elif g2 == cube:
                 flags |= bits[g1]
-        return ([bool(flags & _BIT_LEFT_FINGER), bool(flags & _BIT_RIGHT_FINGER)], bool(flags & _BIT_TABLE),
-                bool(flags & _BIT_LEFT_GRIPPER))
+        return ([bool(flags & BIT_LEFT_FINGER), bool(flags & BIT_RIGHT_FINGER)], bool(flags & BIT_TABLE),
+                bool(flags & BIT_LEFT_GRIPPER))
 
     def _record_touch(self) -> None:
         """Remember when the cube last touched each gripper's fingers and the left gripper."""
@@ -579,14 +397,14 @@ class MujocoAlohaSim:
         """(left holds, right holds, cube on table, cube touches the left gripper).
 
         A gripper holds the cube when its fingers touch it (debounced), they are closed to
-        about the cube's width (opening between _GRIP_MIN_M and _HOLD_MAX_M) and the cube
+        about the cube's width (opening between GRIP_MIN_M and _HOLD_MAX_M) and the cube
         centre is within _HOLD_DIST_M of its pinch point (between the fingers)."""
         _, table, _ = self._cube_contacts()
         touching = self._touching()
         cube = self.data.xpos[self._cube_body]
         pinch = self.data.site_xpos[self._pinch_site]  # (2, 3)
         opening = self.data.qpos[self._qadr[self._fingers]]  # (2,)
-        held = [bool(touching[arm] and _GRIP_MIN_M < opening[arm] < _HOLD_MAX_M
+        held = [bool(touching[arm] and GRIP_MIN_M < opening[arm] < _HOLD_MAX_M
                      and float(np.linalg.norm(cube - pinch[arm])) < _HOLD_DIST_M) for arm in (0, 1)]
         return held[0], held[1], table, bool(touching[2])
 
@@ -628,112 +446,27 @@ class MujocoAlohaSim:
 
     # ------------------------------------------------------------------ expert
 
+    def _task_state(self) -> AlohaTaskState:
+        """What the expert reads from the simulation (see mujoco_aloha_expert)."""
+        d = self.data
+        return AlohaTaskState(cube_m=self.cube_position, cube_x_axis=d.xmat[self._cube_body].reshape(3, 3)[:, 0],
+                              pinch_m=self.end_effector_positions(), opening_m=d.qpos[self._qadr[self._fingers]],
+                              hold_m=self._hold_point, base_xy=self._base_xy)
+
     def _phase_and_grasp(self) -> tuple[str, str]:
         if self._phase_cache is not None and self._phase_cache[0] == self._state_version:
             return self._phase_cache[1], self._phase_cache[2]
         held_l, held_r, _, _ = self._holds()
         grasped = {(False, False): "none", (True, False): "left", (False, True): "right",
                    (True, True): "both"}[(held_l, held_r)]
-        cube = self.cube_position
-        pinch = self.end_effector_positions()
-        opening = self.data.qpos[self._qadr[self._fingers]]  # (2,) m
-        if self.success():
-            phase = "done"
-        elif held_r and not held_l:
-            phase = "release"
-        elif held_l and held_r:
-            phase = "handover"
-        elif held_l:
-            phase = "approach" if np.linalg.norm(cube - self._hold_point) < 0.03 else "lift"
-        else:
-            grasp_point = cube + np.array([0.0, 0.0, _GRASP_ABOVE_CENTRE_M])
-            dist = float(np.linalg.norm(pinch[0] - grasp_point))
-            closing = _GRIP_MIN_M < opening[0] < _OPEN_ENOUGH_M
-            if dist < _GRASP_TOL_M or (closing and dist < 2.0 * _GRASP_TOL_M):
-                phase = "grasp"  # at the grasp point, or closing there: close
-            elif opening[0] < _OPEN_ENOUGH_M and dist < 0.03:
-                phase = "regrasp"  # closed on nothing, or off the grasp point: open again
-            elif np.linalg.norm(pinch[0, :2] - cube[:2]) < 0.015 and pinch[0, 2] > cube[2] - 0.005:
-                phase = "descend"
-            else:
-                phase = "reach"
+        phase = classify_phase(self._task_state(), held_l, held_r, self.success())
         self._phase_cache = (self._state_version, phase, grasped)
         return phase, grasped
 
-    def _left_rot(self, point: np.ndarray, pitch_rad: float = _PICK_PITCH_RAD,
-                  face_yaw_rad: float | None = None) -> np.ndarray:
-        """Left gripper orientation: pointing from its base toward ``point``, pitched down.
-        With ``face_yaw_rad`` (the cube's yaw), the heading snaps to the cube's face
-        direction nearest to that bearing, so the fingers close square on two faces."""
-        d = point[:2] - self._base_xy[0]
-        yaw = math.atan2(d[1], d[0])
-        if face_yaw_rad is not None:
-            quarter = math.pi / 2
-            yaw = face_yaw_rad + quarter * round((yaw - face_yaw_rad) / quarter)
-        x_axis = np.array([math.cos(pitch_rad) * math.cos(yaw), math.cos(pitch_rad) * math.sin(yaw),
-                           -math.sin(pitch_rad)])
-        return _frame(x_axis, np.array([-math.sin(yaw), math.cos(yaw), 0.0]))
-
-    def _right_rot(self, point: np.ndarray) -> np.ndarray:
-        """Right gripper orientation: level, pointing from its base toward ``point``, the
-        fingers closing vertically (rolled 90 deg) so they pass the left gripper's fingers."""
-        d = point[:2] - self._base_xy[1]
-        yaw = math.atan2(d[1], d[0])
-        return _frame(np.array([math.cos(yaw), math.sin(yaw), 0.0]), np.array([0.0, 0.0, 1.0]))
-
-    def _waypoints(self) -> tuple[_Waypoint, _Waypoint]:
-        """The phase machine: each arm's goal for this period, from the state only."""
+    def _waypoints(self) -> tuple[Waypoint, Waypoint]:
+        """Each arm's goal for this period, from the state only (the phase machine)."""
         phase, _ = self._phase_and_grasp()
-        cube = self.cube_position
-        pinch = self.end_effector_positions()
-        hold = self._hold_point
-        opening = self.data.qpos[self._qadr[self._fingers]]
-        right_grasp = cube + np.array([_RIGHT_GRASP_OFFSET_M, 0.0, 0.0])
-        right_pre_hold = hold + np.array([_RIGHT_GRASP_OFFSET_M + _RIGHT_PREGRASP_M, 0.0, 0.0])
-        right_wait = _Waypoint(right_pre_hold, self._right_rot(hold), close=False)
-        retreat = hold + np.array([-0.06, 0.0, 0.10])
-        if phase in ("reach", "descend", "grasp", "regrasp"):
-            above = cube + np.array([0.0, 0.0, _ABOVE_M])
-            grasp_point = cube + np.array([0.0, 0.0, _GRASP_ABOVE_CENTRE_M])
-            cube_x = self.data.xmat[self._cube_body].reshape(3, 3)[:, 0]  # the cube's x axis, world
-            rot = self._left_rot(cube, face_yaw_rad=math.atan2(cube_x[1], cube_x[0]))
-            if phase == "reach":
-                left = _Waypoint(above, rot, close=False)
-            elif phase == "descend":
-                ok = opening[0] >= _OPEN_ENOUGH_M
-                left = _Waypoint(grasp_point if ok else pinch[0], rot, close=False)
-            elif phase == "grasp":
-                left = _Waypoint(grasp_point, rot, close=True)
-            else:
-                left = _Waypoint(pinch[0], rot, close=False)
-            return left, right_wait
-        if phase == "lift":
-            # Straight up first, then over to the hold point, carrying the cube centre.
-            goal = hold if cube[2] > 0.09 else np.array([cube[0], cube[1], 0.12])
-            left = _Waypoint(pinch[0] + goal - cube, self._left_rot(hold), close=True)
-            return left, right_wait
-        if phase == "approach":
-            left = _Waypoint(pinch[0] + hold - cube, self._left_rot(hold), close=True)
-            lateral = np.linalg.norm((pinch[1] - right_grasp)[1:])
-            if np.linalg.norm(pinch[1] - right_grasp) < _RIGHT_CLOSE_TOL_M:
-                right = _Waypoint(right_grasp, self._right_rot(hold), close=True)
-            elif lateral < 2.0 * _RIGHT_CLOSE_TOL_M and pinch[1, 0] > right_grasp[0] - 0.005:
-                right = _Waypoint(right_grasp, self._right_rot(hold), close=False)
-            else:
-                right = _Waypoint(right_grasp + [_RIGHT_PREGRASP_M, 0.0, 0.0], self._right_rot(hold),
-                                  close=False)
-            return left, right
-        if phase == "handover":
-            left = _Waypoint(pinch[0], self._left_rot(hold), close=False)
-            right = _Waypoint(pinch[1], self._right_rot(hold), close=True)
-            return left, right
-        # release / done: the right carries the cube to the hold point; the left opens, then backs out.
-        right = _Waypoint(pinch[1] + hold - cube, self._right_rot(hold), close=True)
-        if opening[0] < _OPEN_ENOUGH_M:
-            left = _Waypoint(pinch[0], self._left_rot(hold), close=False)
-        else:
-            left = _Waypoint(retreat, self._left_rot(hold), close=False)
-        return left, right
+        return plan_waypoints(phase, self._task_state())
 
     def expert_target(self) -> np.ndarray:
         """(14,) the scripted expert's absolute joint target for the next control period:
@@ -768,13 +501,13 @@ class MujocoAlohaSim:
             dist = float(np.linalg.norm(err))
             along = float(jacp[:, dofs] @ qvel @ err) / dist if dist > 1e-9 else 0.0
             speed = min(_CART_SPEED_M_S, max(along, 0.0) + _CART_ACCEL_M_S2 * period,
-                        float(_brake_speed(np.array(dist), 0.8 * _CART_ACCEL_M_S2, period)))
+                        float(brake_speed(np.array(dist), 0.8 * _CART_ACCEL_M_S2, period)))
             dx = err * min(1.0, speed * period / dist) if dist > 1e-9 else np.zeros(3)
             rot = _rot_error(self.data.site_xmat[site].reshape(3, 3), wp.rot)
             ang = float(np.linalg.norm(rot))
             turning = float(jacr[:, dofs] @ qvel @ rot) / ang if ang > 1e-9 else 0.0
             ang_speed = min(_ANG_SPEED_RAD_S, max(turning, 0.0) + _ANG_ACCEL_RAD_S2 * period,
-                            float(_brake_speed(np.array(ang), 0.8 * _ANG_ACCEL_RAD_S2, period)))
+                            float(brake_speed(np.array(ang), 0.8 * _ANG_ACCEL_RAD_S2, period)))
             dr = rot * min(1.0, ang_speed * period / ang) if ang > 1e-9 else np.zeros(3)
             task = np.concatenate([dx, _ROT_WEIGHT_M * dr])  # (6,)
             jjt = jac @ jac.T + _DLS_DAMPING ** 2 * np.eye(6)
@@ -796,12 +529,12 @@ class MujocoAlohaSim:
                     # finger's setpoint would run on past the contact (acceleration-limited) and
                     # swing back out of it, dropping the grip for a moment.
                     zone = max(q[f] - _SLOW_CLOSE_BELOW_M, 0.0)
-                    speed = max(_SLOW_CLOSE_M_S, float(_brake_speed(np.array(zone), 0.8 * self._amax[f], period)))
+                    speed = max(_SLOW_CLOSE_M_S, float(brake_speed(np.array(zone), 0.8 * self._amax[f], period)))
                     move = -min(speed * period, step_max[f], q[f] - _CLOSED_M)
                 else:
                     # Brake into the open position, accelerating from the current finger speed.
                     goal = _OPEN_M - q[f]
-                    reach = float(_brake_speed(np.array(abs(goal)), 0.8 * self._amax[f], period)) * period
+                    reach = float(brake_speed(np.array(abs(goal)), 0.8 * self._amax[f], period)) * period
                     move = math.copysign(min(abs(goal), reach, step_max[f]), goal)
                 move = float(np.clip(move, fv - acc_step[f], fv + acc_step[f]))
                 out[f] = q[f] + float(np.clip(move, -step_max[f], step_max[f]))
@@ -843,3 +576,7 @@ class MujocoAlohaSim:
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
+
+# Registered by name (sim.registry): the type checker holds the class to the Simulator
+# protocol and to the constructor make_sim calls here.
+_AS_REGISTERED: SimulatorFactory = MujocoAlohaSim

@@ -2,7 +2,7 @@
 
 The simulator is the one the sim node would run for these parameters: ``physics`` and
 ``scene`` of a ``SimRobotParams`` (MuJoCo for franka / aloha when the parameter file says
-so), else the kinematic one (:func:`hybridvla_ros.core.sims.make_sim`).
+so), else the kinematic one (:func:`hybridvla_ros.sim.registry.make_sim`).
 
 A demonstration set is a dict (saved as one ``.npz``) with N = episodes x steps samples:
 
@@ -41,12 +41,24 @@ import os
 import sys
 import tempfile
 import zipfile
+from typing import Any
 
 import numpy as np
 
+from hybridvla_ros.core.dataset_keys import (
+    DEMO_ACTIONS,
+    DEMO_CONTROL_PERIOD,
+    DEMO_EMBODIMENT,
+    DEMO_EPISODE,
+    DEMO_IMAGES,
+    DEMO_INSTRUCTION,
+    DEMO_KEYS,
+    DEMO_PROPRIO,
+    DEMO_STATE,
+)
 from hybridvla_ros.core.image import resize_for_policy
-from hybridvla_ros.core.sims import make_sim, state_vector
 from hybridvla_ros.params.embodiment import EmbodimentParams
+from hybridvla_ros.sim.registry import make_sim, state_vector
 
 __all__ = [
     "DEMO_KEYS",
@@ -56,8 +68,6 @@ __all__ = [
     "validate_demonstrations",
 ]
 
-DEMO_KEYS: tuple[str, ...] = ("images", "proprio", "actions", "episode", "embodiment", "instruction",
-                              "control_period_s")
 
 
 def _positive_int(name: str, value: object, minimum: int = 1) -> int:
@@ -98,7 +108,8 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
     kick = float(drift_std_rad) * math.sqrt(1.0 - keep * keep)  # stationary std = drift_std_rad
 
     sim = make_sim(params, int(getattr(params, "image_width", 160)), int(getattr(params, "image_height", 120)),
-                   seed=seed, physics=getattr(params, "physics", "kinematic"), scene=getattr(params, "scene", "nominal"))
+                   seed=seed, physics=getattr(params, "physics", "kinematic"),
+                   scene=getattr(params, "scene", "nominal"))
     period_s = params.control_period_s
     dim, chunk = params.action_dim, params.chunk_size
     lo, hi = np.asarray(params.position_min), np.asarray(params.position_max)
@@ -136,14 +147,14 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
     future = np.minimum(np.arange(steps)[:, None] + np.arange(chunk)[None, :], steps - 1)  # (S, T)
     actions = labels[:, future].reshape(n_total, chunk, dim).astype(np.float32)  # (N, T, D)
     return {
-        "images": images,
-        "proprio": proprio,
-        "state": state,
-        "actions": actions,
-        "episode": np.repeat(np.arange(episodes, dtype=np.int32), steps),
-        "embodiment": params.embodiment,
-        "instruction": params.instruction,
-        "control_period_s": float(period_s),
+        DEMO_IMAGES: images,
+        DEMO_PROPRIO: proprio,
+        DEMO_STATE: state,
+        DEMO_ACTIONS: actions,
+        DEMO_EPISODE: np.repeat(np.arange(episodes, dtype=np.int32), steps),
+        DEMO_EMBODIMENT: params.embodiment,
+        DEMO_INSTRUCTION: params.instruction,
+        DEMO_CONTROL_PERIOD: float(period_s),
     }
 
 
@@ -154,43 +165,46 @@ def validate_demonstrations(demos: dict) -> dict[str, np.ndarray | str | float]:
     missing = [k for k in DEMO_KEYS if k not in demos]
     if missing:
         raise ValueError(f"demonstrations: missing keys {missing} (need {list(DEMO_KEYS)})")
-    images = np.asarray(demos["images"])
+    images = np.asarray(demos[DEMO_IMAGES])
     if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
         raise ValueError(f"demonstrations: images must be (N, S, S, 3) uint8, got {images.shape} {images.dtype}")
     n = images.shape[0]
-    out: dict[str, np.ndarray | str | float] = {"images": images}
-    for key, ndim in (("proprio", 2), ("actions", 3)):
+    out: dict[str, np.ndarray | str | float] = {DEMO_IMAGES: images}
+    numeric: dict[str, np.ndarray] = {}
+    for key, ndim in ((DEMO_PROPRIO, 2), (DEMO_ACTIONS, 3)):
         arr = np.asarray(demos[key])
         if arr.ndim != ndim or arr.shape[0] != n or not np.issubdtype(arr.dtype, np.number):
             want = "(N, D)" if ndim == 2 else "(N, T, D)"
             raise ValueError(f"demonstrations: {key} must be numeric {want} with N = {n}, got {arr.shape} {arr.dtype}")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"demonstrations: {key} has non-finite values")
-        out[key] = arr.astype(np.float32, copy=False)
-    if out["actions"].shape[2] != out["proprio"].shape[1] or out["actions"].shape[1] < 1:
-        raise ValueError(f"demonstrations: actions {out['actions'].shape} do not match proprio "
-                         f"{out['proprio'].shape} (need (N, T>=1, D))")
-    episode = np.asarray(demos["episode"])
+        numeric[key] = arr.astype(np.float32, copy=False)
+    out.update(numeric)
+    actions, proprio = numeric[DEMO_ACTIONS], numeric[DEMO_PROPRIO]
+    if actions.shape[2] != proprio.shape[1] or actions.shape[1] < 1:
+        raise ValueError(f"demonstrations: actions {actions.shape} do not match proprio "
+                         f"{proprio.shape} (need (N, T>=1, D))")
+    episode = np.asarray(demos[DEMO_EPISODE])
     if episode.shape != (n,) or not np.issubdtype(episode.dtype, np.integer):
         raise ValueError(f"demonstrations: episode must be ({n},) integers, got {episode.shape} {episode.dtype}")
-    out["episode"] = episode.astype(np.int32, copy=False)
-    state = np.asarray(demos["state"]) if "state" in demos else np.zeros((n, 0), np.float32)
+    out[DEMO_EPISODE] = episode.astype(np.int32, copy=False)
+    state = np.asarray(demos[DEMO_STATE]) if DEMO_STATE in demos else np.zeros((n, 0), np.float32)
     if state.ndim != 2 or state.shape[0] != n or not np.issubdtype(state.dtype, np.number) \
             or not np.all(np.isfinite(state)):
         raise ValueError(f"demonstrations: state must be finite numeric (N, E) with N = {n}, "
                          f"got {state.shape} {state.dtype}")
-    out["state"] = state.astype(np.float32, copy=False)
-    for key in ("embodiment", "instruction"):
+    out[DEMO_STATE] = state.astype(np.float32, copy=False)
+    for key in (DEMO_EMBODIMENT, DEMO_INSTRUCTION):
         value = demos[key]
         value = value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
         if not isinstance(value, str):
             raise ValueError(f"demonstrations: {key} must be a string, got {value!r}")
         out[key] = value
-    period = demos["control_period_s"]
+    period = demos[DEMO_CONTROL_PERIOD]
     period = period.item() if isinstance(period, np.ndarray) and period.ndim == 0 else period
     if isinstance(period, bool) or not isinstance(period, numbers.Real) or not math.isfinite(period) or period <= 0:
         raise ValueError(f"demonstrations: control_period_s must be a number > 0, got {period!r}")
-    out["control_period_s"] = float(period)
+    out[DEMO_CONTROL_PERIOD] = float(period)
     return out
 
 
@@ -204,8 +218,9 @@ def save_demonstrations(demos: dict, path: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".demos-", suffix=".npz.tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **{k: (np.asarray(v) if not isinstance(v, np.ndarray) else v)
-                                      for k, v in data.items()})
+            arrays: dict[str, Any] = {k: (np.asarray(v) if not isinstance(v, np.ndarray) else v)
+                                      for k, v in data.items()}
+            np.savez_compressed(f, **arrays)
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a data file is for others to read
         os.replace(tmp, path)
     except BaseException:

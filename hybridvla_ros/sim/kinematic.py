@@ -1,9 +1,13 @@
-"""A fast, deterministic kinematic simulation of the four embodiments, with scripted experts.
+"""A fast, deterministic kinematic simulation of every embodiment, with scripted experts.
 
-One :class:`KinematicSim` serves the ROS ``sim_robot_node`` and the demonstration
-recorder (:mod:`hybridvla_ros.core.demos`). There is no dynamics: joints are driven
-by a model of a position controller and the scene is drawn with OpenCV from forward
-kinematics (:mod:`hybridvla_ros.core.kinematics`, which cites the DH sources).
+One :class:`KinematicSim` (a :class:`~hybridvla_ros.sim.base.Simulator`) serves the ROS
+``sim_robot_node`` and the demonstration recorder (:mod:`hybridvla_ros.sim.demos`). There
+is no dynamics: joints are driven by a model of a position controller (this module) and
+the scene is drawn with OpenCV (:mod:`~hybridvla_ros.sim.kinematic_render`) from forward
+kinematics (:mod:`hybridvla_ros.sim.kinematics`, which cites the DH sources). Which robot
+it is comes from its registered scene (:mod:`~hybridvla_ros.sim.kinematic_scenes`): arms
+on a table, or a mobile base on a floor; no code here branches on a robot's name (the
+examples in docstrings name the built-in ones).
 
 Position controller. A command is interpreted the way a joint trajectory controller
 interprets a single point one control period ahead:
@@ -15,9 +19,10 @@ interprets a single point one control period ahead:
   filter's output) is therefore tracked without lag and at the speed it asks for;
 * anything else (also a target repeated unchanged, e.g. a hold: arriving at full
   speed and then standing would break the acceleration limit and overshoot), and any
-  target whose period has run out without a new command, is a *goal*: the joint takes the time-optimal profile toward it, never faster than it
-  can still stop on the target (~``sqrt(2 * max_acceleration * |error|)``), so a
-  large jump neither overshoots nor oscillates.
+  target whose period has run out without a new command, is a *goal*: the joint takes
+  the time-optimal profile toward it, never faster than it can still stop on the target
+  (~``sqrt(2 * max_acceleration * |error|)``), so a large jump neither overshoots nor
+  oscillates.
 
 Both are then limited to ``max_acceleration`` and ``max_velocity``, and to the speed
 from which the joint can still brake before position_min/max: a joint slows into its
@@ -33,29 +38,27 @@ controller that turns toward the target point, drives there, and finally turns t
 target yaw (the same stream-step / goal rule as the joints). ``base_yaw`` is a
 continuous angle clipped to its limits like any joint (the safety filter treats it
 the same way), not wrapped.
+
+Size: one class of about 470 lines: the joint and the mobile-base controllers and experts
+share one simulator's state, limits and validation. The scenes
+(:mod:`~hybridvla_ros.sim.kinematic_scenes`) and the drawing
+(:mod:`~hybridvla_ros.sim.kinematic_render`) are their own modules.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
-from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-from hybridvla_ros.core.kinematics import (
-    ChainPose,
-    PinholeCamera,
-    SerialChain,
-    dls_position_step,
-    panda_chain,
-    rot_z,
-    transform,
-    vx300s_chain,
-    xarm7_chain,
-)
 from hybridvla_ros.params.embodiment import EmbodimentParams
+from hybridvla_ros.sim.base import SimulatorFactory
+from hybridvla_ros.sim.kinematic_render import SceneRenderer
+from hybridvla_ros.sim.kinematic_scenes import ArmScene, BaseScene, make_kinematic_scene
+from hybridvla_ros.sim.kinematics import ChainPose, PinholeCamera, dls_position_step
+from hybridvla_ros.sim.profiles import brake_speed, profile_speed, wrap_angle
 
 __all__ = ["KinematicSim", "TWIST_TIMEOUT_S", "TABLE_STIFFNESS_N_PER_M"]
 
@@ -65,166 +68,6 @@ _MAX_SUBSTEP_S = 0.005
 _STREAM_TOLERANCE = 1.05  # a stream step may exceed one period's reach by 5 % (noise, rounding)
 _FORCE_NOISE_N = 0.3  # std of the F/T sensor noise
 _TORQUE_NOISE_NM = 0.03
-_SHIFT = 4  # cv2 fixed-point bits: sub-pixel drawing so small motions change the image
-_SCALE = float(1 << _SHIFT)
-
-# Colours (RGB). Nothing but the target is red, so "red pixels" means "target".
-_RED = (230, 25, 25)
-_RED_DARK = (120, 0, 0)
-_WALL = (200, 205, 215)
-_TABLE = (176, 148, 112)
-_TABLE_LINE = (160, 132, 98)
-_SHADOW = (105, 88, 66)
-_FLOOR = (192, 192, 186)
-_FLOOR_LINE = (165, 165, 160)
-
-
-# A drawn link: (start (3,) m, end (3,) m, radius m, RGB colour).
-_Segment = tuple[np.ndarray, np.ndarray, float, tuple[int, int, int]]
-
-
-def _wrap_angle(angle_rad: np.ndarray | float) -> np.ndarray | float:
-    """Angle(s) wrapped into [-pi, pi)."""
-    return (np.asarray(angle_rad) + math.pi) % (2.0 * math.pi) - math.pi
-
-
-def _brake_speed(dist: np.ndarray | float, amax: np.ndarray | float, dt_s: float) -> np.ndarray:
-    """Largest speed for the coming step of ``dt_s`` after which braking at ``amax`` still
-    stops within the remaining distance (``dist`` >= 0 before the step).
-
-    Solves v^2 / (2 amax) = dist - v dt: the state after the step lies on the continuous
-    stopping curve, so whatever the next step's length, slowing by amax * dt keeps it there
-    (sqrt(x + y) >= sqrt(x)); the acceleration limit is never in conflict with a position
-    limit or goal. Far away it is ~sqrt(2 amax dist); close by ~dist / dt (lands in a step)."""
-    a_dt = amax * dt_s
-    return np.sqrt(a_dt * a_dt + 2.0 * amax * np.maximum(dist, 0.0)) - a_dt
-
-
-def _profile_speed(abs_err: np.ndarray | float, vmax: np.ndarray | float, amax: np.ndarray | float,
-                   dt_s: float) -> np.ndarray:
-    """Fastest speed toward a stationary goal ``abs_err`` away that can still stop on it."""
-    return np.minimum(vmax, _brake_speed(abs_err, amax, dt_s))
-
-
-def _px(points: np.ndarray) -> np.ndarray:
-    """(N, 2) float pixels -> int32 fixed-point coordinates for cv2's ``shift``."""
-    return np.round(points * _SCALE).astype(np.int32)
-
-
-# ------------------------------------------------------------------------------------------
-# Scenes: kinematics, target region, expert and drawing of one embodiment
-# ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Arm:
-    """One serial arm inside an embodiment's joint vector."""
-
-    chain: SerialChain
-    joints: np.ndarray  # (n,) indices into the embodiment's joint vector
-    tool_offset_m: np.ndarray  # (3,) tool point in the wrist (F/T sensor) frame
-    target_low_m: np.ndarray  # (3,) world box the target is drawn from
-    target_high_m: np.ndarray  # (3,)
-    link_radius_m: float
-    color: tuple[int, int, int]
-    joint_color: tuple[int, int, int]
-
-
-@dataclass
-class _ArmScene:
-    """Fixed-base arm(s) on a table at z = 0, targets above it."""
-
-    arms: list[_Arm]
-    camera_eye_m: tuple[float, float, float]
-    camera_look_at_m: tuple[float, float, float]
-    vertical_fov_deg: float
-    table_low_m: tuple[float, float]  # (x, y) corner of the table top
-    table_high_m: tuple[float, float]
-    extra_joints: np.ndarray  # (m,) joints the expert drives to fixed values (grippers, fingers)
-    extra_goal: np.ndarray  # (m,) those values
-    target_radius_m: float = 0.03
-    cart_speed_m_s: float = 0.5  # expert's top tool speed
-    cart_accel_m_s2: float = 2.0  # expert's planned deceleration near the target
-    damping: float = 0.04  # DLS damping (m): bounded steps near singularities
-    null_gain_per_s: float = 2.0  # pull toward home in the null space (keeps a natural posture)
-    hand: str = "none"  # "panda" | "vx300s" | "leap": what to draw at the tool
-
-    @property
-    def num_tool_points(self) -> int:
-        return len(self.arms)
-
-
-@dataclass
-class _BaseScene:
-    """Stretch's differential-drive base on a floor, seen from a ceiling camera."""
-
-    camera_height_m: float = 4.0
-    vertical_fov_deg: float = 48.0
-    robot_radius_m: float = 0.17  # Stretch base footprint ~0.34 m
-    target_radius_m: float = 0.10
-    target_min_m: float = 0.4
-    target_max_m: float = 1.5
-    num_tool_points: int = 1
-
-
-def _make_scene(params: EmbodimentParams) -> _ArmScene | _BaseScene:
-    """The scene of ``params.embodiment``; ValueError for an unknown embodiment."""
-    name = params.embodiment
-    d = params.action_dim
-    expected = {"franka": 7, "aloha": 14, "hello": 3, "leap": 24}.get(name)
-    if expected is not None and d != expected:
-        raise ValueError(f"{name}: the kinematic scene drives {expected} joints, params have action_dim {d}")
-    if name == "franka":
-        arm = _Arm(chain=panda_chain(), joints=np.arange(7), tool_offset_m=np.array([0.0, 0.0, 0.1034]),
-                   target_low_m=np.array([0.35, -0.25, 0.15]), target_high_m=np.array([0.65, 0.25, 0.45]),
-                   link_radius_m=0.045, color=(232, 232, 236), joint_color=(70, 72, 80))
-        return _ArmScene(arms=[arm], camera_eye_m=(1.3, 0.6, 0.8), camera_look_at_m=(0.32, 0.0, 0.28),
-                         vertical_fov_deg=50.0, table_low_m=(-0.3, -0.9), table_high_m=(1.0, 0.9),
-                         extra_joints=np.arange(0), extra_goal=np.zeros(0), hand="panda")
-    if name == "aloha":
-        # ALOHA: the two follower arms face each other across the table (gym-aloha
-        # bimanual scene: bases at x = -/+0.469 m); world origin at the table centre.
-        arms = []
-        for joints, x0, yaw, color in ((np.arange(0, 6), -0.45, 0.0, (48, 52, 64)),
-                                       (np.arange(7, 13), 0.45, math.pi, (40, 60, 52))):
-            sign = 1.0 if x0 < 0 else -1.0
-            low = np.array([x0 + sign * 0.15, -0.15, 0.06])
-            high = np.array([x0 + sign * 0.35, 0.15, 0.30])
-            arms.append(_Arm(chain=vx300s_chain(transform((x0, 0.0, 0.0), rot_z(yaw))), joints=joints,
-                             tool_offset_m=np.array([0.1, 0.0, 0.0]),
-                             target_low_m=np.minimum(low, high), target_high_m=np.maximum(low, high),
-                             link_radius_m=0.022, color=color, joint_color=(20, 20, 24)))
-        grippers = np.array([6, 13])
-        return _ArmScene(arms=arms, camera_eye_m=(0.0, -0.75, 1.2), camera_look_at_m=(0.0, 0.05, 0.05),
-                         vertical_fov_deg=52.0, table_low_m=(-0.75, -0.5), table_high_m=(0.75, 0.6),
-                         extra_joints=grippers, extra_goal=np.asarray(params.position_max)[grippers],
-                         target_radius_m=0.035, cart_speed_m_s=0.4, hand="vx300s")
-    if name == "leap":
-        # LEAP hand on the xArm 7 flange; the tool point is the palm centre ~9 cm out.
-        arm = _Arm(chain=xarm7_chain(transform((0.0, 0.0, 0.09))), joints=np.arange(7),
-                   tool_offset_m=np.array([0.0, 0.0, 0.09]),
-                   target_low_m=np.array([0.30, -0.25, 0.15]), target_high_m=np.array([0.55, 0.25, 0.40]),
-                   link_radius_m=0.045, color=(222, 224, 228), joint_color=(90, 92, 100))
-        hand = np.arange(7, d)
-        return _ArmScene(arms=[arm], camera_eye_m=(1.3, 0.6, 0.8), camera_look_at_m=(0.32, 0.0, 0.28),
-                         vertical_fov_deg=50.0, table_low_m=(-0.3, -0.9), table_high_m=(1.0, 0.9),
-                         extra_joints=hand, extra_goal=np.asarray(params.home_position)[hand], hand="leap")
-    if name == "hello":
-        return _BaseScene()
-    raise ValueError(f"embodiment {name!r} has no kinematic scene")
-
-
-# LEAP hand drawing: finger bases (hand frame: z out of the palm, y across it, x the palm
-# normal the fingers curl toward) and segment lengths (proximal, middle, distal).
-_LEAP_FINGER_BASES_M = np.array([[0.0, -0.038, 0.07], [0.0, 0.0, 0.075], [0.0, 0.038, 0.07],
-                                 [0.02, -0.05, 0.0]])  # index, middle, ring, thumb
-_LEAP_SEGMENTS_M = np.array([[0.05, 0.037, 0.032]] * 3 + [[0.045, 0.045, 0.04]])  # (4, 3)
-_LEAP_PALM_M = np.array([[0.0, -0.05, -0.01], [0.0, 0.05, -0.01], [0.0, 0.05, 0.075], [0.0, -0.05, 0.075]])
-
-
-# ------------------------------------------------------------------------------------------
-# The simulator
-# ------------------------------------------------------------------------------------------
 
 
 class KinematicSim:
@@ -233,19 +76,34 @@ class KinematicSim:
     Deterministic given ``seed``: targets and start noise come from one generator,
     sensor noise from another, so reading the wrench never changes the next target."""
 
+    # Episode state, set by reset() (which __init__ calls).
+    _rng: np.random.Generator  # targets and start noise
+    _sensor_rng: np.random.Generator  # F/T sensor noise
+    _target: np.ndarray  # (K, 3) world m
+    _cmd: np.ndarray  # (D,) the position target being tracked
+    _cmd_time_s: float  # when it arrived
+    _stream: np.ndarray  # (D,) bool: the command is a stream step (see the module docstring)
+    _base_mode: str  # hello: "position" or "twist"
+    _twist: np.ndarray  # (2,) hello: commanded (forward m/s, yaw rate rad/s)
+    _twist_time_s: float
+    _push_force_n: np.ndarray  # (3,) an external push at the tool point
+    _push_until_s: float
+
     def __init__(self, params: EmbodimentParams, image_width: int = 160, image_height: int = 120,
-                 seed: int = 0) -> None:
+                 seed: int = 0, scene: str = "nominal") -> None:
         """Build the scene of ``params.embodiment`` and reset it with ``seed``.
         Raises ValueError for an unknown embodiment, an action_dim its scene does not have,
-        or a bad image size / seed."""
+        a bad image size / seed, or a scene preset other than ``nominal`` (the only one)."""
         for name, value in (("image_width", image_width), ("image_height", image_height)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 8 <= value <= 4096:
                 raise ValueError(f"{name} must be an int in [8, 4096], got {value!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        self._check_scene(scene)
         self.params = params
-        self._scene = _make_scene(params)
-        self._is_base = isinstance(self._scene, _BaseScene)
+        self._scene = make_kinematic_scene(params)
+        self._is_base = isinstance(self._scene, BaseScene)
+        self._arms = self._scene.arms if isinstance(self._scene, ArmScene) else []
         self._period_s = params.control_period_s
         self._lo = np.asarray(params.position_min, dtype=np.float64)  # (D,)
         self._hi = np.asarray(params.position_max, dtype=np.float64)
@@ -255,8 +113,7 @@ class KinematicSim:
         self._dim = params.action_dim
         self._state_joints = tuple(getattr(params, "state_joints", ()))
         self._width, self._height = int(image_width), int(image_height)
-        self._camera = self._make_camera()
-        self._background = self._draw_background()  # (H, W, 3): the static part of every frame
+        self._renderer = SceneRenderer(self._scene, self._home, self._lo, self._hi, self._width, self._height)
         self._time_s = 0.0
         self._q = self._home.copy()
         self._v = np.zeros(self._dim)
@@ -311,7 +168,7 @@ class KinematicSim:
     @property
     def camera(self) -> PinholeCamera:
         """The fixed scene camera (for projecting world points into the image)."""
-        return self._camera
+        return self._renderer.camera
 
     @property
     def target(self) -> np.ndarray:
@@ -328,6 +185,21 @@ class KinematicSim:
         if self._is_base:
             arr[:, 2] = 0.0
         self._target = arr
+
+    @property
+    def scene(self) -> str:
+        """The scene preset: always ``nominal`` (the kinematic tasks have one); setting any
+        other name raises ValueError."""
+        return "nominal"
+
+    @scene.setter
+    def scene(self, name: str) -> None:
+        self._check_scene(name)
+
+    @staticmethod
+    def _check_scene(name: object) -> None:
+        if name != "nominal":
+            raise ValueError(f"scene: the kinematic simulator has only the 'nominal' scene, got {name!r}")
 
     # ------------------------------------------------------------------ episode control
 
@@ -365,7 +237,7 @@ class KinematicSim:
         """Draw new target(s) without moving the robot (``seed`` restarts the generator)."""
         rng = self._rng if seed is None else np.random.default_rng(seed)
         scene = self._scene
-        if isinstance(scene, _BaseScene):
+        if isinstance(scene, BaseScene):
             # A point on the floor 0.4-1.5 m from the start (uniform over the annulus).
             radius = math.sqrt(rng.uniform(scene.target_min_m ** 2, scene.target_max_m ** 2))
             bearing = rng.uniform(-math.pi, math.pi)
@@ -412,7 +284,7 @@ class KinematicSim:
         non-base embodiment or a non-finite value."""
         if not self._is_base:
             raise ValueError(f"{self.params.embodiment} has no mobile base; use command_positions")
-        values = []
+        values: list[float] = []
         for name, value in (("linear_x", linear_x), ("linear_y", linear_y), ("angular_z", angular_z)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -458,15 +330,15 @@ class KinematicSim:
 
     def _substep_joints(self, dt: float) -> None:
         err = self._cmd - self._q  # (D,)
-        desired = np.sign(err) * _profile_speed(np.abs(err), self._vmax, self._amax, dt)
+        desired = np.sign(err) * profile_speed(np.abs(err), self._vmax, self._amax, dt)
         time_left = self._cmd_time_s + self._period_s - self._time_s
         if time_left > 1e-9:
             interp = np.clip(err / max(time_left, dt), -self._vmax, self._vmax)
             desired = np.where(self._stream, interp, desired)
         # Never faster than allows braking before a position limit: the joint stops at the
         # limit instead of hitting it (an infinite deceleration).
-        desired = np.clip(desired, -_brake_speed(self._q - self._lo, self._amax, dt),
-                          _brake_speed(self._hi - self._q, self._amax, dt))
+        desired = np.clip(desired, -brake_speed(self._q - self._lo, self._amax, dt),
+                          brake_speed(self._hi - self._q, self._amax, dt))
         self._v = np.clip(np.clip(desired, self._v - self._amax * dt, self._v + self._amax * dt),
                           -self._vmax, self._vmax)
         q = np.clip(self._q + self._v * dt, self._lo, self._hi)
@@ -488,11 +360,11 @@ class KinematicSim:
             v_des, w_des = self._base_tracking(dt, v_lim, w_lim, a_lin, a_ang)
         # The yaw joint brakes into its limits like an arm joint (spinning in place for turns
         # would otherwise hit +-2 pi at full speed); the walls of the x/y box are a hard stop.
-        w_des = float(np.clip(w_des, -_brake_speed(yaw - self._lo[2], a_ang, dt),
-                              _brake_speed(self._hi[2] - yaw, a_ang, dt)))
-        v, w = self._base_speed
-        v = float(np.clip(np.clip(v_des, v - a_lin * dt, v + a_lin * dt), -v_lim, v_lim))
-        w = float(np.clip(np.clip(w_des, w - a_ang * dt, w + a_ang * dt), -w_lim, w_lim))
+        w_des = float(np.clip(w_des, -brake_speed(yaw - self._lo[2], a_ang, dt),
+                              brake_speed(self._hi[2] - yaw, a_ang, dt)))
+        v_prev, w_prev = self._base_speed
+        v = float(np.clip(np.clip(v_des, v_prev - a_lin * dt, v_prev + a_lin * dt), -v_lim, v_lim))
+        w = float(np.clip(np.clip(w_des, w_prev - a_ang * dt, w_prev + a_ang * dt), -w_lim, w_lim))
         mid_yaw = yaw + 0.5 * w * dt  # midpoint heading: exact for constant (v, w) to 2nd order
         q = np.array([x + v * math.cos(mid_yaw) * dt, y + v * math.sin(mid_yaw) * dt, yaw + w * dt])
         clipped = (q < self._lo) | (q > self._hi)
@@ -523,19 +395,19 @@ class KinematicSim:
         elif rho > pos_tol_m:
             bearing = math.atan2(lateral, along)
             backwards = abs(bearing) > math.pi / 2 and rho < 0.3  # back up a little, don't turn around
-            heading_err = float(_wrap_angle(bearing - math.pi)) if backwards else bearing
+            heading_err = float(wrap_angle(bearing - math.pi)) if backwards else bearing
             # Drive only while roughly facing the target; cos(2a) fades it out by 45 degrees.
             gate = max(0.0, math.cos(2.0 * heading_err)) if abs(heading_err) < math.pi / 4 else 0.0
-            v_des = (-1.0 if backwards else 1.0) * float(_profile_speed(rho, v_lim, a_lin, dt)) * gate
+            v_des = (-1.0 if backwards else 1.0) * float(profile_speed(rho, v_lim, a_lin, dt)) * gate
             heading_goal = heading_err
         else:
-            v_des = math.copysign(float(_profile_speed(abs(along), v_lim, a_lin, dt)), along)
+            v_des = math.copysign(float(profile_speed(abs(along), v_lim, a_lin, dt)), along)
             heading_goal = None
         if in_period and bool(self._stream[2]):
             w_des = yaw_err / max(time_left, dt)
         else:
             err = yaw_err if heading_goal is None else heading_goal
-            w_des = math.copysign(float(_profile_speed(abs(err), w_lim, a_ang, dt)), err)
+            w_des = math.copysign(float(profile_speed(abs(err), w_lim, a_ang, dt)), err)
         return v_des, w_des
 
     # ------------------------------------------------------------------ kinematics & task
@@ -546,7 +418,7 @@ class KinematicSim:
     def _arm_poses(self) -> list[ChainPose]:
         """FK of every arm at the current positions (cached until the state changes)."""
         if self._fk_cache is None or self._fk_cache[0] != self._state_version:
-            poses = [a.chain.forward(self._q[a.joints]) for a in self._scene.arms]
+            poses = [a.chain.forward(self._q[a.joints]) for a in self._arms]
             self._fk_cache = (self._state_version, poses)
         return self._fk_cache[1]
 
@@ -576,7 +448,7 @@ class KinematicSim:
             poses = self._arm_poses()
             tools = np.stack([p.tool_m for p in poses])  # (K, 3)
             wrists = np.stack([p.tool_m - p.tool_frame[:3, :3] @ a.tool_offset_m
-                               for p, a in zip(poses, self._scene.arms)])  # (K, 3)
+                               for p, a in zip(poses, self._arms)])  # (K, 3)
             contact = np.zeros_like(tools)
             contact[:, 2] = TABLE_STIFFNESS_N_PER_M * np.maximum(0.0, -tools[:, 2])
             if push_active:
@@ -597,16 +469,16 @@ class KinematicSim:
         Arms: damped-least-squares IK step of the tool point(s) toward the target(s) with a
         null-space pull toward home; grippers open, LEAP fingers to home. Hello: turn toward
         the target, then drive (pure pursuit); returns the next pose [x, y, yaw]."""
-        if self._is_base:
+        scene = self._scene
+        if isinstance(scene, BaseScene):
             return self._expert_base()
-        scene: _ArmScene = self._scene
         q = self._q
         step_max = 0.95 * self._vmax * self._period_s  # (D,) margin below the stream reach
         out = q.copy()
         for arm, pose, goal in zip(scene.arms, self._arm_poses(), self._target):  # K <= 2 arms
             err = goal - pose.tool_m
             dist = float(np.linalg.norm(err))
-            speed = float(_profile_speed(dist, scene.cart_speed_m_s, 0.8 * scene.cart_accel_m_s2, self._period_s))
+            speed = float(profile_speed(dist, scene.cart_speed_m_s, 0.8 * scene.cart_accel_m_s2, self._period_s))
             dx = err * (speed * self._period_s / dist) if dist > 1e-9 else np.zeros(3)
             idx = arm.joints
             null = scene.null_gain_per_s * self._period_s * (self._home[idx] - q[idx])
@@ -642,204 +514,38 @@ class KinematicSim:
         w_lim = 0.95 * self._vmax[2]
         a_lin = 0.8 * min(self._amax[0], self._amax[1])  # plan below the limits so the base keeps up
         a_ang = 0.8 * self._amax[2]
-        heading_err = float(_wrap_angle(math.atan2(dy, dx) - yaw))
+        heading_err = float(wrap_angle(math.atan2(dy, dx) - yaw))
         along = rho * math.cos(heading_err)
         if rho > 0.05:
-            w = math.copysign(float(_profile_speed(abs(heading_err), w_lim, a_ang, period)), heading_err)
+            w = math.copysign(float(profile_speed(abs(heading_err), w_lim, a_ang, period)), heading_err)
         else:
             w = 0.0  # last few cm: the bearing swings wildly, just roll onto the point
         gate = max(0.0, math.cos(2.0 * heading_err)) if abs(heading_err) < math.pi / 4 else 0.0
-        v = min(float(_profile_speed(rho, v_lim, a_lin, period)), max(along, 0.0) / period) * gate
+        v = min(float(profile_speed(rho, v_lim, a_lin, period)), max(along, 0.0) / period) * gate
         mid_yaw = yaw + 0.5 * w * period
         nxt = np.array([x + v * period * math.cos(mid_yaw), y + v * period * math.sin(mid_yaw), yaw + w * period])
         return np.clip(nxt, self._lo, self._hi)
 
     # ------------------------------------------------------------------ rendering
 
-    def _make_camera(self) -> PinholeCamera:
-        scene = self._scene
-        if isinstance(scene, _BaseScene):
-            # Ceiling camera over the start pose; world +x points up in the image.
-            return PinholeCamera((self._home[0], self._home[1], scene.camera_height_m),
-                                 (self._home[0], self._home[1], 0.0), (1.0, 0.0, 0.0),
-                                 scene.vertical_fov_deg, self._width, self._height)
-        return PinholeCamera(scene.camera_eye_m, scene.camera_look_at_m, (0.0, 0.0, 1.0),
-                             scene.vertical_fov_deg, self._width, self._height)
-
-    def _draw_background(self) -> np.ndarray:
-        """(H, W, 3) uint8: wall + table with a 10 cm grid (arms) or floor with a 0.5 m grid."""
-        cam = self._camera
-        scene = self._scene
-        if isinstance(scene, _BaseScene):
-            img = np.full((self._height, self._width, 3), _FLOOR, dtype=np.uint8)
-            lo, hi, step, color = self._lo[:2], self._hi[:2], 0.5, _FLOOR_LINE
-        else:
-            img = np.full((self._height, self._width, 3), _WALL, dtype=np.uint8)
-            lo, hi = np.asarray(scene.table_low_m), np.asarray(scene.table_high_m)
-            corners = np.array([[lo[0], lo[1], 0], [hi[0], lo[1], 0], [hi[0], hi[1], 0], [lo[0], hi[1], 0]])
-            px, _ = cam.project(corners)
-            cv2.fillPoly(img, [_px(px)], _TABLE, cv2.LINE_AA, _SHIFT)
-            step, color = 0.1, _TABLE_LINE
-        xs = np.arange(math.ceil(lo[0] / step) * step, hi[0] + 1e-9, step)
-        ys = np.arange(math.ceil(lo[1] / step) * step, hi[1] + 1e-9, step)
-        starts = np.concatenate([np.stack([xs, np.full_like(xs, lo[1])], 1),
-                                 np.stack([np.full_like(ys, lo[0]), ys], 1)])  # (L, 2)
-        ends = np.concatenate([np.stack([xs, np.full_like(xs, hi[1])], 1),
-                               np.stack([np.full_like(ys, hi[0]), ys], 1)])
-        zeros = np.zeros((len(starts), 1))
-        p0, _ = cam.project(np.hstack([starts, zeros]))
-        p1, _ = cam.project(np.hstack([ends, zeros]))
-        for a, b in zip(_px(p0), _px(p1)):  # a few dozen lines, drawn once per sim
-            cv2.line(img, tuple(a), tuple(b), color, 1, cv2.LINE_AA, _SHIFT)
-        return img
-
     def project_to_image(self, points_m: np.ndarray) -> np.ndarray:
         """(N, 2) pixel coordinates [u (column), v (row)] of world points (N, 3); NaN if behind
         the camera."""
-        return self._camera.project(np.asarray(points_m, dtype=np.float64).reshape(-1, 3))[0]
+        return self._renderer.camera.project(np.asarray(points_m, dtype=np.float64).reshape(-1, 3))[0]
 
     def render(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB image from the fixed camera: background, shadows of the
         target(s) and tool point(s) on the table, the robot from FK, and the red target(s)
         drawn last so they are never hidden."""
-        img = self._background.copy()
-        if self._is_base:
-            self._render_base(img)
-        else:
-            self._render_arms(img)
-        return img
+        return self._renderer.render(self._q, self._target, [] if self._is_base else self._arm_poses())
 
-    def _disc_outline(self, centers_m: np.ndarray, radius_m: float, n: int = 16) -> np.ndarray:
-        """(K, n, 3) points of horizontal circles (shadows / discs on the ground plane)."""
-        ang = np.linspace(0.0, 2.0 * math.pi, n, endpoint=False)
-        ring = np.stack([np.cos(ang), np.sin(ang), np.zeros(n)], 1) * radius_m  # (n, 3)
-        return centers_m[:, None, :] + ring[None, :, :]
+    # ------------------------------------------------------------------ copies
 
-    def _draw_targets(self, img: np.ndarray, radius_m: float) -> None:
-        cam = self._camera
-        px, depth = cam.project(self._target)
-        for center, z in zip(px, depth):  # K <= 2
-            if z <= 0 or not np.all(np.isfinite(center)):
-                continue
-            r = max(2.0, cam.focal_px * radius_m / z)
-            c = tuple(_px(center[None])[0])
-            cv2.circle(img, c, int(round(r * _SCALE)), _RED, -1, cv2.LINE_AA, _SHIFT)
-            cv2.circle(img, c, int(round(r * _SCALE)), _RED_DARK, 1, cv2.LINE_AA, _SHIFT)
+    def clone(self) -> KinematicSim:
+        """An independent copy (state, generators, scene): stepping or resetting it never
+        changes this simulator. ``copy.deepcopy`` does the same."""
+        return copy.deepcopy(self)
 
-    def _render_arms(self, img: np.ndarray) -> None:
-        scene: _ArmScene = self._scene
-        cam = self._camera
-        poses = self._arm_poses()
-        # Shadows first (they lie on the table): they tell the policy how high things are.
-        tools = np.stack([p.tool_m for p in poses])  # (K, 3)
-        shadows = np.concatenate([self._disc_outline(self._target * [1, 1, 0], scene.target_radius_m),
-                                  self._disc_outline(tools * [1, 1, 0], 0.02)])  # (2K, 16, 3)
-        spx, _ = cam.project(shadows.reshape(-1, 3))
-        spx = spx.reshape(shadows.shape[0], -1, 2)
-        for poly in spx:  # one call each: overlapping polygons in one call would cancel out
-            if np.all(np.isfinite(poly)):
-                cv2.fillPoly(img, [_px(poly)], _SHADOW, cv2.LINE_AA, _SHIFT)
-        # Robot: every segment with its width and colour, drawn far to near.
-        segs: list[_Segment] = []
-        joints: list[tuple[np.ndarray, float, tuple[int, int, int]]] = []
-        for arm, pose in zip(scene.arms, poses):
-            pts = pose.link_points_m(arm.chain.base[:3, 3])  # (D + 2, 3)
-            for a, b in zip(pts[:-1], pts[1:]):
-                segs.append((a, b, arm.link_radius_m, arm.color))
-            for p in pts[1:-1]:
-                joints.append((p, arm.link_radius_m * 0.8, arm.joint_color))
-        segs.extend(self._hand_segments(poses))
-        ends = np.array([[s[0], s[1]] for s in segs]).reshape(-1, 3)  # (2S, 3)
-        epx, edepth = cam.project(ends)
-        epx, edepth = epx.reshape(-1, 2, 2), edepth.reshape(-1, 2)
-        order = np.argsort(-edepth.mean(axis=1))
-        for i in order:  # tens of primitives; each is one cv2 call
-            if np.any(edepth[i] <= 0):
-                continue
-            width = max(1, int(round(2.0 * cam.focal_px * segs[i][2] / float(edepth[i].mean()))))
-            a, b = _px(epx[i])
-            cv2.line(img, tuple(a), tuple(b), segs[i][3], width, cv2.LINE_AA, _SHIFT)
-        if joints:
-            jpx, jdepth = cam.project(np.stack([j[0] for j in joints]))
-            for (_, radius, color), c, z in zip(joints, jpx, jdepth):
-                if z > 0:
-                    r = max(1.0, cam.focal_px * radius / z)
-                    cv2.circle(img, tuple(_px(c[None])[0]), int(round(r * _SCALE)), color, -1, cv2.LINE_AA, _SHIFT)
-        self._draw_targets(img, scene.target_radius_m)
-
-    def _hand_segments(self, poses: list[ChainPose]) -> list[_Segment]:
-        """Segments of the grippers / hand, placed with the tool frame(s)."""
-        scene: _ArmScene = self._scene
-        out = []
-        if scene.hand == "panda":
-            frame = poses[0].tool_frame
-            pts_local = np.array([[0, -0.1, -0.058], [0, 0.1, -0.058], [0, -0.04, -0.058], [0, -0.04, 0.0],
-                                  [0, 0.04, -0.058], [0, 0.04, 0.0]])  # hand bar, two fingers (m)
-            pts = pts_local @ frame[:3, :3].T + frame[:3, 3]
-            out.append((pts[0], pts[1], 0.025, (70, 72, 80)))
-            out.append((pts[2], pts[3], 0.01, (60, 60, 66)))
-            out.append((pts[4], pts[5], 0.01, (60, 60, 66)))
-        elif scene.hand == "vx300s":
-            for pose, finger in zip(poses, (6, 13)):
-                frame = pose.tool_frame
-                gap = self._q[finger]  # each finger sits this far from the centre line (m)
-                pts_local = np.array([[-0.06, -gap, 0], [0.0, -gap, 0], [-0.06, gap, 0], [0.0, gap, 0]])
-                pts = pts_local @ frame[:3, :3].T + frame[:3, 3]
-                out.append((pts[0], pts[1], 0.008, (25, 25, 30)))
-                out.append((pts[2], pts[3], 0.008, (25, 25, 30)))
-        elif scene.hand == "leap":
-            out.extend(self._leap_segments(poses[0]))
-        return out
-
-    def _leap_segments(self, pose: ChainPose) -> list[_Segment]:
-        """Palm and fingers of the LEAP hand; each finger bends with its joint values."""
-        flange = pose.tool_frame.copy()
-        flange[:3, 3] = pose.tool_m - flange[:3, :3] @ np.array([0.0, 0.0, 0.09])
-        hand = self._q[7:]  # (17,) index/middle/ring (side, fwd, pip, dip) x3, thumb x4, palm
-        fingers = hand[:16].reshape(4, 4)  # (finger, joint)
-        side = fingers[:, 0].copy()
-        curl = np.cumsum(fingers[:, 1:], axis=1)  # (4, 3) cumulative bend of each segment
-        curl[3] += hand[16] * 0.5  # the powered palm joint cups the thumb toward the fingers
-        # Unbent direction of each finger in the hand frame: out of the palm (+z), spread
-        # sideways by the MCP side joint; the thumb starts pointing sideways (-y) and its
-        # first joint swings it toward +z.
-        base_dir = np.stack([np.zeros(4), np.sin(side), np.cos(side)], 1)  # (4, 3)
-        base_dir[3] = [0.0, -math.cos(side[3]), math.sin(side[3])]
-        normal = np.array([1.0, 0.0, 0.0])  # fingers curl toward the palm normal
-        dirs = (np.cos(curl)[..., None] * base_dir[:, None, :]
-                + np.sin(curl)[..., None] * normal[None, None, :])  # (4, 3, 3)
-        pts = _LEAP_FINGER_BASES_M[:, None, :] + np.concatenate(
-            [np.zeros((4, 1, 3)), np.cumsum(_LEAP_SEGMENTS_M[..., None] * dirs, axis=1)], axis=1)  # (4, 4, 3)
-        world = pts.reshape(-1, 3) @ flange[:3, :3].T + flange[:3, 3]
-        world = world.reshape(4, 4, 3)
-        palm = _LEAP_PALM_M @ flange[:3, :3].T + flange[:3, 3]
-        dark = (38, 38, 42)
-        out = [(palm[0], palm[2], 0.03, dark), (palm[1], palm[3], 0.03, dark)]
-        for f in range(4):
-            for k in range(3):
-                out.append((world[f, k], world[f, k + 1], 0.009, (55, 55, 60) if k % 2 else (30, 30, 34)))
-        return out
-
-    def _render_base(self, img: np.ndarray) -> None:
-        scene: _BaseScene = self._scene
-        cam = self._camera
-        x, y, yaw = self._q
-        heading = np.array([math.cos(yaw), math.sin(yaw), 0.0])
-        left = np.array([-math.sin(yaw), math.cos(yaw), 0.0])
-        center = np.array([x, y, 0.0])
-        body = self._disc_outline(center[None], scene.robot_radius_m, 24)[0]  # (24, 3)
-        # Stretch's mast stands at the back-left of the base: asymmetry shows the heading too.
-        mast = center - 0.08 * heading + 0.06 * left
-        mast_sq = mast + np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]]) * 0.04
-        nose = center + heading * scene.robot_radius_m * 1.15
-        target_disc = self._disc_outline(self._target * [1, 1, 0], scene.target_radius_m, 20)[0]
-        pts = np.concatenate([target_disc, body, mast_sq, center[None], nose[None]])
-        px, _ = cam.project(pts)
-        p = _px(px)
-        t_end, b_end, m_end = 20, 44, 48
-        cv2.fillPoly(img, [p[t_end:b_end]], (52, 84, 150), cv2.LINE_AA, _SHIFT)
-        cv2.polylines(img, [p[t_end:b_end]], True, (25, 40, 80), 1, cv2.LINE_AA, _SHIFT)
-        cv2.fillPoly(img, [p[b_end:m_end]], (30, 30, 35), cv2.LINE_AA, _SHIFT)
-        cv2.line(img, tuple(p[m_end]), tuple(p[m_end + 1]), (245, 245, 245), 2, cv2.LINE_AA, _SHIFT)
-        cv2.fillPoly(img, [p[:t_end]], _RED, cv2.LINE_AA, _SHIFT)
-        cv2.polylines(img, [p[:t_end]], True, _RED_DARK, 1, cv2.LINE_AA, _SHIFT)
+# Registered by name (sim.registry): the type checker holds the class to the Simulator
+# protocol and to the constructor make_sim calls here.
+_AS_REGISTERED: SimulatorFactory = KinematicSim

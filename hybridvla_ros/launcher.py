@@ -20,7 +20,7 @@ class NodeDied(RuntimeError):
     """A node of the graph exited while the graph was meant to run."""
 
 
-class GraphRunner:
+class GraphLauncher:
     """Owns the node processes of one graph; use as a context manager."""
 
     def __init__(self, specs: list[NodeSpec], env: dict[str, str] | None = None,
@@ -79,7 +79,7 @@ class GraphRunner:
         self._logs.clear()
         return {name: p.wait() for name, p in self.procs.items()}
 
-    def __enter__(self) -> "GraphRunner":
+    def __enter__(self) -> GraphLauncher:
         self.start()
         return self
 

@@ -22,7 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MODE_AUTONOMOUS, MODE_PAUSED, MODE_HUMAN, MODE_ESCALATED, MODE_CONSERVATIVE = range(5)
+from hybridvla_ros.core.handoff import Mode
+
+# HandoffMode values, as the operator reads them from handoff/mode
+MODE_AUTONOMOUS, MODE_PAUSED, MODE_HUMAN, MODE_ESCALATED, MODE_CONSERVATIVE = (
+    Mode.AUTONOMOUS, Mode.PAUSED, Mode.HUMAN_OVERRIDE, Mode.ESCALATED, Mode.CONSERVATIVE)
 STALL_RESET_JUMP_M = 0.05  # the task error rising this much at once is a new episode, not the policy
 
 
@@ -88,7 +92,8 @@ class ScriptedOperator:
                 or mode not in (MODE_AUTONOMOUS, MODE_CONSERVATIVE):
             self._best_error_m, self._best_s = math.inf, now_s
             return False
-        if task_error_m < self._best_error_m - cfg.stall_progress_m or task_error_m > self._best_error_m + STALL_RESET_JUMP_M:
+        if (task_error_m < self._best_error_m - cfg.stall_progress_m
+                or task_error_m > self._best_error_m + STALL_RESET_JUMP_M):
             self._best_error_m, self._best_s = task_error_m, now_s
         return task_error_m > cfg.done_error_m and now_s - self._best_s >= cfg.stall_s
 

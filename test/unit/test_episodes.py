@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hybridvla_ros.core.evaluation import STAGES, EpisodeResult, plot_evaluation, stage_latencies, summarize
+from hybridvla_ros.core.episodes import STAGES, EpisodeResult, plot_evaluation, stage_latencies, summarize
 
 
 def episode(i: int, success: bool, err: float, human_s: float = 0.0, tts: float = math.nan) -> EpisodeResult:

@@ -1,0 +1,95 @@
+"""``builtin``: our model, served by :mod:`hybridvla_ros.model.runner` (torch eager, onnx or int8-ort).
+
+The runner does the work (batch 1, cached instruction embedding, vision tokens reused for a
+repeated frame); this class only states what it reads and returns, in the protocol's terms.
+Registered as ``builtin``, and as ``checkpoint``, the ``policy_source`` value it had before
+the policies package existed.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from hybridvla_ros.model.runner import ExportedRunner, PolicyRunner, load_runner
+from hybridvla_ros.params.inference import InferenceParams
+from hybridvla_ros.policies.base import DEFAULT_CAMERA, PolicyChunk, PolicyInputError, PolicyObservation
+from hybridvla_ros.policies.registry import register_policy
+
+# Warm-up predictions before an update is swapped in: the first calls after loading are slow.
+WARMUP_ITERATIONS = 2
+
+
+class BuiltinPolicy:
+    """One embodiment's head of a loaded checkpoint, as a :class:`~hybridvla_ros.policies.base.Policy`.
+
+    ``step_period_s``: the robot's control period (the chunk's time base); ``confidence_samples``:
+    flow samples drawn in one batch for the confidence (token heads ignore it); ``joint_names``:
+    the robot's joints, used when the checkpoint does not name its own (older checkpoints).
+    """
+
+    name = "builtin"
+    adaptable = True
+    plan_topics: tuple[str, ...] = ()
+
+    def __init__(self, runner: PolicyRunner | ExportedRunner, step_period_s: float, confidence_samples: int = 5,
+                 joint_names: Sequence[str] = (), camera: str = DEFAULT_CAMERA) -> None:
+        if not step_period_s > 0:
+            raise ValueError(f"step_period_s: must be positive, got {step_period_s!r}")
+        self.runner = runner
+        self.step_period_s = float(step_period_s)
+        self.confidence_samples = int(confidence_samples)
+        self.joint_names: tuple[str, ...] = tuple(runner.joint_names) or tuple(joint_names)
+        if len(self.joint_names) != runner.action_dim:
+            raise ValueError(f"joint_names: the checkpoint names no joints for {runner.embodiment!r}; "
+                             f"{runner.action_dim} needed, got {list(joint_names)}")
+        self.state_joints: tuple[str, ...] = tuple(runner.state_joints)
+        self.cameras: tuple[str, ...] = (camera,)
+        self.action_dim: int = runner.action_dim
+        self.chunk_size: int = runner.chunk_size
+        self.model_version: int = int(runner.model_version)
+        self.head_type: str = runner.head_type
+
+    def on_plan(self, topic: str, plan: PolicyChunk) -> None:
+        """Never called: this source reads no plans (``plan_topics`` is empty); ValueError."""
+        raise ValueError(f"plan_topics: the builtin policy reads no plans, got one on {topic!r}")
+
+    def infer(self, obs: PolicyObservation) -> PolicyChunk:
+        """The model's chunk for ``obs``, stamped with the observation's time; PolicyInputError for
+        other joints than this policy's, a missing camera, a wrong image or NaN."""
+        if obs.joint_names != self.joint_names or obs.state_joints != self.state_joints:
+            raise PolicyInputError(f"joint_names: expected {list(self.joint_names)} and state joints "
+                                   f"{list(self.state_joints)}, got {list(obs.joint_names)} and "
+                                   f"{list(obs.state_joints)}")
+        image = obs.image(self.cameras[0])
+        try:
+            # copies: torch.from_numpy warns on the observation's read-only arrays
+            pred = self.runner.predict(image, np.array(obs.joint_positions), obs.task,
+                                       num_samples=self.confidence_samples, state=np.array(obs.state))
+        except ValueError as exc:
+            raise PolicyInputError(str(exc)) from None
+        # ONNX Runtime's confidence is not clipped like torch's; NaN means the model gives none this time
+        confidence = min(max(pred.confidence, 0.0), 1.0) if math.isfinite(pred.confidence) else None
+        return PolicyChunk(actions=pred.actions, start_s=obs.stamp_s, step_period_s=self.step_period_s,
+                           confidence=confidence, latency_s=pred.latency_s, head_type=pred.head_type,
+                           model_version=self.model_version)
+
+    def warmup(self) -> None:
+        """A few predictions on a blank observation, so the first served call is not slow."""
+        self.runner.warmup(WARMUP_ITERATIONS)
+
+    def reset(self) -> None:
+        """Forget the last frame's vision tokens (outputs never depend on them: a cache)."""
+        if isinstance(self.runner, PolicyRunner):
+            self.runner.clear_vision_cache()
+
+
+@register_policy("builtin", aliases=("checkpoint",))
+def make_builtin_policy(params: InferenceParams, checkpoint_path: str) -> BuiltinPolicy:
+    """Our model from ``checkpoint_path`` for ``params.embodiment`` on ``params.runtime``, serving
+    ``params.head_type``; CheckpointError/ValueError/OSError naming what is wrong."""
+    runner = load_runner(checkpoint_path, params.embodiment, params.runtime, num_threads=params.num_threads,
+                         mode=params.head_type)
+    return BuiltinPolicy(runner, step_period_s=params.control_period_s,
+                         confidence_samples=params.confidence_samples, joint_names=params.joint_names)
