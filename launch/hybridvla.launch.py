@@ -3,12 +3,12 @@
 Thin on purpose: the node list comes from hybridvla_ros.launch_description, which our
 own runner (`hybridvla run`) uses too and which the tests cover.
 """
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from hybridvla_ros.launch_description import describe_graph, validate_graph
-from launch import LaunchDescription
 
 
 def _nodes(context, *args, **kwargs):
