@@ -21,7 +21,7 @@ import sys
 from hybridvla_ros.graph_run import run_graph
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.check import check_parameter_file
-from hybridvla_ros.params.embodiment import EMBODIMENTS
+from hybridvla_ros.params.config_files import embodiment_names
 
 DEFAULT_CHECKPOINT = "checkpoints/default"
 
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="start the node graph (like ros2 launch) and report on it")
-    run.add_argument("--embodiment", default="franka", choices=EMBODIMENTS)
+    run.add_argument("--embodiment", default="franka", choices=embodiment_names())
     run.add_argument("--sim", action=argparse.BooleanOptionalAction, default=True,
                      help="start the simulated robot (default); --no-sim for a real robot")
     run.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="train a policy if there is none, run the graph on the simulated robot")
-    demo.add_argument("--embodiment", default="franka", choices=EMBODIMENTS)
+    demo.add_argument("--embodiment", default="franka", choices=embodiment_names())
     demo.add_argument("--duration", type=float, default=30.0)
     demo.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     demo.add_argument("--json", default="runs/demo_report.json")

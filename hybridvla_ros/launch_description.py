@@ -24,7 +24,7 @@ from hybridvla_ros.params.check import (
     overrides_source,
     raise_if_any,
 )
-from hybridvla_ros.params.embodiment import EMBODIMENTS
+from hybridvla_ros.params.config_files import default_config_dir, embodiment_names
 from hybridvla_ros.params.registry import NODE_SCHEMAS
 
 
@@ -80,23 +80,11 @@ class NodeSpec:
         return path
 
 
-def default_config_dir() -> str:
-    """config/ of the source tree, or share/hybridvla_ros/config of an install."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    source = os.path.join(os.path.dirname(here), "config")
-    if os.path.isdir(source):
-        return source
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return os.path.join(get_package_share_directory(PACKAGE), "config")
-    except Exception:  # noqa: BLE001 - ament_index may be absent or the package not installed
-        return source
-
-
 def params_file_for(embodiment: str, config_dir: str | None = None) -> str:
     """Path of ``config/<embodiment>.yaml``; raises ParameterError for an unknown robot or missing file."""
-    if embodiment not in EMBODIMENTS:
-        raise ParameterError(f"embodiment: {embodiment!r} is not one of {list(EMBODIMENTS)}")
+    known = embodiment_names(config_dir)  # a robot is its parameter file
+    if embodiment not in known:
+        raise ParameterError(f"embodiment: {embodiment!r} is not one of {list(known)}")
     path = os.path.join(config_dir or default_config_dir(), f"{embodiment}.yaml")
     if not os.path.isfile(path):
         raise ParameterError(f"embodiment: parameter file {path!r} not found")

@@ -1,6 +1,7 @@
 """What every node knows about the robot: the ``/**`` section of ``config/<robot>.yaml``."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -8,7 +9,11 @@ import numpy as np
 
 from hybridvla_ros.params.base import ParameterError, param
 
+# The robots shipped with simulators and scripted experts: the defaults of training, studies
+# and benchmarks. The graph itself takes any robot that has a parameter file
+# (config/<robot>.yaml, see params.config_files.embodiment_names): no list names it.
 EMBODIMENTS = ("franka", "aloha", "hello", "leap")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 COMMAND_TYPES = (
     "trajectory_msgs/JointTrajectory",   # ros2_control joint_trajectory_controller
     "std_msgs/Float64MultiArray",        # ros2_control forward_command_controller
@@ -21,7 +26,7 @@ class EmbodimentParams:
     """The robot: joints, action space, rates, limits and the driver's topics."""
 
     # --- identity and action space
-    embodiment: str = param("robot name; selects the policy head", choices=EMBODIMENTS)
+    embodiment: str = param("robot name (its parameter file's name: config/<embodiment>.yaml); selects the policy head")
     joint_names: tuple[str, ...] = param("joints as the robot's driver names them, in action order", min_len=1)
     action_dim: int = param("length of one action (equals len(joint_names))", min=1, max=64)
     state_joints: tuple[str, ...] = param(
@@ -49,6 +54,9 @@ class EmbodimentParams:
     command_type: str = param("message type the controller takes", choices=COMMAND_TYPES)
 
     def __post_init__(self) -> None:
+        if not _NAME.match(self.embodiment):
+            raise ParameterError(f"embodiment: {self.embodiment!r} must be a lower-case name "
+                                 "([a-z][a-z0-9_]*, the parameter file's name)")
         if len(self.joint_names) != self.action_dim:
             raise ParameterError(
                 f"joint_names: {len(self.joint_names)} names but action_dim is {self.action_dim}")

@@ -54,6 +54,24 @@ def test_unknown_embodiment_is_a_clear_error() -> None:
         params_file_for("ur5")
 
 
+def test_a_new_robot_is_its_parameter_file(tmp_path) -> None:
+    """A robot the package has never heard of needs only its parameter file: the graph is described
+    and every node's section validates (names checked, not looked up in a list in the code)."""
+    from hybridvla_ros.launch_description import default_config_dir, validate_graph
+
+    with open(os.path.join(default_config_dir(), "franka.yaml"), encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    doc["/**"]["ros__parameters"]["embodiment"] = "ur5"
+    (tmp_path / "ur5.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    specs = describe_graph("ur5", sim=False, config_dir=str(tmp_path))
+    assert specs[0].params_file == str(tmp_path / "ur5.yaml")
+    validate_graph(specs)
+    doc["/**"]["ros__parameters"]["embodiment"] = "UR 5"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc), encoding="utf-8")
+    with pytest.raises(ParameterError, match="embodiment: 'UR 5' must be a lower-case name"):
+        validate_graph(describe_graph("bad", sim=False, config_dir=str(tmp_path)))
+
+
 def test_nodes_never_use_the_warn_alias() -> None:
     """rclpy's deprecated ``warn`` forwards to ``warning``, so every ``warn`` call in a process shares
     ONE throttle context: two call sites with different throttle periods crash the node
