@@ -8,6 +8,14 @@ implements the small part of it we need on plain numpy + OpenCV:
 * ``decode_compressed``: ``sensor_msgs/CompressedImage`` -> (H, W, 3) uint8 RGB.
 * ``encode_raw_rgb8`` / ``encode_compressed``: the reverse, for publishing.
 * ``resize_for_policy``: square resize to the policy's input size.
+* ``compressed_image_size``: a JPEG's or PNG's width and height from its header,
+  without decoding it.
+
+Every rejection is an ``ImageDecodeError`` whose ``reason`` is one of
+``IMAGE_REJECT_REASONS``, so a node can count drops by reason. Both decoders take
+``max_pixels``: a frame larger than that is refused before its pixels are touched (a
+compressed one from its header, before the full decode), so one huge frame cannot stall
+the pipeline.
 
 Nothing here imports ROS, so it is unit-testable anywhere.
 """
@@ -22,6 +30,8 @@ import numpy as np
 
 __all__ = [
     "ImageDecodeError",
+    "IMAGE_REJECT_REASONS",
+    "compressed_image_size",
     "RAW_ENCODINGS",
     "COMPRESSED_FORMATS",
     "decode_raw",
@@ -34,8 +44,27 @@ __all__ = [
 BufferLike = bytes | bytearray | memoryview | array.array | np.ndarray
 
 
+# Why a frame was refused (ImageDecodeError.reason):
+# unsupported: an encoding or compression we do not decode; malformed: fields that contradict
+# each other (size, step, data length), data that is not bytes; too_large: more pixels (or
+# bytes) than the bound; undecodable: a compressed payload OpenCV cannot read.
+IMAGE_REJECT_REASONS: Final[tuple[str, ...]] = ("unsupported", "malformed", "too_large", "undecodable")
+
+# A compressed payload is at most this many bytes per allowed pixel (a 16-bit RGBA PNG stored
+# raw is 8 bytes a pixel, plus headers): anything bigger is refused without reading it.
+_MAX_BYTES_PER_PIXEL: Final[int] = 8
+_MAX_HEADER_BYTES: Final[int] = 1 << 16
+
+
 class ImageDecodeError(ValueError):
-    """An image payload could not be turned into an (H, W, 3) uint8 RGB array."""
+    """An image payload could not be turned into an (H, W, 3) uint8 RGB array.
+
+    ``reason`` is one of IMAGE_REJECT_REASONS.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason if reason in IMAGE_REJECT_REASONS else "malformed"
 
 
 # encoding -> (channels, bytes per channel)
@@ -85,6 +114,22 @@ def _as_byte_array(data: BufferLike, field: str) -> np.ndarray:
         ) from exc
 
 
+def _check_max_pixels(max_pixels: int | None) -> int | None:
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels <= 0:
+        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+    return int(max_pixels)
+
+
+def _refuse_if_too_large(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageDecodeError(
+            f"{what} is {width}x{height} = {width * height} pixels, more than max_pixels={max_pixels}",
+            "too_large",
+        )
+
+
 def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ImageDecodeError(f"{name} must be an int, got {value!r}")
@@ -112,6 +157,7 @@ def decode_raw(
     step: int,
     data: BufferLike,
     is_bigendian: int = 0,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """Decode ``sensor_msgs/Image`` fields into an (H, W, 3) uint8 RGB array.
 
@@ -125,18 +171,23 @@ def decode_raw(
     Copy it before writing to it or keeping it past the message's lifetime.
     Every other encoding returns a new C-contiguous array.
 
-    Raises ImageDecodeError for an unknown encoding, non-positive height or
-    width, ``step < width * channels * bytes_per_channel``, data that is not
-    bytes-like, or data shorter than ``step * height``.
+    Raises ImageDecodeError for an unknown encoding (reason 'unsupported'),
+    more than ``max_pixels`` pixels ('too_large', checked before the data),
+    non-positive height or width, ``step < width * channels * bytes_per_channel``,
+    data that is not bytes-like, or data shorter than ``step * height``
+    ('malformed'). Raises ValueError for a bad ``max_pixels``.
     """
+    max_pixels = _check_max_pixels(max_pixels)
     layout = RAW_ENCODINGS.get(encoding) if isinstance(encoding, str) else None
     if layout is None:
         raise ImageDecodeError(
-            f"encoding {encoding!r} is not supported; expected one of {sorted(RAW_ENCODINGS)}"
+            f"encoding {encoding!r} is not supported; expected one of {sorted(RAW_ENCODINGS)}",
+            "unsupported",
         )
     channels, bytes_per_channel = layout
     height = _check_positive_int("height", height)
     width = _check_positive_int("width", width)
+    _refuse_if_too_large(width, height, max_pixels, f"{encoding!r} image")
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
         raise ImageDecodeError(f"step must be an int, got {step!r}")
     step = int(step)
@@ -192,11 +243,12 @@ def _parse_compressed_format(fmt: str) -> tuple[str, bool]:
     order cv2.imdecode will hand back.
     """
     if not isinstance(fmt, str):
-        raise ImageDecodeError(f"format must be a str, got {fmt!r}")
+        raise ImageDecodeError(f"format must be a str, got {fmt!r}", "unsupported")
     text = fmt.strip().lower()
     if "compresseddepth" in text:
         raise ImageDecodeError(
-            f"format {fmt!r} is a compressedDepth payload (depth image), which is not supported"
+            f"format {fmt!r} is a compressedDepth payload (depth image), which is not supported",
+            "unsupported",
         )
     parts = [p.strip() for p in text.split(";")]
     if len(parts) == 1:
@@ -204,12 +256,13 @@ def _parse_compressed_format(fmt: str) -> tuple[str, bool]:
     elif len(parts) == 2:
         spec = parts[1]
     else:
-        raise ImageDecodeError(f"format {fmt!r} is not an image_transport format string")
+        raise ImageDecodeError(f"format {fmt!r} is not an image_transport format string", "unsupported")
     tokens = spec.split()
     if not tokens or tokens[0] not in COMPRESSED_FORMATS:
         raise ImageDecodeError(
             f"format {fmt!r} names an unsupported compression; expected one of "
-            f"{sorted(COMPRESSED_FORMATS)} (e.g. 'jpeg' or 'rgb8; jpeg compressed bgr8')"
+            f"{sorted(COMPRESSED_FORMATS)} (e.g. 'jpeg' or 'rgb8; jpeg compressed bgr8')",
+            "unsupported",
         )
     # compressed_image_transport converts colour images to bgr8 before
     # encoding and says so; only an explicit 'compressed rgb...' means the
@@ -218,7 +271,69 @@ def _parse_compressed_format(fmt: str) -> tuple[str, bool]:
     return tokens[0], payload_is_rgb
 
 
-def decode_compressed(format: str, data: BufferLike) -> np.ndarray:  # noqa: A002 - ROS field name
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the size.
+_JPEG_SOF: Final[frozenset[int]] = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+_PNG_SIGNATURE: Final[bytes] = b"\x89PNG\r\n\x1a\n"
+
+
+def _jpeg_size(data: memoryview) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame segment, walking the segment lengths only."""
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    i = 2
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or scan data before any frame header
+            return None
+        length = (data[i + 2] << 8) | data[i + 3]
+        if marker in _JPEG_SOF:
+            if i + 9 > n or length < 7:
+                return None
+            height = (data[i + 5] << 8) | data[i + 6]
+            width = (data[i + 7] << 8) | data[i + 8]
+            return width, height
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def _png_size(data: memoryview) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, which must come first."""
+    if len(data) < 24 or bytes(data[:8]) != _PNG_SIGNATURE or bytes(data[12:16]) != b"IHDR":
+        return None
+    width = int.from_bytes(bytes(data[16:20]), "big")
+    height = int.from_bytes(bytes(data[20:24]), "big")
+    return width, height
+
+
+def compressed_image_size(data: BufferLike) -> tuple[int, int] | None:
+    """(width, height) a JPEG or PNG payload declares in its header, or None if it declares none.
+
+    Reads only the header (segment lengths for JPEG, the IHDR chunk for PNG), never the
+    pixels: cheap whatever the image's size. Raises ImageDecodeError if ``data`` is not
+    bytes-like.
+    """
+    view = _as_byte_array(data, "data").data  # (N,) uint8: indexing gives ints
+    return _jpeg_size(view) or _png_size(view)
+
+
+def decode_compressed(
+    format: str,  # noqa: A002 - ROS field name
+    data: BufferLike,
+    max_pixels: int | None = None,
+) -> np.ndarray:
     """Decode a ``sensor_msgs/CompressedImage`` into an (H, W, 3) uint8 RGB array.
 
     ``format`` is accepted as image_transport writes it: 'jpeg', 'jpg', 'png',
@@ -226,20 +341,40 @@ def decode_compressed(format: str, data: BufferLike) -> np.ndarray:  # noqa: A00
     'mono8; jpeg compressed mono8', ... Grey and 16-bit payloads come back as
     8-bit RGB; alpha is dropped.
 
-    Raises ImageDecodeError for an unsupported format (including
-    compressedDepth), data that is not bytes-like, or data OpenCV cannot decode.
+    With ``max_pixels``, a payload whose header declares more pixels, or that is
+    longer than 8 bytes per allowed pixel, is refused before it is decoded; a
+    payload whose header cannot be read is decoded and its size checked after.
+
+    Raises ImageDecodeError with reason 'unsupported' for an unsupported format
+    (including compressedDepth), 'too_large' for a payload over ``max_pixels``,
+    'malformed' for data that is not bytes-like or empty, 'undecodable' for data
+    OpenCV cannot decode. Raises ValueError for a bad ``max_pixels``.
     """
+    max_pixels = _check_max_pixels(max_pixels)
     _, payload_is_rgb = _parse_compressed_format(format)
     buf = _as_byte_array(data, "data")
     if buf.size == 0:
         raise ImageDecodeError(f"data is empty for format {format!r}")
+    if max_pixels is not None:
+        max_bytes = max_pixels * _MAX_BYTES_PER_PIXEL + _MAX_HEADER_BYTES
+        if buf.size > max_bytes:
+            raise ImageDecodeError(
+                f"data is {buf.size} bytes, more than a {max_pixels}-pixel image can take "
+                f"({max_bytes} bytes); not decoded",
+                "too_large",
+            )
+        size = compressed_image_size(buf)
+        if size is not None:
+            _refuse_if_too_large(size[0], size[1], max_pixels, f"{format!r} frame (from its header)")
     # IMREAD_COLOR always yields 8-bit, 3 channels, whatever the payload depth.
     decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if decoded is None:
         head = bytes(buf[:8]).hex()
         raise ImageDecodeError(
-            f"data ({buf.size} bytes, starting {head!r}) could not be decoded as format {format!r}"
+            f"data ({buf.size} bytes, starting {head!r}) could not be decoded as format {format!r}",
+            "undecodable",
         )
+    _refuse_if_too_large(int(decoded.shape[1]), int(decoded.shape[0]), max_pixels, f"decoded {format!r} frame")
     if payload_is_rgb:
         return decoded  # (H, W, 3), already RGB
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)  # (H, W, 3)

@@ -14,10 +14,24 @@ interpolation here.
 
 Everything is plain Python + numpy and never raises on bad message content:
 bad input is rejected with a reason and counted, so a node can log it at a
-throttled rate and publish the counters as diagnostics.
+throttled rate and publish the counters as diagnostics (``report``).
 
-Size: the synchronizer and its input checks (stamps, skew, interpolation, counters)
-are one algorithm; the checks are most of the lines and belong next to it.
+Stamps against this node's clock. Each source (camera, joint_states, wrench) has a
+configured correction added to its stamps (``<source>_stamp_offset_s``: a driver on
+another computer whose clock is off by a known constant). Given the node's clock at
+arrival (``now_s``), a message stamped more than ``max_stamp_future_s`` ahead of it, or
+older than it can still be useful, is dropped on its own reason (``future_stamp``,
+``too_old``) and never becomes the reference later messages are ordered against: one
+bad stamp costs one message. Per source, the median of (arrival - stamp) over the last
+50 messages is the measured offset (transport latency plus clock disagreement), reported
+with a warning beyond ``max_stamp_offset_s``. A clock jump is told from a stall by its
+steadiness: a source whose messages keep being rejected by stamp with the same offset
+(within 0.25 s) for ``clock_jump_after_s`` of arrival time has jumped; its state is reset
+and the jump reported as an event (``pop_events``). The node's own clock going back (a
+sim time reset) forgets every stored stamp that is now in its future.
+
+Size: the synchronizer and its input checks (stamps, clocks, skew, interpolation,
+counters, report) are one algorithm; the checks are most of the lines and belong next to it.
 """
 
 from __future__ import annotations
@@ -31,12 +45,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hybridvla_ros.core.image import IMAGE_REJECT_REASONS
 from hybridvla_ros.core.joints import DuplicateJointsError, JointIndex, MissingJointsError
+from hybridvla_ros.core.monitoring import Level
 
 __all__ = [
     "SyncConfig",
     "SyncedObservation",
+    "SyncReport",
     "ObservationSynchronizer",
+    "SOURCES",
     "FRAME_DROP_REASONS",
     "JOINT_REJECT_REASONS",
     "WRENCH_REJECT_REASONS",
@@ -44,17 +62,22 @@ __all__ = [
 
 # Category keys used in returned reasons ("<key>: <detail>") and in stats
 # ("dropped_<key>", "joint_states_rejected_<key>", "wrenches_rejected_<key>").
+# A frame refused by the image decoder is counted as dropped_image_<IMAGE_REJECT_REASONS key>.
 FRAME_DROP_REASONS: tuple[str, ...] = (
     "bad_stamp",
+    "future_stamp",
     "too_old",
     "out_of_order",
     "no_joint_state",
     "skew",
     "no_wrench",
     "superseded",
+    *(f"image_{key}" for key in IMAGE_REJECT_REASONS),
 )
 JOINT_REJECT_REASONS: tuple[str, ...] = (
     "bad_stamp",
+    "future_stamp",
+    "too_old",
     "bad_input",
     "length_mismatch",
     "velocity_length",
@@ -66,6 +89,8 @@ JOINT_REJECT_REASONS: tuple[str, ...] = (
 )
 WRENCH_REJECT_REASONS: tuple[str, ...] = (
     "bad_stamp",
+    "future_stamp",
+    "too_old",
     "bad_input",
     "non_finite",
     "out_of_order",
@@ -75,6 +100,19 @@ WRENCH_REJECT_REASONS: tuple[str, ...] = (
 PENDING = "pending"
 
 _SKEW_WINDOW = 100  # observations the skew percentiles are computed over
+SOURCES: tuple[str, ...] = ("camera", "joint_states", "wrench")
+_OFFSET_WINDOW = 50  # messages per source the offset median is computed over
+_MIN_OFFSET_SAMPLES = 5  # fewer give no offset warning
+_JUMP_SPREAD_S = 0.25  # a clock jump's messages keep their offset within this
+_MIN_JUMP_MESSAGES = 3
+# Reasons that say nothing is wrong (a newer frame replaced a waiting one): not warned about.
+_QUIET_DROPS = frozenset({"superseded"})
+
+
+def _finite(field: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{field} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def _positive_finite(field: str, value: object) -> float:
@@ -104,6 +142,16 @@ class SyncConfig:
     # joints (of joint_names) given the nearer sample's value instead of an interpolated one:
     # a switch such as a suction cup's vacuum (0 / 1) never reads half on
     held_joints: tuple[str, ...] = ()
+    # messages stamped further ahead of the node's clock at arrival are dropped (future_stamp)
+    max_stamp_future_s: float = 0.1
+    # added to each source's stamps: a driver whose clock is known to be off by a constant
+    camera_stamp_offset_s: float = 0.0
+    joint_states_stamp_offset_s: float = 0.0
+    wrench_stamp_offset_s: float = 0.0
+    # a source whose median (arrival - stamp) is beyond +-this is warned about in the report
+    max_stamp_offset_s: float = 0.15
+    # a source rejected by stamp with a steady offset for this long (arrival time) has jumped clocks
+    clock_jump_after_s: float = 0.5
 
     def __post_init__(self) -> None:
         names = self.joint_names
@@ -121,8 +169,12 @@ class SyncConfig:
         if dupes:
             raise ValueError(f"joint_names must be unique, got duplicates {dupes!r}")
         object.__setattr__(self, "joint_names", names)
-        for field in ("max_skew_s", "max_age_s", "history_s", "max_wrench_age_s"):
+        for field in ("max_skew_s", "max_age_s", "history_s", "max_wrench_age_s", "max_stamp_future_s",
+                      "max_stamp_offset_s", "clock_jump_after_s"):
             object.__setattr__(self, field, _positive_finite(field, getattr(self, field)))
+        for source in SOURCES:
+            field = f"{source}_stamp_offset_s"
+            object.__setattr__(self, field, _finite(field, getattr(self, field)))
         if not isinstance(self.wrench_required, bool):
             raise ValueError(f"wrench_required must be a bool, got {self.wrench_required!r}")
         held = tuple(self.held_joints) if not isinstance(self.held_joints, str) else (self.held_joints,)
@@ -146,6 +198,68 @@ class SyncedObservation:
     interpolated: bool  # True when two samples bracketed stamp_s
     force: np.ndarray | None  # (3,) nearest wrench within max_wrench_age_s, else None
     torque: np.ndarray | None  # (3,)
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What the synchronizer has to say since the previous report (a DiagnosticStatus's content)."""
+
+    level: Level  # OK, or WARN when a source's offset is beyond the bound, a clock jumped or inputs were dropped
+    message: str  # one line: observations made, then each problem with what to do about it
+    values: tuple[tuple[str, str], ...]  # counters (totals), measured and configured offsets
+
+
+class _SourceClock:
+    """One source's stamps against the node's clock: its correction, measured offset and jump detection."""
+
+    def __init__(self, name: str, correction_s: float, max_past_s: float) -> None:
+        self.name = name
+        self.correction_s = correction_s  # added to the source's stamps
+        self.max_past_s = max_past_s  # older (after correction) than now - this is too_old
+        self.lags_s: deque[float] = deque(maxlen=_OFFSET_WINDOW)  # arrival - corrected stamp
+        self._run_s: deque[float] = deque(maxlen=_OFFSET_WINDOW)  # lags of consecutive stamp rejects
+        self._run_start_s: float | None = None  # arrival of the run's first message
+        self._run_lo_s = self._run_hi_s = 0.0
+        self._settled_lag_s: float | None = None  # the last jump reported, while its rejects go on
+
+    def median_lag_s(self) -> float:
+        """Median of (arrival - corrected stamp) over the recent messages; NaN before the first."""
+        return float(np.median(np.fromiter(self.lags_s, dtype=np.float64))) if self.lags_s else math.nan
+
+    def accepted(self) -> None:
+        """A message passed the stamp checks: any run of rejects is over."""
+        self._run_s.clear()
+        self._run_start_s = None
+        self._settled_lag_s = None
+
+    def rejected(self, now_s: float, lag_s: float, jump_after_s: float) -> float | None:
+        """A message was rejected by its stamp; returns the jump (its median lag) when this completes one."""
+        if self._settled_lag_s is not None and abs(lag_s - self._settled_lag_s) <= _JUMP_SPREAD_S:
+            return None  # the jump already reported goes on
+        start = self._run_start_s
+        if (start is None or now_s < start
+                or max(self._run_hi_s, lag_s) - min(self._run_lo_s, lag_s) > _JUMP_SPREAD_S):
+            # A new run: a backlog after a stall arrives at once with falling lags and never
+            # spans jump_after_s of arrival time at one offset; a jumped clock does.
+            self._run_s.clear()
+            self._run_start_s = start = now_s
+            self._run_lo_s = self._run_hi_s = lag_s
+        self._run_lo_s, self._run_hi_s = min(self._run_lo_s, lag_s), max(self._run_hi_s, lag_s)
+        self._run_s.append(lag_s)
+        if now_s - start < jump_after_s or len(self._run_s) < _MIN_JUMP_MESSAGES:
+            return None
+        jump = float(np.median(np.fromiter(self._run_s, dtype=np.float64)))
+        self.lags_s.clear()
+        self.lags_s.extend(self._run_s)  # the offset estimate follows the new clock at once
+        self._run_s.clear()
+        self._run_start_s = None
+        self._settled_lag_s = jump
+        return jump
+
+    def forget(self) -> None:
+        """The node's clock jumped: offsets measured against it mean nothing now."""
+        self.lags_s.clear()
+        self.accepted()
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -219,6 +333,18 @@ class ObservationSynchronizer:
         self._pending_stamp_s: float | None = None
         self._skews_s: deque[float] = deque(maxlen=_SKEW_WINDOW)
 
+        c = config
+        self._clocks: dict[str, _SourceClock] = {
+            "camera": _SourceClock("camera", c.camera_stamp_offset_s, c.max_age_s),
+            # A joint sample or wrench older than this can only be paired with a frame too old to use.
+            "joint_states": _SourceClock("joint_states", c.joint_states_stamp_offset_s, c.max_age_s + c.max_skew_s),
+            "wrench": _SourceClock("wrench", c.wrench_stamp_offset_s, c.max_age_s + c.max_wrench_age_s),
+        }
+        self._last_now_s: float | None = None
+        self._events: list[str] = []
+        self._reported: dict[str, int] = {}
+        self._reported_at_s: float | None = None
+
         self._counts: dict[str, int] = {
             "frames_in": 0,
             "observations_out": 0,
@@ -226,6 +352,8 @@ class ObservationSynchronizer:
             "joint_states_accepted": 0,
             "wrenches_in": 0,
             "wrenches_accepted": 0,
+            "clock_jumps": 0,  # a source's clock jumped (its state was reset)
+            "node_clock_jumps": 0,  # this node's clock went back (stored stamps in its future forgotten)
         }
         for key in FRAME_DROP_REASONS:
             self._counts[f"dropped_{key}"] = 0
@@ -243,6 +371,102 @@ class ObservationSynchronizer:
     def has_pending(self) -> bool:
         """True while a frame waits for a joint sample newer than its stamp."""
         return self._pending_stamp_s is not None
+
+    # ------------------------------------------------------------------ clocks
+
+    def pop_events(self) -> list[str]:
+        """Clock jumps found since the last call, one line each (for the node to log), oldest first."""
+        events, self._events = self._events, []
+        return events
+
+    def _observe_now(self, now: float) -> None:
+        """Track the node's clock; when it goes back, forget what is stamped in its new future."""
+        last = self._last_now_s
+        self._last_now_s = now
+        if last is None or now >= last - self._config.max_stamp_future_s:
+            return
+        horizon = now + self._config.max_stamp_future_s
+        forgotten = []
+        for what, stamps, payloads in (("joint samples", self._joint_stamps_s, (self._joint_pos, self._joint_vel)),
+                                       ("wrenches", self._wrench_stamps_s, (self._wrench_ft,))):
+            k = bisect.bisect_right(stamps, horizon)
+            if k < len(stamps):
+                forgotten.append(f"{len(stamps) - k} {what}")
+                del stamps[k:]
+                for payload in payloads:
+                    del payload[k:]
+        if self._last_frame_stamp_s is not None and self._last_frame_stamp_s > horizon:
+            self._last_frame_stamp_s = None
+            forgotten.append("the frame order")
+        if self._pending_stamp_s is not None and self._pending_stamp_s > horizon:
+            self._pending_stamp_s = None
+            self._drop("superseded", "the node's clock jumped back while a frame was pending")
+            forgotten.append("a pending frame")
+        for clock in self._clocks.values():
+            clock.forget()
+        self._counts["node_clock_jumps"] += 1
+        self._events.append(
+            f"this node's clock jumped back {last - now:.3f} s (from {last:.3f} to {now:.3f}: a sim time reset?); "
+            f"forgot what was stamped after it: {', '.join(forgotten) or 'nothing'}")
+
+    def _now(self, now_s: object) -> float | None:
+        """``now_s`` as a float, tracked as the node's clock, or None if it is not a finite number."""
+        now = _finite_stamp(now_s)
+        if now is not None:
+            self._observe_now(now)
+        return now
+
+    def _check_stamp(self, source: str, stamp: float, now: float | None) -> tuple[float, str, str]:
+        """The corrected stamp, and ('', '') or the reject (key, detail) when it is implausible at ``now``."""
+        clock = self._clocks[source]
+        stamp = stamp + clock.correction_s
+        if now is None:
+            return stamp, "", ""
+        lag = now - stamp
+        clock.lags_s.append(lag)
+        future = self._config.max_stamp_future_s
+        if lag < -future:
+            return stamp, "future_stamp", (
+                f"{source} stamp {stamp!r} is {-lag:.3f} s ahead of this node's clock {now!r} "
+                f"(max_stamp_future_s={future})")
+        if lag > clock.max_past_s:
+            return stamp, "too_old", (
+                f"{source} stamp {stamp!r} is {lag:.3f} s old at arrival (max {clock.max_past_s:.3f} s)")
+        return stamp, "", ""
+
+    def _stamp_rejected(self, source: str, stamp: float, now: float | None) -> None:
+        """Count a stamp-based reject towards a clock jump of ``source``; reset it when one is found."""
+        if now is None:
+            return
+        clock = self._clocks[source]
+        jump = clock.rejected(now, now - stamp, self._config.clock_jump_after_s)
+        if jump is None:
+            return
+        self._counts["clock_jumps"] += 1
+        self._reset_source(source)
+        where = f"{abs(jump):.3f} s {'behind' if jump > 0 else 'ahead of'} this node's clock"
+        if -self._config.max_stamp_future_s <= jump <= clock.max_past_s:
+            after = "its messages are accepted again"
+        else:
+            after = (f"its messages stay dropped until their stamps fit; if {source}'s clock is off on "
+                     f"purpose, set {source}_stamp_offset_s: {clock.correction_s + jump:+.3f}")
+        self._events.append(
+            f"{source} clock jump: its stamps have been {where} for {self._config.clock_jump_after_s} s; "
+            f"its state is reset and {after}")
+
+    def _reset_source(self, source: str) -> None:
+        if source == "joint_states":
+            self._joint_stamps_s.clear()
+            self._joint_pos.clear()
+            self._joint_vel.clear()
+        elif source == "wrench":
+            self._wrench_stamps_s.clear()
+            self._wrench_ft.clear()
+        else:
+            self._last_frame_stamp_s = None
+            if self._pending_stamp_s is not None:
+                self._pending_stamp_s = None
+                self._drop("superseded", "the camera's clock jumped while a frame was pending")
 
     # ------------------------------------------------------------------ joints
 
@@ -265,6 +489,7 @@ class ObservationSynchronizer:
         names: Sequence[str],
         positions: Sequence[float],
         velocities: Sequence[float] = (),
+        now_s: float | None = None,
     ) -> tuple[bool, str]:
         """Store one joint_states sample, reordered to ``config.joint_names``.
 
@@ -276,11 +501,23 @@ class ObservationSynchronizer:
         configured joint's position or velocity, and stamps <= the newest
         stored one. Joints not in the config are ignored, including their
         values and duplicates. Empty velocities are stored as zeros.
+
+        ``stamp_s`` is corrected by ``joint_states_stamp_offset_s``. With
+        ``now_s`` (the node's clock at arrival) a stamp more than
+        max_stamp_future_s ahead of it ('future_stamp') or older than
+        max_age_s + max_skew_s ('too_old') is rejected before it can become
+        the newest sample, and the offset and clock jumps are tracked.
         """
         self._counts["joint_states_in"] += 1
         stamp = _finite_stamp(stamp_s)
-        if stamp is None:
-            return self._reject_joint("bad_stamp", f"stamp_s must be a finite number, got {_short(stamp_s)}")
+        now = self._now(now_s) if now_s is not None else None
+        if stamp is None or (now_s is not None and now is None):
+            return self._reject_joint(
+                "bad_stamp", f"stamp_s and now_s must be finite numbers, got {_short(stamp_s)}, {_short(now_s)}")
+        stamp, key, detail = self._check_stamp("joint_states", stamp, now)
+        if key:
+            self._stamp_rejected("joint_states", stamp, now)
+            return self._reject_joint(key, detail)
         if isinstance(names, (str, bytes)):
             return self._reject_joint("bad_input", f"names must be a sequence of str, got {_short(names)}")
         try:
@@ -325,9 +562,11 @@ class ObservationSynchronizer:
             if stamp == newest:
                 return self._reject_joint("duplicate_stamp", f"stamp_s {stamp!r} already stored")
             if stamp < newest:
+                self._stamp_rejected("joint_states", stamp, now)
                 return self._reject_joint(
                     "out_of_order", f"stamp_s {stamp!r} is older than the newest sample {newest!r}"
                 )
+        self._clocks["joint_states"].accepted()
         self._joint_stamps_s.append(stamp)
         self._joint_pos.append(_readonly(pos))
         self._joint_vel.append(_readonly(vel))
@@ -351,18 +590,28 @@ class ObservationSynchronizer:
         self._counts[f"wrenches_rejected_{key}"] += 1
         return False, f"{key}: {detail}"
 
-    def add_wrench(self, stamp_s: float, force: Sequence[float], torque: Sequence[float]) -> tuple[bool, str]:
+    def add_wrench(
+        self, stamp_s: float, force: Sequence[float], torque: Sequence[float], now_s: float | None = None
+    ) -> tuple[bool, str]:
         """Store one force/torque sample.
 
         Returns (True, '') when stored, else (False, '<key>: <detail>') with
         key one of WRENCH_REJECT_REASONS, counted in stats. Never raises.
         Rejects: non-finite stamp, force or torque not 3 numbers, NaN/Inf,
-        stamps <= the newest stored one.
+        stamps <= the newest stored one, and with ``now_s`` stamps more than
+        max_stamp_future_s ahead of it or older than max_age_s + max_wrench_age_s.
+        ``stamp_s`` is corrected by ``wrench_stamp_offset_s``.
         """
         self._counts["wrenches_in"] += 1
         stamp = _finite_stamp(stamp_s)
-        if stamp is None:
-            return self._reject_wrench("bad_stamp", f"stamp_s must be a finite number, got {_short(stamp_s)}")
+        now = self._now(now_s) if now_s is not None else None
+        if stamp is None or (now_s is not None and now is None):
+            return self._reject_wrench(
+                "bad_stamp", f"stamp_s and now_s must be finite numbers, got {_short(stamp_s)}, {_short(now_s)}")
+        stamp, key, detail = self._check_stamp("wrench", stamp, now)
+        if key:
+            self._stamp_rejected("wrench", stamp, now)
+            return self._reject_wrench(key, detail)
         f = _float_vector(force)
         t = _float_vector(torque)
         if f is None or f.size != 3:
@@ -379,9 +628,11 @@ class ObservationSynchronizer:
             if stamp == newest:
                 return self._reject_wrench("duplicate_stamp", f"stamp_s {stamp!r} already stored")
             if stamp < newest:
+                self._stamp_rejected("wrench", stamp, now)
                 return self._reject_wrench(
                     "out_of_order", f"stamp_s {stamp!r} is older than the newest wrench {newest!r}"
                 )
+        self._clocks["wrench"].accepted()
         self._wrench_stamps_s.append(stamp)
         self._wrench_ft.append(_readonly(ft))
         self._prune(self._wrench_stamps_s, self._wrench_ft)
@@ -488,39 +739,54 @@ class ObservationSynchronizer:
         the newest joint sample by more than max_skew_s: it is kept (only the
         newest pending frame; an older one is dropped as 'superseded') and
         completed by ``poll_pending``. Otherwise returns (None, '<key>: <detail>')
-        with key one of FRAME_DROP_REASONS: bad_stamp, too_old
-        (stamp < now - max_age_s), out_of_order (stamp <= previous frame's),
-        no_joint_state, skew, no_wrench (only when wrench_required).
-        Never raises.
+        with key one of FRAME_DROP_REASONS: bad_stamp, future_stamp (stamp >
+        now + max_stamp_future_s), too_old (stamp < now - max_age_s),
+        out_of_order (stamp <= previous frame's), no_joint_state, skew,
+        no_wrench (only when wrench_required). A frame dropped for its stamp
+        changes nothing else: it neither sets the frame order nor replaces
+        the pending frame. ``stamp_s`` is corrected by camera_stamp_offset_s;
+        ``now_s`` is the node's clock when the frame arrived. Never raises.
         """
         self._counts["frames_in"] += 1
         stamp = _finite_stamp(stamp_s)
-        now = _finite_stamp(now_s)
+        now = self._now(now_s)
         if stamp is None or now is None:
             return self._drop(
                 "bad_stamp",
                 f"stamp_s and now_s must be finite numbers, got {_short(stamp_s)}, {_short(now_s)}",
             )
+        stamp, key, detail = self._check_stamp("camera", stamp, now)
+        if key:
+            self._stamp_rejected("camera", stamp, now)
+            return self._drop(key, detail)
         last = self._last_frame_stamp_s
         if last is not None and stamp <= last:
+            self._stamp_rejected("camera", stamp, now)
             return self._drop(
                 "out_of_order", f"frame stamp {stamp!r} is not after the previous frame {last!r}"
             )
+        self._clocks["camera"].accepted()
         self._last_frame_stamp_s = stamp
         if self._pending_stamp_s is not None:
             # The policy wants the latest view; an older frame still waiting
             # for proprio is worth less than this one.
             self._pending_stamp_s = None
             self._drop("superseded", "a newer frame arrived while this one was pending")
-        age = now - stamp
-        if age > self._config.max_age_s:
-            return self._drop(
-                "too_old", f"frame stamp {stamp!r} is {age:.3f} s old (max_age_s={self._config.max_age_s})"
-            )
         obs, reason = self._pair(stamp)
         if reason == PENDING:
             self._pending_stamp_s = stamp
         return obs, reason
+
+    def drop_frame(self, key: str, detail: str) -> tuple[None, str]:
+        """Count a frame the node could not even read (``key`` an image_* of FRAME_DROP_REASONS).
+
+        Returns (None, '<key>: <detail>') like ``add_frame``; an unknown key is
+        counted as image_malformed. Never raises.
+        """
+        self._counts["frames_in"] += 1
+        if key not in FRAME_DROP_REASONS or not key.startswith("image_"):
+            key = "image_malformed"
+        return self._drop(key, detail)
 
     def poll_pending(self, now_s: float) -> SyncedObservation | None:
         """Retry the pending frame; call after each accepted ``add_joint_state``.
@@ -534,8 +800,8 @@ class ObservationSynchronizer:
         stamp = self._pending_stamp_s
         if stamp is None:
             return None
-        now = _finite_stamp(now_s)
-        if now is None:
+        now = self._now(now_s)
+        if now is None or self._pending_stamp_s is None:  # (the clock went back past the frame)
             return None
         if now - stamp > self._config.max_age_s:
             self._pending_stamp_s = None
@@ -558,6 +824,9 @@ class ObservationSynchronizer:
         self._wrench_stamps_s.clear()
         self._wrench_ft.clear()
         self._last_frame_stamp_s = None
+        self._last_now_s = None
+        for clock in self._clocks.values():
+            clock.forget()
         if self._pending_stamp_s is not None:
             self._pending_stamp_s = None
             self._drop("superseded", "synchronizer reset while a frame was pending")
@@ -569,9 +838,12 @@ class ObservationSynchronizer:
         Keys: frames_in, observations_out, pending (0/1), dropped_<key> for
         each FRAME_DROP_REASONS key, joint_states_in, joint_states_accepted,
         joint_states_rejected_<key>, wrenches_in, wrenches_accepted,
-        wrenches_rejected_<key>, and skew_p50_s / skew_max_s over the last
-        100 observations (NaN before the first). Every frame_in ends up in
-        exactly one of observations_out, a dropped_<key>, or pending.
+        wrenches_rejected_<key>, clock_jumps, node_clock_jumps, skew_p50_s /
+        skew_max_s over the last 100 observations (NaN before the first), and
+        <source>_offset_s for each of SOURCES: the median of (arrival -
+        corrected stamp) over its last 50 messages given with now_s (NaN
+        before the first). Every frame_in ends up in exactly one of
+        observations_out, a dropped_<key>, or pending.
         """
         out: dict[str, int | float] = dict(self._counts)
         out["pending"] = int(self._pending_stamp_s is not None)
@@ -582,4 +854,57 @@ class ObservationSynchronizer:
         else:
             out["skew_p50_s"] = math.nan
             out["skew_max_s"] = math.nan
+        for source, clock in self._clocks.items():
+            out[f"{source}_offset_s"] = clock.median_lag_s()
         return out
+
+    def report(self, now_s: float) -> SyncReport:
+        """Level, message and values for /diagnostics; the message covers what happened since the last report.
+
+        WARN when a source's measured offset is beyond +-max_stamp_offset_s
+        (with the correction to set if its clock is off), when a clock jumped,
+        or when frames, joint_states or wrenches were dropped (by reason;
+        superseded frames are normal and not warned about). Never raises.
+        """
+        stats = self.stats
+        counts = {k: int(v) for k, v in stats.items() if isinstance(v, int)}
+        now = _finite_stamp(now_s)
+        since = self._reported
+        delta = {k: v - since.get(k, 0) for k, v in counts.items()}
+        period = "" if now is None or self._reported_at_s is None else f" in the last {now - self._reported_at_s:.1f} s"
+        self._reported, self._reported_at_s = counts, now
+
+        problems: list[str] = []
+        bound = self._config.max_stamp_offset_s
+        for source, clock in self._clocks.items():
+            lag = clock.median_lag_s()
+            if len(clock.lags_s) < _MIN_OFFSET_SAMPLES or abs(lag) <= bound:
+                continue
+            side = "behind" if lag > 0 else "ahead of"
+            dropped = ""
+            if lag > clock.max_past_s:
+                dropped = " (so they are dropped as too_old)"
+            elif lag < -self._config.max_stamp_future_s:
+                dropped = " (so they are dropped as future_stamp)"
+            problems.append(
+                f"{source} stamps are {abs(lag):.3f} s {side} their arrival (median of {len(clock.lags_s)}, "
+                f"max_stamp_offset_s={bound}){dropped}: a slow link, or a clock that is off; "
+                f"if it is the clock, set {source}_stamp_offset_s: {clock.correction_s + lag:+.3f}")
+        jumps = delta["clock_jumps"] + delta["node_clock_jumps"]
+        if jumps:
+            problems.append(f"{jumps} clock jump(s), state reset (see the log)")
+        for label, prefix in (("frames dropped", "dropped_"), ("joint_states rejected", "joint_states_rejected_"),
+                              ("wrenches rejected", "wrenches_rejected_")):
+            parts = [f"{k[len(prefix):]} {n}" for k, n in delta.items()
+                     if k.startswith(prefix) and n > 0 and k[len(prefix):] not in _QUIET_DROPS]
+            if parts:
+                problems.append(f"{label}: {', '.join(parts)}")
+        message = f"{delta['observations_out']} observations{period}"
+        if problems:
+            message += "; " + "; ".join(problems)
+        values: list[tuple[str, str]] = [("observations_since_last_report", str(delta["observations_out"]))]
+        for key, value in stats.items():
+            values.append((key, str(value) if isinstance(value, int) else f"{value:.6f}"))
+        for source, clock in self._clocks.items():
+            values.append((f"{source}_stamp_offset_s", f"{clock.correction_s:.6f}"))
+        return SyncReport(level=Level.WARN if problems else Level.OK, message=message, values=tuple(values))

@@ -3,12 +3,20 @@
 The observation carries every joint the policy observes (``observed_joints``): the
 commanded ``joint_names`` in action order, then the observed-only ``state_joints`` (e.g.
 franka's ``suction_cup``); a joint_states message lacking any of them is rejected, naming
-it. Logic lives in hybridvla_ros.core.sync (pairing, interpolation) and core.image
-(decoding without cv_bridge); this node only converts messages.
+it. Logic lives in hybridvla_ros.core.sync (pairing, interpolation, stamps against this
+node's clock, counters) and core.image (decoding without cv_bridge, size bound); this node
+only converts messages.
+
+Every dropped input is logged at WARN, throttled per reason, and counted; the counters,
+each source's measured clock offset and the image decode time are published on
+/diagnostics as ``hybridvla: sync inputs`` (WARN with what to do when something is wrong).
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import WrenchStamped
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -16,13 +24,16 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from hybridvla_msgs.msg import Observation
 from hybridvla_ros.core.image import ImageDecodeError, decode_compressed, decode_raw, resize_for_policy
-from hybridvla_ros.core.sync import ObservationSynchronizer, SyncConfig, SyncedObservation
+from hybridvla_ros.core.sync import PENDING, ObservationSynchronizer, SyncConfig, SyncedObservation
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, stamp_to_s
 from hybridvla_ros.params.sync import SyncParams
 
+DIAGNOSTIC_NAME = "hybridvla: sync inputs"
+LOG_EVERY_S = 5.0  # per reason: the first drop is logged at once, then at most one line per reason this often
+
 
 class SyncNode(Node):
-    """Publishes ``observation`` (hybridvla_msgs/Observation)."""
+    """Publishes ``observation`` (hybridvla_msgs/Observation) and ``/diagnostics``."""
 
     def __init__(self) -> None:
         super().__init__("sync", automatically_declare_parameters_from_overrides=True)
@@ -30,11 +41,13 @@ class SyncNode(Node):
         p = self.params
         self.sync = ObservationSynchronizer(SyncConfig(
             joint_names=p.observed_joints, held_joints=tuple(p.state_joints), max_skew_s=p.max_skew_s,
-            max_age_s=p.max_age_s,
-            wrench_required=p.wrench_required))
+            max_age_s=p.max_age_s, wrench_required=p.wrench_required, **p.sync_config_fields()))
         self._pending_image: tuple[float, np.ndarray, str] | None = None
-        self.decode_errors = 0
+        self._logged_at: dict[str, float] = {}  # reason -> monotonic time of its last log line
+        self._unlogged: dict[str, int] = {}  # reason -> drops since its last log line
+        self._decode_max_s = 0.0  # slowest decode since the last diagnostics
         self.pub = self.create_publisher(Observation, "observation", QoSProfile(depth=2))
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
         if p.image_transport == "compressed":
             self.create_subscription(CompressedImage, p.camera_topic + "/compressed", self._on_compressed,
                                      qos_profile_sensor_data)
@@ -43,56 +56,93 @@ class SyncNode(Node):
         self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, QoSProfile(depth=50))
         if p.wrench_topic:
             self.create_subscription(WrenchStamped, p.wrench_topic, self._on_wrench, QoSProfile(depth=50))
+        self.create_timer(1.0 / p.diagnostics_rate_hz, self._publish_diagnostics)
         self.get_logger().info(
             f"sync for {p.embodiment}: {p.camera_topic} ({p.image_transport}) + {p.joint_states_topic}"
             + (f" + {p.wrench_topic}" if p.wrench_topic else ""))
 
+    # --- logging
+    def _warn(self, what: str, reason: str) -> None:
+        """One WARN line per reason key at most every LOG_EVERY_S, saying how many were not logged."""
+        key = what + ":" + reason.split(":", 1)[0]
+        t = time.monotonic()
+        last = self._logged_at.get(key)
+        if last is not None and t - last < LOG_EVERY_S:
+            self._unlogged[key] = self._unlogged.get(key, 0) + 1
+            return
+        more = self._unlogged.pop(key, 0)
+        self._logged_at[key] = t
+        suffix = f" (and {more} more since the last such line)" if more else ""
+        self.get_logger().warning(f"{what}: {reason}{suffix}")
+
+    def _log_events(self) -> None:
+        for event in self.sync.pop_events():
+            self.get_logger().warning(event)
+
     # --- inputs
     def _on_joint_state(self, msg: JointState) -> None:
         ok, reason = self.sync.add_joint_state(
-            stamp_to_s(msg.header.stamp), list(msg.name), list(msg.position), list(msg.velocity))
+            stamp_to_s(msg.header.stamp), list(msg.name), list(msg.position), list(msg.velocity), now_s(self))
+        self._log_events()
         if not ok:
-            self.get_logger().warning(f"joint_states rejected: {reason}", throttle_duration_sec=2.0)
+            self._warn("joint_states rejected", reason)
             return
         if self._pending_image is not None:
             obs = self.sync.poll_pending(now_s(self))
             if obs is not None:
                 self._publish(obs, self._pending_image[1], self._pending_image[2])
                 self._pending_image = None
+            elif not self.sync.has_pending:
+                self._pending_image = None
 
     def _on_wrench(self, msg: WrenchStamped) -> None:
         f, t = msg.wrench.force, msg.wrench.torque
-        self.sync.add_wrench(stamp_to_s(msg.header.stamp), (f.x, f.y, f.z), (t.x, t.y, t.z))
+        ok, reason = self.sync.add_wrench(
+            stamp_to_s(msg.header.stamp), (f.x, f.y, f.z), (t.x, t.y, t.z), now_s(self))
+        self._log_events()
+        if not ok:
+            self._warn("wrench rejected", reason)
 
     def _on_image(self, msg: Image) -> None:
+        arrival = now_s(self)
+        start = time.perf_counter()
         try:
-            rgb = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian)
+            rgb = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
+                             max_pixels=self.params.max_image_pixels)
         except ImageDecodeError as exc:
-            self._decode_failed(str(exc))
+            self._decode_failed(exc)
             return
-        self._on_frame(stamp_to_s(msg.header.stamp), rgb, msg.header.frame_id)
+        self._on_frame(stamp_to_s(msg.header.stamp), arrival, rgb, msg.header.frame_id, start)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
+        arrival = now_s(self)
+        start = time.perf_counter()
         try:
-            rgb = decode_compressed(msg.format, msg.data)
+            rgb = decode_compressed(msg.format, msg.data, max_pixels=self.params.max_image_pixels)
         except ImageDecodeError as exc:
-            self._decode_failed(str(exc))
+            self._decode_failed(exc)
             return
-        self._on_frame(stamp_to_s(msg.header.stamp), rgb, msg.header.frame_id)
+        self._on_frame(stamp_to_s(msg.header.stamp), arrival, rgb, msg.header.frame_id, start)
 
-    def _decode_failed(self, reason: str) -> None:
-        self.decode_errors += 1
-        self.get_logger().warning(f"camera frame dropped: {reason}", throttle_duration_sec=2.0)
+    def _decode_failed(self, exc: ImageDecodeError) -> None:
+        _, reason = self.sync.drop_frame(f"image_{exc.reason}", str(exc))
+        self._warn("camera frame dropped", reason)
 
-    def _on_frame(self, stamp_s: float, rgb: np.ndarray, frame_id: str) -> None:
+    def _on_frame(self, stamp_s: float, arrival_s: float, rgb: np.ndarray, frame_id: str, start: float) -> None:
         image = resize_for_policy(rgb, self.params.observation_image_size)
-        obs, reason = self.sync.add_frame(stamp_s, now_s(self))
+        self._decode_max_s = max(self._decode_max_s, time.perf_counter() - start)
+        # Stamps are judged against the arrival time, before decoding took its share.
+        obs, reason = self.sync.add_frame(stamp_s, arrival_s)
+        self._log_events()
         if obs is not None:
+            self._pending_image = None
             self._publish(obs, image, frame_id)
-        elif reason == "pending":
+        elif reason == PENDING:
             self._pending_image = (stamp_s, image, frame_id)
         else:
-            self.get_logger().debug(f"frame dropped: {reason}")
+            if not self.sync.has_pending:
+                self._pending_image = None
+            self._warn("camera frame dropped", reason)
 
     # --- output
     def _publish(self, obs: SyncedObservation, image: np.ndarray, frame_id: str) -> None:
@@ -118,6 +168,20 @@ class SyncNode(Node):
         msg.proprio_skew_s = float(obs.skew_s)
         msg.interpolated = bool(obs.interpolated)
         self.pub.publish(msg)
+
+    def _publish_diagnostics(self) -> None:
+        t = now_s(self)
+        report = self.sync.report(t)
+        values = [KeyValue(key=k, value=v) for k, v in report.values]
+        values.append(KeyValue(key="decode_max_ms", value=f"{self._decode_max_s * 1e3:.2f}"))
+        values.append(KeyValue(key="max_image_pixels", value=str(self.params.max_image_pixels)))
+        self._decode_max_s = 0.0
+        out = DiagnosticArray()
+        s_to_stamp(t, out.header.stamp)
+        out.status.append(DiagnosticStatus(
+            level=bytes([int(report.level)]), name=DIAGNOSTIC_NAME, message=report.message,
+            hardware_id=self.params.embodiment, values=values))
+        self.diag_pub.publish(out)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import cv2
 import numpy as np
@@ -144,3 +145,133 @@ def test_joint_states_without_a_state_joint_are_rejected_naming_it(ros) -> None:
     _stream(ros, p, 1.0, _raw_bgr(ros))
     ros.spin_for(0.2)
     assert obs and not ros.runners[0].dead()
+
+
+# --------------------------------------------- bad stamps, clock offsets, oversized frames (issue 18)
+
+
+def _sync_inputs(diags: list) -> list:
+    """Every 'hybridvla: sync inputs' status received, oldest first."""
+    return [s for d in diags for s in d.status if s.name == "hybridvla: sync inputs"]
+
+
+def _stamped(stamp_s: float, msg):
+    msg.header.stamp.sec = int(stamp_s // 1)
+    msg.header.stamp.nanosec = int(round((stamp_s % 1) * 1e9)) % 1_000_000_000
+    return msg
+
+
+def test_a_future_stamped_frame_costs_one_message_and_every_drop_is_on_diagnostics(ros) -> None:
+    """Measured bug: one frame stamped 5 s ahead stopped all observations for ~5 s. Now it costs that frame;
+    the drop, a future joint_states and a 4000x3000 frame are logged at WARN and counted on /diagnostics."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    p = from_params(SyncParams, load_node_params(FRANKA, "sync"))
+    ros.start([NodeSpec("sync_node", "sync", FRANKA, {"diagnostics_rate_hz": 5.0})])
+    _wait_for_sync_node(ros, p)
+    obs: list[Observation] = []
+    diags: list[DiagnosticArray] = []
+    ros.node.create_subscription(Observation, "observation", obs.append, 50)
+    ros.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 50)
+    make = _raw_bgr(ros)
+    _stream(ros, p, 1.0, make)  # discovery
+    js_pub, img_pub = next(iter(_PUBLISHERS.values()))
+
+    def received(key: str) -> int:
+        statuses = _sync_inputs(diags)
+        return int(dict((kv.key, kv.value) for kv in statuses[-1].values)[key]) if statuses else 0
+
+    # Sent until the node has counted it (a best-effort frame may be lost on the way): one frame 5 s ahead,
+    # one joint_states 5 s ahead, one 4000x3000 frame.
+    def send_bad() -> None:
+        now = ros.now_s()
+        if received("dropped_future_stamp") == 0:
+            img_pub.publish(make(now + 5.0))
+        if received("joint_states_rejected_future_stamp") == 0:
+            js = _stamped(now + 5.0, JointState(name=["panda_finger_joint1", "suction_cup", *p.joint_names]))
+            js.position = [0.0] * (2 + len(p.joint_names))
+            js_pub.publish(js)
+        if received("dropped_image_too_large") == 0:
+            img_pub.publish(_stamped(now, Image(height=3000, width=4000, encoding="rgb8", step=12000)))
+
+    def all_counted() -> bool:
+        return (received("dropped_future_stamp") > 0 and received("joint_states_rejected_future_stamp") > 0
+                and received("dropped_image_too_large") > 0)
+
+    for _ in range(20):
+        send_bad()
+        before = len(obs)
+        # Frames from the same publisher arrive in order: those after the bad one must be served at once.
+        sent = _stream(ros, p, 0.5, make)
+        ros.spin_for(0.2)
+        assert len(obs) - before >= 0.6 * sent, (sent, len(obs) - before, ros.logs())
+        if ros.spin_until(all_counted, 1.0):
+            break
+    assert all_counted(), ros.logs()
+    # One of each: the good stream behind them was never dropped as out of order or skewed by them.
+    assert received("dropped_future_stamp") == 1 and received("joint_states_rejected_future_stamp") == 1
+    assert received("dropped_out_of_order") == 0 and received("joint_states_rejected_out_of_order") == 0
+    assert received("dropped_image_too_large") == 1
+    statuses = _sync_inputs(diags)
+    values = dict((kv.key, kv.value) for kv in statuses[-1].values)
+    # The measured offset of each source (arrival - stamp): small and positive on one machine.
+    assert 0.0 < float(values["camera_offset_s"]) < p.max_age_s, values
+    assert -p.max_stamp_future_s < float(values["joint_states_offset_s"]) < p.max_age_s, values
+    assert values["max_image_pixels"] == str(p.max_image_pixels)
+    warned = [s for s in statuses if s.level == DiagnosticStatus.WARN]
+    assert any("frames dropped:" in s.message and "future_stamp 1" in s.message for s in warned), \
+        [s.message for s in statuses]
+    assert any("image_too_large 1" in s.message for s in warned)
+    # Each reason gets a WARN log line, not a debug one.
+    assert ros.spin_until(lambda: "camera frame dropped: future_stamp" in ros.logs()
+                          and "camera frame dropped: image_too_large" in ros.logs()
+                          and "joint_states rejected: future_stamp" in ros.logs(), 5.0), ros.logs()
+    assert "4000x3000" in ros.logs() and "[WARN]" in ros.logs()
+    assert not ros.runners[0].dead()
+
+
+def test_a_camera_clock_offset_is_measured_warned_and_corrected_by_parameter(ros) -> None:
+    """The camera's clock is 0.5 s behind: camera_stamp_offset_s 0.3 corrects part of it; the rest (0.2 s, past
+    max_stamp_offset_s) is measured and reported WARN with the value that would correct it all."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    overrides = {"camera_stamp_offset_s": 0.3, "max_age_s": 1.0, "diagnostics_rate_hz": 5.0}
+    p = from_params(SyncParams, load_node_params(FRANKA, "sync") | overrides)
+    ros.start([NodeSpec("sync_node", "sync", FRANKA, overrides)])
+    _wait_for_sync_node(ros, p)
+    obs: list[Observation] = []
+    diags: list[DiagnosticArray] = []
+    ros.node.create_subscription(Observation, "observation", obs.append, 50)
+    ros.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 50)
+    plain = _raw_bgr(ros)
+    stamps: list[float] = []
+
+    def behind(stamp_s: float) -> Image:
+        stamps.append(stamp_s - 0.5)
+        return plain(stamp_s - 0.5)
+
+    _stream(ros, p, 1.0, behind)
+    sent = _stream(ros, p, 1.5, behind)
+    assert ros.spin_until(lambda: len(obs) >= 0.6 * sent, 5.0), (sent, len(obs), ros.logs())
+    # Observations are stamped on the node's clock: the camera's stamp plus the configured 0.3 s.
+    sent_stamps = np.asarray(stamps)
+    for o in obs:
+        t = o.header.stamp.sec + o.header.stamp.nanosec * 1e-9
+        assert np.min(np.abs(sent_stamps + 0.3 - t)) < 1e-6
+
+    def warned() -> DiagnosticStatus | None:
+        for s in reversed(_sync_inputs(diags)):
+            if s.level == DiagnosticStatus.WARN and "camera stamps are" in s.message:
+                return s
+        return None
+
+    assert ros.spin_until(lambda: warned() is not None, 5.0), [s.message for s in _sync_inputs(diags)]
+    status = warned()
+    assert status is not None
+    values = dict((kv.key, kv.value) for kv in status.values)
+    assert values["camera_stamp_offset_s"] == "0.300000"
+    residual = float(values["camera_offset_s"])  # 0.2 s of clock plus the 15 ms capture delay and transport
+    assert 0.2 < residual < 0.2 + p.max_age_s
+    assert "behind their arrival" in status.message
+    # The value that would correct it all: 0.3 + the residual (0.5 s and the delay).
+    assert re.search(r"set camera_stamp_offset_s: \+0\.[5-9]\d\d", status.message), status.message

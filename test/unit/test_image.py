@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from hybridvla_ros.core.image import (
+    IMAGE_REJECT_REASONS,
     ImageDecodeError,
+    compressed_image_size,
     decode_compressed,
     decode_raw,
     encode_compressed,
@@ -289,3 +291,105 @@ def test_resize_for_policy_accepts_decoded_views(rgb: np.ndarray) -> None:
 def test_resize_for_policy_rejects_bad_size(rgb: np.ndarray, size: int) -> None:
     with pytest.raises(ValueError, match=f"size must be a positive int, got {size}"):
         resize_for_policy(rgb, size)
+
+
+# ------------------------------------------------ size bound and reasons (issue 18)
+
+BIG_H, BIG_W = 3000, 4000
+BOUND = 2048 * 2048
+
+
+@pytest.fixture(scope="module")
+def big_jpeg() -> bytes:
+    import cv2
+
+    return cv2.imencode(".jpg", np.zeros((BIG_H, BIG_W, 3), np.uint8))[1].tobytes()
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_header_gives_the_size_without_decoding(smooth_rgb: np.ndarray, ext: str) -> None:
+    import cv2
+
+    data = cv2.imencode(ext, smooth_rgb)[1].tobytes()
+    assert compressed_image_size(data) == (64, 48)
+    assert compressed_image_size(np.frombuffer(data, np.uint8)) == (64, 48)
+
+
+def test_header_size_skips_metadata_segments() -> None:
+    """A JPEG with a 10 kB EXIF-like APP1 segment and fill bytes before its frame header."""
+    import cv2
+
+    data = cv2.imencode(".jpg", np.zeros((30, 40, 3), np.uint8))[1].tobytes()
+    app1 = b"\xff\xe1" + (10_002).to_bytes(2, "big") + b"\x00" * 10_000
+    assert compressed_image_size(data[:2] + app1 + b"\xff" + data[2:]) == (40, 30)
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\xd8", b"\xff\xd8\xff\xda\x00\x02", b"\xff\xd8\xff\xe0\x00\x01",
+                                  b"\x89PNG\r\n\x1a\n" + b"\x00" * 8, b"garbage" * 10])
+def test_header_size_of_junk_is_none(data: bytes) -> None:
+    assert compressed_image_size(data) is None
+
+
+def test_a_huge_jpeg_is_refused_from_its_header_before_decoding(big_jpeg: bytes) -> None:
+    """The measured case: a 4000x3000 JPEG. Refused in microseconds; decoding it takes hundreds of ms."""
+    times_s = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        with pytest.raises(ImageDecodeError, match="4000x3000") as info:
+            decode_compressed("rgb8; jpeg compressed bgr8", big_jpeg, max_pixels=BOUND)
+        times_s.append(time.perf_counter() - t0)
+        assert info.value.reason == "too_large"
+    assert min(times_s) < 5e-3  # the header walk only (~0.05 ms); a full decode is ~100x that
+    # Within the bound it decodes as before.
+    assert decode_compressed("jpeg", big_jpeg, max_pixels=BIG_H * BIG_W).shape == (BIG_H, BIG_W, 3)
+
+
+def test_too_many_bytes_are_refused_before_reading_them() -> None:
+    with pytest.raises(ImageDecodeError, match="bytes") as info:
+        decode_compressed("jpeg", b"\x00" * (100 * 8 + 70_000), max_pixels=100)
+    assert info.value.reason == "too_large"
+
+
+def test_a_compressed_frame_without_a_readable_header_is_checked_after_decoding(smooth_rgb: np.ndarray) -> None:
+    import cv2
+
+    # OpenCV decodes by content: a BMP sent as 'jpeg' has no JPEG/PNG header to read first.
+    data = cv2.imencode(".bmp", smooth_rgb)[1].tobytes()
+    assert compressed_image_size(data) is None
+    with pytest.raises(ImageDecodeError, match="decoded") as info:
+        decode_compressed("jpeg", data, max_pixels=64 * 48 - 1)
+    assert info.value.reason == "too_large"
+    assert decode_compressed("jpeg", data, max_pixels=64 * 48).shape == (48, 64, 3)
+
+
+def test_a_huge_raw_frame_is_refused_before_its_data_is_read() -> None:
+    with pytest.raises(ImageDecodeError, match="4000x3000") as info:
+        decode_raw("rgb8", BIG_H, BIG_W, BIG_W * 3, b"", max_pixels=BOUND)
+    assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize(
+    "call, reason",
+    [
+        (lambda: decode_raw("yuv422", 2, 2, 4, b"\x00" * 8), "unsupported"),
+        (lambda: decode_raw("rgb8", 4, 4, 12, b"\x00" * 10), "malformed"),  # data too short for w*h*3
+        (lambda: decode_raw("rgb8", 4, 4, 6, b"\x00" * 48), "malformed"),  # step < w*3
+        (lambda: decode_raw("rgb8", 0, 4, 12, b""), "malformed"),
+        (lambda: decode_raw("rgb8", 1, 1, 3, "abc"), "malformed"),
+        (lambda: decode_compressed("bmp", b"BM"), "unsupported"),
+        (lambda: decode_compressed("16UC1; compressedDepth png", b"\x00"), "unsupported"),
+        (lambda: decode_compressed("jpeg", b""), "malformed"),
+        (lambda: decode_compressed("jpeg", b"not a jpeg"), "undecodable"),
+    ],
+)
+def test_every_rejection_has_a_reason(call, reason: str) -> None:
+    assert reason in IMAGE_REJECT_REASONS
+    with pytest.raises(ImageDecodeError) as info:
+        call()
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "10"])
+def test_max_pixels_is_validated(bad) -> None:
+    with pytest.raises(ValueError, match="max_pixels"):
+        decode_raw("rgb8", 1, 1, 3, b"\x00" * 3, max_pixels=bad)

@@ -529,3 +529,225 @@ def test_random_garbage_never_raises_and_every_frame_is_accounted(ops, wrench_re
         assert isinstance(result[0], bool) and isinstance(result[1], str)
         assert result[0] or result[1] or kind == "poll"
     assert frames_accounted_for(sync.stats)
+
+
+# ------------------------------------------------- bad stamps, clocks (issue 18)
+
+
+def _stream(sync: ObservationSynchronizer, t0: float, t1: float, *, joint_lag: float = 0.002,
+            frame_lag: float = 0.015, camera_clock: float = 0.0, joint_clock: float = 0.0,
+            frame_every: int = 3) -> list[tuple[float, SyncedObservation | None, str]]:
+    """100 Hz joint_states and ~33 Hz frames from t0 to t1 (node clock), arriving ``*_lag`` after their stamp;
+    each driver's clock is off the node's by ``*_clock`` (its stamps = true time + clock).
+    Returns (true frame time, observation or None, reason) per frame."""
+    out = []
+    k = 0
+    t = t0
+    while t < t1:
+        sync.add_joint_state(t + joint_clock, JOINTS, linear_positions(t), now_s=t + joint_lag)
+        polled = sync.poll_pending(now_s=t + joint_lag)
+        if polled is not None:
+            out.append((polled.stamp_s, polled, "polled"))
+        if k % frame_every == 1:
+            ft = t - 0.004
+            obs, reason = sync.add_frame(ft + camera_clock, now_s=ft + frame_lag)
+            out.append((ft, obs, reason))
+        k += 1
+        t = t0 + 0.01 * k
+    return out
+
+
+def _served(frames) -> int:
+    return sum(obs is not None for _, obs, _ in frames)
+
+
+def test_one_future_stamped_frame_costs_one_frame() -> None:
+    """Measured bug: one frame stamped 5 s ahead made every later frame out_of_order for 5 s."""
+    sync = make_sync(max_skew_s=0.006, max_age_s=0.3)
+    _stream(sync, 10.0, 10.5)
+    served = sync.stats["observations_out"]
+    obs, reason = sync.add_frame(15.5, now_s=10.5)
+    assert obs is None and reason.startswith("future_stamp") and "max_stamp_future_s" in reason
+    after = _stream(sync, 10.5, 11.0)
+    # Every frame after the bad one is served (polled ones complete pending frames).
+    assert all(obs is not None or reason == "pending" for _, obs, reason in after), after
+    stats = sync.stats
+    assert stats["observations_out"] - served >= len([f for f in after if f[2] != "polled"]) - 1
+    assert stats["dropped_future_stamp"] == 1 and stats["dropped_out_of_order"] == 0
+    assert frames_accounted_for(stats)
+
+
+def test_one_future_stamped_joint_state_costs_one_sample() -> None:
+    sync = make_sync(max_skew_s=0.006, max_age_s=0.3)
+    _stream(sync, 10.0, 10.5)
+    ok, reason = sync.add_joint_state(15.5, JOINTS, [1e6, 1e6, 1e6], now_s=10.5)
+    assert not ok and reason.startswith("future_stamp")
+    after = _stream(sync, 10.5, 11.0)
+    frames = [f for f in after if f[2] != "polled"]
+    assert _served(after) >= len(frames) - 1, after
+    stats = sync.stats
+    assert stats["joint_states_rejected_future_stamp"] == 1
+    assert stats["joint_states_rejected_out_of_order"] == 0
+    # The bad sample never reached an observation.
+    assert all(o is None or np.all(o.positions < 1e5) for _, o, _ in after)
+
+
+def test_a_far_past_joint_state_is_rejected_on_its_own_reason() -> None:
+    sync = make_sync(max_skew_s=0.006, max_age_s=0.3)
+    _stream(sync, 10.0, 10.2)
+    ok, reason = sync.add_joint_state(4.0, JOINTS, [0, 0, 0], now_s=10.2)
+    assert not ok and reason.startswith("too_old")
+    ok, reason = sync.add_wrench(4.0, [0, 0, 0], [0, 0, 0], now_s=10.2)
+    assert not ok and reason.startswith("too_old")
+    ok, reason = sync.add_wrench(16.0, [0, 0, 0], [0, 0, 0], now_s=10.2)
+    assert not ok and reason.startswith("future_stamp")
+    stats = sync.stats
+    assert stats["joint_states_rejected_too_old"] == 1 and stats["joint_states_rejected_out_of_order"] == 0
+    assert stats["wrenches_rejected_too_old"] == 1 and stats["wrenches_rejected_future_stamp"] == 1
+
+
+def test_a_stale_frame_does_not_replace_the_pending_one() -> None:
+    sync = make_sync(max_skew_s=0.005, max_age_s=0.2)
+    sync.add_joint_state(1.0, JOINTS, [0, 0, 0], now_s=1.0)
+    assert sync.add_frame(1.02, now_s=1.03)[1] == "pending"
+    assert sync.add_frame(0.5, now_s=1.03)[1].startswith("too_old")
+    sync.add_joint_state(1.021, JOINTS, [1, 1, 1], now_s=1.04)
+    assert sync.poll_pending(now_s=1.04) is not None
+    assert sync.stats["dropped_superseded"] == 0
+
+
+def test_a_source_clock_jump_resets_its_state_with_an_event() -> None:
+    """The joint driver restarts with its clock 0.25 s back (still plausible): its samples are steadily
+    out of order; once that has lasted clock_jump_after_s its history is reset and they are stored again."""
+    sync = make_sync(max_skew_s=0.006, max_age_s=0.3, clock_jump_after_s=0.1)
+    _stream(sync, 10.0, 10.5)
+    accepted = []
+    for k in range(30):
+        t = 10.5 + 0.01 * k
+        accepted.append(sync.add_joint_state(t - 0.25, JOINTS, linear_positions(t - 0.25), now_s=t + 0.002)[0])
+    events = sync.pop_events()
+    assert len(events) == 1 and events[0].startswith("joint_states clock jump"), events
+    assert "0.252 s behind" in events[0] and "accepted again" in events[0]
+    assert sync.pop_events() == []
+    assert sync.stats["clock_jumps"] == 1
+    # Stored again from about clock_jump_after_s on, not only once its stamps pass the old newest (25 samples).
+    first = accepted.index(True)
+    assert 10 <= first <= 13 and all(accepted[first:]), accepted
+
+
+def test_a_source_far_off_the_node_clock_is_reported_once_as_a_jump() -> None:
+    sync = make_sync(max_skew_s=0.006, max_age_s=0.3, clock_jump_after_s=0.5)
+    _stream(sync, 10.0, 10.5)
+    frames = _stream(sync, 10.5, 12.5, camera_clock=-30.0)  # the camera's driver restarted on another clock
+    assert _served(frames) == 0
+    events = sync.pop_events()
+    assert len(events) == 1, events
+    assert "camera clock jump" in events[0] and "30.0" in events[0] and "camera_stamp_offset_s: +30.0" in events[0]
+    assert sync.stats["dropped_too_old"] == len(frames)
+
+
+def test_a_stall_backlog_is_not_a_clock_jump() -> None:
+    """After a 1 s stall, a queue of old joint_states arrives at once: too_old, but not a jump."""
+    sync = make_sync(max_skew_s=0.006, max_age_s=0.3, clock_jump_after_s=0.5)
+    _stream(sync, 10.0, 10.5)
+    for k in range(50):
+        sync.add_joint_state(10.5 + 0.01 * k, JOINTS, linear_positions(10.5 + 0.01 * k), now_s=11.5 + 0.0001 * k)
+    assert sync.stats["joint_states_rejected_too_old"] > 0
+    assert sync.stats["clock_jumps"] == 0 and sync.pop_events() == []
+
+
+def test_the_node_clock_going_back_forgets_the_old_timeline() -> None:
+    """Sim time reset: the node's clock and every driver's restart at 0."""
+    sync = make_sync(max_skew_s=0.006, max_age_s=0.3)
+    _stream(sync, 100.0, 100.5)
+    frames = _stream(sync, 0.0, 0.5)
+    events = sync.pop_events()
+    assert len(events) == 1 and "this node's clock jumped back" in events[0]
+    assert sync.stats["node_clock_jumps"] == 1
+    requested = [f for f in frames if f[2] != "polled"]
+    assert _served(frames) >= len(requested) - 1, frames
+
+
+def test_stamp_offset_corrects_a_known_clock_offset() -> None:
+    """A camera whose clock is 0.8 s behind: every frame too_old, until camera_stamp_offset_s says so."""
+    plain = make_sync(max_skew_s=0.006, max_age_s=0.3)
+    frames = _stream(plain, 10.0, 11.0, camera_clock=-0.8)
+    assert _served(frames) == 0 and plain.stats["dropped_too_old"] == len(frames)
+    assert plain.stats["camera_offset_s"] == pytest.approx(0.815, abs=1e-6)
+    report = plain.report(11.0)
+    assert report.level == 1 and "camera stamps are 0.815 s behind" in report.message
+    assert "camera_stamp_offset_s: +0.815" in report.message and "too_old" in report.message
+
+    fixed = make_sync(max_skew_s=0.006, max_age_s=0.3, camera_stamp_offset_s=0.8)
+    frames = _stream(fixed, 10.0, 11.0, camera_clock=-0.8)
+    requested = [f for f in frames if f[2] != "polled"]
+    assert _served(frames) >= len(requested) - 1
+    obs = [o for _, o, _ in frames if o is not None]
+    # The observation is stamped on the node's clock, with joint state interpolated there.
+    for o in obs:
+        np.testing.assert_allclose(o.positions, linear_positions(o.stamp_s), atol=1e-9)
+    assert fixed.stats["camera_offset_s"] == pytest.approx(0.015, abs=1e-6)
+    report = fixed.report(11.0)
+    assert report.level == 0, report.message
+    assert ("camera_stamp_offset_s", "0.800000") in report.values
+
+
+def test_offset_estimate_is_a_robust_median_per_source() -> None:
+    sync = make_sync(max_skew_s=0.006, max_age_s=0.3)
+    _stream(sync, 10.0, 11.0, joint_lag=0.003, frame_lag=0.040)
+    # One wild stamp does not move the median.
+    sync.add_joint_state(20.0, JOINTS, [0, 0, 0], now_s=11.0)
+    stats = sync.stats
+    assert stats["joint_states_offset_s"] == pytest.approx(0.003, abs=1e-6)
+    assert stats["camera_offset_s"] == pytest.approx(0.040, abs=1e-6)
+    assert math.isnan(stats["wrench_offset_s"])
+
+
+def test_offset_beyond_the_bound_is_a_warning_not_silence() -> None:
+    """Stamps ahead of the node's clock (a driver's clock 50 ms ahead) are served, and warned about past the bound."""
+    sync = make_sync(max_skew_s=0.006, max_age_s=0.3, max_stamp_offset_s=0.03)
+    frames = _stream(sync, 10.0, 11.0, joint_clock=0.05, camera_clock=0.05)
+    assert _served(frames) > 0
+    report = sync.report(11.0)
+    assert report.level == 1
+    assert "joint_states stamps are 0.048 s ahead of their arrival" in report.message
+    assert "joint_states_stamp_offset_s: -0.048" in report.message
+
+
+def test_report_counts_drops_by_reason_since_the_last_report() -> None:
+    sync = make_sync(max_skew_s=0.006, max_age_s=0.3)
+    _stream(sync, 10.0, 10.5)
+    first = sync.report(10.5)
+    assert first.level == 0 and first.message.startswith(f"{sync.stats['observations_out']} observations")
+    sync.add_frame(99.0, now_s=10.5)
+    sync.drop_frame("image_too_large", "4000x3000")
+    sync.drop_frame("nonsense", "x")
+    sync.add_joint_state(99.0, JOINTS, [0, 0, 0], now_s=10.5)
+    _stream(sync, 10.5, 11.5)
+    report = sync.report(11.5)
+    assert report.level == 1
+    assert "in the last 1.0 s" in report.message
+    assert "frames dropped: future_stamp 1, image_malformed 1, image_too_large 1" in report.message
+    assert "joint_states rejected: future_stamp 1" in report.message
+    values = dict(report.values)
+    assert values["dropped_future_stamp"] == "1" and values["dropped_image_too_large"] == "1"
+    assert values["joint_states_rejected_future_stamp"] == "1"
+    assert float(values["camera_offset_s"]) == pytest.approx(0.015)
+    assert frames_accounted_for(sync.stats)
+    # Nothing new: back to OK.
+    _stream(sync, 11.5, 12.0)
+    assert sync.report(12.0).level == 0
+
+
+def test_report_never_raises_on_a_bad_clock() -> None:
+    sync = make_sync()
+    report = sync.report(math.nan)
+    assert report.level == 0 and report.message == "0 observations"
+
+
+@pytest.mark.parametrize("field, value", [("max_stamp_future_s", 0.0), ("camera_stamp_offset_s", math.inf),
+                                          ("joint_states_stamp_offset_s", "1"), ("clock_jump_after_s", -1.0),
+                                          ("max_stamp_offset_s", math.nan)])
+def test_clock_config_is_validated(field: str, value) -> None:
+    with pytest.raises(ValueError, match=field):
+        SyncConfig(joint_names=JOINTS, max_skew_s=0.02, max_age_s=0.5, **{field: value})
