@@ -2,7 +2,7 @@
 a force/torque e-stop latch and a watchdog, for a position-controlled robot.
 
 The filter keeps its own last command ``q_prev`` and the velocity it implied,
-``v_prev = (q_prev - q_prevprev) / dt``; the first measured joint state seeds
+``v_prev = (q_prev - q_prevprev) / h`` (h: see Real time below); the first measured joint state seeds
 ``q_prev`` so the first command starts where the robot is.
 
 Per requested target ``a`` (D,), in order of priority (position > velocity >
@@ -41,13 +41,35 @@ stopping distance > acceleration):
    Thanks to step 3 the brake stays inside the bounds; it is still clipped to
    them last (position wins), which matters only for a start outside them.
 
-Holds. A rejected request (NaN/Inf or wrong-shape action, non-finite time) is a
-controlled stop: the command brakes from ``v_prev`` at max deceleration (the brake of
-step 4) and then stays; a policy that emits one NaN at full speed must not make the
-robot stop with unbounded deceleration (a real arm's controller faults on that). An
-e-stop or the watchdog commands ``q_prev`` at once with ``v_prev`` = 0: an e-stop must
-stop pushing now, and after the watchdog the robot has stood still for a timeout
-already. After a hold, motion resumes acceleration-limited from where it stopped.
+Real time. Every limit holds against the time that really passed since the last
+command sent, not per message: ``filter``/``tick`` take the send time ``now_s`` and a
+command covers ``h = min(now_s - last_sent, dt)``. The step may be at most
+``max_velocity * h`` and change the velocity by at most ``max_acceleration * h``, so a
+burst of N commands inside one period moves no further than ``max_velocity`` times the
+time it really took plus one period's worth; a command that comes late still covers only
+dt, because the controller applies each command over its own period. The command's
+velocity is ``step / h``. After a silence longer than ``resume_after_s`` (3 periods)
+the controller has been holding the last point, so the robot stands there: the next
+command starts from rest (velocity 0) at the last command. (Not at the measured
+position: jumping the command onto it would be a step of the tracking error, up to a
+braking distance, that no velocity limit allows; the controller holds the robot at the
+last command, which is where a position-controlled robot at rest stands.)
+
+Coming to rest. The command stream never stops while moving: ``tick`` (call it often,
+e.g. every quarter period) brakes from the current velocity at max deceleration, one
+command per period, once no command was sent for ``late_after_s`` (1.25 periods: the
+input went silent, the buffer ran dry, the upstream node died), until the velocity is
+zero, and then goes quiet until the watchdog, which holds that rest point every period.
+A rejected request (NaN/Inf or wrong-shape action, non-finite time) brakes the same way
+and then stays: one NaN at full speed must not make the robot stop with unbounded
+deceleration (a real arm's controller faults on that). The e-stop stops pushing at
+once: it commands ``q_prev`` with velocity 0 (once per period from ``tick`` while no
+actions come), and motion resumes acceleration-limited from there after a reset.
+
+Counters. Every result that carries a command is meant to be sent (``tick`` returns
+None rather than a second command within the same period), so ``stats['commands']`` is
+the number of commands sent and ``stats['modified'] <= stats['commands']``: one count
+per command at most.
 
 Everything is plain numpy on (D,) vectors (no per-joint Python loops). Per
 ``filter()`` call for D = 24 on one AMD EPYC core: ~9 us following a stream,
@@ -75,7 +97,18 @@ __all__ = [
 ]
 
 # Every name that can appear in SafetyResult.limits_hit, in reporting order.
-LIMIT_NAMES: tuple[str, ...] = ("nan", "shape", "position", "velocity", "acceleration", "estop", "watchdog")
+LIMIT_NAMES: tuple[str, ...] = ("nan", "shape", "position", "velocity", "acceleration", "estop", "stream",
+                                 "watchdog")
+
+REASON_STREAM = "stream: no command for {gap:.3f} s, braking to rest"
+# Defaults, in control periods: a tick brakes once no command was sent for LATE_PERIODS
+# (then every period, a tick at least REPEAT_PERIODS after the last); a silence longer than
+# RESUME_PERIODS means the robot is at rest (the controller held the last point).
+LATE_PERIODS = 1.25
+REPEAT_PERIODS = 0.9
+RESUME_PERIODS = 3.0
+# Below this fraction of a period, time is taken as this fraction (no division by zero).
+MIN_PERIOD_FRACTION = 1e-6
 
 REASON_NO_STATE = "no joint state yet"
 
@@ -170,12 +203,26 @@ class SafetyResult:
 class SafetyFilter:
     """Stateful limiter between the policy and a position-controlled robot."""
 
-    def __init__(self, limits: SafetyLimits, control_period_s: float) -> None:
-        """Raise TypeError for a non-SafetyLimits ``limits``, ValueError for a bad period."""
+    def __init__(self, limits: SafetyLimits, control_period_s: float, *, late_after_s: float | None = None,
+                 resume_after_s: float | None = None) -> None:
+        """Raise TypeError for a non-SafetyLimits ``limits``, ValueError for a bad period.
+
+        ``late_after_s`` (default 1.25 periods, at least one period): silence after which
+        ``tick`` starts braking; ``resume_after_s`` (default 3 periods, at least
+        ``late_after_s``): silence after which the robot is taken to be at rest."""
         if not isinstance(limits, SafetyLimits):
             raise TypeError(f"limits must be a SafetyLimits, got {type(limits).__name__}")
         self._limits = limits
         self._dt_s = _positive("control_period_s", control_period_s)
+        self._late_s = LATE_PERIODS * self._dt_s if late_after_s is None else _positive("late_after_s", late_after_s)
+        if self._late_s < self._dt_s:
+            raise ValueError(f"late_after_s must be >= control_period_s {self._dt_s}, got {late_after_s!r}")
+        self._resume_s = (max(RESUME_PERIODS * self._dt_s, self._late_s) if resume_after_s is None
+                          else _positive("resume_after_s", resume_after_s))
+        if self._resume_s < self._late_s:
+            raise ValueError(f"resume_after_s must be >= late_after_s {self._late_s}, got {resume_after_s!r}")
+        self._repeat_s = REPEAT_PERIODS * self._dt_s
+        self._h_min_s = MIN_PERIOD_FRACTION * self._dt_s
         self._dof = limits.dof
         self._pmin = limits.position_min  # (D,)
         self._pmax = limits.position_max  # (D,)
@@ -186,11 +233,13 @@ class SafetyFilter:
 
         self._q_prev: np.ndarray | None = None  # (D,) last command
         self._inside = False  # q_prev within [position_min, position_max]
-        self._step_prev = self._zeros  # (D,) q_prev - the command before: v_prev * dt
+        self._vstep = self._zeros  # (D,) v_prev * dt: the last command's velocity as a step of one period
         self._prev_target: np.ndarray | None = None  # (D,) last clipped request, to tell its speed
         self._tracking = False  # the last command was exactly the (clipped) request
         self._far_from_bounds = False  # q_prev beyond braking distance (at vmax) of every bound
         self._last_measured: np.ndarray | None = None  # (D,)
+        self._last_sent_s: float | None = None  # when the last command was sent
+        self._last_from_tick = False  # the last command came from tick() (a hold), not from an action
         self._last_filter_s: float | None = None
         self._watch_ref_s: float | None = None  # watchdog start before any filter()
         self._watchdog_active = False
@@ -212,6 +261,8 @@ class SafetyFilter:
             "estop_trips": 0,
             "estop_resets": 0,
             "watchdog_trips": 0,
+            "stream_stops": 0,
+            "resumes_from_rest": 0,
         }
 
     def _derive_limits(self) -> None:
@@ -265,6 +316,21 @@ class SafetyFilter:
         return self._dt_s
 
     @property
+    def late_after_s(self) -> float:
+        """Silence after which tick() brakes to rest."""
+        return self._late_s
+
+    @property
+    def resume_after_s(self) -> float:
+        """Silence after which the next command starts from rest at the measured position."""
+        return self._resume_s
+
+    @property
+    def last_velocity(self) -> np.ndarray:
+        """(D,) velocity of the last command (per second; zeros at rest)."""
+        return self._vstep / self._dt_s
+
+    @property
     def estop_latched(self) -> bool:
         """True from a bad wrench until reset_estop() succeeds."""
         return self._estop
@@ -296,9 +362,12 @@ class SafetyFilter:
 
     @property
     def stats(self) -> dict[str, int]:
-        """A copy of the counters: commands (results carrying a command), modified,
-        one per LIMIT_NAMES entry (results that hit it), holds, rejected (bad
-        actions), measured_rejected, estop_trips, estop_resets, watchdog_trips."""
+        """A copy of the counters: commands (results carrying a command: the commands sent),
+        modified (at most one per command), one per LIMIT_NAMES entry (results that hit it),
+        holds, rejected (bad actions), measured_rejected, estop_trips, estop_resets,
+        watchdog_trips, stream_stops (times tick() started braking a stream that went silent
+        while moving), resumes_from_rest (commands after a silence > resume_after_s that found
+        the last command moving: the stream stalled and the robot stopped meanwhile)."""
         return dict(self._stats)
 
     # ----------------------------------------------------------------- inputs
@@ -375,7 +444,7 @@ class SafetyFilter:
     # ---------------------------------------------------------------- outputs
     def _rest(self) -> None:
         """The robot stands at q_prev: zero velocity, no moving reference."""
-        self._step_prev = self._zeros
+        self._vstep = self._zeros
         self._prev_target = None
         self._tracking = False
 
@@ -388,70 +457,108 @@ class SafetyFilter:
             self._inside = self._far_from_bounds or (
                 np.count_nonzero(q < self._pmin) + np.count_nonzero(q > self._pmax)) == 0
 
-    def _hold(self, limit: str, reason: str, rejected: bool = False) -> SafetyResult:
-        """Stop (None before a joint state). A rejected request brakes from the current velocity
-        at max deceleration, then stands (a controlled stop: one NaN from a policy at full speed
-        must not demand an infinite deceleration); an e-stop or watchdog stands at q_prev at once."""
+    # ------------------------------------------------------------- real time
+    def _begin(self, now_s: float) -> float:
+        """Start a command sent at ``now_s``: return r = h / dt in (0, 1], where h is the time
+        it covers, min(time since the last command, dt). After a silence longer than
+        resume_after_s the robot is at rest: start from rest."""
+        last = self._last_sent_s
+        if last is None:
+            return 1.0
+        gap = now_s - last
+        if gap > self._resume_s:
+            self._resume()
+            return 1.0
+        if gap < 0.0 or gap >= self._dt_s * (1.0 - 1e-9):
+            return 1.0  # a clock that went back: the elapsed time is unknown, take one period
+        return max(gap, self._h_min_s) / self._dt_s
+
+    def _resume(self) -> None:
+        """The controller has held the last command for a while: the robot stands there."""
+        if np.count_nonzero(self._vstep):
+            self._stats["resumes_from_rest"] += 1  # the stream stalled while moving
+        self._rest()
+
+    def _sent(self, now_s: float, from_tick: bool) -> None:
+        self._stats["commands"] += 1
+        if math.isfinite(now_s):
+            self._last_sent_s = now_s
+            self._last_from_tick = from_tick
+
+    def _per_period(self, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(previous velocity as a step of h, largest step, largest change of step) for h = r*dt."""
+        if r == 1.0:
+            return self._vstep, self._step_max, self._step_change_max
+        return self._vstep * r, self._step_max * r, self._step_change_max * (r * r)
+
+    # ---------------------------------------------------------------- outputs
+    def _hold(self, limit: str, reason: str, now_s: float, *, brake: bool, r: float = 1.0,
+              from_tick: bool = False, rejected: bool = False) -> SafetyResult:
+        """A hold (None before a joint state). ``brake``: one period of braking from the current
+        velocity at max deceleration, then standing (a controlled stop); else stand at q_prev
+        at once (the e-stop)."""
         self._stats["holds"] += 1
         self._stats[limit] += 1
         if rejected:
             self._stats["rejected"] += 1
-        command = None
-        if self._q_prev is not None:
-            step0 = self._step_prev
-            if rejected and np.count_nonzero(step0):
-                c = self._step_change_max
-                step = step0 - np.minimum(np.maximum(step0, -c), c)  # (D,) one period of braking
-                q = self._q_prev + step
-                if self._inside:  # position wins (step 3 kept the braking distance inside the bounds)
-                    q = np.minimum(np.maximum(q, self._pmin), self._pmax)
-                self._step_prev = q - self._q_prev
-                self._prev_target = None
-                self._tracking = False
-                self._set_q(q)
-            else:
-                self._rest()
-            command = self._q_prev.copy()
-            self._stats["commands"] += 1
-            self._stats["modified"] += 1
+        if self._q_prev is None:
+            self._rest()
+            return SafetyResult(None, True, (limit,), True, reason)
+        if brake and np.count_nonzero(self._vstep):
+            step0, step_max, c = self._per_period(r)
+            step = step0 - np.minimum(np.maximum(step0, -c), c)  # (D,) one period of braking
+            np.minimum(np.maximum(step, -step_max, out=step), step_max, out=step)
+            q = self._q_prev + step
+            if self._inside:  # position wins (step 3 kept the braking distance inside the bounds)
+                q = np.minimum(np.maximum(q, self._pmin), self._pmax)
+            diff = q - self._q_prev
+            self._vstep = diff if r == 1.0 else diff / r
+            self._prev_target = None
+            self._tracking = False
+            self._set_q(q)
         else:
             self._rest()
-        return SafetyResult(command, True, (limit,), True, reason)
-
-    def _estop_hold(self) -> SafetyResult:
-        return self._hold("estop", f"estop: {self._estop_reason}")
+        self._sent(now_s, from_tick)
+        self._stats["modified"] += 1
+        assert self._q_prev is not None
+        return SafetyResult(self._q_prev.copy(), True, (limit,), True, reason)
 
     def filter(self, action: np.ndarray, now_s: float) -> SafetyResult:
-        """Turn one requested position target (D,) for the next period into the
-        safe command; never raises. Holds at the last command (holding True) for
-        NaN/Inf or wrong-shape input, a latched e-stop or a non-finite now_s;
-        command None before the first joint state."""
+        """Turn one requested position target (D,) into the command sent at ``now_s`` (the
+        send time; limits hold against the time since the last command); never raises.
+        Holds (holding True) for NaN/Inf or wrong-shape input, a latched e-stop or a
+        non-finite now_s; command None before the first joint state."""
         if self._q_prev is None:
             self._stats["holds"] += 1
             return SafetyResult(None, False, (), True, REASON_NO_STATE)
         if not _finite_real(now_s):
-            return self._hold("nan", f"nan: now_s={now_s!r} is not finite", rejected=True)
+            return self._hold("nan", f"nan: now_s={now_s!r} is not finite", math.nan, brake=True, rejected=True)
         now_s = float(now_s)
-        if self._last_filter_s is not None and now_s - self._last_filter_s > self._limits.watchdog_timeout_s:
-            # No command for longer than the watchdog: the robot has been
-            # standing at q_prev, so it starts from rest.
-            self._rest()
         self._last_filter_s = now_s
         self._watchdog_active = False
+        r = self._begin(now_s)
         if self._estop:
-            return self._estop_hold()
+            return self._estop_hold(now_s)
         try:
             a = np.asarray(action, dtype=np.float64)  # (D,)
         except (TypeError, ValueError):
-            return self._hold("shape", f"shape: action is not numeric ({type(action).__name__})", rejected=True)
+            return self._hold("shape", f"shape: action is not numeric ({type(action).__name__})", now_s,
+                              brake=True, r=r, rejected=True)
         if a.shape != (self._dof,):
-            return self._hold("shape", f"shape: action shape {a.shape} != ({self._dof},)", rejected=True)
+            return self._hold("shape", f"shape: action shape {a.shape} != ({self._dof},)", now_s,
+                              brake=True, r=r, rejected=True)
         # One reduction instead of isfinite + count; a sum that overflows
         # (entries ~1e308) is rechecked element-wise.
         if not math.isfinite(np.add.reduce(a)) and np.count_nonzero(np.isfinite(a)) != self._dof:
             i = int(np.argmax(~np.isfinite(a)))
-            return self._hold("nan", f"nan: action[{i}]={a[i]!r} is not finite", rejected=True)
-        return self._limit(a)
+            return self._hold("nan", f"nan: action[{i}]={a[i]!r} is not finite", now_s, brake=True, r=r,
+                              rejected=True)
+        result = self._limit(a, r)
+        self._sent(now_s, False)
+        return result
+
+    def _estop_hold(self, now_s: float, from_tick: bool = False) -> SafetyResult:
+        return self._hold("estop", f"estop: {self._estop_reason}", now_s, brake=False, from_tick=from_tick)
 
     def _stop_step(self, dist: np.ndarray) -> np.ndarray:
         """(D,): largest step from which braking at max_acceleration, one period
@@ -470,13 +577,16 @@ class SafetyFilter:
         return np.sqrt(self._stop_two_c * y) - self._stop_half_c
 
     def _stop_ratio(self, target: np.ndarray, q0: np.ndarray, delta: np.ndarray, abs_delta: np.ndarray,
-                    lower: np.ndarray, upper: np.ndarray) -> float:
-        """max over joints of |delta_i| / (largest step from which joint i can
-        still stop in time, before the target and before the bound ahead)."""
+                    lower: np.ndarray, upper: np.ndarray, r: float) -> float:
+        """max over joints of |delta_i| / (largest step of h = r*dt from which joint i can
+        still stop in time, before the target and before the bound ahead). The braking
+        profile is the one of full periods (the longer braking distance), scaled to h."""
         cap: np.ndarray | None = None
         if not self._tracking:
             # On the streaming reference the closing speed is 0: nothing to check.
             cap = self._stop_step(abs_delta)  # (D,)
+            if r != 1.0:
+                cap *= r
             if self._prev_target is not None:
                 # A reference moving away ahead of the robot may be followed
                 # at its own speed: only the closing speed must be stoppable.
@@ -486,16 +596,18 @@ class SafetyFilter:
         if not self._far_from_bounds and self._prev_target is not None:
             to_bound = np.abs(np.where(delta > 0, upper, lower) - q0)  # (D,)
             bound_cap = self._stop_step(to_bound)
+            if r != 1.0:
+                bound_cap *= r
             cap = bound_cap if cap is None else np.minimum(cap, bound_cap)
         if cap is None:
             return 0.0
-        return float((abs_delta / cap).max())  # cap >= a*dt^2 > 0
+        return float((abs_delta / cap).max())  # cap >= a*dt^2*r > 0
 
-    def _limit(self, a: np.ndarray) -> SafetyResult:
+    def _limit(self, a: np.ndarray, r: float) -> SafetyResult:
+        """The command for request ``a`` covering h = r*dt (the caller counts it as sent)."""
         q0 = self._q_prev  # (D,)
         assert q0 is not None
-        step0 = self._step_prev  # (D,)
-        change_max = self._step_change_max  # (D,)
+        step0, step_max, change_max = self._per_period(r)  # (D,) each, for this command's h
         if self._inside:
             lower, upper = self._pmin, self._pmax
         else:
@@ -508,12 +620,14 @@ class SafetyFilter:
         delta = target - q0  # (D,) the step asked for
         abs_delta = np.abs(delta)
         ratio_v = float((abs_delta * self._inv_step_max).max())
+        if r != 1.0:
+            ratio_v /= r
         # Stopping distance: approach the bound ahead, and the target relative
         # to its own motion, no faster than max deceleration can stop. Without
         # it a far target (a jump after a hold, a grace repeat while the robot
         # lags) is overshot by up to v^2/(2a), and a bound is hit at full speed
         # and then clipped, i.e. stopped with unbounded deceleration.
-        ratio_stop = self._stop_ratio(target, q0, delta, abs_delta, lower, upper)
+        ratio_stop = self._stop_ratio(target, q0, delta, abs_delta, lower, upper, r)
         s_max = 1.0 / max(1.0, ratio_v, ratio_stop)
         hit_velocity = ratio_v > 1.0 and ratio_v >= ratio_stop
         hit_accel = ratio_stop > 1.0 and ratio_stop > ratio_v
@@ -523,12 +637,12 @@ class SafetyFilter:
             # Streaming: a cheap check that the step is reachable as it is.
             s = s_max
         else:
-            s, brake = self._accel_scale(delta, abs_delta, step0, s_max)
+            s, brake = self._accel_scale(delta, abs_delta, step0, s_max, change_max)
             hit_accel = hit_accel or brake or s < s_max
 
         if brake:
             step = step0 - np.minimum(np.maximum(step0, -change_max), change_max)
-            np.minimum(np.maximum(step, -self._step_max, out=step), self._step_max, out=step)
+            np.minimum(np.maximum(step, -step_max, out=step), step_max, out=step)
             q = q0 + step
         elif s == 1.0:
             q = target  # exactly what was asked (after position clipping), already inside
@@ -544,13 +658,13 @@ class SafetyFilter:
                 hit_position = True
             q = clipped
 
-        self._step_prev = q - q0
+        diff = q - q0
+        self._vstep = diff if r == 1.0 else diff / r
         self._prev_target = target
         self._tracking = tracking
         self._set_q(q)
         hits = tuple(name for name, hit in (("position", hit_position), ("velocity", hit_velocity),
                                             ("acceleration", hit_accel)) if hit)
-        self._stats["commands"] += 1
         for name in hits:
             self._stats[name] += 1
         if hits:
@@ -564,10 +678,9 @@ class SafetyFilter:
         return SafetyResult(q.copy(), bool(hits), hits, False, reason)
 
     def _accel_scale(self, delta: np.ndarray, abs_delta: np.ndarray, step0: np.ndarray,
-                     s_max: float) -> tuple[float, bool]:
-        """Largest s in [0, s_max] with |s*delta - step0| <= a*dt^2 in every dim;
+                     s_max: float, c: np.ndarray) -> tuple[float, bool]:
+        """Largest s in [0, s_max] with |s*delta - step0| <= c (= a*h^2) in every dim;
         (s, False), or (0.0, True) when no such s exists (brake)."""
-        c = self._step_change_max
         any_still = np.count_nonzero(delta) != self._dof
         if any_still:
             still = delta == 0  # (D,)
@@ -592,23 +705,45 @@ class SafetyFilter:
         return max(0.0, hi), False
 
     def tick(self, now_s: float) -> SafetyResult | None:
-        """Call every control period. Return a hold while the e-stop is latched,
-        or when no action was filtered for > watchdog_timeout_s (counted as
-        'watchdog'; also for a non-finite now_s); otherwise None."""
+        """Call often (every period or faster). Returns a command only when none was sent for
+        late_after_s (after a command from tick: for most of a period), so there is at most
+        one per period; otherwise None. When due: while the e-stop is latched, its hold; while
+        the last command was moving, one period of braking at max deceleration ('stream', or
+        'watchdog' past the timeout); at rest, None until no action was filtered for
+        > watchdog_timeout_s, then a hold at the rest point ('watchdog'). Before the first joint
+        state only an e-stop holds (command None). A non-finite now_s holds (braking, counted as
+        'watchdog')."""
         if not _finite_real(now_s):
-            return self._hold("watchdog", f"watchdog: now_s={now_s!r} is not finite")
+            return self._hold("watchdog", f"watchdog: now_s={now_s!r} is not finite", math.nan, brake=True,
+                              from_tick=True)
         now_s = float(now_s)
+        last = self._last_sent_s
+        gap = None if last is None else now_s - last
+        if gap is not None and gap < (self._repeat_s if self._last_from_tick else self._late_s):
+            return None  # a command went out less than a period ago (or the clock went back)
         if self._estop:
-            return self._estop_hold()
+            return self._estop_hold(now_s, from_tick=True)
+        if self._q_prev is None:
+            return None  # nothing to command before a joint state (filter() says so per action)
         ref_s = self._last_filter_s if self._last_filter_s is not None else self._watch_ref_s
         if ref_s is None:
             self._watch_ref_s = now_s  # the watchdog runs from the first tick
             return None
         age_s = now_s - ref_s
-        if age_s <= self._limits.watchdog_timeout_s:
-            return None
-        if not self._watchdog_active:
+        watchdog = age_s > self._limits.watchdog_timeout_s
+        resting = gap is not None and gap > self._resume_s  # the controller held the last point
+        moving = not resting and np.count_nonzero(self._vstep) > 0
+        if not (moving or watchdog):
+            return None  # at rest: quiet until the watchdog
+        if watchdog and not self._watchdog_active:
             self._watchdog_active = True
             self._stats["watchdog_trips"] += 1
-        return self._hold(
-            "watchdog", f"watchdog: no action for {age_s:.3f} s (> {self._limits.watchdog_timeout_s} s)")
+        r = self._begin(now_s)
+        if moving and not self._last_from_tick:
+            self._stats["stream_stops"] += 1
+        if watchdog:
+            limit, reason = "watchdog", (f"watchdog: no action for {age_s:.3f} s "
+                                         f"(> {self._limits.watchdog_timeout_s} s)")
+        else:
+            limit, reason = "stream", REASON_STREAM.format(gap=gap if gap is not None else math.nan)
+        return self._hold(limit, reason, now_s, brake=True, r=r, from_tick=True)

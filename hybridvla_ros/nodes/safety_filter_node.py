@@ -2,13 +2,20 @@
 
 Every ActionStep on ``action_command`` goes through hybridvla_ros.core.safety (NaN/Inf
 rejection, joint bounds, velocity and acceleration limits that keep the direction of
-motion, force/torque e-stop latch, watchdog) and comes out in the message type of the
-embodiment's controller. ``~/reset_estop`` (std_srvs/Trigger) clears a latched e-stop.
+motion, force/torque e-stop latch, watchdog) at once and comes out in the message type of
+the embodiment's controller. The limits hold against the time since the last command sent
+(a burst moves no faster than real time allows; after a silence of 3 periods motion starts
+again from rest at the last command). A timer four times per period lets the filter brake
+to rest within the acceleration limit when no command went out for 1.25 periods (inputs
+silent, buffer dry, upstream node dead), then hold the rest point after the watchdog.
+``~/reset_estop`` (std_srvs/Trigger) clears a latched e-stop. Counters go on
+``safety_filter/status`` every period and on /diagnostics once a second.
 """
 from __future__ import annotations
 
 import numpy as np
 from builtin_interfaces.msg import Duration
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, WrenchStamped
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
@@ -39,8 +46,9 @@ class SafetyFilterNode(Node):
         self.params = p = load_schema(self, SafetyFilterParams)
         self.filter = SafetyFilter(p.safety_limits(), control_period_s=p.control_period_s)
         self._last_sent: np.ndarray | None = None
-        self._action_since_tick = False
         self._last_result: SafetyResult | None = None
+        self._last_status_s: float | None = None
+        self._logged = {"stream_stops": 0, "resumes_from_rest": 0}
         self.commands_sent = 0
         self.estop_trips = 0
         self.watchdog_holds = 0
@@ -55,7 +63,11 @@ class SafetyFilterNode(Node):
         # The handoff node tightens the velocity limit in its conservative mode.
         self.create_subscription(Float64, "handoff/velocity_scale", self._on_velocity_scale, QoSProfile(depth=5))
         self.create_service(Trigger, "~/reset_estop", self._on_reset)
-        self.create_timer(p.control_period_s, self._tick)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
+        # The filter decides when a timer command is due (never a second one within a period);
+        # ticking four times per period starts braking within a quarter period of the deadline.
+        self.create_timer(p.control_period_s / 4.0, self._tick)
+        self.create_timer(1.0, self._publish_diagnostics)
         self._measured_index = JointIndex(p.joint_names)  # the driver's joint_states order, per name list
         self.get_logger().info(f"safety filter for {p.embodiment} -> {p.command_topic} ({p.command_type})")
 
@@ -93,7 +105,6 @@ class SafetyFilterNode(Node):
             self.get_logger().info(f"velocity scale {before:.2f} -> {self.filter.velocity_scale:.2f}")
 
     def _on_action(self, msg: ActionStep) -> None:
-        self._action_since_tick = True
         self._send(self.filter.filter(np.asarray(msg.action, dtype=np.float64), now_s(self)))
 
     def _on_reset(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
@@ -104,15 +115,17 @@ class SafetyFilterNode(Node):
     # --- outputs
     def _tick(self) -> None:
         t = now_s(self)
+        # A command only where none went out for a while (the filter keeps one per period):
+        # braking to rest when the stream stopped moving, e-stop and watchdog holds.
         result = self.filter.tick(t)
-        # Holds from the timer only fill periods in which no action came (an action already got
-        # its command, a hold during an e-stop too): one command per period.
-        action_came, self._action_since_tick = self._action_since_tick, False
-        if result is not None and not action_came:
+        if result is not None:
             if "watchdog" in result.limits_hit:
                 self.watchdog_holds += 1
             self._send(result)
-        self._publish_status()
+        if self._last_status_s is None or t - self._last_status_s >= 0.9 * self.params.control_period_s \
+                or t < self._last_status_s:
+            self._last_status_s = t
+            self._publish_status()
 
     def _send(self, result: SafetyResult) -> None:
         self._last_result = result
@@ -139,6 +152,36 @@ class SafetyFilterNode(Node):
         self._last_sent = cmd.copy()
         self.cmd_pub.publish(msg)
         self.commands_sent += 1
+        self._log_transitions(result)
+
+    def _log_transitions(self, result: SafetyResult) -> None:
+        stats = self.filter.stats
+        if stats["stream_stops"] != self._logged["stream_stops"]:
+            self._logged["stream_stops"] = stats["stream_stops"]
+            self.get_logger().warning(f"command stream stopped while moving ({result.reason}); braking to rest "
+                                      "within the acceleration limit", throttle_duration_sec=2.0)
+        if stats["resumes_from_rest"] != self._logged["resumes_from_rest"]:
+            self._logged["resumes_from_rest"] = stats["resumes_from_rest"]
+            self.get_logger().warning(f"no command went out for more than {self.filter.resume_after_s:.3f} s while "
+                                      "moving (this process stalled): the robot stopped at the last command, "
+                                      "motion starts again from rest there", throttle_duration_sec=2.0)
+
+    def _publish_diagnostics(self) -> None:
+        stats = self.filter.stats
+        sent, modified = self.commands_sent, int(stats["modified"])
+        if self.filter.estop_latched:
+            level, message = DiagnosticStatus.ERROR, f"e-stop latched: {self.filter.estop_reason}"
+        elif self._last_result is not None and self._last_result.holding:
+            level, message = DiagnosticStatus.WARN, f"holding: {self._last_result.reason}"
+        else:
+            level, message = DiagnosticStatus.OK, f"{sent} commands sent, {modified} modified"
+        values = {"commands_sent": sent, "watchdog_holds": self.watchdog_holds, **stats}
+        out = DiagnosticArray()
+        s_to_stamp(now_s(self), out.header.stamp)
+        out.status.append(DiagnosticStatus(level=level, name="hybridvla: safety_filter limits", message=message,
+                                           hardware_id=self.params.embodiment,
+                                           values=[KeyValue(key=k, value=str(v)) for k, v in values.items()]))
+        self.diag_pub.publish(out)
 
     def _publish_status(self) -> None:
         status = SafetyStatus()

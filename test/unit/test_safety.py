@@ -322,8 +322,14 @@ def test_force_spike_latches_estop_until_reset(dim: int) -> None:
         res = filt.filter(np.full(dim, 0.9), k * DT_S)
         assert res.holding and res.limits_hit == ("estop",) and res.reason.startswith("estop")
         np.testing.assert_array_equal(res.command, q_before)
-        tick = filt.tick(k * DT_S)
+        assert filt.tick(k * DT_S) is None  # the action's hold went out now: one command per period
+    # No action for more than a period: the tick holds, once per period.
+    t_late = 19 * DT_S + filt.late_after_s
+    for t in (t_late, t_late + DT_S, t_late + 2 * DT_S):
+        tick = filt.tick(t)
         assert tick is not None and tick.holding and tick.limits_hit == ("estop",)
+        np.testing.assert_array_equal(tick.command, q_before)
+        assert filt.tick(t + 0.5 * DT_S) is None
     # Still pressing: refused.
     filt.update_wrench(np.array([0.0, 0.0, 60.0]), np.zeros(3), 0.2)
     ok, reason = filt.reset_estop(0.2)
