@@ -12,6 +12,13 @@ scripted expert would command next (the simulated operator follows it),
 ``sim_robot/task_success`` (Bool) whether the task is done (error under
 ``success_tolerance_m``), and with ``expert_chunk_rate_hz`` > 0 ``sim_robot/expert_chunk``
 (ActionChunk) the expert's plan for the next chunk (inference's ``sim_expert`` source).
+Plans are rolled out in a worker process (``sim.expert_planner``) from a snapshot of the
+simulator, so the physics, the joint states and the camera keep their rates however long
+a plan takes (in this process, or a thread of it, a plan holds the GIL and they did not);
+a tick that finds the previous plan still running is skipped (a plan is only useful
+fresh), a plan begun before a reset is dropped, and ``/diagnostics`` (``hybridvla:
+sim_robot expert planner``, 1 Hz) counts plans published, skipped and failed and gives
+the last plan's time.
 ``sim_robot/reset`` (std_srvs/Trigger) starts a new episode:
 robot at home, a new scene drawn with seed ``seed + k`` for the k-th reset (so an
 evaluation is repeatable); ``scene`` (nominal / shifted) and ``seed`` can be changed at
@@ -20,7 +27,12 @@ The simulators live in hybridvla_ros.sim (``registry.make_sim``; each one a ``si
 """
 from __future__ import annotations
 
+import time
+from concurrent.futures import Future
+from typing import Any
+
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, WrenchStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
@@ -33,13 +45,14 @@ from trajectory_msgs.msg import JointTrajectory
 from hybridvla_msgs.msg import ActionChunk
 from hybridvla_ros.core.image import encode_compressed
 from hybridvla_ros.core.joints import JointIndex
-from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp
+from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, shutting_down
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.sim_robot import SimRobotParams
+from hybridvla_ros.sim.expert_planner import ExpertPlanner
 from hybridvla_ros.sim.registry import SCENES, make_sim, state_vector
-from hybridvla_ros.sim.rollout import expert_chunk
 
 PUSH_DURATION_S = 0.3
+PLANNER_DIAGNOSTIC_NAME = "hybridvla: sim_robot expert planner"
 
 
 class SimRobotNode(Node):
@@ -48,8 +61,9 @@ class SimRobotNode(Node):
     def __init__(self) -> None:
         super().__init__("sim_robot", automatically_declare_parameters_from_overrides=True)
         self.params = p = load_schema(self, SimRobotParams)
-        self.sim = make_sim(p, image_width=p.image_width, image_height=p.image_height, seed=p.seed,
-                            physics=p.physics, scene=p.scene)
+        sim_args: dict[str, Any] = {"image_width": p.image_width, "image_height": p.image_height, "seed": p.seed,
+                                    "physics": p.physics, "scene": p.scene}
+        self.sim = make_sim(p, **sim_args)
         self.sim.reset(seed=p.seed)
         try:  # the parameter file's observed-only joints must be ones this simulator reports
             state_vector(self.sim, p.state_joints)
@@ -86,9 +100,20 @@ class SimRobotNode(Node):
         self.create_timer(1.0 / p.joint_state_rate_hz, self._on_physics_tick)
         self.create_timer(1.0 / p.camera_rate_hz, self._on_camera_tick)
         self.create_timer(p.control_period_s, self._on_expert_tick)
+        # The expert's plans: rolled out in a worker process (sensors never wait for them).
+        self.plans_published = 0
+        self.plans_skipped = 0   # ticks that found the previous plan still running
+        self.plans_dropped = 0   # plans begun before a reset
+        self.plans_failed = 0
+        self._failed_reported = 0
+        self._last_plan_s = 0.0
+        self._planner: ExpertPlanner | None = None
         if p.expert_chunk_rate_hz > 0:
             self.chunk_pub = self.create_publisher(ActionChunk, "sim_robot/expert_chunk", QoSProfile(depth=2))
+            self._planner = ExpertPlanner(make_sim, p, **sim_args)  # the same simulator, in the worker
+            self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
             self.create_timer(1.0 / p.expert_chunk_rate_hz, self._on_expert_chunk_tick)
+            self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(f"simulated {p.embodiment} ({p.physics}, scene {p.scene}): {p.command_topic} "
                                f"({p.command_type}) in, {p.joint_states_topic} / {p.camera_topic} out")
 
@@ -176,10 +201,38 @@ class SimRobotNode(Node):
         self.expert_pub.publish(js)
 
     def _on_expert_chunk_tick(self) -> None:
-        """The expert's next chunk_size targets from now (rolled out on a copy of the simulator)."""
+        """Start the expert's next plan from a snapshot of now, unless one is still running."""
+        if self._planner is None:
+            return
+        t, resets, started = now_s(self), self._resets, time.perf_counter()
+        try:
+            plan = self._planner.submit(self.sim, self.params.chunk_size)  # the snapshot is taken here
+        except Exception as exc:  # noqa: BLE001  (the planner must never stop the sensors)
+            self.plans_failed += 1
+            self.get_logger().error(f"expert plan not started: {exc!r}", throttle_duration_sec=5.0)
+            return
+        if plan is None:
+            self.plans_skipped += 1
+            return
+        plan.add_done_callback(lambda f: self._on_plan_done(f, t, resets, started))
+
+    def _on_plan_done(self, plan: Future, t: float, resets: int, started: float) -> None:
+        """(The planner's callback thread.) Publish the chunk planned from the state at ``t``
+        (its stamp), unless it failed or a reset came in between."""
+        self._last_plan_s = time.perf_counter() - started
+        if plan.cancelled():
+            return
+        exc = plan.exception()
+        if exc is not None:
+            self.plans_failed += 1
+            if not shutting_down():
+                self.get_logger().error(f"expert plan failed: {exc!r}", throttle_duration_sec=5.0)
+            return
+        if resets != self._resets:  # a plan of the previous episode
+            self.plans_dropped += 1
+            return
         p = self.params
-        t = now_s(self)
-        chunk = expert_chunk(self.sim, p.chunk_size)  # (T, D)
+        chunk = plan.result()  # (T, D)
         msg = ActionChunk()
         s_to_stamp(t, msg.header.stamp)
         msg.embodiment = p.embodiment
@@ -188,7 +241,41 @@ class SimRobotNode(Node):
         msg.actions = chunk.ravel().tolist()  # (T, D) row-major
         msg.confidence = 1.0
         msg.head_type = "sim_expert"
-        self.chunk_pub.publish(msg)
+        try:
+            self.chunk_pub.publish(msg)
+        except RuntimeError:  # the node is going down under the callback
+            if not shutting_down():
+                raise
+            return
+        self.plans_published += 1
+
+    def _publish_diagnostics(self) -> None:
+        t = now_s(self)
+        values = [KeyValue(key=k, value=str(v)) for k, v in (
+            ("plans_published", self.plans_published), ("plans_skipped", self.plans_skipped),
+            ("plans_dropped_at_reset", self.plans_dropped), ("plans_failed", self.plans_failed),
+            ("last_plan_ms", f"{self._last_plan_s * 1e3:.1f}"),  # snapshot to result, the worker's start included
+            ("expert_chunk_rate_hz", self.params.expert_chunk_rate_hz))]
+        level, message = DiagnosticStatus.OK, "planning in a worker process"
+        if self.plans_failed > self._failed_reported:
+            level, message = DiagnosticStatus.ERROR, "expert plans failed since the last report: see the node's log"
+        self._failed_reported = self.plans_failed
+        out = DiagnosticArray()
+        s_to_stamp(t, out.header.stamp)
+        out.status.append(DiagnosticStatus(level=level, name=PLANNER_DIAGNOSTIC_NAME, message=message,
+                                           hardware_id=self.params.embodiment, values=values))
+        self.diag_pub.publish(out)
+
+    def destroy_node(self) -> None:
+        """Let a plan in flight finish (it publishes while the node still exists), stop the
+        planner, free the renderer's GL context while EGL is still up (left to the garbage
+        collector at exit, it is freed after EGL and prints a traceback), then stop."""
+        if self._planner is not None:
+            self._planner.close()
+        close = getattr(self.sim, "close", None)  # the MuJoCo simulators' (not in the Simulator protocol)
+        if callable(close):
+            close()
+        super().destroy_node()
 
     def _on_camera_tick(self) -> None:
         t = now_s(self)

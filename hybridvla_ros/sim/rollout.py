@@ -56,10 +56,12 @@ def control_path(config_file: str) -> tuple[ActionBufferConfig, SafetyLimits]:
     return buffer.buffer_config(), safety.safety_limits()
 
 
-def expert_chunk(sim: Simulator, chunk_size: int) -> np.ndarray:
+def expert_chunk(sim: Simulator, chunk_size: int, *, on_clone: bool = True) -> np.ndarray:
     """(T, D) the scripted expert's next ``chunk_size`` targets, rolled out on ``sim.clone()``;
-    ``sim`` is not changed."""
-    twin = sim.clone()
+    ``sim`` is not changed. ``on_clone=False`` rolls out on ``sim`` itself (it is stepped
+    ``chunk_size`` control periods): for a twin the caller already cloned and owns, e.g. one
+    taken on the thread that steps the simulator and rolled out on another (the sim node)."""
+    twin = sim.clone() if on_clone else sim
     out = np.empty((chunk_size, sim.positions.size))
     for k in range(chunk_size):  # sequential: each step starts where the last one ended
         out[k] = twin.expert_target()

@@ -38,6 +38,17 @@ def test_expert_chunk_leaves_the_simulator_alone() -> None:
     np.testing.assert_allclose(chunk[0], sim.expert_target())
 
 
+def test_expert_chunk_on_a_twin_the_caller_owns_steps_that_twin() -> None:
+    """on_clone=False (the sim node's worker: the twin is a snapshot) plans the same chunk
+    from the twin itself, which ends a chunk ahead."""
+    sim, ab, _ = setup("franka")
+    twin = sim.clone()
+    chunk = expert_chunk(twin, ab.chunk_size, on_clone=False)
+    np.testing.assert_array_equal(chunk, expert_chunk(sim, ab.chunk_size))
+    assert twin.time_s == pytest.approx(sim.time_s + ab.chunk_size * sim.control_period_s)
+    assert not np.array_equal(twin.positions, sim.positions)
+
+
 def test_a_policy_that_holds_still_fails_and_one_that_says_nan_is_held_safely() -> None:
     sim, ab, sf = setup("franka")
     still = rollout(sim, lambda _img, q, _state: (np.repeat(q[None], ab.chunk_size, 0), 0.9), ab.buffer_config(),
