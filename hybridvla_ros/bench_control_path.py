@@ -1,8 +1,9 @@
 """``hybridvla bench``: numbers for the control path (printed, and written as JSON).
 
 1. On the running graph (simulated robot, separate processes, real DDS), heard by a
-   listener node: time from a camera frame's stamp to the first command derived from it,
-   minus the model's own time (p50/p99); command period jitter at the control rate
+   listener node (send times from the DDS message info; from when the policy drives, and
+   a run in which it never does fails): time from a camera frame's stamp to the first
+   command derived from it, minus the model's own time (p50/p99); command period jitter at the control rate
    (p50/p99); achieved control rate; inference latency.
 2. In this process: safety-filter time per action and action-buffer time per step, for
    every embodiment (median and p99 over thousands of calls), and the wall time of one
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from typing import Any
 
@@ -25,7 +27,7 @@ import numpy as np
 from hybridvla_ros.core.action_buffer import ActionBuffer
 from hybridvla_ros.core.safety import SafetyFilter
 from hybridvla_ros.core.stats import percentiles
-from hybridvla_ros.graph_run import run_graph
+from hybridvla_ros.graph_run import run_graph, verdict
 from hybridvla_ros.launch_description import params_file_for
 from hybridvla_ros.params import from_params, load_node_params
 from hybridvla_ros.params.action_buffer import ActionBufferParams
@@ -133,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         if report is None:
             return 1
         result["graph"] = report
-        keys = ["control_rate_target_hz", "control_rate_achieved_hz", "command_jitter_p50_ms",
-                "command_jitter_p99_ms", "frame_to_command_minus_model_p50_ms",
+        why = verdict(report)
+        if why:  # numbers of a graph the policy never drove are the safety filter's holds: not a benchmark
+            print(f"error: {why}", file=sys.stderr)
+            return 1
+        keys = ["startup_s", "policy_commands", "control_rate_target_hz", "control_rate_achieved_hz",
+                "command_jitter_p50_ms", "command_jitter_p99_ms", "frame_to_command_minus_model_p50_ms",
                 "frame_to_command_minus_model_p99_ms", "inference_latency_p50_ms", "inference_latency_p99_ms",
                 "observation_skew_p50_ms", "commands_sent"]
         for k in keys:

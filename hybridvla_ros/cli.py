@@ -1,6 +1,6 @@
 """The ``hybridvla`` command: run the graph, the demo, training and benchmarks.
 
-    hybridvla run --embodiment franka --sim --duration 30   # like ros2 launch, plus a report
+    hybridvla run --embodiment franka --sim --duration 30   # like ros2 launch, plus a report (1: policy never drove)
     hybridvla demo                                          # train if needed, run on the sim, report
     hybridvla train --embodiments franka aloha hello leap   # policy from the sims' scripted experts
     hybridvla adapt config/franka.yaml --store runs/corrections/franka.sqlite  # one head adaptation
@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from hybridvla_ros.graph_run import run_graph
+from hybridvla_ros.graph_run import READY_TIMEOUT_S, run_graph, verdict
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.check import check_parameter_file
 from hybridvla_ros.params.config_files import embodiment_names
@@ -26,15 +26,28 @@ from hybridvla_ros.params.config_files import embodiment_names
 DEFAULT_CHECKPOINT = "checkpoints/default"
 
 
+def _verdict_code(report: dict | None) -> int:
+    """0 when the policy drove, else 1 with one sentence on stderr saying why."""
+    if report is None:
+        print("error: interrupted before the graph could be heard; no report", file=sys.stderr)
+        return 1
+    why = verdict(report)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
-        run_graph(args.embodiment, args.sim, args.duration, args.checkpoint, args.params_file, args.json, args.log_dir)
+        report = run_graph(args.embodiment, args.sim, args.duration, args.checkpoint, args.params_file, args.json,
+                           args.log_dir, ready_timeout_s=args.ready_timeout)
     except ParameterError as exc:
         print(f"error: bad parameter: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError:
+    except RuntimeError:  # NodeDied: run_graph has said which node and why
         return 1
-    return 0
+    return _verdict_code(report)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -47,13 +60,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if code:
             return code
     try:
-        report = run_graph(args.embodiment, True, args.duration, ckpt, json_path=args.json, log_dir=args.log_dir)
+        report = run_graph(args.embodiment, True, args.duration, ckpt, json_path=args.json, log_dir=args.log_dir,
+                           ready_timeout_s=args.ready_timeout)
     except ParameterError as exc:
         print(f"error: bad parameter: {exc}", file=sys.stderr)
         return 2
     except RuntimeError:
         return 1
-    return 0 if report and report["commands_sent"] > 0 else 1
+    return _verdict_code(report)
 
 
 def _cmd_train(argv: list[str]) -> int:
@@ -113,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--embodiment", default="franka", choices=embodiment_names())
     run.add_argument("--sim", action=argparse.BooleanOptionalAction, default=True,
                      help="start the simulated robot (default); --no-sim for a real robot")
-    run.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    run.add_argument("--duration", type=float, default=None,
+                     help="seconds to run once the policy drives (default: until Ctrl-C)")
+    run.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S,
+                     help="with --duration: fail if the policy has not driven this many seconds after start")
     run.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     run.add_argument("--params-file", default=None, help="instead of config/<embodiment>.yaml")
     run.add_argument("--json", default=None, help="write the report here")
@@ -122,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a policy if there is none, run the graph on the simulated robot")
     demo.add_argument("--embodiment", default="franka", choices=embodiment_names())
-    demo.add_argument("--duration", type=float, default=30.0)
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds to run once the policy drives")
+    demo.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S,
+                      help="fail if the policy has not driven this many seconds after start")
     demo.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
     demo.add_argument("--json", default="runs/demo_report.json")
     demo.add_argument("--log-dir", default="runs/demo_logs")

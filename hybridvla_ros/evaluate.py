@@ -28,7 +28,7 @@ import numpy as np
 from hybridvla_ros.core.episodes import STAGES, EpisodeResult, plot_evaluation, stage_latencies, summarize
 from hybridvla_ros.core.handoff import Mode
 from hybridvla_ros.core.stats import rate_and_jitter
-from hybridvla_ros.launch_description import describe_graph, validate_graph
+from hybridvla_ros.launch_description import describe_graph, safety_filter_input, validate_graph
 from hybridvla_ros.launcher import GraphLauncher, NodeDied
 from hybridvla_ros.params import ParameterError, from_params
 from hybridvla_ros.params.embodiment import EMBODIMENTS
@@ -67,7 +67,8 @@ class Evaluation:
         from hybridvla_ros.nodes.graph_listener import GraphListener
 
         self.launcher.start()
-        self.listener = GraphListener(self.sim_params, node_name="hybridvla_eval", domain_id=self._domain_id)
+        self.listener = GraphListener(self.sim_params, node_name="hybridvla_eval", domain_id=self._domain_id,
+                                      safety_input_topic=safety_filter_input(self.specs))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -76,17 +77,19 @@ class Evaluation:
         self.launcher.stop()
 
     def wait_until_ready(self, timeout_s: float = 60.0) -> None:
-        """Block until the policy has sent chunks and commands flow; raises RuntimeError (naming
-        the dead node, or what is missing) otherwise."""
+        """Block until the policy drives (a chunk served and a command that came from the policy, not
+        a hold) and the safety filter reports; raises RuntimeError (naming the dead node, or what is
+        missing) otherwise."""
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             self.launcher.wait(0.2)  # raises NodeDied
             r = self.listener.snapshot()
-            if r.chunk_info and r.command_times and r.safety is not None:
+            if r.ready and r.safety is not None:
                 return
         r = self.listener.snapshot()
         raise RuntimeError(f"graph not ready after {timeout_s:.0f} s: chunks {len(r.chunk_info)}, "
-                           f"commands {len(r.command_times)}, safety status {'yes' if r.safety else 'no'}")
+                           f"commands {len(r.command_times)} ({r.policy_commands} from the policy), "
+                           f"safety status {'yes' if r.safety else 'no'}")
 
     def set_scene(self, scene: str) -> None:
         """Switch the sim's scene preset (applies from the next reset); raises RuntimeError if refused."""

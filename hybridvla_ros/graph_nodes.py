@@ -4,7 +4,8 @@
 node, in colcon's build environment, where the package's own dependencies (rclpy, numpy,
 yaml) may be missing: so it is plain data and imports only the standard library.
 :func:`hybridvla_ros.launch_description.describe_graph` builds the launch description
-(``ros2 launch`` and ``hybridvla run``) from it; the parameter schemas are registered per
+(``ros2 launch`` and ``hybridvla run``) from it, and which nodes are restarted when they
+die (all but those that end the graph: the safety filter); the parameter schemas are registered per
 node name in :mod:`hybridvla_ros.params.registry`. A test checks that all of them agree.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ class GraphNode(NamedTuple):
     name: str                         # e.g. "sync"
     sim_only: bool = False            # runs only with the simulated robot
     human_in_loop_only: bool = False  # runs only with a human in the loop (handoff, corrections)
+    ends_graph: bool = False          # its exit ends the graph; every other node is restarted when it dies
 
     @property
     def executable(self) -> str:
@@ -38,7 +40,7 @@ GRAPH_NODES: tuple[GraphNode, ...] = (
     GraphNode("inference"),
     GraphNode("action_buffer"),
     GraphNode("handoff", human_in_loop_only=True),
-    GraphNode("safety_filter"),
+    GraphNode("safety_filter", ends_graph=True),  # the last word on every command: never run without it
     GraphNode("correction_recorder", human_in_loop_only=True),
     GraphNode("adaptation", human_in_loop_only=True),
     GraphNode("monitor", human_in_loop_only=True),

@@ -2,7 +2,13 @@
 
 ``launch_ros`` cannot be installed on machines without a ROS distribution, so the list
 of nodes, their parameter files, overrides and remappings is plain data here: the launch
-file turns it into ``launch_ros.actions.Node``s and ``hybridvla run`` into processes.
+file turns it into ``launch_ros.actions.Node``s (:meth:`NodeSpec.launch_arguments`) and
+``hybridvla run`` into processes (:class:`~hybridvla_ros.launcher.GraphLauncher`).
+
+Node deaths: every node but the safety filter is restarted (``respawn``, after
+``respawn_delay_s``); the safety filter's exit ends the graph (``ends_graph``: the launch
+file shuts the launch down, our runner stops every node), since no command may reach the
+robot unchecked.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from typing import Any
 import yaml
 
 from hybridvla_ros.graph_nodes import GRAPH_NODES, PACKAGE
+
+RESPAWN_DELAY_S = 1.0  # wait this long before restarting a node that died (ros2 launch's respawn_delay)
 from hybridvla_ros.params import ParameterError, load_node_params
 from hybridvla_ros.params.check import (
     ParameterIssue,
@@ -38,6 +46,13 @@ class NodeSpec:
     parameters: dict[str, Any] = field(default_factory=dict)     # -p overrides
     remappings: tuple[tuple[str, str], ...] = ()
     package: str = PACKAGE
+    respawn: bool = True                              # restarted when it dies (False: its exit ends the graph)
+    respawn_delay_s: float = RESPAWN_DELAY_S
+
+    @property
+    def ends_graph(self) -> bool:
+        """Its exit ends the graph (it is not restarted)."""
+        return not self.respawn
 
     @property
     def module(self) -> str:
@@ -58,6 +73,16 @@ class NodeSpec:
             args += ["-r", f"{src}:={dst}"]
         return args
 
+    def launch_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of ``launch_ros.actions.Node`` for this node (the launch file's only input)."""
+        args: dict[str, Any] = {
+            "package": self.package, "executable": self.executable, "name": self.name, "output": "screen",
+            "parameters": [self.params_file, dict(self.parameters)] if self.parameters else [self.params_file],
+            "remappings": list(self.remappings), "respawn": self.respawn,
+        }
+        if self.respawn:
+            args["respawn_delay"] = self.respawn_delay_s
+        return args
 
     def node_values(self) -> dict[str, Any]:
         """The parameters this node starts with: its file's ``/**`` and own sections, then the overrides."""
@@ -113,8 +138,8 @@ def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str
         if human_in_loop:
             extra.setdefault("adaptation", {})["checkpoint_path"] = checkpoint_path
 
-    def spec(executable: str, name: str, remappings: tuple[tuple[str, str], ...] = ()) -> NodeSpec:
-        return NodeSpec(executable, name, path, extra.get(name, {}), remappings)
+    def spec(executable: str, name: str, remappings: tuple[tuple[str, str], ...], ends_graph: bool) -> NodeSpec:
+        return NodeSpec(executable, name, path, extra.get(name, {}), remappings, respawn=not ends_graph)
 
     nodes: list[NodeSpec] = []
     for node in GRAPH_NODES:
@@ -123,11 +148,20 @@ def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str
         remappings: tuple[tuple[str, str], ...] = ()
         if node.name == "safety_filter" and not human_in_loop:  # no handoff between them
             remappings = (("action_command", "policy_action"),)
-        nodes.append(spec(node.executable, node.name, remappings))
+        nodes.append(spec(node.executable, node.name, remappings, node.ends_graph))
     unknown = set(extra) - {n.name for n in nodes}
     if unknown:
         raise ParameterError(f"overrides: no node named {sorted(unknown)} in this graph")
     return nodes
+
+
+def safety_filter_input(nodes: list[NodeSpec]) -> str:
+    """The topic the safety filter takes its actions from: ``action_command`` (from handoff), or what
+    the graph remaps it to (``policy_action`` without a human in the loop)."""
+    for spec in nodes:
+        if spec.name == "safety_filter":
+            return dict(spec.remappings).get("action_command", "action_command")
+    return "action_command"
 
 
 def validate_graph(nodes: list[NodeSpec]) -> None:

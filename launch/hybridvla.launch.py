@@ -1,10 +1,13 @@
 """ros2 launch hybridvla_ros hybridvla.launch.py embodiment:=franka sim:=true
 
 Thin on purpose: the node list comes from hybridvla_ros.launch_description, which our
-own runner (`hybridvla run`) uses too and which the tests cover.
+own runner (`hybridvla run`) uses too and which the tests cover. Node deaths: every node
+but the safety filter is respawned (after a delay); the safety filter's exit shuts the
+launch down, so no command reaches the robot unchecked.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, RegisterEventHandler, Shutdown
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -18,12 +21,15 @@ def _nodes(context, *args, **kwargs):
     params_file = LaunchConfiguration("params_file").perform(context) or None
     specs = describe_graph(embodiment, sim=sim, checkpoint_path=checkpoint, params_file=params_file)
     validate_graph(specs)
-    return [
-        Node(package=s.package, executable=s.executable, name=s.name, output="screen",
-             parameters=[s.params_file, s.parameters] if s.parameters else [s.params_file],
-             remappings=list(s.remappings))
-        for s in specs
-    ]
+    actions = []
+    for s in specs:
+        node = Node(**s.launch_arguments())
+        actions.append(node)
+        if s.ends_graph:
+            actions.append(RegisterEventHandler(OnProcessExit(
+                target_action=node,
+                on_exit=[Shutdown(reason=f"{s.name} exited: the graph does not run without it")])))
+    return actions
 
 
 def generate_launch_description():

@@ -5,6 +5,7 @@ Kept thin on purpose: nodes only translate messages and call the core modules.
 from __future__ import annotations
 
 import array
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -62,14 +63,50 @@ def now_s(node: Node) -> float:
     return node.get_clock().now().nanoseconds * 1e-9
 
 
+# Set when SIGINT or SIGTERM arrived: from then on the process is shutting down.
+_signalled = False
+
+
+def _note_shutdown_signals() -> None:
+    """Remember SIGINT / SIGTERM in ``_signalled`` (SIGINT still raises KeyboardInterrupt).
+
+    Installed before ``rclpy.init``: rclpy's own handlers (which shut the context down) chain
+    to these, so both run. Python's handler runs at the next bytecode of the main thread, which
+    can be inside rclpy's conversion of a message being taken; pybind11 then turns the
+    KeyboardInterrupt into a RuntimeError ('Unable to convert call argument'), and a take on
+    a context already shut down raises RCLError: both are shutdown, not failures.
+    """
+    def on_signal(signum: int, _frame: Any) -> None:
+        global _signalled
+        _signalled = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread (a test calling main() in a thread): keep rclpy's
+            return
+
+
+def shutting_down() -> bool:
+    """True once SIGINT/SIGTERM arrived or rclpy's default context was shut down."""
+    return _signalled or not rclpy.ok()
+
+
 def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
     """Create the node, spin until Ctrl-C or shutdown, clean up; returns the exit code.
 
     A bad parameter file gives a one-line error per bad parameter and exit code 2, not a
-    traceback.
+    traceback. Shutting down (SIGINT, SIGTERM, the context shut down) gives no traceback
+    either: the exceptions rclpy raises while an executor takes a message or a node is
+    destroyed at that moment (RuntimeError and its subclasses RCLError and InvalidHandle,
+    KeyboardInterrupt, ExternalShutdownException) end the node with code 0. The same
+    exceptions at any other time are real failures and propagate.
     """
     global _process_args
     _process_args = list(sys.argv if args is None else args)
+    _note_shutdown_signals()
     rclpy.init(args=args)
     node: Node | None = None
     code = 0
@@ -82,8 +119,15 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError:
+        if not shutting_down():
+            raise
     finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+        try:
+            if node is not None:
+                node.destroy_node()
+            rclpy.try_shutdown()
+        except (KeyboardInterrupt, RuntimeError):  # a second signal, or rclpy tearing down under us
+            if not shutting_down():
+                raise
     return code

@@ -3,7 +3,14 @@
 
 It subscribes like any other ROS node (over real DDS) and turns what it hears into
 numbers: commands sent and their rate and jitter, inference latency, frame-to-command
-latency, safety interventions and e-stops, and the simulated task error. It is not a
+latency, safety interventions and e-stops, and the simulated task error. Rate and jitter
+are the safety filter's own: each command's send time is the DDS source timestamp from
+the message info (rclpy passes a ``MessageInfo`` only to callbacks whose signature requires
+a second positional argument, so these callbacks require one).
+
+Ready: the graph is ready (:attr:`Recording.ready`) once a first action chunk was heard and
+a first command came from the policy (a command answering an ActionStep with source POLICY
+on the safety filter's input topic), not a hold. It is not a
 node of the graph (no console script, no parameter file): it runs inside the process
 that started the graph, on a thread with its own rclpy context.
 """
@@ -19,10 +26,12 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, WrenchStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import MessageInfo
 from std_msgs.msg import Bool, Float64, Float64MultiArray, String, UInt64
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -57,22 +66,41 @@ class Recording:
     task_errors: list[float] = field(default_factory=list)
     modes: list[tuple[float, int]] = field(default_factory=list)      # (monotonic time, HandoffMode.mode) changes
     corrections: int = 0
+    policy_commands: int = 0                  # commands that answered a policy action (not holds)
+    first_chunk_mono: float | None = None     # monotonic receive time of the first chunk
+    first_policy_command_mono: float | None = None   # ... of the first command from the policy
+    first_policy_command_sent: float | None = None   # send time (s, system clock) of that command
+
+    @property
+    def ready(self) -> bool:
+        """The policy drives: a chunk was served and a command came from the policy, not a hold."""
+        return bool(self.chunk_info) and self.policy_commands > 0
 
 
-def _sent_s(info: dict[str, Any] | None) -> float:
-    """The publisher's send time (DDS source timestamp, s), or now when the middleware gives none."""
-    return info["source_timestamp"] * 1e-9 if info and info.get("source_timestamp") else time.time()
+# A policy action heard on the safety filter's input is answered by the filter's next command;
+# one heard longer ago than this is not paired with a command any more (a hold came instead).
+POLICY_STEP_PAIRING_S = 0.5
+
+
+def _sent_s(info: MessageInfo | dict[str, Any] | None) -> float:
+    """The publisher's send time (DDS source timestamp, ns -> s), or now when the middleware gives none."""
+    stamp = info.get("source_timestamp") if info else None
+    return stamp * 1e-9 if stamp else time.time()
 
 
 class GraphListener:
     """Runs a listening node in a background thread with its own rclpy context."""
 
     def __init__(self, params: EmbodimentParams, node_name: str = "hybridvla_listener",
-                 domain_id: int | None = None) -> None:
+                 domain_id: int | None = None, safety_input_topic: str = "action_command") -> None:
+        """``safety_input_topic``: where the safety filter takes its actions from
+        (:func:`~hybridvla_ros.launch_description.safety_filter_input`; ``policy_action`` without handoff)."""
         self.params = params
         self.rec = Recording()
         self._lock = threading.Lock()
         self._pending_first_step: list[tuple[int, float]] = []   # (chunk seq, ros time of first step)
+        self._pending_policy_steps: list[float] = []  # monotonic receive times of unanswered policy actions
+        self._safety_input = safety_input_topic
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = Node(node_name, context=self.context)
@@ -81,9 +109,13 @@ class GraphListener:
         n, qos = self.node, QoSProfile(depth=50)
         kind = {"trajectory_msgs/JointTrajectory": JointTrajectory, "std_msgs/Float64MultiArray": Float64MultiArray,
                 "geometry_msgs/Twist": Twist}[params.command_type]
+        # The safety filter's input first: when an action and its command are ready together,
+        # the action is taken first and the command pairs with it.
+        if safety_input_topic != "policy_action":
+            n.create_subscription(ActionStep, safety_input_topic, self._on_safety_input, qos)
+        n.create_subscription(ActionStep, "policy_action", self._on_step, qos)
         n.create_subscription(kind, params.command_topic, self._on_command, qos)
         n.create_subscription(ActionChunk, "action_chunk", self._on_chunk, qos)
-        n.create_subscription(ActionStep, "policy_action", self._on_step, qos)
         n.create_subscription(Observation, "observation", self._on_observation, qos)
         n.create_subscription(SafetyStatus, "safety_filter/status", self._on_safety, qos)
         n.create_subscription(BufferStatus, "action_buffer/status", self._on_buffer, qos)
@@ -96,6 +128,7 @@ class GraphListener:
         n.create_subscription(String, "adaptation/status", self._on_adaptation, latched)
         n.create_subscription(String, "inference/active_model", self._on_active_model, latched)
         self.push_pub = n.create_publisher(WrenchStamped, "sim_robot/push", QoSProfile(depth=5))
+        self.diag_pub = n.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
         self._trigger_clients: dict[str, Any] = {}  # service name -> client
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._stop = threading.Event()
@@ -109,7 +142,7 @@ class GraphListener:
         return self.node.get_clock().now().nanoseconds * 1e-9
 
     # --- callbacks
-    def _on_command(self, msg: Any, info: dict[str, Any] | None = None) -> None:
+    def _on_command(self, msg: Any, info: MessageInfo) -> None:
         # The publisher's send time (DDS source timestamp): rate and jitter are the safety
         # filter's, not this listener's scheduling (a backlog processed late would bunch up).
         t = _sent_s(info)
@@ -120,9 +153,19 @@ class GraphListener:
         else:
             value = np.asarray(msg.points[-1].positions if msg.points else [], dtype=np.float64)
         ros_t = t
+        now = time.monotonic()
         with self._lock:
             self.rec.command_times.append(t)
             self.rec.commands.append(value)
+            pending = self._pending_policy_steps
+            while pending and now - pending[0] > POLICY_STEP_PAIRING_S:
+                pending.pop(0)
+            estop = self.rec.safety is not None and self.rec.safety.estop_latched
+            if pending and not estop:  # this command answers a policy action
+                pending.pop(0)
+                self.rec.policy_commands += 1
+                if self.rec.first_policy_command_mono is None:
+                    self.rec.first_policy_command_mono, self.rec.first_policy_command_sent = now, t
             # The first command after the first step of a chunk is the first derived from its frame.
             while self._pending_first_step:
                 seq, _ = self._pending_first_step.pop(0)
@@ -135,21 +178,30 @@ class GraphListener:
                     if obs_sent is not None and chunk_sent is not None:
                         self.rec.stage_times.append((obs_stamp, obs_sent, chunk_sent, latency, ros_t))
 
-    def _on_chunk(self, msg: ActionChunk, info: dict[str, Any] | None = None) -> None:
+    def _on_chunk(self, msg: ActionChunk, info: MessageInfo) -> None:
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._lock:
+            if self.rec.first_chunk_mono is None:
+                self.rec.first_chunk_mono = time.monotonic()
             self.rec.chunk_info[msg.seq] = (stamp, msg.inference_latency_s, msg.confidence)
             self.rec.chunk_sent[msg.seq] = _sent_s(info)
             self.rec.chunk_recv_times.append(time.monotonic())
 
+    def _on_safety_input(self, msg: ActionStep) -> None:
+        if msg.source == ActionStep.SOURCE_POLICY:
+            with self._lock:
+                self._pending_policy_steps.append(time.monotonic())
+
     def _on_step(self, msg: ActionStep) -> None:
+        if self._safety_input == "policy_action":
+            self._on_safety_input(msg)
         with self._lock:
             if msg.chunk_seq not in self.rec.first_step_of_chunk:
                 t = self._ros_now_s()
                 self.rec.first_step_of_chunk[msg.chunk_seq] = t
                 self._pending_first_step.append((msg.chunk_seq, t))
 
-    def _on_observation(self, msg: Observation, info: dict[str, Any] | None = None) -> None:
+    def _on_observation(self, msg: Observation, info: MessageInfo) -> None:
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._lock:
             self.rec.observation_skews.append(msg.proprio_skew_s)
@@ -210,6 +262,16 @@ class GraphListener:
         msg.wrench.force.x, msg.wrench.force.y, msg.wrench.force.z = force_n
         self.push_pub.publish(msg)
 
+    def publish_diagnostic(self, name: str, level: str, message: str, values: dict[str, str]) -> None:
+        """One DiagnosticStatus on /diagnostics; ``level``: "ok", "warn" or "error"."""
+        code = {"ok": DiagnosticStatus.OK, "warn": DiagnosticStatus.WARN, "error": DiagnosticStatus.ERROR}[level]
+        out = DiagnosticArray()
+        out.header.stamp = self.node.get_clock().now().to_msg()
+        out.status.append(DiagnosticStatus(level=code, name=name, message=message,
+                                           hardware_id=self.params.embodiment,
+                                           values=[KeyValue(key=k, value=v) for k, v in values.items()]))
+        self.diag_pub.publish(out)
+
     def reset_estop(self, timeout_s: float = 5.0) -> tuple[bool, str]:
         """Call safety_filter/reset_estop; returns (success, message)."""
         return self.call_trigger("safety_filter/reset_estop", timeout_s)
@@ -267,12 +329,14 @@ class GraphListener:
             r = self.rec
             return Recording(**{f.name: copy.copy(getattr(r, f.name)) for f in dataclasses.fields(r)})
 
-    def report(self, skip_first_s: float = 0.0) -> dict[str, Any]:
-        """Summary numbers of what was heard (commands after ``skip_first_s`` of the first one)."""
+    def report(self, skip_first_s: float = 0.0, since_s: float | None = None) -> dict[str, Any]:
+        """Summary numbers of what was heard. Rate and jitter: of the commands sent from ``since_s``
+        (send time, s; default: the first command) plus ``skip_first_s``."""
         r = self.snapshot()
         times = np.asarray(r.command_times)
         if times.size:
-            times = times[times >= times[0] + skip_first_s]
+            start = times[0] if since_s is None else since_s
+            times = times[times >= start + skip_first_s]
         rj = rate_and_jitter(times, self.params.control_period_s)
         lat = percentiles(v[1] for v in r.chunk_info.values())
         f2c = percentiles(r.frame_to_command_s)
@@ -288,6 +352,7 @@ class GraphListener:
         return {
             "embodiment": self.params.embodiment,
             "commands_sent": len(r.command_times),
+            "policy_commands": r.policy_commands,
             "control_rate_target_hz": self.params.control_rate_hz,
             "control_rate_achieved_hz": rj["rate_hz"],
             "command_jitter_p50_ms": rj["jitter_p50_s"] * 1e3,

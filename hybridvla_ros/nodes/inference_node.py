@@ -78,6 +78,7 @@ class InferenceNode(Node):
 
     def __init__(self) -> None:
         super().__init__("inference", automatically_declare_parameters_from_overrides=True)
+        self._started_s = time.perf_counter()
         self.params = p = load_schema(self, InferenceParams)
         try:
             make = get_policy_factory(p.policy_source)
@@ -210,6 +211,10 @@ class InferenceNode(Node):
         out.model_version = int(chunk.model_version)
         self._seq += 1
         self.pub.publish(out)
+        if self._seq == 1:  # the graph is ready once this chunk drives; say when and how fresh
+            self.get_logger().info(
+                f"first chunk served {time.perf_counter() - self._started_s:.1f} s after the node started, on an "
+                f"observation {(now_s(self) - stamp_s) * 1e3:.0f} ms old (model {chunk.latency_s * 1e3:.0f} ms)")
 
 
 def main(args: list[str] | None = None) -> int:

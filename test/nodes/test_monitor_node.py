@@ -136,3 +136,41 @@ def test_monitor_reports_levels_markers_and_image(ros) -> None:
     # Everything falls silent: STALE after stale_after_s.
     assert ros.spin_until(lambda: levels().get("sync") == STALE and levels().get("safety_filter") == STALE, 4.0), \
         levels()
+
+
+def test_monitor_stops_on_sigint_under_load_without_a_traceback(ros) -> None:
+    """SIGINT while messages pour in (the monitor once exited with a take_message traceback): exit code 0,
+    nothing on stderr that looks like a crash. Three times, since the signal must land mid-take to hurt."""
+    import threading
+    import time
+
+    n = ros.node
+    obs_pub = n.create_publisher(Observation, "observation", 50)
+    step_pub = n.create_publisher(ActionStep, "policy_action", 50)
+    diags: list[DiagnosticArray] = []
+    n.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 20)
+    for trial in range(3):
+        diags.clear()
+        launcher = ros.start([NodeSpec("monitor_node", "monitor", FRANKA, {"diagnostics_rate_hz": 10.0})],
+                             log_name=f"monitor_{trial}")
+        assert ros.spin_until(lambda: bool(diags), 30.0), ros.logs()  # up and spinning
+        stop = threading.Event()
+
+        def flood(stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                for _ in range(10):
+                    obs_pub.publish(Observation(embodiment="franka", joint_positions=[0.0] * 7))
+                    step_pub.publish(ActionStep(embodiment="franka", action=[0.0] * 7))
+                time.sleep(0.001)
+
+        feeder = threading.Thread(target=flood, daemon=True)
+        feeder.start()
+        try:
+            ros.spin_for(0.5)
+            codes = launcher.stop(timeout_s=10.0)  # SIGINT first
+        finally:
+            stop.set()
+            feeder.join()
+        log = (ros.tmp_path / f"monitor_{trial}" / "monitor.log").read_text(errors="replace")
+        assert "Traceback" not in log, log[-3000:]
+        assert codes["monitor"] == 0, log[-3000:]

@@ -35,3 +35,41 @@ def test_export_corrections_writes_an_mcap_file(tmp_path, capsys) -> None:
     assert "wrote 3 corrections" in capsys.readouterr().out
     assert os.path.getsize(out) > 0
     assert main(["export-corrections", "--store", str(tmp_path / "missing.sqlite"), "--out", out]) == 2
+
+
+def _report(chunks: int, policy_commands: int, commands: int = 500) -> dict:
+    return {"chunks": chunks, "policy_commands": policy_commands, "commands_sent": commands}
+
+
+def test_run_and_demo_fail_when_the_policy_never_drove(tmp_path, monkeypatch, capsys) -> None:
+    """Hold commands are not a pass: 0 chunks, or chunks but no command from them, exit 1 with a sentence."""
+    from hybridvla_ros import cli
+
+    reports: list = []
+    calls: list[dict] = []
+
+    def fake_run_graph(*args, **kwargs):
+        calls.append(kwargs)
+        return reports[-1]
+
+    monkeypatch.setattr(cli, "run_graph", fake_run_graph)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"")
+    for command in (["run", "--embodiment", "aloha", "--duration", "30", "--ready-timeout", "45"],
+                    ["demo", "--checkpoint", str(ckpt), "--json", "", "--log-dir", ""]):
+        reports.append(_report(0, 0))
+        assert main(command) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["error: the policy never drove: no action chunk was served (500 commands sent, all holds); "
+                       "the inference node's log says why"]
+        reports.append(_report(12, 0))
+        assert main(command) == 1
+        assert "12 action chunks were served, but none of the 500 commands came from them" in capsys.readouterr().err
+        reports.append(_report(12, 300))
+        assert main(command) == 0
+        assert capsys.readouterr().err == ""
+        reports.append(None)  # interrupted before the graph was heard
+        assert main(command) == 1
+        assert "no report" in capsys.readouterr().err
+    assert calls[0]["ready_timeout_s"] == 45.0

@@ -119,3 +119,70 @@ def test_one_node_list_for_setup_launch_schemas_and_node_modules(monkeypatch) ->
     assert tuple(NODE_SCHEMAS) == NODE_NAMES
     full = describe_graph("franka", sim=True)
     assert [(s.name, s.executable, s.module) for s in full] == [(n.name, n.executable, n.module) for n in GRAPH_NODES]
+
+
+def test_every_node_but_the_safety_filter_is_respawned() -> None:
+    """ros2 launch and our runner restart a node that dies, except the safety filter, whose exit ends the graph."""
+    from hybridvla_ros.launch_description import RESPAWN_DELAY_S, safety_filter_input
+
+    for human_in_loop in (True, False):
+        specs = describe_graph("franka", sim=True, human_in_loop=human_in_loop)
+        assert {s.name for s in specs if not s.respawn} == {"safety_filter"}
+        assert [s.name for s in specs if s.ends_graph] == ["safety_filter"]
+        for s in specs:
+            args = s.launch_arguments()
+            assert args["respawn"] is s.respawn
+            assert args.get("respawn_delay") == (RESPAWN_DELAY_S if s.respawn else None)
+            assert (args["package"], args["executable"], args["name"]) == ("hybridvla_ros", s.executable, s.name)
+            assert args["remappings"] == list(s.remappings)
+    assert safety_filter_input(describe_graph("franka", sim=True)) == "action_command"
+    assert safety_filter_input(describe_graph("franka", sim=False, human_in_loop=False)) == "policy_action"
+    spec = describe_graph("franka", overrides={"handoff": {"pause_confidence": 0.5}})[3]
+    assert spec.launch_arguments()["parameters"] == [spec.params_file, {"pause_confidence": 0.5}]
+
+
+def test_launch_file_respawns_nodes_and_shuts_down_with_the_safety_filter(monkeypatch) -> None:
+    """The launch file itself, with stand-ins for launch and launch_ros (not installable here): each node
+    gets launch_arguments(), and only the safety filter's exit is tied to a Shutdown."""
+    import collections
+    import pathlib
+    import runpy
+    import types
+
+    made: dict[str, list] = collections.defaultdict(list)
+
+    def recorder(kind: str):
+        class Action:
+            def __init__(self, *args, **kwargs) -> None:
+                self.args, self.kwargs = args, kwargs
+                made[kind].append(self)
+        return Action
+
+    class Config:
+        values = {"embodiment": "aloha", "sim": "true", "checkpoint_path": "", "params_file": ""}
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def perform(self, _context) -> str:
+            return self.values[self.name]
+
+    fakes = {
+        "launch": {"LaunchDescription": recorder("LaunchDescription")},
+        "launch.actions": {"DeclareLaunchArgument": recorder("Declare"), "OpaqueFunction": recorder("Opaque"),
+                           "RegisterEventHandler": recorder("Register"), "Shutdown": recorder("Shutdown")},
+        "launch.event_handlers": {"OnProcessExit": recorder("OnProcessExit")},
+        "launch.substitutions": {"LaunchConfiguration": Config},
+        "launch_ros": {}, "launch_ros.actions": {"Node": recorder("Node")},
+    }
+    for name, attrs in fakes.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
+    path = pathlib.Path(__file__).resolve().parents[2] / "launch" / "hybridvla.launch.py"
+    module = runpy.run_path(str(path))
+    actions = module["_nodes"](None)
+    specs = describe_graph("aloha", sim=True)
+    assert [n.kwargs for n in made["Node"]] == [s.launch_arguments() for s in specs]
+    assert len(made["OnProcessExit"]) == 1 and len(actions) == len(specs) + 1
+    handler = made["OnProcessExit"][0].kwargs
+    assert handler["target_action"].kwargs["name"] == "safety_filter"
+    assert handler["on_exit"] == made["Shutdown"] and "safety_filter exited" in made["Shutdown"][0].kwargs["reason"]
