@@ -174,7 +174,8 @@ def load_corrections_for(checkpoint_dir: str | os.PathLike[str], store_path: str
 def holdout_corrections(episode: np.ndarray, stamps: np.ndarray, fraction: float, seed: int
                         ) -> tuple[np.ndarray, np.ndarray]:
     """(train, held-out) indices: whole random episodes until ~``fraction`` of the corrections
-    are held out (one episode always trains); with one episode, the newest ``fraction``."""
+    are held out (one episode always trains, at least one is held out when ``fraction`` > 0);
+    with one episode, the newest ``fraction``."""
     n = len(episode)
     ids = np.unique(episode)
     if len(ids) >= 2:
@@ -182,10 +183,15 @@ def holdout_corrections(episode: np.ndarray, stamps: np.ndarray, fraction: float
         sizes = {int(e): int((episode == e).sum()) for e in ids}
         held: list[int] = []
         count, target = 0, fraction * n
-        for e in rng.permutation(ids)[:-1]:  # the last one always trains
+        candidates = rng.permutation(ids)[:-1]  # the last one always trains
+        for e in candidates:
             if abs(count + sizes[int(e)] - target) < abs(count - target):
                 held.append(int(e))
                 count += sizes[int(e)]
+        if not held and fraction > 0.0:
+            # No episode brought the count nearer the target (9 + 1 corrections at 0.2: the 9 is
+            # too many, and the 1 came last): hold out the smallest candidate, never none.
+            held.append(int(min(candidates, key=lambda e: sizes[int(e)])))
         mask = np.isin(episode, held)
     else:
         order = np.argsort(stamps, kind="stable")

@@ -13,7 +13,13 @@ from hybridvla_ros.core.correction_store import CorrectionRecord, CorrectionStor
 from hybridvla_ros.launch_description import default_config_dir
 from hybridvla_ros.model.adaptation import LOG_FIELDS, LOG_FILE, adapt, version_dirs
 from hybridvla_ros.model.checkpoint import model_version_of
-from hybridvla_ros.model.corrections_data import CorrectionSet, correction_chunks, correction_set, load_corrections
+from hybridvla_ros.model.corrections_data import (
+    CorrectionSet,
+    correction_chunks,
+    correction_set,
+    holdout_corrections,
+    load_corrections,
+)
 from hybridvla_ros.model.policy import EmbodimentSpec, PolicyConfig
 from hybridvla_ros.model.replay import checkpoint_replay, checkpoint_replay_or_record, replay_path
 from hybridvla_ros.model.runner import PolicyRunner
@@ -274,3 +280,16 @@ def test_coarse_to_fine_head_adaptation_runs_and_decides(small_checkpoint, tmp_p
 def test_broken_adaptation_parameters_name_the_parameter(changes, message) -> None:
     with pytest.raises(ParameterError, match=message):
         franka_params(**changes)
+
+
+@pytest.mark.parametrize("sizes", [(9, 1), (1, 9), (5, 5), (8, 2), (2, 8), (3, 3, 3), (20, 1, 1)])
+@pytest.mark.parametrize("seed", range(8))
+def test_every_split_of_two_or_more_episodes_holds_one_out_and_trains_on_one(sizes, seed) -> None:
+    # Found by issue 16: two episodes of 9 + 1, 5 + 5 or 8 + 2 corrections could give an empty
+    # held-out split, and adaptation then failed with "cannot reshape array of size 0".
+    episode = np.concatenate([np.full(n, k) for k, n in enumerate(sizes)])
+    stamps = np.arange(len(episode), dtype=np.float64)
+    train, held = holdout_corrections(episode, stamps, 0.2, seed)
+    assert len(held) > 0 and len(train) > 0
+    assert sorted(np.concatenate([train, held]).tolist()) == list(range(len(episode)))
+    assert not set(episode[train]) & set(episode[held])  # whole episodes
