@@ -30,11 +30,11 @@ from hybridvla_ros.model.adaptation import adapt
 from hybridvla_ros.model.checkpoint import json_default
 from hybridvla_ros.model.corrections_data import load_corrections_for
 from hybridvla_ros.model.dagger import DAGGER_KEEP, DaggerConfig, dagger
-from hybridvla_ros.model.demo_data import DEFAULT_STEPS_PER_EPISODE, get_demos, load_embodiment
+from hybridvla_ros.model.demo_data import default_steps_per_episode, get_demos, load_embodiment
 from hybridvla_ros.model.policy import EmbodimentSpec, PolicyConfig
 from hybridvla_ros.model.replay import checkpoint_replay_or_record
 from hybridvla_ros.model.text import HASH_ENCODER, INSTRUCTION_DIM, MINILM, encoder_dim
-from hybridvla_ros.model.train import TrainConfig, TrainResult, train
+from hybridvla_ros.model.train import TrainConfig, TrainResult, expert_lines, train
 from hybridvla_ros.params import ParameterError, from_params, load_node_params
 from hybridvla_ros.params.adaptation import AdaptationParams
 from hybridvla_ros.params.embodiment import EMBODIMENTS
@@ -55,7 +55,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     # after) and on episodes no checkpoint saw cut franka's error from 67 % to 36 % of hold-still
     p.add_argument("--episodes", type=int, default=60, help="demonstration episodes per embodiment (default: 60)")
     p.add_argument("--steps-per-episode", type=int, default=None,
-                   help="control steps per episode (default: 60 on a kinematic simulator, 200 on MuJoCo)")
+                   help="control steps per episode (default: 60 on a kinematic simulator, 200 on MuJoCo; the "
+                        "Stretch base's kinematic scene: 200)")
     p.add_argument("--physics", default="config", choices=("config", "kinematic"),
                    help="simulator the demonstrations come from: the parameter file's sim_robot.physics "
                         "(default) or the kinematic one for every robot (fast)")
@@ -91,6 +92,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="the checkpoint DAgger writes: the round's policy with the best closed-loop success in its "
                         "own collection (default; then the lower median final error, then the later round) or "
                         "the last round's")
+    p.add_argument("--min-expert-success", type=float, default=TrainConfig.min_expert_success,
+                   help="refuse to train on an embodiment whose scripted expert reached its target in a smaller "
+                        f"fraction of the demonstration episodes; 0: never (default: {TrainConfig.min_expert_success})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -103,6 +107,8 @@ def _print_training(result: TrainResult, out: str, record_time_s: float) -> None
             f"{n} {v['success_rate']:.2f} (median final error {1e3 * v['final_error_m_median']:.0f} mm)"
             for n, v in point.items() if n != "round")
             + ("  <- kept" if point["round"] == log["dagger_kept_round"] else ""))
+    for line in expert_lines(log):
+        print(line)
     print(f"trained {log['parameters']:,} parameters in {log['train_time_s']:.1f} s "
           f"(demonstrations {record_time_s:.1f} s); checkpoint: {out}")
     for name, per_mode in log["modes"].items():
@@ -139,7 +145,7 @@ def train_main(argv: list[str] | None = None) -> int:
         demos = []
         steps_used = {}
         for p in params:
-            steps = args.steps_per_episode or DEFAULT_STEPS_PER_EPISODE[p.physics]
+            steps = args.steps_per_episode or default_steps_per_episode(p)
             steps_used[p.embodiment] = steps
             if progress:
                 print(f"demonstrations: {p.embodiment} on the {p.physics} simulator ({args.episodes} episodes x "
@@ -156,7 +162,8 @@ def train_main(argv: list[str] | None = None) -> int:
                               "config_dir": str(args.config_dir), "record_time_s": record_time}}
         train_config = TrainConfig(train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr,
                                    weight_decay=args.weight_decay, augment_shift_px=args.augment_shift_px,
-                                   seed=args.seed, threads=args.threads)
+                                   seed=args.seed, threads=args.threads,
+                                   min_expert_success=args.min_expert_success)
         result = train(demos, specs, train_config, policy_config=config,
                        out_dir=None if args.dagger_rounds else args.out, progress=progress, extra_log=extra_log)
         if args.dagger_rounds:

@@ -103,8 +103,9 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     # On the kinematic simulators (fast; the graph tests that use this policy pin that robot) and
     # with each robot's configured head (a coarse-to-fine head for all four is 4x the size).
+    # Each robot's default episode length (60 steps; the Stretch base needs 200 to arrive).
     code = train_main(["--embodiments", "franka", "aloha", "hello", "leap", "--episodes", "8",
-                       "--steps-per-episode", "60", "--train-steps", "300", "--batch-size", "32",
+                       "--train-steps", "300", "--batch-size", "32",
                        "--physics", "kinematic", "--heads", "config",
                        "--out", str(out), "--threads", "2", "--quiet"])
     assert code == 0
@@ -115,7 +116,8 @@ def tiny_checkpoint(tmp_path_factory) -> str:
 def train_franka_aloha() -> Callable[..., str]:
     """``train(out, steps, *extra)``: a franka + aloha checkpoint from ``hybridvla train`` on 2
     demonstration episodes of ``steps`` steps and ``steps`` optimizer steps, one thread, in ``out``;
-    ``extra`` arguments are passed on. Returns ``out``."""
+    ``extra`` arguments are passed on. Returns ``out``. The episodes end before the experts arrive
+    (the checkpoints test export and quantization, not skill): the expert-success check is off."""
     import torch
 
     from hybridvla_ros.cli_model import train_main
@@ -124,7 +126,7 @@ def train_franka_aloha() -> Callable[..., str]:
         torch.set_num_threads(1)
         assert train_main(["--embodiments", "franka", "aloha", "--episodes", "2", "--steps-per-episode", str(steps),
                            "--train-steps", str(steps), "--batch-size", "8", "--out", out, "--threads", "1",
-                           "--quiet", *extra]) == 0
+                           "--quiet", "--min-expert-success", "0", *extra]) == 0
         return out
 
     return train

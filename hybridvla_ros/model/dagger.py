@@ -30,6 +30,7 @@ import numpy as np
 
 from hybridvla_ros.core.dataset_keys import DEMO_PROPRIO
 from hybridvla_ros.core.image import resize_for_policy
+from hybridvla_ros.model.demo_data import default_steps_per_episode
 from hybridvla_ros.model.policy import EmbodimentSpec
 from hybridvla_ros.model.runner import PolicyRunner
 from hybridvla_ros.model.train import TrainConfig, TrainResult, train, write_outputs
@@ -41,7 +42,8 @@ from hybridvla_ros.sim.rollout import RolloutResult, control_path, expert_chunk,
 __all__ = ["PolicyStates", "record_policy_states", "merge_demonstrations", "DaggerConfig", "dagger"]
 
 DAGGER_SEED_OFFSET = 1_000_003  # DAgger scenes are drawn from seeds the demonstrations did not use
-# seconds per closed-loop DAgger episode: the kinematic experts settle within ~1.2 s, the MuJoCo tasks take ~3.5 s
+# seconds per closed-loop DAgger episode: the kinematic experts settle within ~1.2 s, the MuJoCo tasks take ~3.5 s;
+# at least as long as the demonstrations' episodes (the Stretch base: 10 s, demo_data.default_steps_per_episode)
 DAGGER_EPISODE_S = {"kinematic": 6.0, "mujoco": 8.0}
 DAGGER_KEEP = ("best", "last")
 DAGGER_WARMUP_STEPS = 20        # learning-rate warm-up of each round's training (it continues a trained policy)
@@ -176,7 +178,9 @@ def dagger(result: TrainResult, demos: list[dict[str, Any]], specs: Sequence[Emb
             runner = PolicyRunner(result.policy, result.config, p.embodiment, seed=seed + rnd)
             predict = runner.predictor(p.instruction)
             states = record_policy_states(predict, p, *paths[p.embodiment], rounds.episodes,
-                                          DAGGER_EPISODE_S[p.physics], result.config.image_size,
+                                          max(DAGGER_EPISODE_S[p.physics],
+                                              default_steps_per_episode(p) * p.control_period_s),
+                                          result.config.image_size,
                                           seed=seed + rnd, record_every=DAGGER_RECORD_EVERY)
             point[p.embodiment] = {"success_rate": states.success_rate,
                                    "final_error_m_median": float(np.median([r.final_error_m for r in states.results])),
@@ -197,7 +201,9 @@ def dagger(result: TrainResult, demos: list[dict[str, Any]], specs: Sequence[Emb
         train_time = result.log["train_time_s"]
         round_config = dataclasses.replace(train_config, train_steps=rounds.train_steps,
                                            warmup_steps=DAGGER_WARMUP_STEPS, seed=seed + 1 + rnd)
+        expert = result.log["expert"]  # the merged data no longer say how the expert did: keep the demonstrations'
         result = train(demos, specs, round_config, init_policy=result.policy, progress=progress, extra_log=extra_log)
+        result.log["expert"] = expert
         result.log["steps"] = {k: steps[k] + result.log["steps"][k] for k in steps}  # one loss curve for all
         result.log["train_time_s"] += train_time
     if rounds.keep == "best":

@@ -5,10 +5,12 @@ docstring has the table of keys). Here it is checked against the policy's embodi
 (:func:`check_demos`), split into training and held-out episodes (:func:`split_episodes`)
 and turned into tensors the training loop draws batches from (:class:`EmbodimentData`).
 :func:`get_demos` records a set from the simulator a parameter file names, or loads it
-from a cache folder.
+from a cache folder; :func:`default_steps_per_episode` is how long its episodes are unless
+asked, and :func:`expert_summary` how often the expert reached its target in them.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,10 +34,53 @@ from hybridvla_ros.model.policy import ACTIONS, EMBODIMENT, IMAGE, INSTRUCTION, 
 from hybridvla_ros.model.text import HASH_ENCODER, embed_instruction
 from hybridvla_ros.params import from_params, load_node_params
 from hybridvla_ros.params.sim_robot import SimRobotParams
+from hybridvla_ros.sim.demos import (
+    DEMO_EXPERT_FINAL_ERROR,
+    DEMO_EXPERT_KEYS,
+    DEMO_EXPERT_SUCCESS,
+    DEMO_SUCCESS_TOLERANCE,
+    load_demonstrations,
+    record_demonstrations,
+    save_demonstrations,
+)
+from hybridvla_ros.sim.kinematic_scenes import make_kinematic_scene
 
-# Control steps per demonstration episode when none is asked for: the kinematic experts
-# settle in ~50 steps; the MuJoCo pick-and-place / hand-over tasks take ~3.5 s (175).
+# Control steps per demonstration episode when none is asked for: the kinematic arm experts
+# settle in ~50 steps; the MuJoCo pick-and-place / hand-over tasks take ~3.5 s (175). A
+# kinematic scene that needs longer says so (``expert_time_s``: the Stretch base, 10 s):
+# default_steps_per_episode.
 DEFAULT_STEPS_PER_EPISODE = {"kinematic": 60, "mujoco": 200}
+
+
+def default_steps_per_episode(params: Any) -> int:
+    """Control steps per demonstration episode for ``params`` (its ``physics``, kinematic when
+    it has none): DEFAULT_STEPS_PER_EPISODE, or more when the kinematic scene's expert needs
+    longer to reach every target (its ``expert_time_s`` at ``params.control_period_s``).
+    Raises ValueError for an unknown physics or an embodiment without a kinematic scene."""
+    physics = getattr(params, "physics", "kinematic")
+    if physics not in DEFAULT_STEPS_PER_EPISODE:
+        raise ValueError(f"physics {physics!r}: no default episode length (known: {list(DEFAULT_STEPS_PER_EPISODE)})")
+    steps = DEFAULT_STEPS_PER_EPISODE[physics]
+    if physics == "kinematic":
+        expert_s = float(getattr(make_kinematic_scene(params), "expert_time_s", 0.0))
+        steps = max(steps, math.ceil(expert_s / params.control_period_s - 1e-9))
+    return steps
+
+
+def expert_summary(demos: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How the scripted expert did in ``demos``: episodes, successes, success_rate,
+    final_error_m_median / _max and tolerance_m (None: the simulator's default); None for
+    demonstrations recorded without the outcome (older files, DAgger states)."""
+    if not all(k in demos for k in DEMO_EXPERT_KEYS):
+        return None
+    success = np.asarray(demos[DEMO_EXPERT_SUCCESS], dtype=bool)
+    error = np.asarray(demos[DEMO_EXPERT_FINAL_ERROR], dtype=np.float64)
+    if success.size == 0:
+        return None
+    tol = float(np.asarray(demos[DEMO_SUCCESS_TOLERANCE]))
+    return {"episodes": int(success.size), "successes": int(success.sum()),
+            "success_rate": float(success.mean()), "final_error_m_median": float(np.median(error)),
+            "final_error_m_max": float(error.max()), "tolerance_m": None if math.isnan(tol) else tol}
 
 
 # ---------------------------------------------------------------- checks and splits
@@ -149,15 +194,16 @@ def get_demos(params: Any, episodes: int, steps_per_episode: int, image_size: in
               demos_dir: str | os.PathLike[str] | None, progress: bool) -> dict[str, Any]:
     """Demonstrations for ``params``: loaded from the cache in ``demos_dir`` when a recording with
     these settings is there, else recorded on the simulator ``params`` names (and cached when
-    ``demos_dir`` is given). Raises ValueError for bad counts, OSError when the cache fails."""
-    from hybridvla_ros.sim.demos import load_demonstrations, record_demonstrations, save_demonstrations
-
+    ``demos_dir`` is given; a cached file without the expert's outcome, written before it was
+    recorded, is recorded again). Raises ValueError for bad counts, OSError when the cache fails."""
     path = None
     if demos_dir is not None:
         path = demos_cache_path(demos_dir, params.embodiment, episodes, steps_per_episode, image_size, seed,
                                 getattr(params, "physics", "kinematic"), getattr(params, "state_joints", ()))
         if path.is_file():
-            return load_demonstrations(str(path))
+            cached = load_demonstrations(str(path))
+            if expert_summary(cached) is not None:
+                return cached
     demos = record_demonstrations(params, episodes, steps_per_episode, image_size=image_size, seed=seed,
                                   progress=progress)
     if path is not None:

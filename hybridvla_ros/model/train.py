@@ -8,7 +8,9 @@ heads serve (a coarse_to_fine head: token, flow and coarse_to_fine).
 
 :func:`train` takes the demonstrations (:mod:`hybridvla_ros.model.demo_data`), one
 :class:`~hybridvla_ros.model.policy.EmbodimentSpec` per embodiment and a :class:`TrainConfig`
-(optimizer, schedule, augmentation, evaluation). With an output directory it writes the
+(optimizer, schedule, augmentation, evaluation). Before fitting it refuses demonstrations
+whose scripted expert mostly failed (below ``TrainConfig.min_expert_success``; the log's
+``expert`` has each embodiment's rate). With an output directory it writes the
 checkpoint (model.safetensors + config.json), ``loss.png`` (:mod:`hybridvla_ros.model.plots`),
 ``train_log.json`` (per-step loss and embodiment, held-out errors, timings) and, per
 embodiment, ``replay_<embodiment>.npz``: a random sample of its demonstrations that online
@@ -23,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +38,7 @@ from tqdm import tqdm
 
 from hybridvla_ros.core.dataset_keys import DEMO_ACTIONS, DEMO_EPISODE, DEMO_PROPRIO
 from hybridvla_ros.model.checkpoint import json_default, save_checkpoint
-from hybridvla_ros.model.demo_data import EmbodimentData, check_demos, demo_state, split_episodes
+from hybridvla_ros.model.demo_data import EmbodimentData, check_demos, demo_state, expert_summary, split_episodes
 from hybridvla_ros.model.plots import plot_losses
 from hybridvla_ros.model.policy import (
     ACTIONS,
@@ -69,6 +72,7 @@ class TrainConfig:
     seed: int = 0                   # initialisation and batches
     holdout_fraction: float = 0.1   # last episodes of each embodiment held out for evaluation
     augment_shift_px: int = 0       # DrQ random image shift, pixels (0: none)
+    min_expert_success: float = 0.5  # refuse an embodiment whose expert reached the target in fewer episodes (0: never)
     # evaluation and machine
     eval_num_samples: int = 5       # flow samples per prediction when evaluating
     threads: int | None = None      # torch threads (None: leave torch's setting)
@@ -78,6 +82,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"{name}: must be >= 1, got {value!r}")
+        rate = self.min_expert_success
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"min_expert_success: must be a number in [0, 1], got {rate!r}")
 
 
 @dataclass
@@ -179,6 +186,41 @@ def evaluate(policy: HybridPolicy, data: EmbodimentData, num_samples: int = 5, s
             "confidence_auroc": confidence_auroc(errors, confidences), "examples": n}
 
 
+# ---------------------------------------------------------------- the experts' own success
+def check_experts(demos: Sequence[Mapping[str, Any]], specs: Sequence[EmbodimentSpec],
+                  min_success: float) -> dict[str, dict[str, Any] | None]:
+    """Per embodiment, how its scripted expert did in its demonstrations (``expert_summary``;
+    None when they do not say, e.g. DAgger states or a file recorded before it was kept).
+    Raises ValueError naming the first embodiment whose expert reached the target in a
+    fraction of its episodes below ``min_success``: a policy learns to fail from those."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for d, spec in zip(demos, specs):
+        summary = expert_summary(d)
+        out[spec.name] = summary
+        if summary is not None and summary["success_rate"] < min_success:
+            tol = summary["tolerance_m"]
+            raise ValueError(
+                f"demonstrations for {spec.name!r}: the scripted expert reached its target in only "
+                f"{summary['successes']}/{summary['episodes']} episodes (success rate {summary['success_rate']:.2f} "
+                f"< min_expert_success {min_success:.2f}; median final error {summary['final_error_m_median']:.3f} m"
+                + (f", tolerance {tol:.3f} m" if tol is not None else "") + "): a policy would learn to fail from "
+                "them. Record longer episodes (--steps-per-episode) or fix the expert.")
+    return out
+
+
+def expert_lines(log: Mapping[str, Any]) -> list[str]:
+    """One line per embodiment of the log's ``expert`` entry, for a training summary."""
+    lines = []
+    for name, summary in (log.get("expert") or {}).items():
+        if summary is None:
+            lines.append(f"  {name:8s} expert success: not recorded with the demonstrations")
+        else:
+            lines.append(f"  {name:8s} expert success {summary['successes']}/{summary['episodes']} "
+                         f"({100 * summary['success_rate']:.0f} %), median final error "
+                         f"{1e3 * summary['final_error_m_median']:.1f} mm")
+    return lines
+
+
 # ---------------------------------------------------------------- training
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 10 %."""
@@ -200,13 +242,18 @@ def train(demos: Sequence[Mapping[str, Any]], specs: Sequence[EmbodimentSpec], c
     normalization statistics are kept; ``policy_config`` must be None; every spec must be
     one of its embodiments). With ``out_dir`` the checkpoint, loss.png, train_log.json and the
     replay samples are written there. ``extra_log`` entries join the log. Raises ValueError
-    for demonstrations that do not fit their spec or inconsistent arguments.
+    for demonstrations that do not fit their spec, inconsistent arguments, or demonstrations
+    whose expert succeeded in fewer than ``config.min_expert_success`` of its episodes
+    (:func:`check_experts`; before anything is fitted).
     """
     cfg = config if config is not None else TrainConfig()
     if len(demos) != len(specs) or not specs:
         raise ValueError(f"demos/specs: need one demonstration dict per spec, got {len(demos)} and {len(specs)}")
     for d, spec in zip(demos, specs):
         check_demos(d, spec)
+    experts = check_experts(demos, specs, cfg.min_expert_success)
+    if progress:
+        print("\n".join(["demonstrations:", *expert_lines({"expert": experts})]), file=sys.stderr, flush=True)
     train_steps, batch_size, seed, holdout_fraction = cfg.train_steps, cfg.batch_size, cfg.seed, cfg.holdout_fraction
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -286,10 +333,10 @@ def train(demos: Sequence[Mapping[str, Any]], specs: Sequence[EmbodimentSpec], c
     settings = {"train_steps": train_steps, "batch_size": batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
                 "warmup_steps": warmup, "grad_clip": cfg.grad_clip, "seed": seed, "holdout_fraction": holdout_fraction,
                 "augment_shift_px": cfg.augment_shift_px, "eval_num_samples": cfg.eval_num_samples,
-                "threads": torch.get_num_threads()}
+                "min_expert_success": cfg.min_expert_success, "threads": torch.get_num_threads()}
     examples = {n: {"train": len(train_data[n]), "heldout": len(held_data[n])} for n in names}
     log: dict[str, Any] = {
-        "settings": settings, **dict(extra_log or {}), "examples": examples,
+        "settings": settings, **dict(extra_log or {}), "expert": experts, "examples": examples,
         "parameters": count_parameters(policy), "train_time_s": train_time, "eval_time_s": eval_time,
         "heldout": heldout, "train_subset": train_eval, "modes": modes,
         "steps": {"embodiment": step_embodiment, "loss": step_loss},

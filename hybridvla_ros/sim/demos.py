@@ -27,6 +27,20 @@ instruction    str                   params.instruction
 control_period_s float               seconds between two steps (1 / control_rate_hz)
 ============== ===================== =====================================================
 
+How the expert did, one entry per episode in episode order (optional: a file without
+them loads without them, and all three come together):
+
+==================== =============== ======================================================
+expert_success       (E,) bool       the sim's ``success`` at the episode's last step
+expert_final_error_m (E,) float32    its ``task_error_m`` then (m)
+success_tolerance_m  float           the tolerance judged against (``params.success_tolerance_m``;
+                                     NaN: the simulator's own default)
+==================== =============== ======================================================
+
+Training reads them (:func:`hybridvla_ros.model.demo_data.expert_summary`) and refuses
+demonstrations whose expert mostly fails: a recording cut off before the expert arrives
+teaches the way there but never the arrival.
+
 Recovery data (DART, Laskey et al. 2017): the command actually executed is the expert's
 target plus Gaussian noise of std ``action_noise * max_velocity * control_period`` per
 joint, so the robot drifts off the expert's path and the labels show how to come back;
@@ -60,8 +74,18 @@ from hybridvla_ros.core.image import resize_for_policy
 from hybridvla_ros.params.embodiment import EmbodimentParams
 from hybridvla_ros.sim.registry import make_sim, state_vector
 
+# How the expert did (optional keys, per episode; see the module docstring).
+DEMO_EXPERT_SUCCESS = "expert_success"                # (E,) bool
+DEMO_EXPERT_FINAL_ERROR = "expert_final_error_m"      # (E,) float32 m
+DEMO_SUCCESS_TOLERANCE = "success_tolerance_m"        # float m, NaN: the simulator's default
+DEMO_EXPERT_KEYS: tuple[str, ...] = (DEMO_EXPERT_SUCCESS, DEMO_EXPERT_FINAL_ERROR, DEMO_SUCCESS_TOLERANCE)
+
 __all__ = [
+    "DEMO_EXPERT_FINAL_ERROR",
+    "DEMO_EXPERT_KEYS",
+    "DEMO_EXPERT_SUCCESS",
     "DEMO_KEYS",
+    "DEMO_SUCCESS_TOLERANCE",
     "record_demonstrations",
     "save_demonstrations",
     "load_demonstrations",
@@ -93,7 +117,11 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
     that standard deviation): white DART noise is cancelled by the expert at once, so the
     data barely leave its path; a drift carries the robot off it for a while and the labels
     show the way back (on the MuJoCo Franka 0.003 rad was the only data change that gave a
-    trained policy any successes). Labels stay the clean expert targets."""
+    trained policy any successes). Labels stay the clean expert targets.
+
+    Each episode's outcome is judged at its last step against ``params.success_tolerance_m``
+    (SimRobotParams; other params: the simulator's default) and returned under the
+    ``expert_*`` keys."""
     episodes = _positive_int("num_episodes", num_episodes)
     steps = _positive_int("steps_per_episode", steps_per_episode)
     size = _positive_int("image_size", image_size, 8)
@@ -124,6 +152,9 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
     state_joints = tuple(getattr(params, "state_joints", ()))
     state = np.empty((n_total, len(state_joints)), dtype=np.float32)
     labels = np.empty((episodes, steps, dim), dtype=np.float64)  # clean expert targets
+    tolerance = getattr(params, "success_tolerance_m", None)
+    final_error = np.empty(episodes, dtype=np.float32)
+    success = np.empty(episodes, dtype=bool)
     for e in range(episodes):
         sim.reset(seed=int(episode_seeds[e]))
         drift = np.zeros(dim)  # (D,)
@@ -139,9 +170,12 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
             executed = np.clip(target + drift + noise_rng.normal(0.0, 1.0, dim) * noise_std, lo, hi)
             sim.command_positions(executed)
             sim.step(period_s)
+        final_error[e] = sim.task_error_m()
+        success[e] = sim.success(float(tolerance)) if tolerance is not None else sim.success()
         if progress:
             print(f"[demos] {params.embodiment}: episode {e + 1}/{episodes}, "
-                  f"final task error {sim.task_error_m():.3f} m", file=sys.stderr, flush=True)
+                  f"final task error {final_error[e]:.3f} m ({'reached' if success[e] else 'NOT reached'})",
+                  file=sys.stderr, flush=True)
 
     # actions[e, k, j] = labels[e, min(k + j, steps - 1)]: future targets, last one repeated.
     future = np.minimum(np.arange(steps)[:, None] + np.arange(chunk)[None, :], steps - 1)  # (S, T)
@@ -155,7 +189,37 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
         DEMO_EMBODIMENT: params.embodiment,
         DEMO_INSTRUCTION: params.instruction,
         DEMO_CONTROL_PERIOD: float(period_s),
+        DEMO_EXPERT_SUCCESS: success,
+        DEMO_EXPERT_FINAL_ERROR: final_error,
+        DEMO_SUCCESS_TOLERANCE: float(tolerance) if tolerance is not None else math.nan,
     }
+
+
+def _validate_expert_outcome(demos: dict, episodes: int) -> dict[str, np.ndarray | float]:
+    """The optional ``expert_*`` keys of ``demos`` checked and normalized ({} when absent);
+    ValueError when only some are there or one has a bad shape / value."""
+    present = [k for k in DEMO_EXPERT_KEYS if k in demos]
+    if not present:
+        return {}
+    if len(present) != len(DEMO_EXPERT_KEYS):
+        raise ValueError(f"demonstrations: {present} without {[k for k in DEMO_EXPERT_KEYS if k not in present]} "
+                         "(the expert's outcome keys come together)")
+    success = np.asarray(demos[DEMO_EXPERT_SUCCESS])
+    if success.shape != (episodes,) or success.dtype != np.bool_:
+        raise ValueError(f"demonstrations: {DEMO_EXPERT_SUCCESS} must be ({episodes},) bool (one per episode), "
+                         f"got {success.shape} {success.dtype}")
+    error = np.asarray(demos[DEMO_EXPERT_FINAL_ERROR])
+    if error.shape != (episodes,) or not np.issubdtype(error.dtype, np.floating) \
+            or not np.all(np.isfinite(error)) or np.any(error < 0):
+        raise ValueError(f"demonstrations: {DEMO_EXPERT_FINAL_ERROR} must be ({episodes},) finite floats >= 0, "
+                         f"got {error.shape} {error.dtype}")
+    tol = demos[DEMO_SUCCESS_TOLERANCE]
+    tol = tol.item() if isinstance(tol, np.ndarray) and tol.ndim == 0 else tol
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) \
+            or not (math.isnan(float(tol)) or 0.0 <= float(tol) < math.inf):
+        raise ValueError(f"demonstrations: {DEMO_SUCCESS_TOLERANCE} must be a number >= 0 or NaN, got {tol!r}")
+    return {DEMO_EXPERT_SUCCESS: success, DEMO_EXPERT_FINAL_ERROR: error.astype(np.float32, copy=False),
+            DEMO_SUCCESS_TOLERANCE: float(tol)}
 
 
 def validate_demonstrations(demos: dict) -> dict[str, np.ndarray | str | float]:
@@ -205,6 +269,7 @@ def validate_demonstrations(demos: dict) -> dict[str, np.ndarray | str | float]:
     if isinstance(period, bool) or not isinstance(period, numbers.Real) or not math.isfinite(period) or period <= 0:
         raise ValueError(f"demonstrations: control_period_s must be a number > 0, got {period!r}")
     out[DEMO_CONTROL_PERIOD] = float(period)
+    out.update(_validate_expert_outcome(demos, len(np.unique(out[DEMO_EPISODE]))))
     return out
 
 

@@ -109,6 +109,10 @@ class BaseScene:
     target_min_m: float = 0.4
     target_max_m: float = 1.5
     num_tool_points: int = 1
+    # Seconds an episode must last for the expert to reach any target: at Stretch's 0.3 m/s and
+    # 0.3 m/s^2 a target 1.5 m behind takes a half turn and a 1.5 m drive, 9.0 s (180 steps at
+    # 20 Hz); 3 s episodes (60 steps) cut it off mid-way, 0/20 reached (issue 16).
+    expert_time_s: float = 10.0
 
 
 KinematicScene = ArmScene | BaseScene

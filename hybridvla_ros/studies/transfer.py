@@ -73,7 +73,7 @@ def _train_with_dagger(demos: list[Any], specs: list[Any], params: list[Any], ar
                           instruction_dim=encoder_dim(recipe.instruction_encoder), dropout=recipe.dropout)
     train_config = TrainConfig(train_steps=args.train_steps * n, batch_size=recipe.batch_size, lr=recipe.lr,
                                weight_decay=recipe.weight_decay, augment_shift_px=recipe.augment_shift_px,
-                               seed=args.seed, threads=args.threads)
+                               seed=args.seed, threads=args.threads, min_expert_success=args.min_expert_success)
     result = train(list(demos), specs, train_config, policy_config=config,
                    out_dir=None if args.dagger_rounds else out_dir, progress=True)
     if args.dagger_rounds:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from hybridvla_ros.cli_model import build_train_parser
-    from hybridvla_ros.model.demo_data import DEFAULT_STEPS_PER_EPISODE, get_demos
+    from hybridvla_ros.model.demo_data import default_steps_per_episode, get_demos
     from hybridvla_ros.model.policy import EmbodimentSpec
 
     recipe = build_train_parser().parse_args([])  # hybridvla train's defaults: encoder, image size, augmentation
@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps-per-episode", type=int, default=None,
                     help="control steps per demonstration episode (default: hybridvla train's)")
     ap.add_argument("--train-steps", type=int, default=recipe.train_steps, help="optimizer steps per robot")
+    ap.add_argument("--min-expert-success", type=float, default=recipe.min_expert_success,
+                    help="refuse robots whose scripted expert reached its target in a smaller fraction of the "
+                         "demonstrations (as hybridvla train; 0: never)")
     ap.add_argument("--dagger-rounds", type=int, default=2,
                     help="DAgger rounds after training, as hybridvla train --dagger-rounds (0: none)")
     ap.add_argument("--dagger-episodes", type=int, default=recipe.dagger_episodes,
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     names = list(args.embodiments)
     params = [sim_params(n) for n in names]
-    demos = [get_demos(p, args.episodes, args.steps_per_episode or DEFAULT_STEPS_PER_EPISODE[p.physics],
+    demos = [get_demos(p, args.episodes, args.steps_per_episode or default_steps_per_episode(p),
                        recipe.image_size, args.seed, args.demos, True) for p in params]
     specs = [dataclasses.replace(EmbodimentSpec.from_params(p), head_type="coarse_to_fine") for p in params]
     runs: dict[str, dict[str, Any]] = {}

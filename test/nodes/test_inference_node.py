@@ -132,7 +132,8 @@ def franka_checkpoints(tmp_path_factory) -> dict:
     for key, config_dir in (("state", default_config_dir()), ("old", os.path.dirname(old_yaml))):
         out[key] = str(root / key)
         assert train_main(["--embodiments", "franka", "--episodes", "2", "--steps-per-episode", "12",
-                           "--train-steps", "12", "--batch-size", "8", "--image-size", "32",
+                           "--min-expert-success", "0", "--train-steps", "12", "--batch-size", "8",
+                           "--image-size", "32",
                            "--instruction-encoder", "hash-3gram", "--physics", "kinematic", "--heads", "config",
                            "--config-dir", str(config_dir), "--out", out[key], "--threads", "1", "--quiet"]) == 0
     with open(os.path.join(out["state"], "config.json"), encoding="utf-8") as f:

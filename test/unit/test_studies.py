@@ -52,7 +52,8 @@ def test_transfer_study_trains_every_model_with_dagger_on_the_same_budget(tmp_pa
     model's DAgger curve per robot, and every model saw the same episodes per robot."""
     out = tmp_path / "transfer"
     assert study_main(["transfer", "--embodiments", "hello", "leap", "--episodes", "4", "--steps-per-episode", "20",
-                       "--train-steps", "3", "--dagger-rounds", "1", "--dagger-episodes", "2",
+                       "--min-expert-success", "0", "--train-steps", "3", "--dagger-rounds", "1",
+                       "--dagger-episodes", "2",
                        "--dagger-train-steps", "2", "--eval-episodes", "1", "--max-s", "0.5", "--threads", "1",
                        "--demos", str(tmp_path / "demos"), "--out", str(out)]) == 0
     runs = json.loads((out / "transfer.json").read_text())["runs"]
