@@ -434,6 +434,20 @@ class ObservationSynchronizer:
                 f"{source} stamp {stamp!r} is {lag:.3f} s old at arrival (max {clock.max_past_s:.3f} s)")
         return stamp, "", ""
 
+    def _admit_stamp(self, source: str, stamp_s: object, now_s: object,
+                     now_required: bool = False) -> tuple[float, float | None, str, str]:
+        """(corrected stamp, now, reject key, detail): key '' when the stamp may be used. Non-finite
+        numbers are 'bad_stamp'; implausible stamps at ``now_s`` count towards a clock jump."""
+        stamp = _finite_stamp(stamp_s)
+        now = self._now(now_s) if now_s is not None or now_required else None
+        if stamp is None or ((now_s is not None or now_required) and now is None):
+            return 0.0, None, "bad_stamp", (
+                f"stamp_s and now_s must be finite numbers, got {_short(stamp_s)}, {_short(now_s)}")
+        stamp, key, detail = self._check_stamp(source, stamp, now)
+        if key:
+            self._stamp_rejected(source, stamp, now)
+        return stamp, now, key, detail
+
     def _stamp_rejected(self, source: str, stamp: float, now: float | None) -> None:
         """Count a stamp-based reject towards a clock jump of ``source``; reset it when one is found."""
         if now is None:
@@ -509,14 +523,8 @@ class ObservationSynchronizer:
         the newest sample, and the offset and clock jumps are tracked.
         """
         self._counts["joint_states_in"] += 1
-        stamp = _finite_stamp(stamp_s)
-        now = self._now(now_s) if now_s is not None else None
-        if stamp is None or (now_s is not None and now is None):
-            return self._reject_joint(
-                "bad_stamp", f"stamp_s and now_s must be finite numbers, got {_short(stamp_s)}, {_short(now_s)}")
-        stamp, key, detail = self._check_stamp("joint_states", stamp, now)
+        stamp, now, key, detail = self._admit_stamp("joint_states", stamp_s, now_s)
         if key:
-            self._stamp_rejected("joint_states", stamp, now)
             return self._reject_joint(key, detail)
         if isinstance(names, (str, bytes)):
             return self._reject_joint("bad_input", f"names must be a sequence of str, got {_short(names)}")
@@ -603,14 +611,8 @@ class ObservationSynchronizer:
         ``stamp_s`` is corrected by ``wrench_stamp_offset_s``.
         """
         self._counts["wrenches_in"] += 1
-        stamp = _finite_stamp(stamp_s)
-        now = self._now(now_s) if now_s is not None else None
-        if stamp is None or (now_s is not None and now is None):
-            return self._reject_wrench(
-                "bad_stamp", f"stamp_s and now_s must be finite numbers, got {_short(stamp_s)}, {_short(now_s)}")
-        stamp, key, detail = self._check_stamp("wrench", stamp, now)
+        stamp, now, key, detail = self._admit_stamp("wrench", stamp_s, now_s)
         if key:
-            self._stamp_rejected("wrench", stamp, now)
             return self._reject_wrench(key, detail)
         f = _float_vector(force)
         t = _float_vector(torque)
@@ -748,16 +750,8 @@ class ObservationSynchronizer:
         ``now_s`` is the node's clock when the frame arrived. Never raises.
         """
         self._counts["frames_in"] += 1
-        stamp = _finite_stamp(stamp_s)
-        now = self._now(now_s)
-        if stamp is None or now is None:
-            return self._drop(
-                "bad_stamp",
-                f"stamp_s and now_s must be finite numbers, got {_short(stamp_s)}, {_short(now_s)}",
-            )
-        stamp, key, detail = self._check_stamp("camera", stamp, now)
+        stamp, now, key, detail = self._admit_stamp("camera", stamp_s, now_s, now_required=True)
         if key:
-            self._stamp_rejected("camera", stamp, now)
             return self._drop(key, detail)
         last = self._last_frame_stamp_s
         if last is not None and stamp <= last:

@@ -62,6 +62,20 @@ def _wait_for_sync_node(ros, p: SyncParams) -> None:
                           and ros.node.count_subscribers(camera) > 0, 60.0), ros.logs()
 
 
+def _start_with_diagnostics(ros, overrides: dict) -> tuple:  # type: ignore[no-untyped-def]
+    """Start the sync node with ``overrides``; (its params, the observations, the /diagnostics arrays)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    p = from_params(SyncParams, load_node_params(FRANKA, "sync") | overrides)
+    ros.start([NodeSpec("sync_node", "sync", FRANKA, overrides)])
+    _wait_for_sync_node(ros, p)
+    obs: list[Observation] = []
+    diags: list[DiagnosticArray] = []
+    ros.node.create_subscription(Observation, "observation", obs.append, 50)
+    ros.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 50)
+    return p, obs, diags
+
+
 def _raw_bgr(ros):
     def make(stamp_s: float) -> Image:
         img = np.zeros((48, 64, 3), np.uint8)
@@ -164,15 +178,9 @@ def _stamped(stamp_s: float, msg):
 def test_a_future_stamped_frame_costs_one_message_and_every_drop_is_on_diagnostics(ros) -> None:
     """Measured bug: one frame stamped 5 s ahead stopped all observations for ~5 s. Now it costs that frame;
     the drop, a future joint_states and a 4000x3000 frame are logged at WARN and counted on /diagnostics."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from diagnostic_msgs.msg import DiagnosticStatus
 
-    p = from_params(SyncParams, load_node_params(FRANKA, "sync"))
-    ros.start([NodeSpec("sync_node", "sync", FRANKA, {"diagnostics_rate_hz": 5.0})])
-    _wait_for_sync_node(ros, p)
-    obs: list[Observation] = []
-    diags: list[DiagnosticArray] = []
-    ros.node.create_subscription(Observation, "observation", obs.append, 50)
-    ros.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 50)
+    p, obs, diags = _start_with_diagnostics(ros, {"diagnostics_rate_hz": 5.0})
     make = _raw_bgr(ros)
     _stream(ros, p, 1.0, make)  # discovery
     js_pub, img_pub = next(iter(_PUBLISHERS.values()))
@@ -233,16 +241,10 @@ def test_a_future_stamped_frame_costs_one_message_and_every_drop_is_on_diagnosti
 def test_a_camera_clock_offset_is_measured_warned_and_corrected_by_parameter(ros) -> None:
     """The camera's clock is 0.5 s behind: camera_stamp_offset_s 0.3 corrects part of it; the rest (0.2 s, past
     max_stamp_offset_s) is measured and reported WARN with the value that would correct it all."""
-    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from diagnostic_msgs.msg import DiagnosticStatus
 
-    overrides = {"camera_stamp_offset_s": 0.3, "max_age_s": 1.0, "diagnostics_rate_hz": 5.0}
-    p = from_params(SyncParams, load_node_params(FRANKA, "sync") | overrides)
-    ros.start([NodeSpec("sync_node", "sync", FRANKA, overrides)])
-    _wait_for_sync_node(ros, p)
-    obs: list[Observation] = []
-    diags: list[DiagnosticArray] = []
-    ros.node.create_subscription(Observation, "observation", obs.append, 50)
-    ros.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 50)
+    p, obs, diags = _start_with_diagnostics(
+        ros, {"camera_stamp_offset_s": 0.3, "max_age_s": 1.0, "diagnostics_rate_hz": 5.0})
     plain = _raw_bgr(ros)
     stamps: list[float] = []
 
