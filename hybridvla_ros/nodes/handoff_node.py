@@ -215,6 +215,11 @@ class HandoffNode(Node):
                 msg.header = policy_msg.header
                 msg.chunk_seq, msg.step_index, msg.blended = (policy_msg.chunk_seq, policy_msg.step_index,
                                                               policy_msg.blended)
+                # The plan preview describes the motion that continues `action`: it goes along only
+                # when the action is forwarded unchanged; a modified action gets no preview.
+                if np.array_equal(out.action, np.asarray(policy_msg.action, dtype=np.float64)):
+                    msg.preview = policy_msg.preview
+                    msg.preview_period_s = policy_msg.preview_period_s
             else:
                 s_to_stamp(now_s(self), msg.header.stamp)
                 msg.step_index = -1

@@ -33,8 +33,9 @@ def test_chunks_become_a_steady_stream_then_a_hold(ros) -> None:
     def send(obs_age_s: float) -> np.ndarray:
         nonlocal seq
         stamp = ros.now_s() - obs_age_s
-        # action k = k for every joint: the value tells which slot was executed.
-        actions = np.repeat(np.arange(T, dtype=float)[:, None], D, axis=1)  # (T, D)
+        # action k = k mrad for every joint: the value tells which slot was executed (and at 0.05 rad/s
+        # the chunk is within the limits the whole-chunk check holds it to).
+        actions = np.repeat(0.001 * np.arange(T, dtype=float)[:, None], D, axis=1)  # (T, D)
         msg = ActionChunk(embodiment="franka", action_dim=D, chunk_length=T, step_period_s=p.control_period_s,
                           actions=actions.ravel().tolist(), seq=seq)
         msg.header.stamp.sec = int(stamp)
@@ -48,7 +49,7 @@ def test_chunks_become_a_steady_stream_then_a_hold(ros) -> None:
     ros.spin_for(0.1)
     assert steps, ros.logs()
     first = steps[0][1]
-    assert first.step_index >= 3 and first.action[0] == pytest.approx(first.step_index)
+    assert first.step_index >= 3 and first.action[0] == pytest.approx(0.001 * first.step_index)
     steps.clear()
     # Keep feeding chunks every recompute_every periods: a steady stream at the control rate.
     t_end = time.monotonic() + 2.0
@@ -65,3 +66,75 @@ def test_chunks_become_a_steady_stream_then_a_hold(ros) -> None:
     ros.spin_for(0.3)
     assert len(steps) == n_before, "a holding buffer publishes nothing"
     assert status[-1].holding and status[-1].reason
+
+
+def _chunk_msg(p: ActionBufferParams, stamp_s: float, actions: np.ndarray, seq: int) -> ActionChunk:
+    msg = ActionChunk(embodiment="franka", action_dim=p.action_dim, chunk_length=actions.shape[0],
+                      step_period_s=p.control_period_s, actions=actions.ravel().tolist(), seq=seq)
+    msg.header.stamp.sec = int(stamp_s)
+    msg.header.stamp.nanosec = int((stamp_s % 1) * 1e9)
+    return msg
+
+
+def _cruise(p: ActionBufferParams, n: int, start: float) -> np.ndarray:
+    """(n, D): every joint at 0.2 rad/s from ``start``, within every Franka limit."""
+    return start + 0.2 * p.control_period_s * np.arange(n, dtype=float)[:, None] * np.ones((1, p.action_dim))
+
+
+@pytest.mark.parametrize("mode", ["reshape", "reject"])
+def test_a_chunk_that_jumps_is_reshaped_or_rejected_with_the_reason_and_steps_carry_a_preview(
+        ros, mode: str) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from hybridvla_ros.nodes.action_buffer_node import DIAGNOSTIC_NAME
+
+    p = from_params(ActionBufferParams, load_node_params(FRANKA, "action_buffer"))
+    ros.start([NodeSpec("action_buffer_node", "action_buffer", FRANKA,
+                        {"chunk_check": mode, "blend_steps": 0, "preview_steps": 10})])
+    steps: list[ActionStep] = []
+    status: list[BufferStatus] = []
+    diags: list[DiagnosticArray] = []
+    ros.node.create_subscription(ActionStep, "policy_action", steps.append, 200)
+    ros.node.create_subscription(BufferStatus, "action_buffer/status", status.append, 200)
+    ros.node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 50)
+    pub = ros.node.create_publisher(ActionChunk, "action_chunk", 10)
+    assert ros.spin_until(lambda: len(status) > 3, 20.0), ros.logs()
+
+    # A first chunk, 4 s long: nothing is executing yet, so only the chunk itself is checked (it is fine).
+    first = _cruise(p, 200, 0.0)
+    t0 = ros.now_s()
+    pub.publish(_chunk_msg(p, t0, first, seq=0))
+    assert ros.spin_until(lambda: len(steps) >= 10, 10.0), ros.logs()
+    assert status[-1].chunks_reshaped == 0 and status[-1].chunks_rejected == 0
+    assert status[-1].last_chunk_check == ""
+    # Each step carries the next 10 rows of the chunk after its action, at the control period.
+    for s in steps[:10]:
+        assert s.step_index >= 0 and list(s.action) == first[s.step_index].tolist()
+        preview = np.asarray(s.preview).reshape(-1, p.action_dim)
+        np.testing.assert_array_equal(preview, first[s.step_index + 1:s.step_index + 11])
+        assert s.preview_period_s == pytest.approx(p.control_period_s)
+
+    # The next chunk is the same motion 0.3 rad higher on joint 1: a jump from what is executing.
+    jumped = _cruise(p, 200, 0.0)
+    jumped[:, 0] += 0.3
+    n_steps = len(steps)
+    pub.publish(_chunk_msg(p, t0 + 0.01, jumped, seq=1))
+    assert ros.spin_until(lambda: status[-1].last_chunk_check != "", 10.0), ros.logs()
+    last = status[-1]
+    verb = "reshaped" if mode == "reshape" else "rejected"
+    assert last.last_chunk_check.startswith(f"{verb} chunk 1: "), last.last_chunk_check
+    assert (last.chunks_reshaped, last.chunks_rejected) == ((1, 0) if mode == "reshape" else (0, 1))
+    assert ros.spin_until(lambda: len(steps) >= n_steps + 10, 10.0), ros.logs()
+    before = steps[n_steps - 1]
+    after = steps[n_steps:n_steps + 10]
+    if mode == "reject":
+        assert all(s.chunk_seq == 0 for s in after)  # the buffer keeps executing what it had
+    else:
+        assert all(s.chunk_seq == 1 for s in after)
+        # It ramps in: joint 1 moves at most max_velocity per elapsed slot, nowhere near the 0.3 jump.
+        slots = after[0].step_index - before.step_index
+        assert abs(after[0].action[0] - before.action[0]) <= p.max_velocity[0] * p.control_period_s * slots + 1e-9
+        assert after[-1].action[0] < jumped[after[-1].step_index, 0] - 0.05
+    assert ros.spin_until(lambda: any(
+        st.name == DIAGNOSTIC_NAME and {kv.key: kv.value for kv in st.values}.get(f"chunks_{verb}") == "1"
+        for d in diags for st in d.status), 5.0), ros.logs()
