@@ -43,3 +43,50 @@ def pose_step_to_twist(previous_target: np.ndarray, target: np.ndarray, period_s
         linear_y_mps=float(-s * dx + c * dy),
         angular_z_radps=float((nxt[2] - prev[2]) / period_s),
     )
+
+
+def plan_targets(action: np.ndarray, preview: np.ndarray | list[float], preview_period_s: float, period_s: float,
+                 count: int) -> np.ndarray:
+    """(n, D), n <= count: the plan's targets one ``period_s`` apart after ``action`` (D,).
+
+    The plan is ``action`` at time 0 and row j of ``preview`` (row-major (m, D)) at
+    (j + 1) * ``preview_period_s``; row k of the result is the plan at (k + 1) * ``period_s``
+    (linear between the plan's targets), for times within the plan. An empty preview gives
+    (0, D). Raises ValueError for a preview that is not whole rows of D finite numbers or a
+    non-positive or non-finite preview period.
+    """
+    a = np.asarray(action, dtype=np.float64)
+    dim = a.shape[0]
+    flat = np.asarray(preview, dtype=np.float64).reshape(-1)
+    if flat.size == 0 or count <= 0:
+        return np.zeros((0, dim))
+    if flat.size % dim:
+        raise ValueError(f"preview has {flat.size} values, not a whole number of rows of {dim}")
+    if not np.isfinite(flat).all():
+        raise ValueError("preview has a non-finite value")
+    if not (np.isfinite(preview_period_s) and preview_period_s > 0.0):
+        raise ValueError(f"preview_period_s must be finite and > 0, got {preview_period_s!r}")
+    plan = np.vstack([a[None, :], flat.reshape(-1, dim)])  # (m + 1, D)
+    if abs(preview_period_s - period_s) <= 1e-6 * period_s:
+        return plan[1:count + 1].copy()  # the plan's own period: its targets as they are
+    horizon = (plan.shape[0] - 1) * preview_period_s
+    n = min(count, int(np.floor(horizon / period_s + 1e-9)))
+    if n <= 0:
+        return np.zeros((0, dim))
+    times = np.arange(1, n + 1) * period_s  # (n,)
+    pos = times / preview_period_s  # (n,) fractional index into the plan
+    lo = np.minimum(np.floor(pos).astype(np.int64), plan.shape[0] - 1)
+    hi = np.minimum(lo + 1, plan.shape[0] - 1)
+    w = (pos - lo)[:, None]
+    return (1.0 - w) * plan[lo] + w * plan[hi]
+
+
+def trajectory_velocities(previous: np.ndarray, points: np.ndarray, period_s: float) -> np.ndarray:
+    """(m, D) velocities consistent with ``points`` (m, D) one ``period_s`` apart after
+    ``previous`` (D,), the command before the first point: central differences, and 0 at
+    the last point (a trajectory ends at rest)."""
+    q = np.vstack([np.asarray(previous, dtype=np.float64)[None, :], points])  # (m + 1, D)
+    v = np.zeros_like(points, dtype=np.float64)
+    if points.shape[0] > 1:
+        v[:-1] = (q[2:] - q[:-2]) / (2.0 * period_s)
+    return v

@@ -66,6 +66,15 @@ deceleration (a real arm's controller faults on that). The e-stop stops pushing 
 once: it commands ``q_prev`` with velocity 0 (once per period from ``tick`` while no
 actions come), and motion resumes acceleration-limited from there after a reset.
 
+Trajectories. ``trajectory(targets)`` gives the points after the last command for a
+controller that times them itself (a JointTrajectory, one period apart): the plan's next
+targets, each limited like a real command (r = 1) on a copy of the filter's state, then
+braking at max deceleration to rest, so the last point is always at rest. It changes neither
+the state nor the counters; the real next command for the plan's first target is its first
+point. ``tick(now_s, on_schedule=True)`` serves a caller that sends once per period at its
+own deadlines (a timing thread): a deadline without an action brakes at once, and at rest
+the rest point goes out every period.
+
 Counters. Every result that carries a command is meant to be sent (``tick`` returns
 None rather than a second command within the same period), so ``stats['commands']`` is
 the number of commands sent and ``stats['modified'] <= stats['commands']``: one count
@@ -82,6 +91,7 @@ ordered pipeline per action; keeping it in one file keeps that order visible.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from dataclasses import dataclass
@@ -101,6 +111,7 @@ LIMIT_NAMES: tuple[str, ...] = ("nan", "shape", "position", "velocity", "acceler
                                  "watchdog")
 
 REASON_STREAM = "stream: no command for {gap:.3f} s, braking to rest"
+REASON_REST = "stream: no action for this period ({gap:.3f} s since the last command), holding at rest"
 # Defaults, in control periods: a tick brakes once no command was sent for LATE_PERIODS
 # (then every period, a tick at least REPEAT_PERIODS after the last); a silence longer than
 # RESUME_PERIODS means the robot is at rest (the controller held the last point).
@@ -704,12 +715,72 @@ class SafetyFilter:
             return 0.0, True
         return max(0.0, hi), False
 
-    def tick(self, now_s: float) -> SafetyResult | None:
+    # ------------------------------------------------------------ trajectories
+    def trajectory(self, targets: np.ndarray | None = None) -> np.ndarray:
+        """(m, D) the points after the last command, one period apart, for a controller that
+        times them itself (a JointTrajectory): each row of ``targets`` (n, D) (the plan's next
+        targets, one per period) goes through the same limits as a real command (position
+        bounds, velocity and acceleration from the point before, the velocity scale in force),
+        each covering one full period, on a copy of the filter's state; then the points brake
+        at max deceleration until the velocity is zero, so the last point is at rest. Points
+        that would only repeat the one before at the end are left out (m = 0: the last command
+        is already at rest). A malformed or non-finite ``targets`` row ends the plan there
+        (the points brake to rest from the row before). Changes neither the filter's state nor
+        its counters; empty before a joint state and while the e-stop is latched."""
+        if self._q_prev is None or self._estop:
+            return np.zeros((0, self._dof))
+        sim = self._clone()
+        rows: list[np.ndarray] = []
+        if targets is not None:
+            try:
+                plan = np.asarray(targets, dtype=np.float64)
+            except (TypeError, ValueError):
+                plan = np.zeros((0, self._dof))
+            if plan.ndim != 2 or plan.shape[1] != self._dof:
+                plan = np.zeros((0, self._dof))
+            for row in plan:
+                if np.count_nonzero(np.isfinite(row)) != self._dof:
+                    break
+                sim._limit(row, 1.0)
+                assert sim._q_prev is not None
+                rows.append(sim._q_prev)
+        # Brake to rest: every period the step shrinks by at most a*dt^2 per joint; bounded
+        # by the number of periods braking from max_velocity takes.
+        c = self._step_change_max
+        for _ in range(int(np.ceil(float((self._step_max / c).max()))) + 2):
+            step0 = sim._vstep
+            if np.count_nonzero(step0) == 0:
+                break
+            step = step0 - np.minimum(np.maximum(step0, -c), c)
+            q_prev = sim._q_prev
+            assert q_prev is not None
+            q = q_prev + step
+            if sim._inside:
+                q = np.minimum(np.maximum(q, self._pmin), self._pmax)
+            sim._vstep = q - q_prev
+            sim._set_q(q)
+            if np.count_nonzero(sim._vstep):
+                rows.append(q)
+        while rows and np.array_equal(rows[-1], rows[-2] if len(rows) > 1 else self._q_prev):
+            rows.pop()  # standing still at the end: the point before is the rest point
+        return np.array(rows).reshape(len(rows), self._dof)
+
+    def _clone(self) -> SafetyFilter:
+        """A copy whose commands do not touch this filter (arrays are replaced, never written)."""
+        sim = copy.copy(self)
+        sim._stats = dict(self._stats)
+        return sim
+
+    def tick(self, now_s: float, *, on_schedule: bool = False) -> SafetyResult | None:
         """Call often (every period or faster). Returns a command only when none was sent for
         late_after_s (after a command from tick: for most of a period), so there is at most
-        one per period; otherwise None. When due: while the e-stop is latched, its hold; while
-        the last command was moving, one period of braking at max deceleration ('stream', or
-        'watchdog' past the timeout); at rest, None until no action was filtered for
+        one per period; otherwise None. ``on_schedule``: the caller calls once per period at
+        its own deadlines and had no action for this one: due when none went out for half a
+        period (braking starts at the first deadline without an action), and at rest the rest
+        point is held every period (the stream stays periodic; counted as 'stream').
+        When due: while the e-stop is latched, its hold; while the last command was moving,
+        one period of braking at max deceleration ('stream', or 'watchdog' past the timeout);
+        at rest, None until no action was filtered for
         > watchdog_timeout_s, then a hold at the rest point ('watchdog'). Before the first joint
         state only an e-stop holds (command None). A non-finite now_s holds (braking, counted as
         'watchdog')."""
@@ -719,7 +790,8 @@ class SafetyFilter:
         now_s = float(now_s)
         last = self._last_sent_s
         gap = None if last is None else now_s - last
-        if gap is not None and gap < (self._repeat_s if self._last_from_tick else self._late_s):
+        due_s = 0.5 * self._dt_s if on_schedule else self._repeat_s if self._last_from_tick else self._late_s
+        if gap is not None and gap < due_s:
             return None  # a command went out less than a period ago (or the clock went back)
         if self._estop:
             return self._estop_hold(now_s, from_tick=True)
@@ -734,6 +806,8 @@ class SafetyFilter:
         resting = gap is not None and gap > self._resume_s  # the controller held the last point
         moving = not resting and np.count_nonzero(self._vstep) > 0
         if not (moving or watchdog):
+            if on_schedule and gap is not None:  # a periodic stream: the rest point, every period
+                return self._hold("stream", REASON_REST.format(gap=gap), now_s, brake=True, from_tick=True)
             return None  # at rest: quiet until the watchdog
         if watchdog and not self._watchdog_active:
             self._watchdog_active = True

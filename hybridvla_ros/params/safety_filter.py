@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hybridvla_ros.core.safety import SafetyLimits
-from hybridvla_ros.params.base import param
+from hybridvla_ros.params.base import ParameterError, param
 from hybridvla_ros.params.embodiment import EmbodimentParams
 
 
@@ -20,6 +20,21 @@ class SafetyFilterParams(EmbodimentParams):
     velocity_scale: float = param("fraction of max_velocity the policy may use", 1.0, min=0.01, max=1.0)
     trajectory_horizon_s: float = param(
         "time_from_start of the single JointTrajectory point (JointTrajectory controllers)", 0.0, min=0.0, max=1.0)
+    trajectory_points: int = param(
+        "JointTrajectory points per command: the checked action and the plan's next checked targets one period "
+        "apart (then braking to rest, so the last point is at rest); 1: a single point", 1, min=1, max=200)
+    timing: str = param(
+        "when commands go out: 'event' (as each action arrives) or 'thread' (a timing thread at absolute "
+        "deadlines, one per control period)", "event", choices=("event", "thread"))
+    timing_rt_priority: int = param(
+        "SCHED_FIFO priority of the timing thread (timing 'thread'; needs CAP_SYS_NICE, else normal "
+        "priority with a warning); 0: normal scheduling", 20, min=0, max=99)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.trajectory_points > 1 and self.command_type != "trajectory_msgs/JointTrajectory":
+            raise ParameterError(f"trajectory_points: {self.trajectory_points} needs command_type "
+                                 f"trajectory_msgs/JointTrajectory, got {self.command_type}")
 
     def safety_limits(self) -> SafetyLimits:
         """The core filter's limits from these parameters (ValueError if inconsistent)."""

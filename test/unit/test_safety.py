@@ -504,3 +504,58 @@ def test_velocity_scale_can_be_tightened_at_run_time() -> None:
     assert np.all(steps[10:] <= 0.3 * dt + 1e-12)
     with pytest.raises(ValueError, match="velocity_scale"):
         f.set_velocity_scale(0.0)
+
+
+# ------------------------------------------------ ramp-in and holds (issue 17)
+@pytest.mark.parametrize("dim", DIMS)
+def test_a_first_command_far_from_the_measured_position_ramps_in_within_the_limits(dim: int) -> None:
+    """The robot stands at the measured position; the first request is far away. The commands
+    start there at rest, accelerate and cruise within the limits and stop on the target."""
+    limits = make_limits(dim, seed=3)
+    measured = 0.5 * limits.position_min
+    filt = SafetyFilter(limits, DT_S)
+    filt.update_measured(measured, 0.0)
+    target = 0.5 * limits.position_max
+    q_prev, v_prev = measured, np.zeros(dim)
+    for k in range(2000):
+        q = filt.filter(target, k * DT_S).command
+        v_prev = check_step(q, q_prev, v_prev, limits, limits.max_velocity)
+        # Never past the target (approached on a braking profile).
+        assert ((q - target) * np.sign(target - measured) <= 1e-12).all()
+        q_prev = q
+        if np.array_equal(q, target):
+            break
+    else:
+        pytest.fail("never reached the target")
+    assert filt.stats["commands"] > 10, "a far target takes many periods: it was not jumped to"
+
+
+@pytest.mark.parametrize("dim", (3, 7))
+def test_a_hold_request_while_moving_brakes_within_the_limit_and_rests_at_the_hold(dim: int) -> None:
+    """The handoff asks to hold at the measured position, which lags behind a moving command:
+    the commands brake within the acceleration limit (no sudden stop, no jump back), turn
+    back within the limits and come to rest on the hold target."""
+    limits = make_limits(dim, seed=5)
+    filt = make_filter(dim, seed=5)
+    far = 0.9 * limits.position_max
+    q_prev, v_prev = np.zeros(dim), np.zeros(dim)
+    t = 0.0
+    for k in range(40):  # moving fast toward far
+        t = k * DT_S
+        q = filt.filter(far, t).command
+        v_prev = check_step(q, q_prev, v_prev, limits, limits.max_velocity)
+        q_prev = q
+    assert np.abs(v_prev).max() > 0.3
+    hold = q_prev - 0.3 * v_prev * DT_S * 5  # the measured position, a little behind the command
+    for k in range(40, 1000):
+        t = k * DT_S
+        q = filt.filter(hold, t).command
+        v_prev = check_step(q, q_prev, v_prev, limits, limits.max_velocity)
+        q_prev = q
+        if np.array_equal(q, hold):
+            break
+    else:
+        pytest.fail("never came to rest on the hold target")
+    # At rest: the last step stops within the acceleration limit; ticks stay quiet.
+    assert (np.abs(v_prev) <= limits.max_acceleration * DT_S * (1 + REL_TOL)).all()
+    assert filt.filter(hold, t + DT_S).command.tolist() == hold.tolist()
