@@ -16,6 +16,7 @@ LeRobot sidecar (its own Python environment) imports it too.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgpack
@@ -36,8 +37,8 @@ def _pack_default(obj: Any) -> Any:
     if isinstance(obj, (np.ndarray, np.generic)) and obj.dtype.kind not in _ALLOWED_KINDS:
         raise WireError(f"cannot send an array of dtype {obj.dtype} (numeric and boolean arrays only)")
     if isinstance(obj, np.ndarray):
-        arr = np.ascontiguousarray(obj)
-        return {b"__ndarray__": True, b"data": arr.tobytes(), b"dtype": arr.dtype.str, b"shape": arr.shape}
+        # tobytes() is C order; not np.ascontiguousarray, which turns a 0-d array into shape (1,)
+        return {b"__ndarray__": True, b"data": obj.tobytes(order="C"), b"dtype": obj.dtype.str, b"shape": obj.shape}
     if isinstance(obj, np.generic):
         return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
     raise TypeError(f"cannot send a {type(obj).__name__} (dicts, lists, str, bytes, numbers and numpy arrays only)")
@@ -49,23 +50,37 @@ def _dtype(value: Any) -> np.dtype:
         raise WireError(f"array dtype must be a string, got {type(name).__name__}")
     try:
         dtype = np.dtype(name)
-    except TypeError as exc:
+    except (TypeError, ValueError, SyntaxError) as exc:
         raise WireError(f"unknown array dtype {name!r}") from exc
     if dtype.kind not in _ALLOWED_KINDS or dtype.hasobject:
         raise WireError(f"array dtype {name!r} is not numeric or boolean")
     return dtype
 
 
+def _no_timestamp(values: Any) -> None:
+    # msgpack decodes its timestamp extension (-1) itself, without the ext_hook: refuse it here
+    if any(isinstance(v, msgpack.Timestamp) for v in values):
+        raise WireError("msgpack timestamps are not part of the protocol (plain values and arrays only)")
+
+
+def _list_hook(items: list) -> list:
+    _no_timestamp(items)
+    return items
+
+
 def _object_hook(obj: dict) -> Any:
+    _no_timestamp(obj.values())
+    _no_timestamp(obj.keys())
     if b"__ndarray__" in obj:
         dtype = _dtype(obj.get(b"dtype"))
         shape = obj.get(b"shape")
         data = obj.get(b"data")
-        if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        if not isinstance(shape, (list, tuple)) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
             raise WireError(f"array shape must be a list of non-negative integers, got {shape!r}")
         if not isinstance(data, bytes):
             raise WireError(f"array data must be bytes, got {type(data).__name__}")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)  # Python ints: a huge shape cannot wrap around to a small count
         if count > MAX_ARRAY_ELEMENTS:
             raise WireError(f"array of {count} elements is over the limit of {MAX_ARRAY_ELEMENTS}")
         if len(data) != count * dtype.itemsize:
@@ -79,6 +94,10 @@ def _object_hook(obj: dict) -> Any:
         except (TypeError, ValueError, OverflowError) as exc:
             raise WireError(f"numpy scalar {obj.get(b'data')!r} is not a {dtype}") from exc
     return obj
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    raise WireError(f"msgpack extension type {code} is not part of the protocol (plain values and arrays only)")
 
 
 def packb(obj: Any) -> bytes:
@@ -95,7 +114,10 @@ def unpackb(data: bytes | bytearray | memoryview, max_bytes: int = MAX_MESSAGE_B
     if len(data) > max_bytes:
         raise WireError(f"message of {len(data)} bytes is over the limit of {max_bytes}")
     try:
-        return msgpack.unpackb(bytes(data), object_hook=_object_hook, raw=False, strict_map_key=False)
+        out = msgpack.unpackb(bytes(data), object_hook=_object_hook, list_hook=_list_hook, ext_hook=_ext_hook,
+                              raw=False, strict_map_key=False)
+        _no_timestamp((out,))
+        return out
     except WireError:
         raise
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:

@@ -6,13 +6,14 @@
   (per-robot input/output transforms), and whether a policy fits the robot.
 - :mod:`.registry`: ``register_policy`` / ``make_policy`` by name (``policy_source``).
 - :mod:`.swap`: :class:`PolicySlot`, weight swap and rollback between two calls.
-- sources: :mod:`.builtin` (our model: torch, onnx, int8-ort) and :mod:`.sim_expert`
-  (the simulated robot's scripted expert). Importing this package registers them.
+- sources: :mod:`.builtin` (our model: torch, onnx, int8-ort), :mod:`.sim_expert`
+  (the simulated robot's scripted expert) and :mod:`.remote` (a policy server over openpi's
+  websocket protocol: ``hybridvla serve``, an openpi server). Importing this package registers them.
 
 A new source is one module here that implements the protocol and registers a factory,
 its import below, its name among ``params/inference.py``'s ``policy_source`` choices, and tests.
 """
-from hybridvla_ros.policies import builtin, sim_expert
+from hybridvla_ros.policies import builtin, remote, sim_expert
 from hybridvla_ros.policies.base import (
     DEFAULT_CAMERA,
     Policy,
@@ -56,5 +57,6 @@ __all__ = [
     "make_policy",
     "policy_names",
     "register_policy",
+    "remote",
     "sim_expert",
 ]

@@ -82,15 +82,16 @@ def _robot_obs(stamp_s: float = 100.0, with_state: bool = True, task: str = "") 
 # --- registry
 
 def test_both_sources_are_registered_under_the_parameter_files_names() -> None:
-    assert policy_names() == ["builtin", "sim_expert"]
-    assert set(policy_names(include_aliases=True)) == set(POLICY_SOURCES) == {"builtin", "checkpoint", "sim_expert"}
+    assert policy_names() == ["builtin", "remote", "sim_expert"]
+    assert set(policy_names(include_aliases=True)) == set(POLICY_SOURCES) == {"builtin", "checkpoint", "remote",
+                                                                               "sim_expert"}
     field = {f.name: f for f in dataclasses.fields(InferenceParams)}["policy_source"]
     assert field.metadata["choices"] == POLICY_SOURCES
 
 
 def test_unknown_source_is_a_clear_error_listing_the_known_ones() -> None:
     with pytest.raises(UnknownPolicySource, match=r"policy_source: unknown 'lerobot'; known: builtin, checkpoint, "
-                                                  r"sim_expert"):
+                                                  r"remote, sim_expert"):
         make_policy("lerobot", franka_params())
 
 
@@ -101,7 +102,7 @@ def test_a_name_is_registered_once() -> None:
     for name, aliases in (("builtin", ()), ("fresh_name", ("checkpoint",)), ("", ())):
         with pytest.raises(ValueError, match="already registered"):
             register_policy(name, aliases)(factory)
-    assert policy_names() == ["builtin", "sim_expert"]
+    assert policy_names() == ["builtin", "remote", "sim_expert"]
 
 
 def test_both_sources_satisfy_the_protocol(ckpts) -> None:
@@ -146,6 +147,7 @@ class FakePolicy:
     name = "fake"
     cameras: tuple[str, ...] = ()
     plan_topics: tuple[str, ...] = ()
+    inpaints = False
 
     def __init__(self, model_version: int = 1, adaptable: bool = True, joint_names: tuple[str, ...] = ("a", "b"),
                  chunk_size: int = 3, state_joints: tuple[str, ...] = (), warmup_error: Exception | None = None,
