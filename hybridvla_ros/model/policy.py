@@ -32,7 +32,7 @@ Reads top to bottom:
 A batch holds ONE embodiment (``batch[EMBODIMENT]`` is its name); the trainer alternates
 embodiments between steps.
 
-Size: about 760 lines because it is the whole network in one file, read top to bottom in
+Size: about 870 lines because it is the whole network in one file, read top to bottom in
 one sitting like nanoGPT's model.py; the parts only make sense together (the heads share
 the backbone's feature and the normalizer's delta scale), and training, checkpoints and
 export live in their own modules.
@@ -73,6 +73,37 @@ TOKEN_LABEL_SIGMA_BINS = 0.0
 TOKEN_DECODES = ("expectation", "argmax")
 FLOW_PREDICTIONS = ("velocity", "sample")
 DELTA_STD_PER = ("joint", "step_joint")
+# the inference modes that can inpaint a prefix (real-time chunking): those that integrate a flow
+INPAINT_MODES = ("flow", "coarse_to_fine")
+INPAINT_METHODS = ("guidance", "pull", "both")  # Guidance.method
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Real-time chunking's inpainting request (``core/rtc.py``), in a head's normalized delta space:
+    the chunk should follow ``target`` (B, T, D) where ``weights`` (B, T) say (1: frozen, then the
+    soft mask, 0: free). The flow integration adds the paper's guidance (Black et al. 2025, after
+    Pokle et al.'s PiGDM): the vector-Jacobian product of the weighted error of the predicted clean
+    chunk, its weight ``min(max_weight, (1 - t) / (t r_t^2))``, ``r_t^2 = (1 - t)^2 / (t^2 + (1 - t)^2)``."""
+
+    target: torch.Tensor
+    weights: torch.Tensor
+    max_weight: float = 5.0
+    # "guidance": the paper's; "pull": the predicted clean chunk is pulled to the target by the weights
+    # at every step (x1_hat += W (target - x1_hat), frozen entries replaced), which works where the net
+    # hardly depends on x_t (heads that predict the clean sample); "both": guidance, then the pull
+    method: str = "both"
+
+    def flat(self, repeat: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B*repeat, T*D) target and weights, example-major (each example's K samples together)."""
+        B, T, D = self.target.shape
+        w = self.weights.reshape(B, T, 1).expand(B, T, D)
+        return (self.target.reshape(B, T * D).repeat_interleave(repeat, 0),
+                w.reshape(B, T * D).repeat_interleave(repeat, 0))
+
+    def offset(self, base: torch.Tensor) -> Guidance:
+        """The same request for a flow whose sample is added to ``base`` (B, T, D): target - base."""
+        return Guidance(self.target - base, self.weights, self.max_weight, self.method)
 
 
 # ---------------------------------------------------------------- configuration
@@ -511,31 +542,61 @@ class FlowHead(nn.Module):
             mse = F.mse_loss(self.velocity(feat, t, xt), x1 - x0)
         return mse, {"flow_mse": mse.item()}
 
-    def sample(self, feat: torch.Tensor, num_samples: int, generator: torch.Generator | None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, feat: torch.Tensor, num_samples: int, generator: torch.Generator | None,
+               guide: Guidance | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean of K Euler-integrated samples (B, T, D) and confidence (B,) from their spread.
 
         The K samples share the pooled feature (one backbone pass) and run as one batch.
-        With K = 1 there is no spread and the confidence is 1.
+        With K = 1 there is no spread and the confidence is 1. ``guide``: real-time chunking.
         """
         B, K = feat.shape[0], num_samples
         x = torch.randn(B * K, self.T * self.D, generator=generator, device=feat.device, dtype=feat.dtype)
-        return self.integrate(feat, x)
+        return self.integrate(feat, x, guide)
 
-    def integrate(self, feat: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``sample`` from given noise (B*K, T*D), example-major: mean (B, T, D), confidence (B,)."""
+    def integrate(self, feat: torch.Tensor, noise: torch.Tensor, guide: Guidance | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sample`` from given noise (B*K, T*D), example-major: mean (B, T, D), confidence (B,);
+        with ``guide``, every Euler step is guided toward its target (real-time chunking)."""
         B = feat.shape[0]
         K = noise.shape[0] // B
         feat = feat.repeat_interleave(K, 0)                                  # (B*K, d)
         x = noise
         dt = 1.0 / self.num_steps
+        target, weights = guide.flat(K) if guide is not None else (None, None)  # (B*K, T*D) each
         for i in range(self.num_steps):
             t = torch.full((B * K,), i * dt, device=feat.device, dtype=feat.dtype)
-            x = x + dt * self.velocity(feat, t, x)                           # (B*K, T*D)
+            if guide is None or target is None or weights is None:
+                x = x + dt * self.velocity(feat, t, x)                       # (B*K, T*D)
+                continue
+            tau = i * dt
+            if guide.method == "pull":
+                v = self.velocity(feat, t, x)
+            else:
+                v = self.guided_velocity(feat, t, x, target, weights, tau, guide.max_weight)
+            if guide.method != "guidance":  # the straight path to the pulled clean chunk
+                x1_hat = x + (1.0 - tau) * v
+                v = (x1_hat + weights * (target - x1_hat) - x) / (1.0 - tau)
+            x = x + dt * v                                                   # (B*K, T*D)
         x = x.reshape(B, K, self.T, self.D)                                  # (B, K, T, D)
         spread = x.std(1, unbiased=False).mean((1, 2))                       # (B,)
         confidence = torch.exp(-spread / self.confidence_scale)
         return x.mean(1), confidence.clamp(0.0, 1.0)
+
+
+    def guided_velocity(self, feat: torch.Tensor, t: torch.Tensor, x: torch.Tensor, target: torch.Tensor,
+                        weights: torch.Tensor, tau: float, max_weight: float) -> torch.Tensor:
+        """The velocity at (t, x) plus the guidance toward ``target`` (B, T*D) under ``weights`` (B, T*D):
+        ``v + min(max_weight, (1 - t) / (t r_t^2)) * J^T (W (target - x1_hat))`` with ``x1_hat = x + (1 - t) v``
+        (one vector-Jacobian product through the velocity net; gradients on inside inference_mode)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(True)
+            v = self.velocity(feat.detach().clone(), t.clone(), xg)         # (B, T*D)
+            x1_hat = xg + (1.0 - t.clone()[:, None]) * v
+            err = (target.clone() - x1_hat.detach()) * weights.clone()      # (B, T*D)
+            (vjp,) = torch.autograd.grad(x1_hat, xg, grad_outputs=err)
+        r2 = (1.0 - tau) ** 2 / (tau ** 2 + (1.0 - tau) ** 2)
+        weight = max_weight if tau <= 0.0 else min(max_weight, (1.0 - tau) / (tau * r2))
+        return (v.detach() + weight * vjp).to(x.dtype)
 
 
 class CoarseToFineHead(nn.Module):
@@ -604,21 +665,26 @@ class CoarseToFineHead(nn.Module):
         bce = F.binary_cross_entropy_with_logits(self.route_logit(feat, token_conf), better)
         return ce + mse + bce, {**parts, **flow_parts, "router_bce": bce.item(), "refine_better": better.mean().item()}
 
-    def refine(self, feat: torch.Tensor, coarse: torch.Tensor, on: float, noise: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """coarse (B, T, D) + mean refiner residual from noise (B*K, T*D); confidence (B,) from its spread."""
+    def refine(self, feat: torch.Tensor, coarse: torch.Tensor, on: float, noise: torch.Tensor,
+               guide: Guidance | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """coarse (B, T, D) + mean refiner residual from noise (B*K, T*D); confidence (B,) from its spread.
+        ``guide`` (on the whole chunk) guides the residual toward its target less the coarse chunk."""
         B = feat.shape[0]
         cond = self.condition(coarse, torch.full((B,), on, dtype=feat.dtype, device=feat.device))
-        residual, confidence = self.flow.integrate(torch.cat([feat, cond], -1), noise)  # (B, T, D), (B,)
+        residual_guide = guide.offset(coarse * on) if guide is not None else None
+        residual, confidence = self.flow.integrate(torch.cat([feat, cond], -1), noise,
+                                                   residual_guide)  # (B, T, D), (B,)
         return coarse * on + residual, confidence
 
     def sample(self, feat: torch.Tensor, num_samples: int, generator: torch.Generator | None,
-               mode: str = "coarse_to_fine") -> tuple[torch.Tensor, torch.Tensor]:
+               mode: str = "coarse_to_fine", guide: Guidance | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized deltas (B, T, D) and confidence (B,) in ``mode`` (one of HEAD_MODES["coarse_to_fine"]).
 
         coarse_to_fine: confidence = sqrt(token confidence * refined-sample confidence). routed: per
         example, the router's choice of token or coarse_to_fine (with that mode's confidence); a
         batch the router sends wholly to the token head skips the flow integration.
+        ``guide`` (flow and coarse_to_fine modes; real-time chunking): the coarse chunk is first pulled
+        to the guide's target by its weights (frozen steps: replaced), then the refinement is guided.
         """
         coarse, token_conf = self.token.decode(self.token.logits(feat))               # (B, T, D), (B,)
         if mode == "token":
@@ -626,7 +692,12 @@ class CoarseToFineHead(nn.Module):
         B, K = feat.shape[0], num_samples
         noise = torch.randn(B * K, self.T * self.D, generator=generator, device=feat.device, dtype=feat.dtype)
         if mode == "flow":
-            return self.refine(feat, torch.zeros_like(coarse), 0.0, noise)
+            return self.refine(feat, torch.zeros_like(coarse), 0.0, noise, guide)
+        if guide is not None and mode == "coarse_to_fine":
+            w = guide.weights[..., None].to(coarse.dtype)                             # (B, T, 1)
+            coarse = coarse + w * (guide.target.to(coarse.dtype) - coarse)
+            refined, flow_conf = self.refine(feat, coarse, 1.0, noise, guide)
+            return refined, (token_conf * flow_conf).sqrt()
         if mode == "routed":
             refine = self.route_logit(feat, token_conf) > 0                           # (B,)
             if not bool(refine.any()):  # the router's saving: no flow integration at all
@@ -737,26 +808,57 @@ class HybridPolicy(nn.Module):
 
     @torch.no_grad()
     def predict(self, batch: Mapping[str, object], num_samples: int = 1,
-                generator: torch.Generator | None = None, mode: str | None = None) -> dict[str, torch.Tensor]:
+                generator: torch.Generator | None = None, mode: str | None = None,
+                prefix: torch.Tensor | None = None, prefix_weights: torch.Tensor | None = None,
+                max_guidance_weight: float = 5.0, inpaint_method: str = "both") -> dict[str, torch.Tensor]:
         """Action chunks for a single-embodiment batch (no ACTIONS key needed).
 
         Returns ACTIONS (B, T, D) absolute targets, DELTAS (B, T, D) = ACTIONS - proprio and
         CONFIDENCE (B,). Flow sampling draws ``num_samples`` noise samples (from ``generator``
         if given, for reproducible output) and averages them; token decoding ignores both.
         ``mode`` (token | flow | coarse_to_fine; None: the head's type) must be one the head serves.
+        ``prefix`` (B, T, D) absolute targets and ``prefix_weights`` (B, T): real-time chunking's
+        inpainting (:class:`Guidance`, in the head's normalized delta space); ValueError for a mode
+        that cannot inpaint (token, routed).
         """
         if num_samples < 1:
             raise ValueError(f"num_samples: must be >= 1, got {num_samples!r}")
         spec = self._check_batch(batch, with_actions=False)
         mode = self.check_mode(spec.name, mode)
+        guide = None
+        if prefix is not None:
+            guide = self.guidance(spec, mode, batch, prefix, prefix_weights, max_guidance_weight, inpaint_method)
         feat = self.encode(batch)                                                   # (B, d)
         head = self.heads[spec.name]
         if isinstance(head, CoarseToFineHead):
-            delta_norm, confidence = head.sample(feat, num_samples, generator, mode)  # (B, T, D), (B,)
+            delta_norm, confidence = head.sample(feat, num_samples, generator, mode, guide)  # (B, T, D), (B,)
+        elif isinstance(head, FlowHead):
+            delta_norm, confidence = head.sample(feat, num_samples, generator, guide)  # (B, T, D), (B,)
         else:
             delta_norm, confidence = head.sample(feat, num_samples, generator)        # (B, T, D), (B,)
         delta = self.normalizers[spec.name].denormalize_delta(delta_norm)           # (B, T, D)
         return {ACTIONS: cast(torch.Tensor, batch[PROPRIO])[:, None, :] + delta, DELTAS: delta, CONFIDENCE: confidence}
+
+
+    def guidance(self, spec: EmbodimentSpec, mode: str, batch: Mapping[str, object], prefix: torch.Tensor,
+                 weights: torch.Tensor | None, max_weight: float, method: str = "both") -> Guidance:
+        """The absolute ``prefix`` (B, T, D) as a :class:`Guidance` in the head's normalized delta space
+        (relative to the batch's proprio, the normalizer's delta statistics); ValueError when ``mode``
+        cannot inpaint or a shape is wrong."""
+        if mode not in INPAINT_MODES:
+            raise ValueError(f"prefix: the {mode!r} mode cannot inpaint (real-time chunking needs one of "
+                             f"{list(INPAINT_MODES)})")
+        proprio = cast(torch.Tensor, batch[PROPRIO])                                 # (B, D)
+        B, T, D = proprio.shape[0], spec.chunk_size, spec.action_dim
+        if tuple(prefix.shape) != (B, T, D) or weights is None or tuple(weights.shape) != (B, T):
+            got = (tuple(prefix.shape), None if weights is None else tuple(weights.shape))
+            raise ValueError(f"prefix/prefix_weights: expected shapes {(B, T, D)} and {(B, T)}, got {got}")
+        if not max_weight >= 0.0:
+            raise ValueError(f"max_guidance_weight: must be >= 0, got {max_weight!r}")
+        if method not in INPAINT_METHODS:
+            raise ValueError(f"inpaint_method: must be one of {list(INPAINT_METHODS)}, got {method!r}")
+        target = self.normalizers[spec.name].normalize_delta(prefix.to(proprio.dtype) - proprio[:, None, :])
+        return Guidance(target, weights.to(proprio.dtype), float(max_weight), method)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from hybridvla_ros.core.rtc import ChunkPrefix
 from hybridvla_ros.model.checkpoint import KEY_MODEL_VERSION, load_checkpoint, read_checkpoint_config
 from hybridvla_ros.model.policy import (
     CONFIDENCE,
@@ -26,6 +27,7 @@ from hybridvla_ros.model.policy import (
     EMBODIMENT,
     IMAGE,
     IMAGE_TOKENS,
+    INPAINT_MODES,
     INSTRUCTION,
     PROPRIO,
     STATE,
@@ -67,6 +69,10 @@ class PolicyRunner:
         self.state_joints: tuple[str, ...] = spec.state_joints  # observed-only joints predict() needs as `state`
         self.control_period_s: float = spec.control_period_s
         self.default_instruction: str = spec.instruction
+        # real-time chunking: the flow modes inpaint a prefix (predict(prefix=...)); token and routed cannot
+        self.inpaints: bool = self.head_type in INPAINT_MODES
+        self.max_guidance_weight: float = 5.0  # the paper's beta; the inference node sets its parameter
+        self.inpaint_method: str = "both"      # policy.INPAINT_METHODS; likewise
         self._generator = torch.Generator().manual_seed(seed)
         self._instructions: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._last_image: np.ndarray | None = None         # (S, S, 3) uint8: the last resized image
@@ -161,25 +167,46 @@ class PolicyRunner:
         return x
 
     def predict(self, image_rgb: np.ndarray, joint_positions: np.ndarray, instruction: str,
-                num_samples: int = 5, state: np.ndarray | None = None) -> Prediction:
+                num_samples: int = 5, state: np.ndarray | None = None,
+                prefix: ChunkPrefix | None = None) -> Prediction:
         """Action chunk for one observation.
 
         image_rgb (H, W, 3) uint8, resized to image_size with cv2.INTER_AREA if needed;
         joint_positions (D,); ``state`` (E,) the ``state_joints`` (required when there are
         any). ``num_samples`` flow samples (one batch) give the confidence; token heads
-        ignore it. Raises ValueError on wrong shapes, dtypes or NaN.
+        ignore it. ``prefix`` (real-time chunking; only when ``inpaints``): the chunk is
+        generated consistent with it (guided inpainting) and its frozen steps are its targets
+        exactly. Raises ValueError on wrong shapes, dtypes or NaN, or a prefix it cannot inpaint.
         """
         start = time.perf_counter()
         q = self._check_inputs(image_rgb, joint_positions, instruction, num_samples)
         x = self.check_state(state)
+        if prefix is not None:
+            self._check_prefix(prefix)
         with torch.inference_mode():
             batch = self.batch(image_rgb, q, instruction, x)
-            out = self.policy.predict(batch, num_samples=num_samples, generator=self._generator, mode=self.head_type)
+            guide = {} if prefix is None else {
+                "prefix": torch.from_numpy(np.array(prefix.targets, dtype=np.float32))[None],   # (1, T, D)
+                "prefix_weights": torch.from_numpy(np.array(prefix.weights, dtype=np.float32))[None],  # (1, T)
+                "max_guidance_weight": self.max_guidance_weight, "inpaint_method": self.inpaint_method}
+            out = self.policy.predict(batch, num_samples=num_samples, generator=self._generator, mode=self.head_type,
+                                      **guide)
         delta = out[DELTAS][0].double().numpy()                                   # (T, D)
         actions = q[None, :] + delta                                              # (T, D) in float64
+        if prefix is not None and prefix.frozen_steps:  # they execute from the old chunk: say so exactly
+            actions[:prefix.frozen_steps] = prefix.targets[:prefix.frozen_steps]
         confidence = float(out[CONFIDENCE][0])
         return Prediction(actions=actions, confidence=min(max(confidence, 0.0), 1.0),
                           latency_s=time.perf_counter() - start, head_type=self.head_type)
+
+    def _check_prefix(self, prefix: ChunkPrefix) -> None:
+        """ValueError unless this runner can inpaint ``prefix`` (its mode, its shape)."""
+        if not self.inpaints:
+            raise ValueError(f"prefix: the {self.head_type!r} mode cannot inpaint (real-time chunking needs "
+                             f"one of {list(INPAINT_MODES)}); blend the seams in the action buffer instead")
+        if prefix.targets.shape != (self.chunk_size, self.action_dim):
+            raise ValueError(f"prefix: expected ({self.chunk_size}, {self.action_dim}) targets, "
+                             f"got {prefix.targets.shape}")
 
     def predictor(self, instruction: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, float]]:
         """This runner as a :mod:`hybridvla_ros.sim.rollout` Predictor for ``instruction``:
@@ -249,10 +276,19 @@ class ExportedRunner:
         self.state_joints: tuple[str, ...] = runner.state_joints
         self.control_period_s: float = runner.control_period_s
         self.default_instruction: str = runner.default_instruction
+        # the exported graph is the plain sampler: no guidance inside it, so no real-time chunking
+        self.inpaints: bool = False
+        self.max_guidance_weight: float = runner.max_guidance_weight
+        self.inpaint_method: str = runner.inpaint_method
 
     def predict(self, image_rgb: np.ndarray, joint_positions: np.ndarray, instruction: str,
-                num_samples: int = 5, state: np.ndarray | None = None) -> Prediction:
-        """Same contract as PolicyRunner.predict (ValueError on wrong shapes, dtypes or NaN)."""
+                num_samples: int = 5, state: np.ndarray | None = None,
+                prefix: ChunkPrefix | None = None) -> Prediction:
+        """Same contract as PolicyRunner.predict (ValueError on wrong shapes, dtypes or NaN, and for
+        any ``prefix``: the exported graph cannot inpaint)."""
+        if prefix is not None:
+            raise ValueError(f"prefix: the {self.runtime} runtime cannot inpaint (real-time chunking runs on "
+                             "torch only); blend the seams in the action buffer instead")
         start = time.perf_counter()
         q = np.asarray(joint_positions, dtype=np.float64)
         if q.shape != (self.action_dim,) or not np.all(np.isfinite(q)):

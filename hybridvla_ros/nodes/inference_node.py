@@ -24,6 +24,15 @@ loaded is logged and ignored, and sources that are not adaptable refuse updates.
 What is being served is published, latched, on ``inference/active_model`` (JSON
 {"checkpoint_path", "model_version"}), so the adaptation node fine-tunes what runs, also
 after a rollback.
+
+Real-time chunking (``real_time_chunking``, :mod:`hybridvla_ros.core.rtc`): the node keeps the
+last chunk it published and the measured observation-stamp -> publish delays of recent chunks;
+for a policy that ``inpaints`` it hands the policy the prefix the new chunk must agree with
+(the old chunk's targets at the new steps' times: frozen up to ``t0 +`` a high percentile of
+the delays ``+ rtc_delay_margin_s``, then a soft mask over the rest of the overlap). A policy
+that cannot inpaint (another runtime or head, the expert) is told nothing and says so once at
+start; the action buffer's seam blending smooths its seams. ``/diagnostics`` (``hybridvla:
+inference``, once a second) carries the delay estimate and the frozen steps of the last chunk.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ import json
 import time
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -40,6 +50,7 @@ from std_srvs.srv import Trigger
 
 from hybridvla_msgs.msg import ActionChunk, Observation
 from hybridvla_ros.core.image import ImageDecodeError, decode_raw
+from hybridvla_ros.core.rtc import DelayEstimator, plan_prefix
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, stamp_to_s
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.inference import InferenceParams
@@ -49,6 +60,7 @@ from hybridvla_ros.policies import (
     Policy,
     PolicyChunk,
     PolicyMismatch,
+    PolicyObservation,
     PolicyRequirements,
     PolicySlot,
     RobotObservation,
@@ -59,6 +71,7 @@ from hybridvla_ros.policies import (
 )
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+DIAGNOSTIC_NAME = "hybridvla: inference"
 
 
 def chunk_from_msg(msg: ActionChunk) -> PolicyChunk:
@@ -113,6 +126,17 @@ class InferenceNode(Node):
         self._recompute_period_s = p.recompute_every * p.control_period_s
         self._seq = 0
         self.skipped_stale = 0
+        # real-time chunking: the last published chunk (robot order) and the measured delays
+        self._last_chunk: PolicyChunk | None = None
+        self._delays = DelayEstimator(p.rtc_delay_window, p.rtc_delay_percentile, p.rtc_delay_margin_s)
+        self._rtc_chunks = 0          # chunks answered with a prefix
+        self._last_frozen_steps = 0   # frozen steps of the last prefix
+        if p.real_time_chunking and not policy.inpaints:
+            self.get_logger().warning(
+                f"real_time_chunking: policy {p.policy_source} ({p.head_type} on {p.runtime}) cannot inpaint; its "
+                "seams are left to the action buffer's blending (blend_steps)")
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
+        self.create_timer(1.0, self._publish_diagnostics)
         self.pub = self.create_publisher(ActionChunk, "action_chunk", QoSProfile(depth=2))
         self.active_pub = self.create_publisher(String, "inference/active_model", LATCHED)
         self.create_subscription(Observation, "observation", self._on_observation, QoSProfile(depth=1))
@@ -189,6 +213,7 @@ class InferenceNode(Node):
         policy = self.slot.policy  # one reference per call: a swap takes effect between two calls
         try:
             obs = self.transform.to_policy(self._robot_observation(msg, stamp_s, policy), policy)
+            obs = self._with_prefix(obs, policy)
             chunk = self.transform.to_robot(policy.infer(obs), policy)
         except (ImageDecodeError, ValueError) as exc:
             self.get_logger().warning(f"observation rejected: {exc}", throttle_duration_sec=2.0)
@@ -211,10 +236,48 @@ class InferenceNode(Node):
         out.model_version = int(chunk.model_version)
         self._seq += 1
         self.pub.publish(out)
+        self._last_chunk = chunk
+        self._delays.add(now_s(self) - stamp_s)  # observation stamp -> publish: what the next prefix plans with
         if self._seq == 1:  # the graph is ready once this chunk drives; say when and how fresh
             self.get_logger().info(
                 f"first chunk served {time.perf_counter() - self._started_s:.1f} s after the node started, on an "
                 f"observation {(now_s(self) - stamp_s) * 1e3:.0f} ms old (model {chunk.latency_s * 1e3:.0f} ms)")
+
+
+    # --- real-time chunking
+    def _with_prefix(self, obs: PolicyObservation, policy: Policy) -> PolicyObservation:
+        """``obs`` with the prefix its chunk must agree with, when real-time chunking is on, the policy
+        inpaints and the last chunk still runs at the new chunk's start; else ``obs`` unchanged."""
+        last, delay_s = self._last_chunk, self._delays.estimate()
+        if not (self.params.real_time_chunking and policy.inpaints) or last is None or delay_s is None:
+            return obs
+        order = [self.params.joint_names.index(n) for n in policy.joint_names]  # robot -> policy columns
+        prefix = plan_prefix(last.actions[:, order], last.start_s, last.step_period_s, obs.stamp_s,
+                             self.params.control_period_s, policy.chunk_size, delay_s)
+        if prefix is None:
+            return obs
+        self._rtc_chunks += 1
+        self._last_frozen_steps = prefix.frozen_steps
+        return dataclasses.replace(obs, prefix=prefix)
+
+    def _publish_diagnostics(self) -> None:
+        policy = self.slot.policy
+        on = self.params.real_time_chunking and policy.inpaints
+        delay_s = self._delays.estimate()
+        if self.params.real_time_chunking and not policy.inpaints:
+            level, message = DiagnosticStatus.WARN, "real_time_chunking is on but this policy cannot inpaint: blending"
+        else:
+            level, message = DiagnosticStatus.OK, "real-time chunking" if on else "serving"
+        values = {"real_time_chunking": str(on).lower(), "policy_inpaints": str(bool(policy.inpaints)).lower(),
+                  "chunks": str(self._seq), "rtc_chunks": str(self._rtc_chunks),
+                  "delay_estimate_ms": "nan" if delay_s is None else f"{delay_s * 1e3:.1f}",
+                  "frozen_steps_last": str(self._last_frozen_steps), "skipped_stale": str(self.skipped_stale)}
+        out = DiagnosticArray()
+        s_to_stamp(now_s(self), out.header.stamp)
+        out.status.append(DiagnosticStatus(level=level, name=DIAGNOSTIC_NAME, message=message,
+                                           hardware_id=self.params.embodiment,
+                                           values=[KeyValue(key=k, value=v) for k, v in values.items()]))
+        self.diag_pub.publish(out)
 
 
 def main(args: list[str] | None = None) -> int:

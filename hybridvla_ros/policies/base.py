@@ -10,9 +10,11 @@ asks which kind of policy it holds. numpy only, ROS-free.
 Sources that need more than observations say so in data, not by their type: a policy may
 read plans published by someone else (the simulated expert reads the simulated robot's
 ``sim_robot/expert_chunk``); it names those streams in ``plan_topics`` and receives each
-plan through ``on_plan``. Later fields (e.g. the committed prefix of the executing chunk for
-real-time chunking) join :class:`PolicyObservation` with defaults, so existing sources keep
-working.
+plan through ``on_plan``. Later fields join :class:`PolicyObservation` with defaults, so
+existing sources keep working: ``prefix`` is real-time chunking's request (the steps of the
+executing chunk the answer must agree with, :class:`hybridvla_ros.core.rtc.ChunkPrefix`); a
+source that can honour it says ``inpaints = True``, every other source ignores it (the action
+buffer's seam blending smooths its seams).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from hybridvla_ros.core.rtc import ChunkPrefix
 
 # The camera name of the Observation message's one image, until the embodiment files name their cameras.
 DEFAULT_CAMERA = "camera"
@@ -86,12 +90,17 @@ class PolicyObservation:
     images: Mapping[str, np.ndarray] = field(default_factory=dict)  # camera -> (H, W, 3) uint8 RGB
     state_joints: tuple[str, ...] = ()
     state: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (E,) float64, each joint's own unit
+    # real-time chunking: what the answer must agree with, in the policy's joint order (None: nothing);
+    # only sources that declare ``inpaints`` read it
+    prefix: ChunkPrefix | None = None
 
     def __post_init__(self) -> None:
         try:
             object.__setattr__(self, "stamp_s", _real("stamp_s", self.stamp_s))
         except ValueError as exc:
             raise PolicyInputError(str(exc)) from None
+        if self.prefix is not None and not isinstance(self.prefix, ChunkPrefix):
+            raise PolicyInputError(f"prefix: expected a ChunkPrefix or None, got {type(self.prefix).__name__}")
         if not isinstance(self.task, str):
             raise PolicyInputError(f"task: expected a str, got {self.task!r}")
         names = _names("joint_names", self.joint_names)
@@ -207,6 +216,12 @@ class Policy(Protocol):
     @property
     def model_version(self) -> int:
         """Which weights it serves (0 for sources without versions)."""
+
+    @property
+    def inpaints(self) -> bool:
+        """Whether ``infer`` honours ``PolicyObservation.prefix`` (real-time chunking: the chunk is
+        generated consistent with the steps that execute before it arrives, its frozen steps equal to
+        the prefix's). False: the prefix is ignored and the action buffer blends the seams."""
 
     @property
     def plan_topics(self) -> tuple[str, ...]:

@@ -50,6 +50,8 @@ class BuiltinPolicy:
         self.chunk_size: int = runner.chunk_size
         self.model_version: int = int(runner.model_version)
         self.head_type: str = runner.head_type
+        # real-time chunking: torch with a flow or coarse_to_fine mode; not token/routed, not onnx/int8-ort
+        self.inpaints: bool = bool(runner.inpaints)
 
     def on_plan(self, topic: str, plan: PolicyChunk) -> None:
         """Never called: this source reads no plans (``plan_topics`` is empty); ValueError."""
@@ -57,16 +59,23 @@ class BuiltinPolicy:
 
     def infer(self, obs: PolicyObservation) -> PolicyChunk:
         """The model's chunk for ``obs``, stamped with the observation's time; PolicyInputError for
-        other joints than this policy's, a missing camera, a wrong image or NaN."""
+        other joints than this policy's, a missing camera, a wrong image or NaN. When it ``inpaints``,
+        ``obs.prefix`` (planned for this chunk's time base) is inpainted; otherwise it is ignored."""
         if obs.joint_names != self.joint_names or obs.state_joints != self.state_joints:
             raise PolicyInputError(f"joint_names: expected {list(self.joint_names)} and state joints "
                                    f"{list(self.state_joints)}, got {list(obs.joint_names)} and "
                                    f"{list(obs.state_joints)}")
         image = obs.image(self.cameras[0])
+        prefix = obs.prefix if self.inpaints else None
+        if prefix is not None and (abs(prefix.start_s - obs.stamp_s) > 1e-9
+                                   or abs(prefix.step_period_s - self.step_period_s) > 1e-9):
+            raise PolicyInputError(f"prefix: planned for a chunk from {prefix.start_s} every {prefix.step_period_s} "
+                                   f"s; this chunk starts at {obs.stamp_s} every {self.step_period_s} s")
         try:
             # copies: torch.from_numpy warns on the observation's read-only arrays
             pred = self.runner.predict(image, np.array(obs.joint_positions), obs.task,
-                                       num_samples=self.confidence_samples, state=np.array(obs.state))
+                                       num_samples=self.confidence_samples, state=np.array(obs.state),
+                                       prefix=prefix)
         except ValueError as exc:
             raise PolicyInputError(str(exc)) from None
         # ONNX Runtime's confidence is not clipped like torch's; NaN means the model gives none this time
@@ -91,5 +100,6 @@ def make_builtin_policy(params: InferenceParams, checkpoint_path: str) -> Builti
     ``params.head_type``; CheckpointError/ValueError/OSError naming what is wrong."""
     runner = load_runner(checkpoint_path, params.embodiment, params.runtime, num_threads=params.num_threads,
                          mode=params.head_type)
+    runner.max_guidance_weight = params.rtc_max_guidance_weight
     return BuiltinPolicy(runner, step_period_s=params.control_period_s,
                          confidence_samples=params.confidence_samples, joint_names=params.joint_names)

@@ -26,6 +26,7 @@ class SimExpertPolicy:
 
     name = "sim_expert"
     adaptable = False
+    inpaints = False  # a plan is what the expert made; PolicyObservation.prefix is ignored
     cameras: tuple[str, ...] = ()
     state_joints: tuple[str, ...] = ()  # the expert reads the simulator, not the observation
     model_version = 0

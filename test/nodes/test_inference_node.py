@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -296,3 +297,55 @@ def test_sim_expert_serves_the_plans_it_reads_and_refuses_updates(ros, tmp_path)
     assert len(chunks) == n and not ros.runners[0].dead()
     plan_and_observe()
     assert ros.spin_until(lambda: len(chunks) > n, 5.0), ros.logs()
+
+
+# --- real-time chunking (issue 17 item 1)
+
+def test_real_time_chunking_freezes_the_steps_that_run_before_the_next_chunk(ros, franka_checkpoints) -> None:
+    """Observations stamped LAG_S in the past (an injected delay): with real_time_chunking each chunk's
+    first steps, those that run before it can be in the buffer, are the previous chunk's targets."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from hybridvla_ros.core.rtc import targets_at
+
+    lag_s = 0.12
+    overrides = {"checkpoint_path": franka_checkpoints["state"], "real_time_chunking": True}
+    p = from_params(InferenceParams, {**load_node_params(FRANKA, "inference"), **overrides})
+    ros.start([NodeSpec("inference_node", "inference", FRANKA, overrides)])
+    chunks: list[ActionChunk] = []
+    diags: list[dict] = []
+    ros.node.create_subscription(ActionChunk, "action_chunk", chunks.append, 50)
+    ros.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.extend(
+        {kv.key: kv.value for kv in s.values} for s in m.status if s.name == "hybridvla: inference"), 10)
+    pub = ros.node.create_publisher(Observation, "observation", 10)
+    sim = KinematicSim(p, seed=3)
+    sim.reset(seed=3)
+
+    def send() -> None:
+        pub.publish(_observation(ros, p, sim, ros.now_s() - lag_s))
+
+    assert ros.spin_until(lambda: (send(), ros.spin_for(0.03))[1] is None and len(chunks) > 0, 60.0), ros.logs()
+    assert ros.spin_until(lambda: (send(), ros.spin_for(1 / 30))[1] is None and len(chunks) >= 20, 90.0), ros.logs()
+    assert ros.spin_until(lambda: any(d.get("rtc_chunks", "0") != "0" for d in diags), 10.0), ros.logs()
+
+    def stamp(c: ActionChunk) -> float:
+        return c.header.stamp.sec + c.header.stamp.nanosec * 1e-9
+
+    frozen = math.ceil(lag_s / p.control_period_s)  # at least these run from the old chunk
+    checked = 0
+    for old, new in zip(chunks, chunks[1:]):
+        if new.seq != old.seq + 1:
+            continue
+        a_old = np.asarray(old.actions).reshape(old.chunk_length, old.action_dim)
+        a_new = np.asarray(new.actions).reshape(new.chunk_length, new.action_dim)
+        times = stamp(new) + np.arange(frozen) * new.step_period_s
+        ref, inside = targets_at(a_old, stamp(old), old.step_period_s, times)
+        if not inside.all():  # a busy machine skipped observations: the old chunk ended before these steps
+            continue
+        np.testing.assert_allclose(a_new[:frozen], ref, atol=1e-6, err_msg=f"chunk {new.seq}")
+        checked += 1
+    assert checked >= 5, [c.seq for c in chunks]
+    last = diags[-1]
+    assert last["real_time_chunking"] == "true" and last["policy_inpaints"] == "true"
+    assert int(last["frozen_steps_last"]) >= frozen and float(last["delay_estimate_ms"]) >= lag_s * 1e3
+    assert not ros.runners[0].dead()
