@@ -7,6 +7,10 @@
     hybridvla bench                                         # control-path numbers, JSON in runs/
     hybridvla bench-model                                   # batch-1 inference variants side by side
     hybridvla bench-precision                               # 1 mm reaching: token chunk vs flow-refined
+    hybridvla bench-chunking                                # seams under inference delay: none / blend / RTC
+    hybridvla bench-timing                                  # command period jitter: event vs timing thread
+    hybridvla serve --checkpoint runs/policy --port 8000    # our model to robots (policy_source: remote)
+    hybridvla serve-lerobot --policy-dir DIR --port 8000    # a LeRobot policy, from .venv-lerobot
     hybridvla eval --embodiment franka --episodes 10        # closed-loop episodes through the graph
     hybridvla study safety                                  # the README's studies (safety, latency, ...)
     hybridvla check-config config/franka.yaml               # validate a parameter file
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 
 from hybridvla_ros.graph_run import READY_TIMEOUT_S, run_graph, verdict
@@ -155,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("study", help="the README's studies: safety, latency, adaptation, transfer "
                    "(see hybridvla study)", add_help=False)
     sub.add_parser("bench", help="control-path benchmark (see hybridvla bench --help)", add_help=False)
+    sub.add_parser("serve", help="serve a checkpoint to robots over openpi's websocket protocol (policy_source "
+                                 "remote; see hybridvla serve --help)", add_help=False)
+    sub.add_parser("serve-lerobot", help="serve a LeRobot policy directory over the same protocol from the LeRobot "
+                                         "environment (.venv-lerobot; see hybridvla serve-lerobot --help)",
+                   add_help=False)
+    sub.add_parser("bench-chunking", help="seams and success under inference delay: none / blending / real-time "
+                                          "chunking (see hybridvla bench-chunking --help)", add_help=False)
+    sub.add_parser("bench-timing", help="command period jitter per safety-filter timing mode under CPU load "
+                                        "(see hybridvla bench-timing --help)", add_help=False)
     sub.add_parser("bench-model", help="fp32 / int8 / bf16 / ONNX Runtime inference side by side "
                    "(see hybridvla bench-model --help)", add_help=False)
     sub.add_parser("bench-precision", help="TCP error at 1 mm tolerance: 64-bin token chunks vs flow-refined "
@@ -169,6 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("params_file")
     check.set_defaults(func=_cmd_check)
     return ap
+
+
+def _cmd_serve_lerobot(argv: list[str]) -> int:
+    """``hybridvla serve-lerobot ARGS``: the LeRobot sidecar (hybridvla_ros/lerobot_sidecar.py) in its own
+    environment, .venv-lerobot (Python >= 3.12, LeRobot and the torch it pins; scripts/setup_lerobot.sh)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    python = os.environ.get("HYBRIDVLA_LEROBOT_PYTHON", os.path.join(root, ".venv-lerobot", "bin", "python"))
+    if not os.path.exists(python):
+        print(f"hybridvla serve-lerobot: error: {python} is missing: run `bash scripts/setup_lerobot.sh` to make "
+              "the LeRobot environment", file=sys.stderr)
+        return 2
+    return subprocess.call([python, "-m", "hybridvla_ros.lerobot_sidecar", *argv])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "bench-model":
         from hybridvla_ros.model import bench_model
         return bench_model.main(argv[1:])
+    if argv and argv[0] == "serve":
+        from hybridvla_ros import serve
+        return serve.main(argv[1:])
+    if argv and argv[0] == "serve-lerobot":
+        return _cmd_serve_lerobot(argv[1:])
+    if argv and argv[0] == "bench-chunking":
+        from hybridvla_ros import bench_chunking
+        return bench_chunking.main(argv[1:])
+    if argv and argv[0] == "bench-timing":
+        from hybridvla_ros import bench_timing
+        return bench_timing.main(argv[1:])
     if argv and argv[0] == "bench-precision":
         from hybridvla_ros.model import bench_precision
         return bench_precision.main(argv[1:])

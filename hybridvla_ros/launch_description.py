@@ -33,6 +33,7 @@ from hybridvla_ros.params.check import (
     raise_if_any,
 )
 from hybridvla_ros.params.config_files import default_config_dir, embodiment_names
+from hybridvla_ros.params.inference import ADAPTABLE_SOURCES
 from hybridvla_ros.params.registry import NODE_SCHEMAS
 
 
@@ -128,8 +129,10 @@ def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str
     and the monitor listening (and, when ``sim``, sim_robot as the robot and sim_operator as
     the person at the teleop device). Without ``human_in_loop`` the safety filter listens to
     the action buffer directly (``action_command`` remapped to ``policy_action``) and there is no handoff,
-    recorder or monitor. ``overrides`` maps a node name to parameters that replace the
-    file's values. Topics are relative, so a namespace applies to all of them.
+    recorder or monitor. A policy source that adaptation cannot change (``remote``, ``sim_expert``:
+    not in ``ADAPTABLE_SOURCES``) gets no adaptation node; its corrections are still recorded.
+    ``overrides`` maps a node name to parameters that replace the file's values. Topics are
+    relative, so a namespace applies to all of them.
     """
     path = params_file or params_file_for(embodiment, config_dir)
     extra = {k: dict(v) for k, v in (overrides or {}).items()}
@@ -141,9 +144,15 @@ def describe_graph(embodiment: str = "franka", sim: bool = True, config_dir: str
     def spec(executable: str, name: str, remappings: tuple[tuple[str, str], ...], ends_graph: bool) -> NodeSpec:
         return NodeSpec(executable, name, path, extra.get(name, {}), remappings, respawn=not ends_graph)
 
+    source = extra.get("inference", {}).get("policy_source")
+    if source is None:
+        source = load_node_params(path, "inference").get("policy_source", "builtin")
     nodes: list[NodeSpec] = []
     for node in GRAPH_NODES:
         if (node.sim_only and not sim) or (node.human_in_loop_only and not human_in_loop):
+            continue
+        if node.name == "adaptation" and source not in ADAPTABLE_SOURCES:
+            extra.pop("adaptation", None)  # e.g. the checkpoint_path given to every node that reads one
             continue
         remappings: tuple[tuple[str, str], ...] = ()
         if node.name == "safety_filter" and not human_in_loop:  # no handoff between them

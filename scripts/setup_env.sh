@@ -24,7 +24,8 @@ log "ROS 2 source: $MODE${ROS_DISTRO:+ ($ROS_DISTRO)}"
 
 # --- 1. virtual environment and packages ------------------------------------------
 STAMP="$VENV/.hybridvla_installed"
-WANT="$MODE $(cat "$ROOT"/requirements/*.txt | sha256sum | cut -c1-16)"
+# requirements/lerobot.txt is the sidecar environment's (scripts/setup_lerobot.sh), not this one's
+WANT="$MODE $(cat "$ROOT"/requirements/{python,ros-kilted,robot-models}.txt | sha256sum | cut -c1-16)"
 if [[ ! -x "$VENV/bin/python" ]]; then
   log "creating virtual environment $VENV"
   if [[ $MODE == system ]]; then "$PY" -m venv --system-site-packages "$VENV" || fail "python3 -m venv (install python3-venv)"

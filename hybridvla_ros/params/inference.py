@@ -10,6 +10,9 @@ from hybridvla_ros.params.remote_policy import RemotePolicyParams
 # The names hybridvla_ros.policies registers (with aliases), listed here so that reading the parameter
 # file does not import the policies (torch); test_policies checks the two lists agree.
 POLICY_SOURCES = ("builtin", "checkpoint", "remote", "sim_expert")
+# Those whose weights online adaptation changes (Policy.adaptable): with any other source the graph
+# records corrections for offline training but starts no adaptation node.
+ADAPTABLE_SOURCES = ("builtin", "checkpoint")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -186,3 +186,25 @@ def test_launch_file_respawns_nodes_and_shuts_down_with_the_safety_filter(monkey
     handler = made["OnProcessExit"][0].kwargs
     assert handler["target_action"].kwargs["name"] == "safety_filter"
     assert handler["on_exit"] == made["Shutdown"] and "safety_filter exited" in made["Shutdown"][0].kwargs["reason"]
+
+
+@pytest.mark.parametrize("source, adapts", [("builtin", True), ("checkpoint", True), ("remote", False),
+                                            ("sim_expert", False)])
+def test_only_an_adaptable_policy_source_gets_an_adaptation_node(source: str, adapts: bool) -> None:
+    """Issue 14, item 7: with a policy adaptation cannot change, corrections are recorded for offline
+    training and no adaptation node is started (it would die without a checkpoint of ours)."""
+    nodes = describe_graph("franka", sim=True, checkpoint_path="/tmp/ckpt",
+                           overrides={"inference": {"policy_source": source}})
+    names = [n.name for n in nodes]
+    assert ("adaptation" in names) == adapts and "correction_recorder" in names
+
+
+def test_adaptable_sources_agree_with_the_policies_own_declaration() -> None:
+    from hybridvla_ros.params.inference import ADAPTABLE_SOURCES
+    from hybridvla_ros.policies.builtin import BuiltinPolicy
+    from hybridvla_ros.policies.remote import RemotePolicy
+    from hybridvla_ros.policies.sim_expert import SimExpertPolicy
+
+    declared = {"builtin": BuiltinPolicy.adaptable, "remote": RemotePolicy.adaptable,
+                "sim_expert": SimExpertPolicy.adaptable}
+    assert {name for name, adaptable in declared.items() if adaptable} == set(ADAPTABLE_SOURCES) - {"checkpoint"}
