@@ -31,3 +31,16 @@ def rate_and_jitter(times_s: Iterable[float], expected_period_s: float) -> dict[
         "jitter_p99_s": float(np.percentile(jitter, 99)),
         "n": float(t.size),
     }
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval (95 % by default) of a success rate; (0, 1) when there are no trials."""
+    if trials <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= trials:
+        raise ValueError(f"successes must be in [0, {trials}], got {successes!r}")
+    p = successes / trials
+    denom = 1.0 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * float(np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

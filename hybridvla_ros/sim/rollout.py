@@ -8,6 +8,14 @@ whenever the real :class:`~hybridvla_ros.core.action_buffer.ActionBuffer` asks f
 control rate. The graph itself is measured by ``hybridvla eval``; this is for the many
 episodes a study needs (training comparisons, learning curves) in minutes.
 
+``delay_s`` models inference latency: a chunk answering the frame of time t enters the
+buffer at t + delay_s (placed by its stamp, as the graph's buffer does), while the robot goes
+on with the chunk it has. With ``rtc`` the predictor is also given ``prefix=`` a
+:class:`~hybridvla_ros.core.rtc.ChunkPrefix` (the executing chunk's targets on the new chunk's
+time slots, and how many of them run before the new chunk arrives), as the inference node
+gives it to a policy that inpaints: real-time chunking. ``trace=True`` keeps every command sent and the chunk it came
+from (seams, jerk: ``hybridvla bench-chunking``).
+
 ``expert_chunk`` turns a simulator's scripted expert into a chunk predictor (a perfect
 policy): the expert is rolled out for a chunk on a copy of the simulator.
 """
@@ -20,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hybridvla_ros.core.action_buffer import ActionBuffer, ActionBufferConfig
+from hybridvla_ros.core.rtc import ChunkPrefix, plan_prefix
 from hybridvla_ros.core.safety import SafetyFilter, SafetyLimits
 from hybridvla_ros.sim.base import Simulator
 from hybridvla_ros.sim.registry import state_vector
@@ -27,7 +36,21 @@ from hybridvla_ros.sim.registry import state_vector
 # (image (H, W, 3) uint8, joint positions (D,), state joints (E,)) -> (chunk (T, D) absolute targets, confidence)
 Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, float]]
 
-__all__ = ["RolloutResult", "rollout", "expert_chunk", "expert_predictor", "control_path"]
+__all__ = ["RolloutResult", "RolloutTrace", "rollout", "expert_chunk", "expert_predictor",
+           "expert_rtc_predictor", "control_path"]
+
+
+@dataclass(frozen=True)
+class RolloutTrace:
+    """Every control period of an episode: the command sent (NaN row when none), the buffer's action
+    before the safety filter (NaN row when holding), the chunk seq and step index of that action
+    (-1 when holding) and whether it was blended."""
+
+    commands: np.ndarray
+    actions: np.ndarray
+    chunk_seq: np.ndarray
+    step_index: np.ndarray
+    blended: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -42,6 +65,7 @@ class RolloutResult:
     chunks: int
     safety_modified: int         # commands the safety filter changed
     mean_confidence: float
+    trace: RolloutTrace | None = None
 
 
 def control_path(config_file: str) -> tuple[ActionBufferConfig, SafetyLimits]:
@@ -75,21 +99,45 @@ def expert_predictor(sim: Simulator, chunk_size: int) -> Predictor:
     return lambda _image, _q, _state: (expert_chunk(sim, chunk_size), 1.0)
 
 
-def rollout(sim: Simulator, predict: Predictor, buffer_config: ActionBufferConfig, limits: SafetyLimits,
+def expert_rtc_predictor(sim: Simulator, chunk_size: int) -> Callable[..., tuple[np.ndarray, float]]:
+    """The scripted expert with real-time chunking: the frozen steps of the executing chunk are kept
+    (commanded on a copy of the simulator), and the expert plans the rest from where they leave
+    the robot. Without a ``prefix`` it is :func:`expert_predictor`."""
+    def predict(_image: np.ndarray, _q: np.ndarray, _state: np.ndarray,
+                prefix: ChunkPrefix | None = None) -> tuple[np.ndarray, float]:
+        if prefix is None or prefix.frozen_steps <= 0:
+            return expert_chunk(sim, chunk_size), 1.0
+        twin = sim.clone()
+        frozen = prefix.targets[:min(prefix.frozen_steps, chunk_size)]
+        for target in frozen:
+            twin.command_positions(target)
+            twin.step(sim.control_period_s)
+        rest = expert_chunk(twin, chunk_size - len(frozen), on_clone=False)
+        return np.concatenate([frozen, rest]).reshape(chunk_size, -1), 1.0
+    return predict
+
+
+def rollout(sim: Simulator, predict: Predictor | Callable[..., tuple[np.ndarray, float]],
+            buffer_config: ActionBufferConfig, limits: SafetyLimits,
             max_s: float, success_tolerance_m: float, success_hold_s: float = 0.3,
             camera_rate_hz: float = 30.0, observe: Callable[[Simulator], None] | None = None,
-            state_joints: tuple[str, ...] = ()) -> RolloutResult:
+            state_joints: tuple[str, ...] = (), delay_s: float = 0.0, rtc: bool = False,
+            trace: bool = False) -> RolloutResult:
     """Run one episode from the simulator's current state (reset it first); returns the result.
     The predictor sees the camera frame, the joint positions and the simulator's
     ``state_joints`` (a parameter file's observed-only joints, e.g. the suction cup).
     Ends after the task has been done for ``success_hold_s`` or after ``max_s``. ``observe``,
     if given, is called with the simulator at every control step before the step's command
-    is sent (DAgger records the states the policy visits this way). Raises ValueError for
+    is sent (DAgger records the states the policy visits this way). ``delay_s``: a chunk enters
+    the buffer this long after the frame it answers; with ``rtc`` the predictor is called with
+    ``prefix=`` a ChunkPrefix (None when no chunk overlaps the new one). Raises ValueError for
     non-positive durations or rates."""
     for name, value in (("max_s", max_s), ("success_tolerance_m", success_tolerance_m),
                         ("camera_rate_hz", camera_rate_hz)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if not (isinstance(delay_s, (int, float)) and math.isfinite(delay_s) and delay_s >= 0):
+        raise ValueError(f"delay_s must be a finite number >= 0, got {delay_s!r}")
     dt = buffer_config.control_period_s
     dim = sim.positions.size
     buffer = ActionBuffer(buffer_config, action_dim=dim)
@@ -101,6 +149,12 @@ def rollout(sim: Simulator, predict: Predictor, buffer_config: ActionBufferConfi
     done_since: float | None = None
     first_done: float | None = None
     steps = int(math.ceil(max_s / dt))
+    call: Callable[..., tuple[np.ndarray, float]] = predict
+    pending: tuple[float, float, np.ndarray] | None = None  # (enters the buffer at, stamp, chunk)
+    last_chunk: tuple[float, np.ndarray] | None = None
+    sent: list[np.ndarray] = []
+    asked: list[np.ndarray] = []
+    seqs: list[tuple[int, int, bool]] = []
     for _ in range(steps):  # a control loop is sequential
         if t >= next_frame_s:
             frame = sim.render()
@@ -108,14 +162,31 @@ def rollout(sim: Simulator, predict: Predictor, buffer_config: ActionBufferConfi
         q = sim.positions
         if observe is not None:
             observe(sim)
-        if buffer.needs_recompute(t):
-            actions, confidence = predict(frame, q, state_vector(sim, state_joints))
-            accepted, _why = buffer.add_chunk(np.asarray(actions, dtype=np.float64), t, dt, t, seq=chunks)
-            chunks += int(accepted)
+        if pending is None and buffer.needs_recompute(t):
+            state = state_vector(sim, state_joints)
+            if rtc:
+                prefix = None if last_chunk is None else plan_prefix(
+                    last_chunk[1], last_chunk[0], dt, t, dt, last_chunk[1].shape[0], delay_s)
+                actions, confidence = call(frame, q, state, prefix=prefix)
+            else:
+                actions, confidence = predict(frame, q, state)
+            pending = (t + delay_s - 1e-9, t, np.asarray(actions, dtype=np.float64))
             confidences.append(float(confidence))
+        if pending is not None and t >= pending[0]:
+            _, stamp, actions = pending
+            accepted, _why = buffer.add_chunk(actions, stamp, dt, t, seq=chunks)
+            if accepted:
+                last_chunk = (stamp, actions)
+            chunks += int(accepted)
+            pending = None
         step = buffer.step(t)
         safety.update_measured(q, t)
         res = safety.filter(step.action if step.action is not None else q, t)
+        if trace:
+            sent.append(res.command if res.command is not None else np.full(dim, np.nan))
+            asked.append(step.action if step.action is not None else np.full(dim, np.nan))
+            seqs.append((step.chunk_seq if step.action is not None else -1,
+                         step.step_index if step.action is not None else -1, step.blended))
         if res.command is not None:
             sim.command_positions(res.command)
         sim.step(dt)
@@ -133,4 +204,13 @@ def rollout(sim: Simulator, predict: Predictor, buffer_config: ActionBufferConfi
     return RolloutResult(success=bool(success), time_to_success_s=time_to_success_s,
                          final_error_m=errors[-1], min_error_m=float(min(errors)), duration_s=t, chunks=chunks,
                          safety_modified=safety.stats["modified"],
-                         mean_confidence=float(np.mean(confidences)) if confidences else math.nan)
+                         mean_confidence=float(np.mean(confidences)) if confidences else math.nan,
+                         trace=_trace(sent, asked, seqs, dim) if trace else None)
+
+
+def _trace(sent: list[np.ndarray], asked: list[np.ndarray], seqs: list[tuple[int, int, bool]],
+           dim: int) -> RolloutTrace:
+    info = np.array(seqs, dtype=np.int64).reshape(-1, 3)
+    return RolloutTrace(commands=np.array(sent, dtype=np.float64).reshape(-1, dim),
+                        actions=np.array(asked, dtype=np.float64).reshape(-1, dim), chunk_seq=info[:, 0],
+                        step_index=info[:, 1], blended=info[:, 2].astype(bool))
