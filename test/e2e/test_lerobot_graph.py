@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_lerobot_sidecar import _free_port, _lerobot_python
+from test_lerobot_sidecar import _free_port, _lerobot_python, make_policy_dir
 
 from hybridvla_msgs.msg import HandoffMode
 from hybridvla_ros.core.correction_store import CorrectionStore
@@ -151,15 +151,7 @@ class SidecarProcess:
 
 @pytest.fixture(scope="module")
 def franka_act_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    py = _lerobot_python()
-    out = tmp_path_factory.mktemp("franka_act") / "policy"
-    script = out.parent / "make_act.py"
-    script.write_text(MAKE_ACT)
-    done = subprocess.run([str(py), str(script), str(out)], capture_output=True, text=True, cwd=str(ROOT),
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert (out / "config.json").is_file() and (out / "policy_postprocessor.json").is_file()
-    return out
+    return make_policy_dir(tmp_path_factory, "franka_act", MAKE_ACT)
 
 
 def _at_rest(r: Recording, n: int = 10) -> bool:

@@ -133,17 +133,24 @@ class Sidecar:
             self.proc.wait()
 
 
-@pytest.fixture(scope="module")
-def act_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_policy_dir(tmp_path_factory: pytest.TempPathFactory, name: str, script_text: str) -> Path:
+    """A LeRobot policy directory made by ``script_text`` (run with the LeRobot environment's Python,
+    the output directory as its argument); its config and processor files checked."""
     py = _lerobot_python()
-    out = tmp_path_factory.mktemp("act") / "policy"
-    script = out.parent / "make_act.py"
-    script.write_text(MAKE_ACT)
+    out = tmp_path_factory.mktemp(name) / "policy"
+    script = out.parent / "make_policy.py"
+    script.write_text(script_text)
     done = subprocess.run([str(py), str(script), str(out)], capture_output=True, text=True, cwd=str(ROOT),
                           env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert (out / "config.json").is_file() and (out / "policy_preprocessor.json").is_file()
+    for made in ("config.json", "policy_preprocessor.json", "policy_postprocessor.json"):
+        assert (out / made).is_file(), made
     return out
+
+
+@pytest.fixture(scope="module")
+def act_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_policy_dir(tmp_path_factory, "act", MAKE_ACT)
 
 
 @pytest.fixture(scope="module")

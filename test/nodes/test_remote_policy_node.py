@@ -3,32 +3,20 @@ chunks published from the server's replies; a NaN reply, a dead server: no chunk
 node lives on and says why; chunks again when the server answers again."""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
+import remote_fault_server as fault  # test/remote_fault_server.py (test/ is on sys.path: its conftest)
 
 from hybridvla_msgs.msg import ActionChunk, Observation
 from hybridvla_ros.launch_description import NodeSpec, default_config_dir
 from hybridvla_ros.params import from_params, load_node_params
-from hybridvla_ros.params.inference import POLICY_SOURCES, InferenceParams
-from hybridvla_ros.params.remote_policy import RemotePolicyParams
+from hybridvla_ros.params.inference import InferenceParams
 from hybridvla_ros.sim.kinematic import KinematicSim
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location("remote_fault_server",
-                                               os.path.join(ROOT, "test", "remote_fault_server.py"))
-assert _spec is not None and _spec.loader is not None
-fault = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fault)
-
 FRANKA = os.path.join(default_config_dir(), "franka.yaml")
-pytestmark = [
-    pytest.mark.ros,
-    pytest.mark.skipif("remote" not in POLICY_SOURCES or not issubclass(InferenceParams, RemotePolicyParams),
-                       reason="params/inference.py does not offer policy_source remote and its remote_* keys yet"),
-]
+pytestmark = [pytest.mark.ros]
 
 
 def _observation(p: InferenceParams, sim: KinematicSim, stamp_s: float) -> Observation:

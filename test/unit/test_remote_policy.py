@@ -2,7 +2,6 @@
 backoff while the server is down, recovery, and the round trip through ``hybridvla serve``."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import remote_fault_server as fault  # test/remote_fault_server.py (test/ is on sys.path: its conftest)
 
 from hybridvla_ros.launch_description import default_config_dir
 from hybridvla_ros.params import from_params, load_node_params
@@ -21,11 +21,6 @@ from hybridvla_ros.policies.base import PolicyObservation
 from hybridvla_ros.policies.remote import RemoteMapping, RemotePolicy, RemotePolicyError, resize_with_pad
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location("remote_fault_server",
-                                               os.path.join(ROOT, "test", "remote_fault_server.py"))
-assert _spec is not None and _spec.loader is not None
-fault = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fault)
 FaultServer, _free_port = fault.FaultServer, fault.free_port
 FRANKA = os.path.join(default_config_dir(), "franka.yaml")
 
