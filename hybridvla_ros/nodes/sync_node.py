@@ -7,6 +7,11 @@ it. Logic lives in hybridvla_ros.core.sync (pairing, interpolation, stamps again
 node's clock, counters) and core.image (decoding without cv_bridge, size bound); this node
 only converts messages.
 
+The task (the instruction each observation carries) starts as the parameter file's
+``instruction`` and follows the latched ``task`` topic (``std_msgs/String``, transient local):
+the policy follows a new instruction from the next observation on, and each correction is
+recorded with the task it was given under. An empty or oversized task is refused with a WARN.
+
 Every dropped input is logged at WARN, throttled per reason, and counted; the counters,
 each source's measured clock offset and the image decode time are published on
 /diagnostics as ``hybridvla: sync inputs`` (WARN with what to do when something is wrong).
@@ -19,8 +24,9 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import WrenchStamped
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
 
 from hybridvla_msgs.msg import Observation
 from hybridvla_ros.core.image import ImageDecodeError, decode_compressed, decode_raw, resize_for_policy
@@ -30,6 +36,7 @@ from hybridvla_ros.params.sync import SyncParams
 
 DIAGNOSTIC_NAME = "hybridvla: sync inputs"
 LOG_EVERY_S = 5.0  # per reason: the first drop is logged at once, then at most one line per reason this often
+MAX_TASK_CHARS = 2000  # an instruction, not a document: a longer one is a mistake upstream
 
 
 class SyncNode(Node):
@@ -56,6 +63,10 @@ class SyncNode(Node):
         self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, QoSProfile(depth=50))
         if p.wrench_topic:
             self.create_subscription(WrenchStamped, p.wrench_topic, self._on_wrench, QoSProfile(depth=50))
+        self.task = p.instruction
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(String, "task", self._on_task, latched)
         self.create_timer(1.0 / p.diagnostics_rate_hz, self._publish_diagnostics)
         self.get_logger().info(
             f"sync for {p.embodiment}: {p.camera_topic} ({p.image_transport}) + {p.joint_states_topic}"
@@ -80,6 +91,17 @@ class SyncNode(Node):
             self.get_logger().warning(event)
 
     # --- inputs
+    def _on_task(self, msg: String) -> None:
+        text = msg.data.strip()
+        if not text or len(text) > MAX_TASK_CHARS:
+            self.get_logger().warning(
+                f"task refused ({'empty' if not text else f'{len(text)} characters, max {MAX_TASK_CHARS}'}); "
+                f"still: {self.task!r}")
+            return
+        if text != self.task:
+            self.get_logger().info(f"task: {text!r} (was {self.task!r})")
+            self.task = text
+
     def _on_joint_state(self, msg: JointState) -> None:
         ok, reason = self.sync.add_joint_state(
             stamp_to_s(msg.header.stamp), list(msg.name), list(msg.position), list(msg.velocity), now_s(self))
@@ -151,7 +173,7 @@ class SyncNode(Node):
         s_to_stamp(obs.stamp_s, msg.header.stamp)
         msg.header.frame_id = frame_id
         msg.embodiment = p.embodiment
-        msg.instruction = p.instruction
+        msg.instruction = self.task
         msg.image.header = msg.header
         msg.image.height, msg.image.width = int(image.shape[0]), int(image.shape[1])
         msg.image.encoding = "rgb8"

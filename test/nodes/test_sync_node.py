@@ -277,3 +277,31 @@ def test_a_camera_clock_offset_is_measured_warned_and_corrected_by_parameter(ros
     assert "behind their arrival" in status.message
     # The value that would correct it all: 0.3 + the residual (0.5 s and the delay).
     assert re.search(r"set camera_stamp_offset_s: \+0\.[5-9]\d\d", status.message), status.message
+
+
+def test_the_task_topic_changes_the_instruction_each_observation_carries(ros) -> None:
+    """Issue 14, item 5: the task on a latched topic. A task published before the node starts reaches it
+    (transient local) and every observation carries it instead of the file's instruction; a new task
+    takes over; an empty one is refused with a WARN and the current one stays."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+    task_pub = ros.node.create_publisher(String, "task", latched)
+    task_pub.publish(String(data="pick the red cube"))  # before the sync node exists
+    p, obs, _ = _start_with_diagnostics(ros, {})
+    assert p.instruction != "pick the red cube"
+    make = _raw_bgr(ros)
+    assert ros.spin_until(lambda: "task: 'pick the red cube'" in ros.logs(), 30.0), ros.logs()
+    _stream(ros, p, 1.0, make)
+    assert obs and all(o.instruction == "pick the red cube" for o in obs), ros.logs()
+    task_pub.publish(String(data="  put the cube in the bowl "))
+    assert ros.spin_until(lambda: "task: 'put the cube in the bowl'" in ros.logs(), 30.0), ros.logs()
+    obs.clear()
+    _stream(ros, p, 1.0, make)
+    assert obs and all(o.instruction == "put the cube in the bowl" for o in obs)
+    task_pub.publish(String(data="   "))
+    assert ros.spin_until(lambda: "task refused (empty)" in ros.logs(), 30.0), ros.logs()
+    obs.clear()
+    _stream(ros, p, 0.5, make)
+    assert obs and all(o.instruction == "put the cube in the bowl" for o in obs)
