@@ -15,6 +15,7 @@
     hybridvla study safety                                  # the README's studies (safety, latency, ...)
     hybridvla check-config config/franka.yaml               # validate a parameter file
     hybridvla export-corrections --store runs/corrections/franka.sqlite --out corrections.mcap
+    hybridvla export-corrections --store runs/corrections/franka.sqlite --format lerobot --out runs/corrections/lerobot
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from hybridvla_ros.params.check import check_parameter_file
 from hybridvla_ros.params.config_files import embodiment_names
 
 DEFAULT_CHECKPOINT = "checkpoints/default"
+DEFAULT_LEROBOT_REPO_ID = "local/corrections"
 
 
 def _verdict_code(report: dict | None) -> int:
@@ -106,7 +108,37 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lerobot_python() -> str:
+    """The LeRobot environment's python (HYBRIDVLA_LEROBOT_PYTHON, else <repo>/.venv-lerobot/bin/python)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.environ.get("HYBRIDVLA_LEROBOT_PYTHON", os.path.join(root, ".venv-lerobot", "bin", "python"))
+
+
+def _cmd_export_lerobot(args: argparse.Namespace) -> int:
+    """``export-corrections --format lerobot``: hybridvla_ros/lerobot_export.py in the LeRobot environment."""
+    python = _lerobot_python()
+    if not os.path.exists(python):
+        print(f"hybridvla export-corrections: error: {python} is missing: run `bash scripts/setup_lerobot.sh` to "
+              "make the LeRobot environment (--format lerobot writes with LeRobot's own dataset code)",
+              file=sys.stderr)
+        return 2
+    out = args.out if args.out is not None else "runs/corrections/lerobot"
+    cmd = [python, "-m", "hybridvla_ros.lerobot_export", "--store", args.store, "--out", out,
+           "--repo-id", args.repo_id]
+    if args.fps is not None:
+        cmd += ["--fps", str(args.fps)]
+    return subprocess.call(cmd)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "lerobot":
+        return _cmd_export_lerobot(args)
+    if args.fps is not None or args.repo_id != DEFAULT_LEROBOT_REPO_ID:
+        print("hybridvla export-corrections: error: --fps and --repo-id apply to --format lerobot only",
+              file=sys.stderr)
+        return 2
+    if args.out is None:
+        args.out = "runs/corrections/franka.mcap"
     from hybridvla_ros.core.correction_export import export_mcap
     from hybridvla_ros.core.correction_store import CorrectionStore, CorrectionStoreError
     if not os.path.isfile(args.store):
@@ -174,9 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench-precision", help="TCP error at 1 mm tolerance: 64-bin token chunks vs flow-refined "
                    "(see hybridvla bench-precision --help)", add_help=False)
 
-    export = sub.add_parser("export-corrections", help="write recorded corrections as a ROS 2 MCAP file")
+    export = sub.add_parser("export-corrections", help="write recorded corrections as a ROS 2 MCAP file or a "
+                                                       "LeRobotDataset v3 (--format lerobot)")
     export.add_argument("--store", default="runs/corrections/franka.sqlite")
-    export.add_argument("--out", default="runs/corrections/franka.mcap")
+    export.add_argument("--format", choices=("mcap", "lerobot"), default="mcap",
+                        help="mcap: one ROS 2 MCAP file; lerobot: a LeRobotDataset v3 directory, written by "
+                             "LeRobot's own code in .venv-lerobot (scripts/setup_lerobot.sh)")
+    export.add_argument("--out", default=None, help="mcap: the file (default runs/corrections/franka.mcap); "
+                        "lerobot: the dataset directory, which must not exist (default runs/corrections/lerobot)")
+    export.add_argument("--repo-id", default=DEFAULT_LEROBOT_REPO_ID,
+                        help="lerobot: the dataset's repo_id (nothing is pushed)")
+    export.add_argument("--fps", type=int, default=None,
+                        help="lerobot: frames per second; each episode is resampled to it (nearest stored "
+                             "correction; default: from the stored stamps)")
     export.set_defaults(func=_cmd_export)
 
     check = sub.add_parser("check-config", help="validate a parameter file for every node")
@@ -188,8 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_serve_lerobot(argv: list[str]) -> int:
     """``hybridvla serve-lerobot ARGS``: the LeRobot sidecar (hybridvla_ros/lerobot_sidecar.py) in its own
     environment, .venv-lerobot (Python >= 3.12, LeRobot and the torch it pins; scripts/setup_lerobot.sh)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    python = os.environ.get("HYBRIDVLA_LEROBOT_PYTHON", os.path.join(root, ".venv-lerobot", "bin", "python"))
+    python = _lerobot_python()
     if not os.path.exists(python):
         print(f"hybridvla serve-lerobot: error: {python} is missing: run `bash scripts/setup_lerobot.sh` to make "
               "the LeRobot environment", file=sys.stderr)
