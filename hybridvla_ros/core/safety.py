@@ -33,8 +33,13 @@ stopping distance > acceleration):
    of ``|s * d_i - v_prev_i| <= max_acceleration_i * dt`` and the largest
    feasible ``s`` is taken. When the intersection is empty (e.g. the policy
    reverses direction at full speed) no scaling of the requested direction is
-   reachable; the filter then brakes every joint toward zero velocity at the
-   maximum deceleration (``v = v_prev - clip(v_prev, -amax*dt, amax*dt)``).
+   reachable; the filter then brakes toward zero velocity along the direction
+   of motion: every joint's velocity shrinks by the same fraction, as much as the
+   joint that needs longest to stop at its max_acceleration allows, so all joints
+   stop together and the tool keeps to its path (each joint at its own maximum
+   would swing the tool off it); near a bound, where the gentler braking of the
+   quick joints would carry them past it, each joint brakes at its own maximum
+   (``v = v_prev - clip(v_prev, -amax*dt, amax*dt)``). Every brake below is this one.
    Braking is chosen over "closest reachable velocity" because it is the only
    choice whose outcome does not depend on the (possibly garbage) request, and
    within a few periods ``|v_prev| <= amax*dt`` makes the request feasible again.
@@ -517,7 +522,7 @@ class SafetyFilter:
             return SafetyResult(None, True, (limit,), True, reason)
         if brake and np.count_nonzero(self._vstep):
             step0, step_max, c = self._per_period(r)
-            step = step0 - np.minimum(np.maximum(step0, -c), c)  # (D,) one period of braking
+            step = self._brake_step(self._q_prev, step0, c)  # (D,) one period of braking
             np.minimum(np.maximum(step, -step_max, out=step), step_max, out=step)
             q = self._q_prev + step
             if self._inside:  # position wins (step 3 kept the braking distance inside the bounds)
@@ -614,6 +619,34 @@ class SafetyFilter:
             return 0.0
         return float((abs_delta / cap).max())  # cap >= a*dt^2*r > 0
 
+    def _brake_step(self, q: np.ndarray, step0: np.ndarray, change_max: np.ndarray) -> np.ndarray:
+        """(D,) the next step when braking from step ``step0`` (the last step, per period) at
+        ``q``, changing no joint's step by more than ``change_max`` (D,).
+
+        Along the direction of motion: every joint's step shrinks by the same fraction, the
+        one the joint that needs longest to stop allows, so all joints come to rest together
+        and the tool keeps to its path (braking each joint at its own maximum stops the quick
+        joints first and the slow one swings the tool off the path: on the Franka the
+        shoulder alone carried the cup 2 mm down into the cube it was landing on). The
+        stopping time is the same; the quick joints brake more gently and so go further.
+        Where that further way would cross a position bound (near a bound, inside them), each
+        joint brakes at its own maximum instead, which step 3 keeps inside the bounds."""
+        abs0 = np.abs(step0)
+        moving = abs0 > 0.0
+        if np.count_nonzero(moving) == 0:
+            return step0.copy()
+        periods = abs0[moving] / change_max[moving]  # periods each moving joint needs to stop
+        n = float(periods.max())
+        if n <= 1.0:
+            return np.zeros_like(step0)  # every joint stops within this period
+        step = step0 * (1.0 - 1.0 / n)
+        if self._inside:
+            # Steps shrink linearly to zero over n periods: the rest point (n + 1) / 2 steps on.
+            stop = q + step0 * (0.5 * (n + 1.0))
+            if np.count_nonzero(stop < self._pmin) + np.count_nonzero(stop > self._pmax):
+                return step0 - np.minimum(np.maximum(step0, -change_max), change_max)
+        return step
+
     def _limit(self, a: np.ndarray, r: float) -> SafetyResult:
         """The command for request ``a`` covering h = r*dt (the caller counts it as sent)."""
         q0 = self._q_prev  # (D,)
@@ -652,7 +685,7 @@ class SafetyFilter:
             hit_accel = hit_accel or brake or s < s_max
 
         if brake:
-            step = step0 - np.minimum(np.maximum(step0, -change_max), change_max)
+            step = self._brake_step(q0, step0, change_max)
             np.minimum(np.maximum(step, -step_max, out=step), step_max, out=step)
             q = q0 + step
         elif s == 1.0:
@@ -751,9 +784,9 @@ class SafetyFilter:
             step0 = sim._vstep
             if np.count_nonzero(step0) == 0:
                 break
-            step = step0 - np.minimum(np.maximum(step0, -c), c)
             q_prev = sim._q_prev
             assert q_prev is not None
+            step = sim._brake_step(q_prev, step0, c)
             q = q_prev + step
             if sim._inside:
                 q = np.minimum(np.maximum(q, self._pmin), self._pmax)

@@ -33,9 +33,10 @@ def test_the_expert_places_the_cube_through_the_whole_graph(ros, tiny_checkpoint
         episodes = [ev.run_episode(timeout_s=20.0, seed=100 + k) for k in range(3)]
         summary = ev.summary()
     logs = "\n".join(f"{e}" for e in episodes)
-    # Stated rate: at least 2 of 3. Seen so far: about 1 episode in 8 ends in an e-stop at the grasp
-    # when the machine is loaded (a late plan presses the cup into the cube; 40-125 N), the open
-    # problem of plan latency against a stiff contact (see the README's studies).
+    # Stated rate: at least 2 of 3. Seen: with two busy processes beside the graph on 2 cores, the
+    # command stream stalls often and the safety filter brakes; braking each joint at its own
+    # maximum swung the cup into the cube at the grasp (40-100 N, e-stop) in 5 of 8 episodes;
+    # braking along the path, 1 of 8 (the open problem of plan latency against a stiff contact).
     done = [e for e in episodes if e.success]
     assert len(done) >= 2, logs
     assert all(e.final_error_m < 0.02 and e.time_to_success_s < 15.0 for e in done), logs

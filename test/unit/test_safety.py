@@ -85,6 +85,63 @@ STEP_KINDS = ("smooth", "smooth", "smooth", "continue", "continue", "random", "n
               "huge", "nan", "inf", "wrong_shape", "same")
 
 
+def expected_brake(q: np.ndarray, v: np.ndarray, dv_max: np.ndarray, pmin: np.ndarray,
+                   pmax: np.ndarray) -> np.ndarray:
+    """The velocity one period of braking from ``v`` at ``q`` leaves (the filter's rule, restated)."""
+    moving = np.abs(v) > 0
+    if not moving.any():
+        return v
+    n = float((np.abs(v[moving]) / dv_max[moving]).max())  # periods the slowest joint needs
+    if n <= 1.0:
+        return np.zeros_like(v)
+    stop = q + v * DT_S * 0.5 * (n + 1.0)
+    if (stop < pmin).any() or (stop > pmax).any():
+        return v - np.clip(v, -dv_max, dv_max)
+    return v * (1.0 - 1.0 / n)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**16), dim=st.sampled_from(DIMS))
+def test_braking_keeps_the_direction_of_motion(seed: int, dim: int) -> None:
+    """A stream that stops while moving brakes along the path: every command on the way to rest
+    moves all joints in the same proportions as the last step (the tool does not swerve), no
+    joint changes its velocity by more than max_acceleration, and it stops in as many periods
+    as the joint slowest to stop needs."""
+    rng = np.random.default_rng(seed)
+    limits = make_limits(dim, seed)
+    pmin, pmax = limits.position_min, limits.position_max
+    dv_max = limits.max_acceleration * DT_S
+    filt = SafetyFilter(limits, DT_S)
+    start = 0.5 * (pmin + pmax)
+    filt.update_measured(start, 0.0)
+    velocity = rng.uniform(-1.0, 1.0, dim) * limits.max_velocity * 0.1  # slow: far from every bound
+    q, res = start.copy(), None
+    for k in range(1, 40):  # ramp up to that velocity within the limits
+        q = q + velocity * DT_S * min(1.0, k / 20.0)
+        res = filt.filter(q, k * DT_S)
+        assert res.command is not None and not res.holding
+    assert res is not None and res.command is not None
+    last = res.command
+    v_prev = filt.last_velocity.copy()
+    direction = v_prev / np.linalg.norm(v_prev)
+    periods = int(np.ceil(float((np.abs(v_prev) / dv_max).max())))
+    t = 39 * DT_S
+    stopped_after = None
+    for i in range(periods + 3):
+        t += DT_S
+        out = filt.tick(t, on_schedule=True)
+        assert out is not None and out.command is not None
+        step = out.command - last
+        v = step / DT_S
+        assert np.all(np.abs(v - v_prev) <= dv_max + 1e-12)
+        if np.linalg.norm(step) > 0:
+            np.testing.assert_allclose(step / np.linalg.norm(step), direction, atol=1e-9)
+        elif stopped_after is None:
+            stopped_after = i
+        last, v_prev = out.command, v
+    assert stopped_after is not None and stopped_after <= periods
+
+
 @settings(max_examples=150, deadline=None)
 @given(dim=st.sampled_from(DIMS), seed=st.integers(0, 2**16),
        kinds=st.lists(st.sampled_from(STEP_KINDS), min_size=1, max_size=60),
@@ -135,10 +192,12 @@ def test_commands_never_exceed_limits(dim: int, seed: int, kinds: list[str], vel
         if kind in ("nan", "inf", "wrong_shape"):
             assert res.holding and res.modified
             assert res.limits_hit == (("shape",) if kind == "wrong_shape" else ("nan",))
-            # A controlled stop: braking at max deceleration, never a jump to zero velocity.
+            # A controlled stop: braking along the direction of motion (all joints stop together,
+            # the slowest to stop at max deceleration; each at its own maximum near a bound),
+            # never a jump to zero velocity.
             v = check_step(q, q_prev, v_prev, limits, vmax)
             assert np.all(np.abs(v) <= np.abs(v_prev) + 1e-12)
-            np.testing.assert_allclose(v, v_prev - np.clip(v_prev, -dv_max, dv_max), atol=1e-9)
+            np.testing.assert_allclose(v, expected_brake(q_prev, v_prev, dv_max, pmin, pmax), atol=1e-9)
             q_prev, v_prev, prev_target = q, v, None
             continue
         assert not res.holding
