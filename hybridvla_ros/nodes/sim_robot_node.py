@@ -1,7 +1,9 @@
 """sim_robot: a simulated robot (kinematic, or MuJoCo physics) that talks like the real robot's driver.
 
 Takes the controller command named in the parameter file (JointTrajectory,
-Float64MultiArray or Twist; commanded joints only), publishes joint_states (100 Hz: the
+Float64MultiArray or Twist; commanded joints only; a JointTrajectory of several points is
+followed as a joint_trajectory_controller does, each point due at its time_from_start
+after the header stamp, zero meaning now, a new one replacing the last), publishes joint_states (100 Hz: the
 commanded joints, then the simulator's observed-only ones, e.g. franka's ``suction_cup``
 1.0 while it holds the cube, else 0.0), a camera image (30 Hz)
 showing the scene and the target, and a wrench when the robot has a F/T sensor.
@@ -45,7 +47,7 @@ from trajectory_msgs.msg import JointTrajectory
 from hybridvla_msgs.msg import ActionChunk
 from hybridvla_ros.core.image import encode_compressed
 from hybridvla_ros.core.joints import JointIndex
-from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, shutting_down
+from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, shutting_down, stamp_to_s
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.sim_robot import SimRobotParams
 from hybridvla_ros.sim.expert_planner import ExpertPlanner
@@ -70,6 +72,10 @@ class SimRobotNode(Node):
         except ValueError as exc:
             raise ParameterError(f"sim_robot.{exc} ({p.embodiment}, physics {p.physics})") from None
         self._command_index = JointIndex(p.joint_names)  # the controller command's joint order, per name list
+        # A multi-point JointTrajectory being followed: (start s, times from start (n,), targets (n, D)),
+        # and the index of the point last commanded.
+        self._trajectory: tuple[float, np.ndarray, np.ndarray] | None = None
+        self._trajectory_index = -1
         self._scene = p.scene
         self._resets = 0
         self._last_step_s = now_s(self)
@@ -141,6 +147,7 @@ class SimRobotNode(Node):
         seed, self._next_seed = self._next_seed, self._next_seed + 1
         self.sim.scene = self._scene
         self.sim.reset(seed=seed)
+        self._trajectory = None  # the robot is back home: a trajectory sent before is void
         self._episode_start_s = now_s(self)
         res.success = True
         res.message = f"episode {self._resets}: seed {seed}, scene {self._scene}"
@@ -154,15 +161,46 @@ class SimRobotNode(Node):
             elif isinstance(msg, Float64MultiArray):
                 self.sim.command_positions(np.asarray(msg.data, dtype=np.float64))
             else:
-                if not msg.points:
-                    raise ValueError("JointTrajectory without points")
-                target = self._command_index.select(msg.joint_names, msg.points[-1].positions, finite=False,
-                                                    require_names=True)
-                self.sim.command_positions(target)
+                self._take_trajectory(msg)
             self.commands_received += 1
         except (ValueError, IndexError) as exc:
             self.commands_rejected += 1
             self.get_logger().warning(f"command rejected: {exc}", throttle_duration_sec=2.0)
+
+    def _take_trajectory(self, msg: JointTrajectory) -> None:
+        """Follow ``msg`` as a joint_trajectory_controller does: it replaces the one before;
+        each point is due ``time_from_start`` after the header stamp (zero: now), and the
+        point due next is the target (one period apart, points stream like single commands).
+        Raises ValueError (nothing changed) for no points, unknown or missing joints, NaN /
+        Inf or times that go back."""
+        if not msg.points:
+            raise ValueError("JointTrajectory without points")
+        targets = np.stack([self._command_index.select(msg.joint_names, pt.positions, finite=False,
+                                                       require_names=True) for pt in msg.points])
+        if not np.isfinite(targets).all():
+            raise ValueError("JointTrajectory with a NaN or Inf position")
+        times = np.array([pt.time_from_start.sec + 1e-9 * pt.time_from_start.nanosec for pt in msg.points])
+        if np.any(np.diff(times) < 0.0):
+            raise ValueError(f"JointTrajectory point times go back: {times.round(4).tolist()}")
+        stamp = stamp_to_s(msg.header.stamp)
+        if len(msg.points) == 1:
+            self._trajectory = None
+            self.sim.command_positions(targets[0])
+            return
+        self._trajectory = (stamp if stamp > 0.0 else now_s(self), times, targets)
+        self._trajectory_index = -1
+        self._follow_trajectory(now_s(self))
+
+    def _follow_trajectory(self, t: float) -> None:
+        """Command the point of the trajectory being followed that is due next at ``t`` (the
+        last point once all are due), each point once."""
+        if self._trajectory is None:
+            return
+        start, times, targets = self._trajectory
+        k = min(int(np.searchsorted(start + times, t - 1e-9)), len(times) - 1)
+        if k != self._trajectory_index:
+            self._trajectory_index = k
+            self.sim.command_positions(targets[k])
 
     def _on_push(self, msg: WrenchStamped) -> None:
         f = msg.wrench.force
@@ -172,6 +210,7 @@ class SimRobotNode(Node):
         t = now_s(self)
         dt = min(max(t - self._last_step_s, 0.0), 0.1)  # a stalled process must not teleport the robot
         self._last_step_s = t
+        self._follow_trajectory(t)
         self.sim.step(dt)
         js = JointState()
         s_to_stamp(t, js.header.stamp)

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import Twist, WrenchStamped
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -198,3 +199,48 @@ def test_expert_planning_never_slows_the_sensors(ros) -> None:
     # Ticks that found a plan still running were skipped and counted, none failed.
     assert ros.spin_until(lambda: bool(diags) and int(diags[-1]["plans_published"]) > 0, 10.0)
     assert int(diags[-1]["plans_skipped"]) > 0 and diags[-1]["plans_failed"] == "0", diags[-1]
+
+
+def test_a_multi_point_trajectory_is_followed_point_by_point(ros) -> None:
+    """A JointTrajectory of several points (the safety filter's ``trajectory_points`` > 1) is
+    followed as a joint_trajectory_controller does, each point at its time_from_start: a plan
+    that goes out and comes back moves the joint out and back (taking only the last point would
+    not move it at all); one whose times go back is refused and the robot stays put."""
+    path = os.path.join(default_config_dir(), "franka.yaml")
+    p = from_params(SimRobotParams, load_node_params(path, "sim_robot"))
+    assert p.command_type == "trajectory_msgs/JointTrajectory"
+    ros.start([NodeSpec("sim_robot_node", "sim_robot", path)])
+    n = ros.node
+    states: list[np.ndarray] = []
+    dim = len(p.joint_names)
+    n.create_subscription(JointState, p.joint_states_topic,
+                          lambda m: states.append(np.asarray(m.position)[:dim]), 200)
+    assert ros.spin_until(lambda: len(states) > 20, 30.0), ros.logs()
+    pub = n.create_publisher(JointTrajectory, p.command_topic, 10)
+    assert ros.spin_until(lambda: pub.get_subscription_count() > 0, 10.0)
+
+    def trajectory(offsets: list[float], period_s: float = 0.02, times: list[float] | None = None) -> JointTrajectory:
+        start = states[-1]
+        points = []
+        for k, off in enumerate(offsets):
+            q = start.copy()
+            q[3] += off
+            t = (k + 1) * period_s if times is None else times[k]
+            points.append(JointTrajectoryPoint(positions=q.tolist(),
+                                               time_from_start=Duration(sec=int(t), nanosec=int(round((t % 1) * 1e9)))))
+        return JointTrajectory(joint_names=list(p.joint_names), points=points)
+
+    # Refused: the times go back (the last point, 0.05 rad out, would otherwise be the target).
+    start = states[-1].copy()
+    pub.publish(trajectory([0.01, 0.03, 0.05], times=[0.02, 0.06, 0.04]))
+    ros.spin_for(0.6)
+    assert np.abs(states[-1] - start).max() < 0.005, states[-1] - start
+    # Out by 0.05 rad and back to the start in 0.2 s: the joint goes out and comes back.
+    start = states[-1].copy()
+    out_and_back = trajectory([0.01, 0.02, 0.03, 0.04, 0.05, 0.04, 0.03, 0.02, 0.01, 0.0])
+    states.clear()
+    pub.publish(out_and_back)
+    ros.spin_for(1.0)
+    excursion = np.array([s[3] - start[3] for s in states])
+    assert excursion.max() > 0.03, excursion.round(4)
+    assert abs(excursion[-1]) < 0.005, excursion.round(4)
