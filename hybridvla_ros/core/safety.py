@@ -33,13 +33,10 @@ stopping distance > acceleration):
    of ``|s * d_i - v_prev_i| <= max_acceleration_i * dt`` and the largest
    feasible ``s`` is taken. When the intersection is empty (e.g. the policy
    reverses direction at full speed) no scaling of the requested direction is
-   reachable; the filter then brakes toward zero velocity along the direction
-   of motion: every joint's velocity shrinks by the same fraction, as much as the
-   joint that needs longest to stop at its max_acceleration allows, so all joints
-   stop together and the tool keeps to its path (each joint at its own maximum
-   would swing the tool off it); near a bound, where the gentler braking of the
-   quick joints would carry them past it, each joint brakes at its own maximum
-   (``v = v_prev - clip(v_prev, -amax*dt, amax*dt)``). Every brake below is this one.
+   reachable; the filter then brakes each joint toward zero velocity at its
+   own maximum (``v = v_prev - clip(v_prev, -amax*dt, amax*dt)``) for that one
+   command: the next request comes a period later, and the sooner each joint's
+   velocity is small the sooner a request is feasible again.
    Braking is chosen over "closest reachable velocity" because it is the only
    choice whose outcome does not depend on the (possibly garbage) request, and
    within a few periods ``|v_prev| <= amax*dt`` makes the request feasible again.
@@ -61,10 +58,12 @@ braking distance, that no velocity limit allows; the controller holds the robot 
 last command, which is where a position-controlled robot at rest stands.)
 
 Coming to rest. The command stream never stops while moving: ``tick`` (call it often,
-e.g. every quarter period) brakes from the current velocity at max deceleration, one
-command per period, once no command was sent for ``late_after_s`` (1.25 periods: the
-input went silent, the buffer ran dry, the upstream node died), until the velocity is
-zero, and then goes quiet until the watchdog, which holds that rest point every period.
+e.g. every quarter period) brakes from the current velocity to rest along the path, one
+command per period (``_brake_step``: all joints stop together in the time the slowest
+needs at max deceleration, so the tool does not swerve), once no command was sent for
+``late_after_s`` (1.25 periods: the input went silent, the buffer ran dry, the upstream
+node died), until the velocity is zero, and then goes quiet until the watchdog, which
+holds that rest point every period.
 A rejected request (NaN/Inf or wrong-shape action, non-finite time) brakes the same way
 and then stays: one NaN at full speed must not make the robot stop with unbounded
 deceleration (a real arm's controller faults on that). The e-stop stops pushing at
@@ -74,7 +73,7 @@ actions come), and motion resumes acceleration-limited from there after a reset.
 Trajectories. ``trajectory(targets)`` gives the points after the last command for a
 controller that times them itself (a JointTrajectory, one period apart): the plan's next
 targets, each limited like a real command (r = 1) on a copy of the filter's state, then
-braking at max deceleration to rest, so the last point is always at rest. It changes neither
+braking to rest along the path as above, so the last point is always at rest. It changes neither
 the state nor the counters; the real next command for the plan's first target is its first
 point. ``tick(now_s, on_schedule=True)`` serves a caller that sends once per period at its
 own deadlines (a timing thread): a deadline without an action brakes at once, and at rest
@@ -685,7 +684,8 @@ class SafetyFilter:
             hit_accel = hit_accel or brake or s < s_max
 
         if brake:
-            step = self._brake_step(q0, step0, change_max)
+            # One period of braking, each joint at its own maximum (module docstring, step 4).
+            step = step0 - np.minimum(np.maximum(step0, -change_max), change_max)
             np.minimum(np.maximum(step, -step_max, out=step), step_max, out=step)
             q = q0 + step
         elif s == 1.0:
