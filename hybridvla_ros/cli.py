@@ -16,6 +16,8 @@
     hybridvla check-config config/franka.yaml               # validate a parameter file
     hybridvla export-corrections --store runs/corrections/franka.sqlite --out corrections.mcap
     hybridvla export-corrections --store runs/corrections/franka.sqlite --format lerobot --out runs/corrections/lerobot
+    hybridvla export-demos --demos runs/demos/franka_....npz --out runs/demos/franka_lerobot  # for lerobot-train
+    hybridvla train --embodiments franka --dataset DIR      # from a LeRobotDataset v3 (a user's recordings)
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import subprocess
 import sys
 
 from hybridvla_ros.graph_run import READY_TIMEOUT_S, run_graph, verdict
+from hybridvla_ros.model.lerobot_data import lerobot_python
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.check import check_parameter_file
 from hybridvla_ros.params.config_files import embodiment_names
@@ -108,15 +111,34 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lerobot_python() -> str:
-    """The LeRobot environment's python (HYBRIDVLA_LEROBOT_PYTHON, else <repo>/.venv-lerobot/bin/python)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.environ.get("HYBRIDVLA_LEROBOT_PYTHON", os.path.join(root, ".venv-lerobot", "bin", "python"))
+def _cmd_export_demos(args: argparse.Namespace) -> int:
+    """``export-demos``: a recorded demonstration set as a LeRobotDataset v3, written by
+    hybridvla_ros/lerobot_demos.py in the LeRobot environment; joint names from the embodiment's file."""
+    python = lerobot_python()
+    if not os.path.exists(python):
+        print(f"hybridvla export-demos: error: {python} is missing: run `bash scripts/setup_lerobot.sh` to make the "
+              "LeRobot environment (the dataset is written by LeRobot's own code)", file=sys.stderr)
+        return 2
+    from hybridvla_ros.model.demo_data import load_embodiment
+    from hybridvla_ros.sim.demos import load_demonstrations
+    try:
+        demos = load_demonstrations(args.demos)
+        params = load_embodiment(args.config_dir, str(demos["embodiment"]))
+    except FileNotFoundError as exc:
+        print(f"hybridvla export-demos: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"hybridvla export-demos: error: {exc}", file=sys.stderr)
+        return 1
+    cmd = [python, "-m", "hybridvla_ros.lerobot_demos", "write", "--demos", args.demos, "--out", args.out,
+           "--joint-names", *params.joint_names, "--state-names", *params.state_joints, "--repo-id", args.repo_id,
+           "--camera", args.camera]
+    return subprocess.call(cmd + (["--video"] if args.video else []))
 
 
 def _cmd_export_lerobot(args: argparse.Namespace) -> int:
     """``export-corrections --format lerobot``: hybridvla_ros/lerobot_export.py in the LeRobot environment."""
-    python = _lerobot_python()
+    python = lerobot_python()
     if not os.path.exists(python):
         print(f"hybridvla export-corrections: error: {python} is missing: run `bash scripts/setup_lerobot.sh` to "
               "make the LeRobot environment (--format lerobot writes with LeRobot's own dataset code)",
@@ -221,6 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "correction; default: from the stored stamps)")
     export.set_defaults(func=_cmd_export)
 
+    demos = sub.add_parser("export-demos", help="write recorded demonstrations (hybridvla train --demos DIR's "
+                                                 ".npz) as a LeRobotDataset v3 for lerobot-train")
+    demos.add_argument("--demos", required=True, help="the demonstration set (.npz)")
+    demos.add_argument("--out", required=True, help="the dataset directory, which must not exist")
+    demos.add_argument("--config-dir", default="config", help="where <embodiment>.yaml names the joints")
+    demos.add_argument("--repo-id", default="local/demos", help="the dataset's repo_id (nothing is pushed)")
+    demos.add_argument("--camera", default="front", help="the image feature is observation.images.<camera>")
+    demos.add_argument("--video", action="store_true", help="AV1 video instead of lossless PNG in parquet")
+    demos.set_defaults(func=_cmd_export_demos)
+
     check = sub.add_parser("check-config", help="validate a parameter file for every node")
     check.add_argument("params_file")
     check.set_defaults(func=_cmd_check)
@@ -230,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_serve_lerobot(argv: list[str]) -> int:
     """``hybridvla serve-lerobot ARGS``: the LeRobot sidecar (hybridvla_ros/lerobot_sidecar.py) in its own
     environment, .venv-lerobot (Python >= 3.12, LeRobot and the torch it pins; scripts/setup_lerobot.sh)."""
-    python = _lerobot_python()
+    python = lerobot_python()
     if not os.path.exists(python):
         print(f"hybridvla serve-lerobot: error: {python} is missing: run `bash scripts/setup_lerobot.sh` to make "
               "the LeRobot environment", file=sys.stderr)

@@ -4,7 +4,8 @@
     hybridvla adapt config/franka.yaml --store runs/corrections/franka.sqlite
 
 ``hybridvla train`` records demonstrations from every robot's scripted expert on the
-simulator its parameter file names (or loads them from ``--demos``), trains one policy
+simulator its parameter file names (or loads them from ``--demos``, or reads one robot's
+from a LeRobotDataset v3 with ``--dataset``: :mod:`hybridvla_ros.model.lerobot_data`), trains one policy
 (:func:`hybridvla_ros.model.train.train`) and optionally runs DAgger rounds
 (:func:`hybridvla_ros.model.dagger.dagger`). Defaults: instructions embedded by the frozen
 pretrained all-MiniLM-L6-v2 (model/text.py), and coarse_to_fine heads for every
@@ -26,11 +27,13 @@ import time
 
 import torch
 
+from hybridvla_ros.core.dataset_keys import DEMO_EPISODE, DEMO_INSTRUCTION, DEMO_PROPRIO
 from hybridvla_ros.model.adaptation import adapt
 from hybridvla_ros.model.checkpoint import json_default
 from hybridvla_ros.model.corrections_data import load_corrections_for
 from hybridvla_ros.model.dagger import DAGGER_KEEP, DaggerConfig, dagger
 from hybridvla_ros.model.demo_data import default_steps_per_episode, get_demos, load_embodiment
+from hybridvla_ros.model.lerobot_data import load_lerobot_demos
 from hybridvla_ros.model.policy import EmbodimentSpec, PolicyConfig
 from hybridvla_ros.model.replay import checkpoint_replay_or_record
 from hybridvla_ros.model.text import HASH_ENCODER, INSTRUCTION_DIM, MINILM, encoder_dim
@@ -72,6 +75,15 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="checkpoints/default", help="checkpoint directory (default: checkpoints/default)")
     p.add_argument("--demos", default=None, metavar="DIR",
                    help="cache recorded demonstrations as .npz here and reuse them (default: record every time)")
+    p.add_argument("--dataset", default=None, metavar="DIR",
+                   help="train on this LeRobotDataset v3 (a user's own recordings, read by LeRobot's code in "
+                        ".venv-lerobot) instead of the simulator's expert; one embodiment (--embodiments NAME), "
+                        "joints mapped by the feature names of its parameter file; no DAgger")
+    p.add_argument("--camera", default=None,
+                   help="with --dataset: the camera to train on, observation.images.<camera> (default: the "
+                        "dataset's only one)")
+    p.add_argument("--task", default=None,
+                   help="with --dataset: train on the episodes of this task (default: the dataset's only task)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     p.add_argument("--image-size", type=int, default=PolicyConfig.image_size,
                    help=f"policy image size in pixels (default: {PolicyConfig.image_size})")
@@ -138,13 +150,34 @@ def train_main(argv: list[str] | None = None) -> int:
     progress = not args.quiet
     torch.set_num_threads(args.threads)
     names = list(dict.fromkeys(args.embodiments))
+    if args.dataset is None and (args.camera is not None or args.task is not None):
+        print("hybridvla train: error: --camera and --task apply to --dataset only", file=sys.stderr)
+        return 2
+    if args.dataset is not None and (len(names) != 1 or args.dagger_rounds):
+        print("hybridvla train: error: --dataset trains one robot without DAgger (no scripted expert to label its "
+              f"states): name it with --embodiments NAME (got {names}) and leave --dagger-rounds 0",
+              file=sys.stderr)
+        return 2
     try:
         t0 = time.perf_counter()
         physics = None if args.physics == "config" else args.physics
         params = [load_embodiment(args.config_dir, n, physics) for n in names]
         demos = []
         steps_used = {}
-        for p in params:
+        if args.dataset is not None:
+            if progress:
+                print(f"demonstrations: {params[0].embodiment} from the LeRobotDataset {args.dataset}",
+                      file=sys.stderr)
+            loaded, meta = load_lerobot_demos(args.dataset, params[0], args.image_size, args.camera, args.task)
+            demos.append(loaded)
+            dataset_log = {"dataset": str(args.dataset), "camera": meta["camera"], "fps": meta["fps"],
+                           "robot_type": meta["robot_type"], "frames": len(loaded[DEMO_PROPRIO]),
+                           "episodes": int(len(set(loaded[DEMO_EPISODE].tolist()))),
+                           "task": loaded[DEMO_INSTRUCTION]}
+            if progress:
+                print(f"  {dataset_log['frames']} frames in {dataset_log['episodes']} episodes, camera "
+                      f"{meta['camera']}, task {loaded[DEMO_INSTRUCTION]!r}", file=sys.stderr)
+        for p in params if args.dataset is None else ():
             steps = args.steps_per_episode or default_steps_per_episode(p)
             steps_used[p.embodiment] = steps
             if progress:
@@ -157,9 +190,12 @@ def train_main(argv: list[str] | None = None) -> int:
         specs = [EmbodimentSpec.from_params(p) for p in params]
         if args.heads == "coarse_to_fine":
             specs = [dataclasses.replace(s, head_type="coarse_to_fine") for s in specs]
-        extra_log = {"data": {"episodes": args.episodes, "steps_per_episode": steps_used,
-                              "physics": {p.embodiment: p.physics for p in params},
-                              "config_dir": str(args.config_dir), "record_time_s": record_time}}
+        if args.dataset is None:
+            extra_log = {"data": {"episodes": args.episodes, "steps_per_episode": steps_used,
+                                  "physics": {p.embodiment: p.physics for p in params},
+                                  "config_dir": str(args.config_dir), "record_time_s": record_time}}
+        else:
+            extra_log = {"data": {**dataset_log, "config_dir": str(args.config_dir), "record_time_s": record_time}}
         train_config = TrainConfig(train_steps=args.train_steps, batch_size=args.batch_size, lr=args.lr,
                                    weight_decay=args.weight_decay, augment_shift_px=args.augment_shift_px,
                                    seed=args.seed, threads=args.threads,
