@@ -1,0 +1,256 @@
+"""Demonstrations <-> LeRobotDataset v3, with LeRobot's own dataset code (issue 15, items 2 and 4).
+
+Runs INSIDE the LeRobot environment made by ``scripts/setup_lerobot.sh`` (Python >= 3.12, lerobot with its
+``dataset`` extra), never in the ROS 2 environment; ``hybridvla export-demos`` and ``hybridvla train
+--dataset`` start it::
+
+    .venv-lerobot/bin/python -m hybridvla_ros.lerobot_demos write --demos FILE.npz --out DIR
+        --joint-names J1 .. --state-names S1 .. [--repo-id local/demos] [--camera front] [--video]
+    .venv-lerobot/bin/python -m hybridvla_ros.lerobot_demos read --dataset DIR --out FILE.npz
+        --image-size S [--camera NAME]
+
+``write``: a demonstration set as :mod:`hybridvla_ros.sim.demos` saves it (our scripted experts' recordings)
+becomes a dataset ``lerobot-train`` trains on: an episode per recorded episode, ``fps`` = the recording's
+control rate, ``robot_type`` = its embodiment, ``task`` = its instruction;
+``observation.images.<camera>`` the recorded (S, S, 3) image (PNG in the parquet, or AV1 with ``--video``),
+``observation.state`` the measured joints then the state joints (named), ``action`` what the expert
+commanded at that step (``actions[:, 0]``, named by the joints). The dataset is written to a temporary
+directory beside ``--out`` and renamed into place once finalized.
+
+``read``: any LeRobotDataset v3 on disk (``LeRobotDataset(repo_id, root=DIR)``, nothing fetched) becomes one
+``.npz`` of frames in dataset order for the ROS environment, where
+:mod:`hybridvla_ros.model.lerobot_data` maps it onto an embodiment (joints by feature names, chunks, checks):
+``image`` (N, S, S, 3) uint8 of one camera, resized with cv2.INTER_AREA (a square stretch of the whole image,
+as the inference node does to camera frames); ``state`` and ``action`` float32 as stored; ``episode_index``,
+``frame_index``; ``task`` (N,) str; and ``meta``, a JSON string: fps, robot_type, codebase_version, the
+camera read, every camera, and every feature's dtype / shape / names. The camera is ``--camera`` or the
+dataset's only one. Frames are read one by one through ``LeRobotDataset.__getitem__`` (videos decoded by
+LeRobot), so reading costs what LeRobot's data loader costs.
+
+Errors (missing files, an output that exists, a dataset without ``observation.state``, ``action`` or the
+camera, LeRobot missing) end with one line on stderr and exit code 2 (usage, missing input) or 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    from hybridvla_ros.lerobot_export import ExportError, _out_paths
+except ImportError:  # run as a file with the repository not on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hybridvla_ros.lerobot_export import ExportError, _out_paths
+
+PROG = "hybridvla_ros.lerobot_demos"
+DEFAULT_REPO_ID = "local/demos"
+DEFAULT_CAMERA = "front"
+STATE, ACTION, IMAGES_PREFIX = "observation.state", "action", "observation.images."
+
+
+def _import_lerobot_dataset() -> Any:
+    try:
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    except ImportError as exc:
+        raise ExportError(f"LeRobot's dataset code cannot be imported ({exc}); run this with .venv-lerobot's "
+                          "python (scripts/setup_lerobot.sh installs lerobot with its dataset extra)") from exc
+    return LeRobotDataset
+
+
+# ---------------------------------------------------------------- write: our demonstrations -> dataset
+def _load_demos(path: str) -> dict[str, np.ndarray]:
+    if not os.path.isfile(path):
+        raise ExportError(f"no demonstrations file at {path!r}", code=2)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            demos = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path!r} is not a readable demonstrations .npz: {exc}") from None
+    for key in ("images", "proprio", "actions", "episode", "embodiment", "instruction", "control_period_s"):
+        if key not in demos:
+            raise ExportError(f"{path!r} is not a demonstration set: key {key!r} is missing")
+    return demos
+
+
+def write_demos(demos_path: str, out: str, joint_names: list[str], state_names: list[str],
+                repo_id: str = DEFAULT_REPO_ID, camera: str = DEFAULT_CAMERA, use_videos: bool = False) -> str:
+    """Write the demonstration set at ``demos_path`` as a LeRobotDataset v3 in the new directory ``out``;
+    returns the summary line. Raises ExportError, leaving nothing at ``out`` nor beside it."""
+    if not camera or "/" in camera or "." in camera:
+        raise ExportError(f"--camera must be a plain name (it becomes observation.images.<camera>), got {camera!r}")
+    demos = _load_demos(demos_path)
+    images, proprio, actions = demos["images"], demos["proprio"], demos["actions"]
+    state = demos["state"] if "state" in demos else np.zeros((len(proprio), 0), dtype=np.float32)
+    episode = demos["episode"]
+    n, d = proprio.shape
+    if len(joint_names) != d or state.shape != (n, len(state_names)):
+        raise ExportError(f"the demonstrations have {d} joints and {state.shape[1]} state joints; "
+                          f"--joint-names names {len(joint_names)}, --state-names {len(state_names)}")
+    period = float(demos["control_period_s"])
+    fps = int(round(1.0 / period))
+    if abs(fps * period - 1.0) > 1e-6:
+        raise ExportError(f"control period {period} s is not a whole number of frames per second; "
+                          "a LeRobotDataset's fps is an integer")
+    robot_type, task = str(demos["embodiment"]), str(demos["instruction"])
+    names = [*joint_names, *state_names]
+    features = {
+        f"{IMAGES_PREFIX}{camera}": {"dtype": "video" if use_videos else "image",
+                                     "shape": tuple(int(s) for s in images.shape[1:]),
+                                     "names": ["height", "width", "channels"]},
+        STATE: {"dtype": "float32", "shape": (len(names),), "names": names},
+        ACTION: {"dtype": "float32", "shape": (d,), "names": list(joint_names)},
+    }
+    LeRobotDataset = _import_lerobot_dataset()
+    final, tmp = _out_paths(out)
+    starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1], True])  # episode boundaries, in order
+    try:
+        dataset = LeRobotDataset.create(repo_id, fps, features, root=tmp, robot_type=robot_type,
+                                        use_videos=use_videos)
+        try:
+            for a, b in zip(starts[:-1], starts[1:]):
+                for i in range(a, b):
+                    dataset.add_frame({
+                        f"{IMAGES_PREFIX}{camera}": np.ascontiguousarray(images[i], dtype=np.uint8),
+                        STATE: np.concatenate([proprio[i], state[i]]).astype(np.float32),
+                        ACTION: actions[i, 0].astype(np.float32),
+                        "task": task,
+                    })
+                dataset.save_episode()
+        finally:
+            dataset.finalize()
+        os.rename(tmp, final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise ExportError(f"writing the dataset under {str(final.parent)!r} failed: {exc}") from exc
+        raise
+    return (f"wrote {n} frames in {len(starts) - 1} episodes to {final} (LeRobotDataset v3, repo_id {repo_id}, "
+            f"robot_type {robot_type}, {fps} fps, images {'AV1 video' if use_videos else 'PNG in parquet'})")
+
+
+# ---------------------------------------------------------------- read: any dataset -> frames
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+    if image.shape[:2] == (size, size):
+        return image
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def read_dataset(dataset_dir: str, out: str, image_size: int, camera: str | None = None,
+                 repo_id: str = "local/dataset") -> str:
+    """Read the LeRobotDataset v3 at ``dataset_dir`` into the frames ``.npz`` ``out`` (module docstring);
+    returns the summary line. Raises ExportError."""
+    if image_size < 1:
+        raise ExportError(f"--image-size must be >= 1, got {image_size}")
+    root = Path(dataset_dir).expanduser().absolute()
+    if not (root / "meta" / "info.json").is_file():
+        raise ExportError(f"no LeRobotDataset at {str(root)!r} (meta/info.json is missing)", code=2)
+    LeRobotDataset = _import_lerobot_dataset()
+    try:
+        ds = LeRobotDataset(repo_id, root=root)
+    except Exception as exc:  # noqa: BLE001 - LeRobot raises many kinds for a broken dataset
+        raise ExportError(f"LeRobot cannot read the dataset at {str(root)!r}: {type(exc).__name__}: "
+                          f"{str(exc).strip()}".replace("\n", " ")) from exc
+    info = ds.meta.info
+    features = info["features"]
+    cameras = sorted(k[len(IMAGES_PREFIX):] for k in features if k.startswith(IMAGES_PREFIX))
+    missing = [k for k in (STATE, ACTION) if k not in features]
+    if missing:
+        raise ExportError(f"the dataset at {str(root)!r} has no {' and no '.join(missing)} feature "
+                          f"(it has {sorted(features)})")
+    if camera is None:
+        if len(cameras) != 1:
+            raise ExportError(f"the dataset has {len(cameras)} cameras ({cameras}); name the one to train on "
+                              "with --camera")
+        camera = cameras[0]
+    elif camera not in cameras:
+        raise ExportError(f"the dataset has no camera {camera!r} (it has {cameras})")
+    key = f"{IMAGES_PREFIX}{camera}"
+    n = len(ds)
+    image = np.zeros((n, image_size, image_size, 3), dtype=np.uint8)
+    state, action = [], []
+    episode_index = np.zeros(n, dtype=np.int64)
+    frame_index = np.zeros(n, dtype=np.int64)
+    tasks = []
+    for i in range(n):
+        f = ds[i]
+        img = f[key].numpy()  # (3, H, W) float in [0, 1]
+        image[i] = _resize(np.round(np.clip(img, 0.0, 1.0).transpose(1, 2, 0) * 255.0).astype(np.uint8),
+                           image_size)
+        state.append(f[STATE].numpy().astype(np.float32).reshape(-1))
+        action.append(f[ACTION].numpy().astype(np.float32).reshape(-1))
+        episode_index[i] = int(f["episode_index"])
+        frame_index[i] = int(f["frame_index"])
+        tasks.append(str(f["task"]))
+    meta = {"fps": int(ds.fps), "robot_type": info.get("robot_type"), "codebase_version": info.get("codebase_version"),
+            "camera": camera, "cameras": cameras, "dataset": str(root),
+            "features": {k: {"dtype": v["dtype"], "shape": list(v["shape"]), "names": v.get("names")}
+                         for k, v in features.items()}}
+    target = Path(out).expanduser().absolute()
+    fd, tmp = tempfile.mkstemp(prefix=".frames-", suffix=".npz.tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, image=image, state=np.stack(state) if n else np.zeros((0, 0), np.float32),
+                     action=np.stack(action) if n else np.zeros((0, 0), np.float32), episode_index=episode_index,
+                     frame_index=frame_index, task=np.array(tasks, dtype=str), meta=np.array(json.dumps(meta)))
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return f"read {n} frames of {ds.num_episodes} episodes from {root} (camera {camera}, {int(ds.fps)} fps)"
+
+
+# ---------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=PROG, description="Demonstrations <-> LeRobotDataset v3 (LeRobot's own code).")
+    sub = ap.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("write", help="a demonstration set (.npz) -> a LeRobotDataset v3")
+    w.add_argument("--demos", required=True, help="the demonstration set (.npz, hybridvla_ros.sim.demos)")
+    w.add_argument("--out", required=True, help="the dataset's root directory; must not exist yet")
+    w.add_argument("--joint-names", nargs="+", required=True, help="the commanded joints, in action order")
+    w.add_argument("--state-names", nargs="*", default=[], help="the observed-only state joints")
+    w.add_argument("--repo-id", default=DEFAULT_REPO_ID, help="the dataset's repo_id (nothing is pushed)")
+    w.add_argument("--camera", default=DEFAULT_CAMERA, help="the image feature is observation.images.<camera>")
+    w.add_argument("--video", action="store_true", help="AV1 video (PyAV) instead of lossless PNG in parquet")
+    r = sub.add_parser("read", help="a LeRobotDataset v3 -> frames (.npz)")
+    r.add_argument("--dataset", required=True, help="the dataset's root directory")
+    r.add_argument("--out", required=True, help="the frames file to write (.npz)")
+    r.add_argument("--image-size", type=int, required=True, help="images are resized to S x S")
+    r.add_argument("--camera", default=None, help="the camera to read (default: the dataset's only one)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; 0 on success, 2 for a missing input, 1 for any other error (one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local dataset: nothing is fetched or pushed
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)  # see lerobot_export.main
+    try:
+        if args.command == "write":
+            line = write_demos(args.demos, args.out, args.joint_names, args.state_names, args.repo_id, args.camera,
+                               args.video)
+        else:
+            line = read_dataset(args.dataset, args.out, args.image_size, args.camera)
+    except ExportError as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except (ValueError, RuntimeError, OSError) as exc:  # from LeRobot's reader / writer
+        print(f"{PROG} {args.command}: error: {type(exc).__name__}: {str(exc).strip()}".replace("\n", " "),
+              file=sys.stderr)
+        return 1
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
