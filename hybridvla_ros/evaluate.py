@@ -5,7 +5,8 @@ the simulated robot and the simulated operator); this process listens
 (:class:`~hybridvla_ros.nodes.graph_listener.GraphListener`) and drives episodes the way a test
 engineer would from a terminal: ``ros2 param set /sim_robot scene ...``, then
 ``sim_robot/reset`` (new scene, robot at home), ``action_buffer/reset`` (drop the old
-chunk) and ``safety_filter/reset_estop`` when an e-stop is latched. An episode ends when
+chunk), ``safety_filter/resync`` (the filter starts again from rest where the robot now
+stands) and ``safety_filter/reset_estop`` when an e-stop is latched. An episode ends when
 ``sim_robot/task_success`` has held for ``success_hold_s`` or after ``timeout_s``.
 
 Per episode and in total it reports success, final task error, time to success, handoffs,
@@ -41,6 +42,8 @@ from hybridvla_ros.params.sim_robot import SimRobotParams
 EXPERT_CHUNK_RATE_HZ = 25.0
 EXPERT_RECOMPUTE_EVERY = 2
 STALE_SUCCESS_S = 0.3  # ignore task_success heard this soon after a reset (a message from the last episode)
+RESYNC_TIMEOUT_S = 5.0  # the longest wait for the safety filter's first command at home after a reset
+HOME_TOLERANCE_RAD = 0.05  # a command this close to home_position on every joint is "at home"
 
 
 class Evaluation:
@@ -100,6 +103,28 @@ class Evaluation:
             raise RuntimeError(f"sim_robot refused scene {scene!r}: {why}")
         self._scene = scene
 
+    def _start_at_home(self) -> None:
+        """After ``sim_robot/reset`` the robot stands at home, not where the safety filter's last
+        command was (which it would drive the robot back to: onto the last episode's cube after an
+        e-stop there, so one e-stop cost two episodes): ``safety_filter/resync`` makes the filter
+        start again from rest at the measured position, and an e-stop latched before is reset once
+        a fresh wrench at home is safe. Waits for the filter's first command at home (readiness,
+        bounded by RESYNC_TIMEOUT_S: the episode then starts anyway and says what it finds)."""
+        mon = self.listener
+        n0 = len(mon.snapshot().commands)
+        mon.call_trigger("safety_filter/resync")
+        home = np.asarray(self.sim_params.home_position, dtype=np.float64)
+        twist = self.sim_params.command_type == "geometry_msgs/Twist"  # commands are velocities, not poses
+        deadline = time.monotonic() + RESYNC_TIMEOUT_S
+        while time.monotonic() < deadline:
+            r = mon.snapshot()
+            if r.safety is not None and r.safety.estop_latched:
+                mon.reset_estop()
+            elif any(twist or (c.shape == home.shape and float(np.abs(c - home).max()) < HOME_TOLERANCE_RAD)
+                     for c in r.commands[n0:]):
+                return
+            self.launcher.wait(0.05)  # raises NodeDied
+
     def run_episode(self, timeout_s: float, success_hold_s: float = 0.3, seed: int | None = None) -> EpisodeResult:
         """Reset the scene (with ``seed``, else the next one in sequence) and run one episode;
         returns its result."""
@@ -108,13 +133,11 @@ class Evaluation:
             ok, why = mon.set_parameter("sim_robot", "seed", int(seed))
             if not ok:
                 raise RuntimeError(f"sim_robot refused seed {seed}: {why}")
-        r0 = mon.snapshot()
-        if r0.safety is not None and r0.safety.estop_latched:
-            mon.reset_estop()
         ok, message = mon.call_trigger("sim_robot/reset")
         if not ok:
             raise RuntimeError(f"sim_robot/reset failed: {message}")
         mon.call_trigger("action_buffer/reset")
+        self._start_at_home()
         t0, wall0 = time.monotonic(), time.time()
         r0 = mon.snapshot()
         success_since: float | None = None

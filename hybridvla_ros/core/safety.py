@@ -275,6 +275,7 @@ class SafetyFilter:
             "measured_rejected": 0,
             "estop_trips": 0,
             "estop_resets": 0,
+            "resyncs": 0,
             "watchdog_trips": 0,
             "stream_stops": 0,
             "resumes_from_rest": 0,
@@ -336,6 +337,11 @@ class SafetyFilter:
         return self._late_s
 
     @property
+    def last_sent_s(self) -> float | None:
+        """now_s of the last command sent (None before the first)."""
+        return self._last_sent_s
+
+    @property
     def resume_after_s(self) -> float:
         """Silence after which the next command starts from rest at the measured position."""
         return self._resume_s
@@ -379,7 +385,7 @@ class SafetyFilter:
     def stats(self) -> dict[str, int]:
         """A copy of the counters: commands (results carrying a command: the commands sent),
         modified (at most one per command), one per LIMIT_NAMES entry (results that hit it),
-        holds, rejected (bad actions), measured_rejected, estop_trips, estop_resets,
+        holds, rejected (bad actions), measured_rejected, estop_trips, estop_resets, resyncs,
         watchdog_trips, stream_stops (times tick() started braking a stream that went silent
         while moving), resumes_from_rest (commands after a silence > resume_after_s that found
         the last command moving: the stream stalled and the robot stopped meanwhile)."""
@@ -455,6 +461,19 @@ class SafetyFilter:
         self._rest()  # resume from rest at q_prev
         self._stats["estop_resets"] += 1
         return True, "e-stop cleared"
+
+    def resync_to_measured(self) -> tuple[bool, str]:
+        """The robot was moved by something else (a simulator's reset, hand guiding, another
+        controller): start again from rest at the last measured position instead of the last
+        command, which the next command would otherwise drive it back to. An e-stop stays
+        latched (its hold is then where the robot stands). Returns (done, reason)."""
+        if self._last_measured is None:
+            return False, "no joint state measured yet"
+        self._inside = False  # _set_q looks again
+        self._set_q(self._last_measured.copy())
+        self._rest()
+        self._stats["resyncs"] += 1
+        return True, "starting again from rest at the measured position"
 
     # ---------------------------------------------------------------- outputs
     def _rest(self) -> None:

@@ -8,7 +8,10 @@ the embodiment's controller. The limits hold against the time since the last com
 again from rest at the last command). A timer four times per period lets the filter brake
 to rest within the acceleration limit when no command went out for 1.25 periods (inputs
 silent, buffer dry, upstream node dead), then hold the rest point after the watchdog.
-``~/reset_estop`` (std_srvs/Trigger) clears a latched e-stop. Counters go on
+``~/reset_estop`` (std_srvs/Trigger) clears a latched e-stop; ``~/resync`` (std_srvs/Trigger)
+says the robot was moved by something else (a simulator's reset, hand guiding): the filter
+starts again from rest at the first joint state stamped after the call, not at its last
+command, which the next command would otherwise drive the robot back to. Counters go on
 ``safety_filter/status`` every period and on /diagnostics once a second.
 
 ``trajectory_points`` > 1 (JointTrajectory controllers): each command carries the checked
@@ -99,6 +102,10 @@ class SafetyFilterNode(Node):
         # The handoff node tightens the velocity limit in its conservative mode.
         self.create_subscription(Float64, "handoff/velocity_scale", self._on_velocity_scale, QoSProfile(depth=5))
         self.create_service(Trigger, "~/reset_estop", self._on_reset)
+        # The robot was moved by something else (a simulator reset): start again from rest where
+        # the first joint state stamped after the call measures it.
+        self.create_service(Trigger, "~/resync", self._on_resync)
+        self._resync_after_s: float | None = None
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
         # The filter decides when a timer command is due (never a second one within a period);
         # ticking four times per period starts braking within a quarter period of the deadline.
@@ -143,8 +150,13 @@ class SafetyFilterNode(Node):
         except JointSelectionError as exc:
             self.get_logger().warning(f"joint_states ignored: {exc}", throttle_duration_sec=5.0)
             return
+        stamp = stamp_to_s(msg.header.stamp)
         with self._lock:
-            self.filter.update_measured(positions, stamp_to_s(msg.header.stamp))
+            self.filter.update_measured(positions, stamp)
+            if self._resync_after_s is not None and stamp >= self._resync_after_s:
+                self._resync_after_s = None
+                done, why = self.filter.resync_to_measured()
+                self.get_logger().info(f"resync: {why}")
 
     def _on_wrench(self, msg: WrenchStamped) -> None:
         f, t = msg.wrench.force, msg.wrench.torque
@@ -203,6 +215,12 @@ class SafetyFilterNode(Node):
             self.get_logger().warning(f"preview ignored (the points brake to rest instead): {exc}",
                                       throttle_duration_sec=5.0)
             return np.zeros((0, p.action_dim))
+
+    def _on_resync(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            self._resync_after_s = now_s(self)
+        res.success, res.message = True, "starting again from rest at the next joint state measured"
+        return res
 
     def _on_reset(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         with self._lock:

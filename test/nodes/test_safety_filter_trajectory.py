@@ -196,3 +196,37 @@ def test_thread_timing_sends_one_command_per_period_and_bridges_late_actions_wit
     # feeder stalled past the plan (a loaded machine).
     assert rig.counter("stream_stops") - stops <= 3, ros.logs()
     assert "timing thread" in ros.logs()
+
+
+def test_resync_holds_where_the_robot_was_moved_not_where_it_was_commanded(ros) -> None:
+    """A simulator's reset (or hand guiding) moves the robot: the watchdog holds the last
+    command, which would drive the robot back; after ~/resync the filter holds the position
+    measured by the next joint state, and motion starts from rest there."""
+    from std_srvs.srv import Trigger
+
+    rig = Rig(ros)
+    home, dt = rig.home.copy(), rig.p.control_period_s
+    rig.settle()
+    moved = home.copy()
+    moved[0] += 0.2
+    for k in range(1, 60):  # stream joint 0 to home + 0.2 rad
+        target = home.copy()
+        target[0] += min(0.2, 0.5 * dt * k)
+        rig.feed(target)
+    rig.home = moved  # the robot got there
+    assert ros.spin_until(lambda: rig.feed(None) is None and "watchdog" in rig.statuses[-1].limits_hit, 10.0)
+    assert abs(rig.firsts()[-1][0] - moved[0]) < 1e-6
+    rig.home = home  # the robot is put back home behind the filter's back
+    rig.msgs.clear()
+    for _ in range(10):
+        rig.feed(None)
+    assert abs(rig.firsts()[-1][0] - moved[0]) < 1e-6, "without a resync the hold drives it back"
+    client = rig.n.create_client(Trigger, "safety_filter/resync")
+    assert client.wait_for_service(timeout_sec=10.0)
+    future = client.call_async(Trigger.Request())
+    assert ros.spin_until(lambda: rig.feed(None) is None and future.done(), 10.0) and future.result().success
+    rig.msgs.clear()
+    assert ros.spin_until(lambda: rig.feed(None) is None and len(rig.msgs) >= 3, 10.0)
+    np.testing.assert_allclose(rig.firsts()[-1], home, atol=1e-9)
+    assert rig.counter("resyncs") == 1
+    assert "resync: starting again from rest at the measured position" in ros.logs()

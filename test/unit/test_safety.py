@@ -407,6 +407,31 @@ def test_force_spike_latches_estop_until_reset(dim: int) -> None:
     assert filt.stats["estop_trips"] == 1 and filt.stats["estop_resets"] == 1
 
 
+def test_resync_starts_again_from_rest_where_the_robot_was_moved() -> None:
+    """A simulator's reset moves the robot home behind the filter's back: without a resync the
+    next commands drive it back to the last command; after one they start from rest where it
+    is measured, within the limits, and an e-stop holds there instead of at the old point."""
+    dim = 3
+    filt = make_filter(dim)
+    assert make_filter(dim).resync_to_measured()[0]  # seeded: a no-op that still works
+    assert SafetyFilter(make_limits(dim), DT_S).resync_to_measured() == (False, "no joint state measured yet")
+    for k in range(30):
+        last = filt.filter(np.full(dim, 0.8), k * DT_S).command
+    home = np.full(dim, -0.3)
+    filt.update_measured(home, 30 * DT_S)  # moved home by something else
+    held = filt.filter(last, 31 * DT_S).command
+    np.testing.assert_allclose(held, last, atol=filt.limits.max_velocity.max() * DT_S)  # still at the old point
+    assert filt.resync_to_measured() == (True, "starting again from rest at the measured position")
+    res = filt.filter(np.full(dim, 0.8), 32 * DT_S)
+    reach = filt.limits.max_acceleration * DT_S**2
+    assert (np.abs(res.command - home) <= reach * (1 + REL_TOL)).all(), "from rest, at home"
+    assert filt.update_wrench(np.array([0.0, 0.0, 80.0]), np.zeros(3), 33 * DT_S)
+    filt.update_measured(np.full(dim, 0.1), 33 * DT_S)
+    assert filt.resync_to_measured()[0] and filt.estop_latched, "a resync never clears an e-stop"
+    np.testing.assert_array_equal(filt.filter(np.full(dim, 0.8), 34 * DT_S).command, np.full(dim, 0.1))
+    assert filt.stats["resyncs"] == 2
+
+
 def test_torque_spike_and_broken_sensor_latch_too() -> None:
     filt = make_filter(3)
     assert filt.update_wrench(np.zeros(3), np.array([0.0, 11.0, 0.0]), 0.0)
