@@ -43,7 +43,6 @@ EXPERT_CHUNK_RATE_HZ = 25.0
 EXPERT_RECOMPUTE_EVERY = 2
 STALE_SUCCESS_S = 0.3  # ignore task_success heard this soon after a reset (a message from the last episode)
 RESYNC_TIMEOUT_S = 5.0  # the longest wait for the safety filter's first command at home after a reset
-HOME_TOLERANCE_RAD = 0.05  # a command this close to home_position on every joint is "at home"
 
 
 class Evaluation:
@@ -108,21 +107,19 @@ class Evaluation:
         command was (which it would drive the robot back to: onto the last episode's cube after an
         e-stop there, so one e-stop cost two episodes): ``safety_filter/resync`` makes the filter
         start again from rest at the measured position, and an e-stop latched before is reset once
-        a fresh wrench at home is safe. Waits for the filter's first command at home (readiness,
-        bounded by RESYNC_TIMEOUT_S: the episode then starts anyway and says what it finds)."""
+        a fresh wrench at home is safe. Waits until the filter's status counts the resync
+        (readiness, bounded by RESYNC_TIMEOUT_S: the episode then starts anyway and says what it
+        finds); never resets an e-stop after that."""
         mon = self.listener
-        n0 = len(mon.snapshot().commands)
-        mon.call_trigger("safety_filter/resync")
-        home = np.asarray(self.sim_params.home_position, dtype=np.float64)
-        twist = self.sim_params.command_type == "geometry_msgs/Twist"  # commands are velocities, not poses
+        r0 = mon.snapshot()
+        before = int(r0.safety.resyncs) if r0.safety is not None else 0
+        ok, _ = mon.call_trigger("safety_filter/resync")
         deadline = time.monotonic() + RESYNC_TIMEOUT_S
-        while time.monotonic() < deadline:
+        while ok and time.monotonic() < deadline:
             r = mon.snapshot()
-            if r.safety is not None and r.safety.estop_latched:
-                mon.reset_estop()
-            elif any(twist or (c.shape == home.shape and float(np.abs(c - home).max()) < HOME_TOLERANCE_RAD)
-                     for c in r.commands[n0:]):
-                return
+            if r.safety is not None and int(r.safety.resyncs) > before:
+                if not r.safety.estop_latched or mon.reset_estop()[0]:
+                    return
             self.launcher.wait(0.05)  # raises NodeDied
 
     def run_episode(self, timeout_s: float, success_hold_s: float = 0.3, seed: int | None = None) -> EpisodeResult:

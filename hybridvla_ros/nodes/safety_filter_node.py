@@ -425,6 +425,7 @@ class SafetyFilterNode(Node):
         status.commands_modified = int(stats.get("modified", 0))
         status.estop_trips = self.estop_trips
         status.watchdog_holds = self.watchdog_holds
+        status.resyncs = int(stats.get("resyncs", 0))
         status.last_force_n = self._last_force_n
         status.last_torque_nm = self._last_torque_nm
         return status

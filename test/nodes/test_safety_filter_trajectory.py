@@ -229,4 +229,5 @@ def test_resync_holds_where_the_robot_was_moved_not_where_it_was_commanded(ros) 
     assert ros.spin_until(lambda: rig.feed(None) is None and len(rig.msgs) >= 3, 10.0)
     np.testing.assert_allclose(rig.firsts()[-1], home, atol=1e-9)
     assert rig.counter("resyncs") == 1
+    assert rig.statuses[-1].resyncs == 1  # what hybridvla eval waits for after a reset
     assert "resync: starting again from rest at the measured position" in ros.logs()
