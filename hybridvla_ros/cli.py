@@ -124,12 +124,9 @@ def _cmd_export_demos(args: argparse.Namespace) -> int:
     try:
         demos = load_demonstrations(args.demos)
         params = load_embodiment(args.config_dir, str(demos["embodiment"]))
-    except FileNotFoundError as exc:
-        print(f"hybridvla export-demos: error: {exc}", file=sys.stderr)
-        return 2
     except (ValueError, OSError) as exc:
         print(f"hybridvla export-demos: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, FileNotFoundError) else 1
     cmd = [python, "-m", "hybridvla_ros.lerobot_demos", "write", "--demos", args.demos, "--out", args.out,
            "--joint-names", *params.joint_names, "--state-names", *params.state_joints, "--repo-id", args.repo_id,
            "--camera", args.camera]

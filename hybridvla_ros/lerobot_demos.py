@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -45,24 +43,16 @@ from typing import Any
 import numpy as np
 
 try:
-    from hybridvla_ros.lerobot_export import ExportError, _out_paths
+    from hybridvla_ros import lerobot_export as common
 except ImportError:  # run as a file with the repository not on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from hybridvla_ros.lerobot_export import ExportError, _out_paths
+    from hybridvla_ros import lerobot_export as common
+ExportError = common.ExportError
 
 PROG = "hybridvla_ros.lerobot_demos"
 DEFAULT_REPO_ID = "local/demos"
-DEFAULT_CAMERA = "front"
-STATE, ACTION, IMAGES_PREFIX = "observation.state", "action", "observation.images."
-
-
-def _import_lerobot_dataset() -> Any:
-    try:
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    except ImportError as exc:
-        raise ExportError(f"LeRobot's dataset code cannot be imported ({exc}); run this with .venv-lerobot's "
-                          "python (scripts/setup_lerobot.sh installs lerobot with its dataset extra)") from exc
-    return LeRobotDataset
+DEFAULT_CAMERA, STATE, ACTION = common.DEFAULT_CAMERA, common.STATE, common.ACTION
+IMAGES_PREFIX = "observation.images."
 
 
 # ---------------------------------------------------------------- write: our demonstrations -> dataset
@@ -84,8 +74,7 @@ def write_demos(demos_path: str, out: str, joint_names: list[str], state_names: 
                 repo_id: str = DEFAULT_REPO_ID, camera: str = DEFAULT_CAMERA, use_videos: bool = False) -> str:
     """Write the demonstration set at ``demos_path`` as a LeRobotDataset v3 in the new directory ``out``;
     returns the summary line. Raises ExportError, leaving nothing at ``out`` nor beside it."""
-    if not camera or "/" in camera or "." in camera:
-        raise ExportError(f"--camera must be a plain name (it becomes observation.images.<camera>), got {camera!r}")
+    common.check_camera_name(camera)
     demos = _load_demos(demos_path)
     images, proprio, actions = demos["images"], demos["proprio"], demos["actions"]
     state = demos["state"] if "state" in demos else np.zeros((len(proprio), 0), dtype=np.float32)
@@ -101,37 +90,27 @@ def write_demos(demos_path: str, out: str, joint_names: list[str], state_names: 
                           "a LeRobotDataset's fps is an integer")
     robot_type, task = str(demos["embodiment"]), str(demos["instruction"])
     names = [*joint_names, *state_names]
-    features = {
+    features: dict[str, dict[str, Any]] = {
         f"{IMAGES_PREFIX}{camera}": {"dtype": "video" if use_videos else "image",
                                      "shape": tuple(int(s) for s in images.shape[1:]),
                                      "names": ["height", "width", "channels"]},
         STATE: {"dtype": "float32", "shape": (len(names),), "names": names},
         ACTION: {"dtype": "float32", "shape": (d,), "names": list(joint_names)},
     }
-    LeRobotDataset = _import_lerobot_dataset()
-    final, tmp = _out_paths(out)
     starts = np.flatnonzero(np.r_[True, episode[1:] != episode[:-1], True])  # episode boundaries, in order
-    try:
-        dataset = LeRobotDataset.create(repo_id, fps, features, root=tmp, robot_type=robot_type,
-                                        use_videos=use_videos)
-        try:
-            for a, b in zip(starts[:-1], starts[1:]):
-                for i in range(a, b):
-                    dataset.add_frame({
-                        f"{IMAGES_PREFIX}{camera}": np.ascontiguousarray(images[i], dtype=np.uint8),
-                        STATE: np.concatenate([proprio[i], state[i]]).astype(np.float32),
-                        ACTION: actions[i, 0].astype(np.float32),
-                        "task": task,
-                    })
-                dataset.save_episode()
-        finally:
-            dataset.finalize()
-        os.rename(tmp, final)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise ExportError(f"writing the dataset under {str(final.parent)!r} failed: {exc}") from exc
-        raise
+
+    def fill(dataset: Any) -> None:
+        for a, b in zip(starts[:-1], starts[1:]):
+            for i in range(a, b):
+                dataset.add_frame({
+                    f"{IMAGES_PREFIX}{camera}": np.ascontiguousarray(images[i], dtype=np.uint8),
+                    STATE: np.concatenate([proprio[i], state[i]]).astype(np.float32),
+                    ACTION: actions[i, 0].astype(np.float32),
+                    "task": task,
+                })
+            dataset.save_episode()
+
+    final = common.write_dataset(out, repo_id, fps, features, robot_type, use_videos, fill)
     return (f"wrote {n} frames in {len(starts) - 1} episodes to {final} (LeRobotDataset v3, repo_id {repo_id}, "
             f"robot_type {robot_type}, {fps} fps, images {'AV1 video' if use_videos else 'PNG in parquet'})")
 
@@ -153,7 +132,7 @@ def read_dataset(dataset_dir: str, out: str, image_size: int, camera: str | None
     root = Path(dataset_dir).expanduser().absolute()
     if not (root / "meta" / "info.json").is_file():
         raise ExportError(f"no LeRobotDataset at {str(root)!r} (meta/info.json is missing)", code=2)
-    LeRobotDataset = _import_lerobot_dataset()
+    LeRobotDataset = common.import_lerobot_dataset()
     try:
         ds = LeRobotDataset(repo_id, root=root)
     except Exception as exc:  # noqa: BLE001 - LeRobot raises many kinds for a broken dataset
@@ -232,9 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; 0 on success, 2 for a missing input, 1 for any other error (one line on stderr)."""
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local dataset: nothing is fetched or pushed
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)  # see lerobot_export.main
+    common.prepare_lerobot_process()
     try:
         if args.command == "write":
             line = write_demos(args.demos, args.out, args.joint_names, args.state_names, args.repo_id, args.camera,

@@ -61,7 +61,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +255,54 @@ def _out_paths(out: str) -> tuple[Path, Path]:
     return final, parent / f".{final.name}.partial-{os.getpid()}"
 
 
+def check_camera_name(camera: str) -> None:
+    """Raise ExportError unless ``camera`` can name an ``observation.images.<camera>`` feature."""
+    if not camera or "/" in camera or "." in camera:
+        raise ExportError(f"--camera must be a plain name (it becomes observation.images.<camera>), got {camera!r}")
+
+
+def import_lerobot_dataset() -> Any:
+    """LeRobot's ``LeRobotDataset`` class; ExportError when LeRobot's dataset code is not installed here."""
+    try:
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    except ImportError as exc:
+        raise ExportError(f"LeRobot's dataset code cannot be imported ({exc}); run this with .venv-lerobot's "
+                          "python (scripts/setup_lerobot.sh installs lerobot with its dataset extra)") from exc
+    return LeRobotDataset
+
+
+def write_dataset(out: str, repo_id: str, fps: int, features: dict[str, dict[str, Any]], robot_type: str,
+                  use_videos: bool, fill: Callable[[Any], None]) -> Path:
+    """Create a LeRobotDataset v3 in a temporary directory beside the new directory ``out``, let ``fill`` add
+    its frames and episodes, finalize it (mandatory) and rename it into place; returns ``out`` as an absolute
+    path. Raises ExportError (nothing left at ``out`` nor beside it)."""
+    final, tmp = _out_paths(out)
+    LeRobotDataset = import_lerobot_dataset()
+    try:
+        dataset = LeRobotDataset.create(repo_id, fps, features, root=tmp, robot_type=robot_type,
+                                        use_videos=use_videos)
+        try:
+            fill(dataset)
+        finally:
+            dataset.finalize()
+        os.rename(tmp, final)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise ExportError(f"writing the dataset under {str(final.parent)!r} failed: {exc}") from exc
+        raise
+    return final
+
+
+def prepare_lerobot_process() -> None:
+    """Settings for a process that reads or writes local datasets with LeRobot's code."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local dataset: nothing is fetched or pushed
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    # Without a system FFmpeg, torchcodec (from lerobot's dataset extra) fails to load and LeRobot logs a long
+    # traceback before falling back to PyAV, which writes and decodes what we need.
+    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
+
+
 def export_lerobot(store_path: str, out: str, repo_id: str = DEFAULT_REPO_ID, fps: int | None = None,
                    camera: str = DEFAULT_CAMERA, use_videos: bool = False) -> Summary:
     """Write the corrections of the store at ``store_path`` as a LeRobotDataset v3 in the new directory
@@ -262,8 +310,7 @@ def export_lerobot(store_path: str, out: str, repo_id: str = DEFAULT_REPO_ID, fp
     leaving nothing at ``out`` nor beside it."""
     if fps is not None and fps < 1:
         raise ExportError(f"--fps must be a positive integer, got {fps}")
-    if not camera or "/" in camera or "." in camera:
-        raise ExportError(f"--camera must be a plain name (it becomes observation.images.<camera>), got {camera!r}")
+    check_camera_name(camera)
     if not os.path.isfile(store_path):
         raise ExportError(f"no correction store at {store_path!r}", code=2)
     try:
@@ -276,34 +323,22 @@ def export_lerobot(store_path: str, out: str, repo_id: str = DEFAULT_REPO_ID, fp
     layout = check_layout(records)
     episodes = group_episodes(records)
     rate = fps if fps is not None else estimate_fps(episodes)
-    final, tmp = _out_paths(out)
-    try:
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    except ImportError as exc:
-        raise ExportError(f"LeRobot's dataset code cannot be imported ({exc}); run this with .venv-lerobot's "
-                          "python (scripts/setup_lerobot.sh installs lerobot with its dataset extra)") from exc
     frames = repeated = dropped = 0
-    try:
-        dataset = LeRobotDataset.create(repo_id, rate, dataset_features(layout, camera, use_videos), root=tmp,
-                                        robot_type=layout.embodiment, use_videos=use_videos)
-        try:
-            for ep in episodes:
-                picks = resample_indices(ep.stamps, rate)
-                used = np.unique(picks)
-                repeated += int(picks.size - used.size)
-                dropped += int(len(ep.records) - used.size)
-                for i in picks:
-                    dataset.add_frame(frame_of(ep.records[int(i)], camera, layout.action_dim))
-                dataset.save_episode()
-                frames += int(picks.size)
-        finally:
-            dataset.finalize()
-        os.rename(tmp, final)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise ExportError(f"writing the dataset under {str(final.parent)!r} failed: {exc}") from exc
-        raise
+
+    def fill(dataset: Any) -> None:
+        nonlocal frames, repeated, dropped
+        for ep in episodes:
+            picks = resample_indices(ep.stamps, rate)
+            used = np.unique(picks)
+            repeated += int(picks.size - used.size)
+            dropped += int(len(ep.records) - used.size)
+            for i in picks:
+                dataset.add_frame(frame_of(ep.records[int(i)], camera, layout.action_dim))
+            dataset.save_episode()
+            frames += int(picks.size)
+
+    write_dataset(out, repo_id, rate, dataset_features(layout, camera, use_videos), layout.embodiment, use_videos,
+                  fill)
     return Summary(len(records), len(episodes), frames, repeated, dropped, rate, layout.embodiment, use_videos)
 
 
@@ -323,11 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; 0 on success, 2 for a missing store, 1 for any other error (one line on stderr)."""
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local dataset: nothing is fetched or pushed
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    # Without a system FFmpeg, torchcodec (from lerobot's dataset extra) fails to load and LeRobot logs a long
-    # traceback before falling back to PyAV, which is all this export needs (it decodes nothing).
-    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
+    prepare_lerobot_process()
     try:
         summary = export_lerobot(args.store, args.out, args.repo_id, args.fps, args.camera, args.video)
     except ExportError as exc:

@@ -337,11 +337,6 @@ class SafetyFilter:
         return self._late_s
 
     @property
-    def last_sent_s(self) -> float | None:
-        """now_s of the last command sent (None before the first)."""
-        return self._last_sent_s
-
-    @property
     def resume_after_s(self) -> float:
         """Silence after which the next command starts from rest at the measured position."""
         return self._resume_s
