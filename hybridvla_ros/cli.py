@@ -18,6 +18,7 @@
     hybridvla export-corrections --store runs/corrections/franka.sqlite --format lerobot --out runs/corrections/lerobot
     hybridvla export-demos --demos runs/demos/franka_....npz --out runs/demos/franka_lerobot  # for lerobot-train
     hybridvla train --embodiments franka --dataset DIR      # from a LeRobotDataset v3 (a user's recordings)
+    hybridvla record --embodiment franka --root DIR         # teleop demonstrations from the topics -> DIR/lerobot
 """
 from __future__ import annotations
 
@@ -222,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(see hybridvla bench-timing --help)", add_help=False)
     sub.add_parser("bench-model", help="fp32 / int8 / bf16 / ONNX Runtime inference side by side "
                    "(see hybridvla bench-model --help)", add_help=False)
+    sub.add_parser("record", help="record teleoperated demonstrations from the robot's topics into a "
+                                  "LeRobotDataset v3 (see hybridvla record --help)", add_help=False)
     sub.add_parser("bench-precision", help="TCP error at 1 mm tolerance: 64-bin token chunks vs flow-refined "
                    "(see hybridvla bench-precision --help)", add_help=False)
 
@@ -296,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "bench-timing":
         from hybridvla_ros import bench_timing
         return bench_timing.main(argv[1:])
+    if argv and argv[0] == "record":
+        from hybridvla_ros import record
+        return record.main(argv[1:])
     if argv and argv[0] == "bench-precision":
         from hybridvla_ros.model import bench_precision
         return bench_precision.main(argv[1:])

@@ -50,7 +50,12 @@ GRAPH_NODES: tuple[GraphNode, ...] = (
 
 NODE_NAMES: tuple[str, ...] = tuple(node.name for node in GRAPH_NODES)
 
+# Nodes a ``hybridvla`` command starts on its own, beside a running graph (not launched with it).
+TOOL_NODES: tuple[GraphNode, ...] = (
+    GraphNode("demo_recorder"),  # hybridvla record: teleoperated demonstrations -> LeRobotDataset
+)
+
 
 def console_scripts() -> list[str]:
     """setuptools ``console_scripts`` entries, one per node: ``sync_node = hybridvla_ros.nodes.sync_node:main``."""
-    return [f"{node.executable} = {node.module}:main" for node in GRAPH_NODES]
+    return [f"{node.executable} = {node.module}:main" for node in (*GRAPH_NODES, *TOOL_NODES)]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -113,6 +114,74 @@ def write_demos(demos_path: str, out: str, joint_names: list[str], state_names: 
     final = common.write_dataset(out, repo_id, fps, features, robot_type, use_videos, fill)
     return (f"wrote {n} frames in {len(starts) - 1} episodes to {final} (LeRobotDataset v3, repo_id {repo_id}, "
             f"robot_type {robot_type}, {fps} fps, images {'AV1 video' if use_videos else 'PNG in parquet'})")
+
+
+# ---------------------------------------------------------------- recording: recorded episodes -> dataset
+RECORDING_DATASET = "lerobot"
+
+
+def write_recording(root: str, repo_id: str = "local/recording", use_videos: bool = False) -> str:
+    """Write every finished episode recorded under ``root`` (:mod:`hybridvla_ros.core.recording`) as one
+    LeRobotDataset v3 at ``<root>/lerobot``, replacing the one an earlier conversion wrote; returns the summary
+    line. The recorded episodes are the durable copy: the dataset is rebuilt from all of them in a temporary
+    directory and swapped in only once finalized, so an interrupted conversion leaves the earlier dataset (or
+    none) and every episode. Raises ExportError for no episodes or episodes that disagree."""
+    from hybridvla_ros.core.recording import RecordingError, finished_episodes, read_episode
+    base = Path(root).expanduser().absolute()
+    paths = finished_episodes(base)
+    if not paths:
+        raise ExportError(f"no finished episodes under {str(base / 'episodes')!r}; record some first", code=2)
+    try:
+        episodes = [read_episode(p) for p in paths]
+    except RecordingError as exc:
+        raise ExportError(str(exc)) from exc
+    keys = ("embodiment", "fps", "action_names", "state_names", "cameras", "image_shapes")
+    first = episodes[0].meta
+    for ep in episodes[1:]:
+        diff = [k for k in keys if ep.meta[k] != first[k]]
+        if diff:
+            raise ExportError(f"episode {ep.index} differs from episode {episodes[0].index} in {diff}; one dataset "
+                              "holds one layout (record different setups under different roots)")
+    features: dict[str, dict[str, Any]] = {
+        f"{IMAGES_PREFIX}{cam}": {"dtype": "video" if use_videos else "image",
+                                  "shape": tuple(first["image_shapes"][cam]), "names": ["height", "width", "channels"]}
+        for cam in first["cameras"]}
+    features.update({
+        STATE: {"dtype": "float32", "shape": (len(first["state_names"]),), "names": list(first["state_names"])},
+        ACTION: {"dtype": "float32", "shape": (len(first["action_names"]),), "names": list(first["action_names"])},
+        "next.done": {"dtype": "bool", "shape": (1,), "names": None},
+        "next.success": {"dtype": "bool", "shape": (1,), "names": None},
+        "ros_stamp_ns": {"dtype": "int64", "shape": (1,), "names": None},
+    })
+
+    def fill(dataset: Any) -> None:
+        for ep in episodes:
+            n = len(ep)
+            for i in range(n):
+                last = i == n - 1
+                frame = {f"{IMAGES_PREFIX}{cam}": np.ascontiguousarray(ep.images[cam][i]) for cam in ep.images}
+                frame.update({STATE: ep.state[i], ACTION: ep.action[i], "next.done": np.array([last]),
+                              "next.success": np.array([last and ep.success]),
+                              "ros_stamp_ns": np.array([ep.stamp_ns[i]], dtype=np.int64), "task": ep.task[i]})
+                dataset.add_frame(frame)
+            dataset.save_episode()
+
+    out = base / RECORDING_DATASET
+    staged = base / f".{RECORDING_DATASET}.next"
+    old = base / f".{RECORDING_DATASET}.old"
+    for leftover in (staged, old):  # from a conversion that was interrupted
+        shutil.rmtree(leftover, ignore_errors=True)
+    common.write_dataset(str(staged), repo_id, int(first["fps"]), features, str(first["embodiment"]), use_videos,
+                         fill)
+    if out.exists():
+        os.rename(out, old)
+    os.rename(staged, out)
+    shutil.rmtree(old, ignore_errors=True)
+    frames = sum(len(ep) for ep in episodes)
+    wins = sum(ep.success for ep in episodes)
+    return (f"wrote {frames} frames in {len(episodes)} episodes ({wins} successful) to {out} (LeRobotDataset v3, "
+            f"repo_id {repo_id}, robot_type {first['embodiment']}, {first['fps']} fps, cameras {first['cameras']}, "
+            f"images {'AV1 video' if use_videos else 'PNG in parquet'})")
 
 
 # ---------------------------------------------------------------- read: any dataset -> frames
@@ -200,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--repo-id", default=DEFAULT_REPO_ID, help="the dataset's repo_id (nothing is pushed)")
     w.add_argument("--camera", default=DEFAULT_CAMERA, help="the image feature is observation.images.<camera>")
     w.add_argument("--video", action="store_true", help="AV1 video (PyAV) instead of lossless PNG in parquet")
+    c = sub.add_parser("recording", help="episodes recorded by hybridvla record -> <root>/lerobot")
+    c.add_argument("--root", required=True, help="the recording directory (hybridvla record --root)")
+    c.add_argument("--repo-id", default="local/recording", help="the dataset's repo_id (nothing is pushed)")
+    c.add_argument("--video", action="store_true", help="AV1 video (PyAV) instead of lossless PNG in parquet")
     r = sub.add_parser("read", help="a LeRobotDataset v3 -> frames (.npz)")
     r.add_argument("--dataset", required=True, help="the dataset's root directory")
     r.add_argument("--out", required=True, help="the frames file to write (.npz)")
@@ -216,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "write":
             line = write_demos(args.demos, args.out, args.joint_names, args.state_names, args.repo_id, args.camera,
                                args.video)
+        elif args.command == "recording":
+            line = write_recording(args.root, args.repo_id, args.video)
         else:
             line = read_dataset(args.dataset, args.out, args.image_size, args.camera)
     except ExportError as exc:

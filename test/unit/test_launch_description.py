@@ -94,7 +94,7 @@ def test_one_node_list_for_setup_launch_schemas_and_node_modules(monkeypatch) ->
 
     import setuptools
 
-    from hybridvla_ros.graph_nodes import GRAPH_NODES, NODE_NAMES
+    from hybridvla_ros.graph_nodes import GRAPH_NODES, NODE_NAMES, TOOL_NODES
     from hybridvla_ros.params.registry import NODE_SCHEMAS
 
     root = pathlib.Path(__file__).resolve().parents[2]
@@ -108,11 +108,12 @@ def test_one_node_list_for_setup_launch_schemas_and_node_modules(monkeypatch) ->
     runpy.run_path(str(root / "setup.py"), run_name="__main__")
     scripts = dict(line.replace(" ", "").split("=") for line in captured["entry_points"]["console_scripts"])
     assert scripts.pop("hybridvla") == "hybridvla_ros.cli:main"
-    assert scripts == {f"{n}_node": f"hybridvla_ros.nodes.{n}_node:main" for n in NODE_NAMES}
+    names = [*NODE_NAMES, *(n.name for n in TOOL_NODES)]
+    assert scripts == {f"{n}_node": f"hybridvla_ros.nodes.{n}_node:main" for n in names}
 
     node_files = {p.stem for p in (root / "hybridvla_ros" / "nodes").glob("*_node.py")}
-    assert node_files == {n.executable for n in GRAPH_NODES}, "a node module without an entry (or the reverse)"
-    for node in GRAPH_NODES:
+    assert node_files == {n.executable for n in (*GRAPH_NODES, *TOOL_NODES)}, "a node module without an entry"
+    for node in (*GRAPH_NODES, *TOOL_NODES):
         text = (root / "hybridvla_ros" / "nodes" / f"{node.executable}.py").read_text()
         assert "\ndef main(" in text, f"{node.executable} has no main()"
 
