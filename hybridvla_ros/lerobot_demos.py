@@ -8,6 +8,7 @@ Runs INSIDE the LeRobot environment made by ``scripts/setup_lerobot.sh`` (Python
         --joint-names J1 .. --state-names S1 .. [--repo-id local/demos] [--camera front] [--video]
     .venv-lerobot/bin/python -m hybridvla_ros.lerobot_demos read --dataset DIR --out FILE.npz
         --image-size S [--camera NAME]
+    .venv-lerobot/bin/python -m hybridvla_ros.lerobot_demos recording --root DIR [--repo-id ID] [--video]
 
 ``write``: a demonstration set as :mod:`hybridvla_ros.sim.demos` saves it (our scripted experts' recordings)
 becomes a dataset ``lerobot-train`` trains on: an episode per recorded episode, ``fps`` = the recording's
@@ -16,6 +17,9 @@ control rate, ``robot_type`` = its embodiment, ``task`` = its instruction;
 ``observation.state`` the measured joints then the state joints (named), ``action`` what the expert
 commanded at that step (``actions[:, 0]``, named by the joints). The dataset is written to a temporary
 directory beside ``--out`` and renamed into place once finalized.
+
+``recording``: the episodes ``hybridvla record`` committed under ``<root>/episodes`` become the dataset
+``<root>/lerobot`` (:func:`write_recording`), rebuilt from all of them and swapped in.
 
 ``read``: any LeRobotDataset v3 on disk (``LeRobotDataset(repo_id, root=DIR)``, nothing fetched) becomes one
 ``.npz`` of frames in dataset order for the ROS environment, where
@@ -159,7 +163,8 @@ def write_recording(root: str, repo_id: str = "local/recording", use_videos: boo
             n = len(ep)
             for i in range(n):
                 last = i == n - 1
-                frame = {f"{IMAGES_PREFIX}{cam}": np.ascontiguousarray(ep.images[cam][i]) for cam in ep.images}
+                frame: dict[str, Any] = {f"{IMAGES_PREFIX}{cam}": np.ascontiguousarray(ep.images[cam][i])
+                                         for cam in ep.images}
                 frame.update({STATE: ep.state[i], ACTION: ep.action[i], "next.done": np.array([last]),
                               "next.success": np.array([last and ep.success]),
                               "ros_stamp_ns": np.array([ep.stamp_ns[i]], dtype=np.int64), "task": ep.task[i]})

@@ -56,7 +56,7 @@ MAX_TASK_CHARS = 2000
 
 
 class DemoRecorderNode(Node):
-    """Records episodes from the robot's topics; services under ``demo_recorder/``, status on ``demo_recorder/status``."""
+    """Records episodes from the robot's topics; services under ``demo_recorder/``, status on its ``status``."""
 
     def __init__(self) -> None:
         super().__init__("demo_recorder", automatically_declare_parameters_from_overrides=True)
@@ -136,7 +136,8 @@ class DemoRecorderNode(Node):
 
     def _take_command(self, stamp: float, action: np.ndarray) -> None:
         if action.shape != (self.params.action_dim,) or not np.isfinite(action).all():
-            self._skip("bad_frame", f"command {action.round(4).tolist()} is not {self.params.action_dim} finite numbers")
+            self._skip("bad_frame", f"command {action.round(4).tolist()} is not {self.params.action_dim} finite "
+                                    "numbers")
             return
         if self._command is None or stamp >= self._command[0]:
             self._command = (stamp, action)

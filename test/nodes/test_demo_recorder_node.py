@@ -125,7 +125,8 @@ def test_episodes_are_recorded_from_the_topics_and_a_kill_loses_only_the_one_bei
     assert (root / "episodes" / "episode_000002.partial").is_dir()
     os.kill(launcher.procs["demo_recorder"].pid, signal.SIGKILL)
 
-    # The launcher restarts it: the unfinished episode is gone, the finished ones are whole, numbering goes on after them.
+    # The launcher restarts it: the unfinished episode is gone, the finished ones are whole, numbering goes on
+    # after them.
     robot.status.clear()
 
     def restarted() -> bool:
