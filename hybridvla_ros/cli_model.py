@@ -84,6 +84,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "dataset's only one)")
     p.add_argument("--task", default=None,
                    help="with --dataset: train on the episodes of this task (default: the dataset's only task)")
+    p.add_argument("--successful-only", action="store_true",
+                   help="with --dataset: only the episodes marked successful (next.success, as hybridvla record "
+                        "writes it)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     p.add_argument("--image-size", type=int, default=PolicyConfig.image_size,
                    help=f"policy image size in pixels (default: {PolicyConfig.image_size})")
@@ -150,8 +153,9 @@ def train_main(argv: list[str] | None = None) -> int:
     progress = not args.quiet
     torch.set_num_threads(args.threads)
     names = list(dict.fromkeys(args.embodiments))
-    if args.dataset is None and (args.camera is not None or args.task is not None):
-        print("hybridvla train: error: --camera and --task apply to --dataset only", file=sys.stderr)
+    if args.dataset is None and (args.camera is not None or args.task is not None or args.successful_only):
+        print("hybridvla train: error: --camera, --task and --successful-only apply to --dataset only",
+              file=sys.stderr)
         return 2
     if args.dataset is not None and (len(names) != 1 or args.dagger_rounds):
         print("hybridvla train: error: --dataset trains one robot without DAgger (no scripted expert to label its "
@@ -168,14 +172,16 @@ def train_main(argv: list[str] | None = None) -> int:
             if progress:
                 print(f"demonstrations: {params[0].embodiment} from the LeRobotDataset {args.dataset}",
                       file=sys.stderr)
-            loaded, meta = load_lerobot_demos(args.dataset, params[0], args.image_size, args.camera, args.task)
+            loaded, meta = load_lerobot_demos(args.dataset, params[0], args.image_size, args.camera, args.task,
+                                              successful_only=args.successful_only)
             demos.append(loaded)
             dataset_log = {"dataset": str(args.dataset), "camera": meta["camera"], "fps": meta["fps"],
                            "robot_type": meta["robot_type"], "frames": len(loaded[DEMO_PROPRIO]),
                            "episodes": int(len(set(loaded[DEMO_EPISODE].tolist()))),
-                           "task": loaded[DEMO_INSTRUCTION]}
+                           "task": loaded[DEMO_INSTRUCTION], "successful_only": bool(args.successful_only)}
             if progress:
-                print(f"  {dataset_log['frames']} frames in {dataset_log['episodes']} episodes, camera "
+                print(f"  {dataset_log['frames']} frames in {dataset_log['episodes']} "
+                      f"{'successful ' if args.successful_only else ''}episodes, camera "
                       f"{meta['camera']}, task {loaded[DEMO_INSTRUCTION]!r}", file=sys.stderr)
         for p in params if args.dataset is None else ():
             steps = args.steps_per_episode or default_steps_per_episode(p)

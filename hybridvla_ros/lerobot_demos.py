@@ -26,7 +26,8 @@ directory beside ``--out`` and renamed into place once finalized.
 :mod:`hybridvla_ros.model.lerobot_data` maps it onto an embodiment (joints by feature names, chunks, checks):
 ``image`` (N, S, S, 3) uint8 of one camera, resized with cv2.INTER_AREA (a square stretch of the whole image,
 as the inference node does to camera frames); ``state`` and ``action`` float32 as stored; ``episode_index``,
-``frame_index``; ``task`` (N,) str; and ``meta``, a JSON string: fps, robot_type, codebase_version, the
+``frame_index``; ``task`` (N,) str; ``success`` (N,) bool where the dataset has ``next.success``; and
+``meta``, a JSON string: fps, robot_type, codebase_version, the
 camera read, every camera, and every feature's dtype / shape / names. The camera is ``--camera`` or the
 dataset's only one. Frames are read one by one through ``LeRobotDataset.__getitem__`` (videos decoded by
 LeRobot), so reading costs what LeRobot's data loader costs.
@@ -58,6 +59,7 @@ PROG = "hybridvla_ros.lerobot_demos"
 DEFAULT_REPO_ID = "local/demos"
 DEFAULT_CAMERA, STATE, ACTION = common.DEFAULT_CAMERA, common.STATE, common.ACTION
 IMAGES_PREFIX = "observation.images."
+SUCCESS = "next.success"
 
 
 # ---------------------------------------------------------------- write: our demonstrations -> dataset
@@ -154,7 +156,7 @@ def write_recording(root: str, repo_id: str = "local/recording", use_videos: boo
         STATE: {"dtype": "float32", "shape": (len(first["state_names"]),), "names": list(first["state_names"])},
         ACTION: {"dtype": "float32", "shape": (len(first["action_names"]),), "names": list(first["action_names"])},
         "next.done": {"dtype": "bool", "shape": (1,), "names": None},
-        "next.success": {"dtype": "bool", "shape": (1,), "names": None},
+        SUCCESS: {"dtype": "bool", "shape": (1,), "names": None},
         "ros_stamp_ns": {"dtype": "int64", "shape": (1,), "names": None},
     })
 
@@ -166,7 +168,7 @@ def write_recording(root: str, repo_id: str = "local/recording", use_videos: boo
                 frame: dict[str, Any] = {f"{IMAGES_PREFIX}{cam}": np.ascontiguousarray(ep.images[cam][i])
                                          for cam in ep.images}
                 frame.update({STATE: ep.state[i], ACTION: ep.action[i], "next.done": np.array([last]),
-                              "next.success": np.array([last and ep.success]),
+                              SUCCESS: np.array([last and ep.success]),
                               "ros_stamp_ns": np.array([ep.stamp_ns[i]], dtype=np.int64), "task": ep.task[i]})
                 dataset.add_frame(frame)
             dataset.save_episode()
@@ -233,6 +235,7 @@ def read_dataset(dataset_dir: str, out: str, image_size: int, camera: str | None
     episode_index = np.zeros(n, dtype=np.int64)
     frame_index = np.zeros(n, dtype=np.int64)
     tasks = []
+    success = np.zeros(n, dtype=bool) if SUCCESS in features else None
     for i in range(n):
         f = ds[i]
         img = f[key].numpy()  # (3, H, W) float in [0, 1]
@@ -243,6 +246,8 @@ def read_dataset(dataset_dir: str, out: str, image_size: int, camera: str | None
         episode_index[i] = int(f["episode_index"])
         frame_index[i] = int(f["frame_index"])
         tasks.append(str(f["task"]))
+        if success is not None:
+            success[i] = bool(f[SUCCESS].item())
     meta = {"fps": int(ds.fps), "robot_type": info.get("robot_type"), "codebase_version": info.get("codebase_version"),
             "camera": camera, "cameras": cameras, "dataset": str(root),
             "features": {k: {"dtype": v["dtype"], "shape": list(v["shape"]), "names": v.get("names")}
@@ -251,9 +256,13 @@ def read_dataset(dataset_dir: str, out: str, image_size: int, camera: str | None
     fd, tmp = tempfile.mkstemp(prefix=".frames-", suffix=".npz.tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, image=image, state=np.stack(state) if n else np.zeros((0, 0), np.float32),
-                     action=np.stack(action) if n else np.zeros((0, 0), np.float32), episode_index=episode_index,
-                     frame_index=frame_index, task=np.array(tasks, dtype=str), meta=np.array(json.dumps(meta)))
+            arrays: dict[str, Any] = {
+                "image": image, "state": np.stack(state) if n else np.zeros((0, 0), np.float32),
+                "action": np.stack(action) if n else np.zeros((0, 0), np.float32), "episode_index": episode_index,
+                "frame_index": frame_index, "task": np.array(tasks, dtype=str), "meta": np.array(json.dumps(meta))}
+            if success is not None:
+                arrays["success"] = success
+            np.savez(fh, **arrays)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

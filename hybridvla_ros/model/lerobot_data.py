@@ -81,10 +81,13 @@ def _pick(values: np.ndarray, names: list[str] | None, wanted: Sequence[str], ke
     return values[:, [names.index(w) for w in wanted]].astype(np.float32)
 
 
-def demos_from_frames(frames: Mapping[str, Any], params: Any, task: str | None = None) -> dict[str, Any]:
+def demos_from_frames(frames: Mapping[str, Any], params: Any, task: str | None = None,
+                      successful_only: bool = False) -> dict[str, Any]:
     """The demonstration set of the frames ``read`` wrote (a mapping with FRAME_KEYS, ``meta`` a JSON string or
     dict) for the embodiment ``params`` (a SimRobotParams: joint_names, state_joints, chunk_size,
-    control_period_s, embodiment); ``task``: train on that task's episodes only. Raises ValueError."""
+    control_period_s, embodiment); ``task``: train on that task's episodes only; ``successful_only``: only the
+    episodes with a ``next.success`` frame (``hybridvla record`` marks the last frame of an episode stopped as a
+    success; ``frames["success"]``, absent when the dataset has no such feature). Raises ValueError."""
     meta = frames["meta"]
     meta = json.loads(str(meta)) if not isinstance(meta, Mapping) else meta
     fps, rate = int(meta["fps"]), 1.0 / float(params.control_period_s)
@@ -114,9 +117,17 @@ def demos_from_frames(frames: Mapping[str, Any], params: Any, task: str | None =
         raise ValueError(f"the dataset holds {len(distinct)} tasks ({distinct}); training takes one instruction "
                          "per robot: choose one with --task")
     instruction = task if task is not None else distinct[0]
+    episode_index = np.asarray(frames["episode_index"], dtype=np.int64)
+    if successful_only:
+        if "success" not in frames:
+            raise ValueError("the dataset has no next.success feature, so its successful episodes are unknown "
+                             "(hybridvla record writes it; drop --successful-only to train on every episode)")
+        won = np.unique(episode_index[np.asarray(frames["success"], dtype=bool)])
+        keep &= np.isin(episode_index, won)
+        if not keep.any():
+            raise ValueError("the dataset has no successful episode" + (f" with task {task!r}" if task else ""))
     if not (np.isfinite(action[keep]).all() and np.isfinite(observed[keep]).all()):
         raise ValueError("the dataset's state or action contains NaN or inf")
-    episode_index = np.asarray(frames["episode_index"], dtype=np.int64)
     frame_index = np.asarray(frames["frame_index"], dtype=np.int64)
     order = np.lexsort((frame_index, episode_index))
     order = order[keep[order]]
@@ -162,11 +173,12 @@ def read_lerobot_frames(dataset_dir: str, image_size: int, camera: str | None = 
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
             raise ValueError(lines[-1] if lines else f"reading {dataset_dir!r} failed (exit {proc.returncode})")
         with np.load(out, allow_pickle=False) as npz:
-            return {k: npz[k] for k in FRAME_KEYS}
+            return {k: npz[k] for k in (*FRAME_KEYS, "success") if k in npz.files}
 
 
 def load_lerobot_demos(dataset_dir: str, params: Any, image_size: int, camera: str | None = None,
-                       task: str | None = None, python: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                       task: str | None = None, python: str | None = None,
+                       successful_only: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """(demonstration set, the dataset's metadata) of the LeRobotDataset at ``dataset_dir`` for ``params``."""
     frames = read_lerobot_frames(dataset_dir, image_size, camera, python)
-    return demos_from_frames(frames, params, task), json.loads(str(frames["meta"]))
+    return demos_from_frames(frames, params, task, successful_only), json.loads(str(frames["meta"]))

@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.e2e, pytest.mark.lerobot]
 ROOT = Path(__file__).resolve().parents[2]
 FRANKA = os.path.join(default_config_dir(), "franka.yaml")
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
-EPISODES, FRAMES = 2, 300  # frames per episode at most (the operator stops at success or there)
+EPISODES, FRAMES = 3, 300  # frames per episode at most (the operator stops at success or there)
 
 DUMP = """
 import json, sys
@@ -108,10 +108,14 @@ def test_a_teleop_session_on_the_simulated_franka_becomes_a_dataset_we_train_on(
 
     try:
         assert ros.spin_until(lambda: bool(expert) and bool(status), 60.0), ros.logs()
-        for _ in range(EPISODES):
+        for e in range(EPISODES):
             assert call("sim_robot/reset", Trigger).success
             success.clear()
             assert call("demo_recorder/start_episode", Trigger).success
+            if e == 0:  # the person gives up on the first one early: a failed demonstration, kept as such
+                ros.spin_until(lambda: status[-1].get("frames", 0) >= 10, 60.0)
+                assert call("demo_recorder/stop_episode", SetBool, data=False).success
+                continue
             ros.spin_until(lambda: (success and success[-1]) or status[-1].get("frames", 0) >= FRAMES, 120.0)
             res = call("demo_recorder/stop_episode", SetBool, data=bool(success and success[-1]))
             assert res.success, res.message
@@ -149,10 +153,14 @@ def test_a_teleop_session_on_the_simulated_franka_becomes_a_dataset_we_train_on(
     assert np.flatnonzero(got["done"]).tolist() == ends.tolist()
     assert [bool(got["success"][i]) for i in ends] == [e.success for e in episodes]
 
-    # Our model trains on it.
+    # Our model trains on it: on the successful demonstrations only, when asked.
+    won = [e for e in episodes if e.success]
+    assert not episodes[0].success and won, [e.success for e in episodes]
     out = tmp_path / "ckpt"
-    done = _cli("train", "--embodiments", "franka", "--dataset", str(rec / "lerobot"), "--train-steps", "5",
-                "--batch-size", "4", "--out", str(out), "--threads", "1", "--image-size", "32",
+    done = _cli("train", "--embodiments", "franka", "--dataset", str(rec / "lerobot"), "--successful-only",
+                "--train-steps", "5", "--batch-size", "4", "--out", str(out), "--threads", "1", "--image-size", "32",
                 "--instruction-encoder", "hash-3gram")
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
     assert (out / WEIGHTS_FILE).is_file()
+    said = f"{sum(len(e) for e in won)} frames in {len(won)} successful episodes"
+    assert said in done.stderr, done.stderr[-2000:]

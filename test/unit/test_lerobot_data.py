@@ -114,6 +114,20 @@ def test_task_picks_its_episodes() -> None:
         demos_from_frames(frames, FRANKA, task="open the drawer")
 
 
+def test_successful_only_keeps_the_episodes_marked_successful() -> None:
+    frames = _frames((5, 3, 4), shuffle=False)
+    with pytest.raises(ValueError, match="no next.success feature"):
+        demos_from_frames(frames, FRANKA, successful_only=True)
+    success = np.zeros(12, dtype=bool)
+    success[7] = True  # the last frame of episode 1, as hybridvla record marks a success
+    demos = demos_from_frames({**frames, "success": success}, FRANKA, successful_only=True)
+    assert demos["episode"].tolist() == [0, 0, 0]
+    np.testing.assert_allclose(demos["proprio"][0, 0], 100.5, atol=1e-4)  # episode 1, frame 0, joint 0
+    assert len(demos_from_frames({**frames, "success": success}, FRANKA)["proprio"]) == 12  # the default: all
+    with pytest.raises(ValueError, match="no successful episode"):
+        demos_from_frames({**frames, "success": np.zeros(12, dtype=bool)}, FRANKA, successful_only=True)
+
+
 def test_nan_and_empty_datasets_are_refused() -> None:
     frames = _frames()
     frames["state"] = frames["state"].copy()
@@ -130,7 +144,7 @@ def test_train_dataset_arguments_are_checked_before_anything_runs(capsys: pytest
                                                                    tmp_path: Any) -> None:
     from hybridvla_ros.cli_model import train_main
     assert train_main(["--camera", "wrist", "--out", str(tmp_path / "x")]) == 2
-    assert "--camera and --task apply to --dataset only" in capsys.readouterr().err
+    assert "--camera, --task and --successful-only apply to --dataset only" in capsys.readouterr().err
     assert train_main(["--dataset", str(tmp_path), "--embodiments", "franka", "aloha"]) == 2
     assert "--dataset trains one robot without DAgger" in capsys.readouterr().err
     assert train_main(["--dataset", str(tmp_path), "--embodiments", "franka", "--dagger-rounds", "1"]) == 2
