@@ -179,3 +179,51 @@ def test_an_unwritable_root_and_a_full_disk_are_clear_errors_and_the_recorder_ke
     assert not full.call("stop_episode", SetBool, data=True).success
     assert ros.spin_until(lambda: "MiB free" in full.latest().get("error", ""), 10.0)
     assert finished_episodes(tmp_path / "rec") == []
+
+
+@pytest.mark.parametrize("embodiment", ["aloha", "hello"])
+def test_a_forward_command_controller_and_a_mobile_base_are_recorded_in_the_action_space(ros, tmp_path,
+                                                                                        embodiment: str) -> None:
+    """ALOHA's controller takes a Float64MultiArray in joint order; the Stretch base takes a Twist, a velocity, so
+    its action is the graph's absolute (x, y, yaw) target on action_command (action_source: auto)."""
+    from std_msgs.msg import Float64MultiArray
+
+    from hybridvla_msgs.msg import ActionStep
+
+    config = os.path.join(default_config_dir(), f"{embodiment}.yaml")
+    p = from_params(EmbodimentParams, load_node_params(config, "sync"))
+    root = tmp_path / "rec"
+    ros.start([NodeSpec("demo_recorder_node", "demo_recorder", config, {"root": str(root), "min_free_mb": 0.0})])
+    n = ros.node
+    status: list[dict] = []
+    n.create_subscription(String, "demo_recorder/status", lambda m: status.append(json.loads(m.data)), LATCHED)
+    js_pub = n.create_publisher(JointState, p.joint_states_topic, QoSProfile(depth=10))
+    cam_pub = n.create_publisher(Image, p.camera_topic, qos_profile_sensor_data)
+    twist_base = p.command_type == "geometry_msgs/Twist"
+    cmd_pub = (n.create_publisher(ActionStep, "action_command", QoSProfile(depth=10)) if twist_base
+               else n.create_publisher(Float64MultiArray, p.command_topic, QoSProfile(depth=10)))
+    target = np.asarray(p.home_position) + 0.01 * np.arange(p.action_dim)
+
+    def tick() -> None:
+        stamp = n.get_clock().now().to_msg()
+        names = [*p.joint_names, *p.state_joints]
+        js_pub.publish(JointState(header=_header(stamp), name=names, position=[0.5] * len(names)))
+        img = np.zeros((H, W, 3), np.uint8)
+        cam_pub.publish(Image(header=_header(stamp), height=H, width=W, encoding="rgb8", step=W * 3,
+                              data=img.tobytes()))
+        if twist_base:
+            cmd_pub.publish(ActionStep(header=_header(stamp), embodiment=embodiment, action=target.tolist()))
+        else:
+            cmd_pub.publish(Float64MultiArray(data=target.tolist()))
+
+    n.create_timer(1.0 / p.control_rate_hz, tick)
+    robot = Robot.__new__(Robot)  # only its service helper: this test publishes the robot's topics itself
+    robot.ros, robot.prefix = ros, ""
+    assert ros.spin_until(lambda: bool(status), 30.0), ros.logs()
+    assert robot.call("start_episode", Trigger).success
+    assert ros.spin_until(lambda: status[-1].get("frames", 0) >= 5, 30.0), ros.logs()
+    assert robot.call("stop_episode", SetBool, data=True).success
+    (ep,) = [read_episode(path) for path in finished_episodes(root)]
+    assert ep.meta["fps"] == round(p.control_rate_hz) and ep.action.shape[1] == p.action_dim
+    np.testing.assert_allclose(ep.action, np.broadcast_to(target, ep.action.shape), rtol=1e-6)
+    np.testing.assert_allclose(ep.state, 0.5)
