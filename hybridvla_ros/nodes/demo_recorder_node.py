@@ -5,7 +5,8 @@ config/franka.yaml`` does the same without the conversion at the end). Works on 
 simulators alike: it only listens.
 
 Every control period (``control_rate_hz``, the dataset's fps) while an episode is being recorded it takes one
-frame: the latest camera image (``camera_topic``, raw or ``<camera_topic>/compressed``, at its own resolution),
+frame: the latest image of every camera (``camera_topic`` as ``camera_name`` and each ``extra_cameras``
+name=topic; raw, or ``<topic>/compressed``; each at its own resolution),
 the latest measured positions of the commanded and state joints (``joint_states_topic``, merged by name, so a
 gripper on its own JointState counts), the latest commanded action and the task (the latched ``task`` topic,
 else the parameter file's ``instruction``). The action is what the robot was commanded: the controller's
@@ -29,6 +30,7 @@ status topic and the service's answer; the node keeps running and the robot is n
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -62,14 +64,15 @@ class DemoRecorderNode(Node):
         super().__init__("demo_recorder", automatically_declare_parameters_from_overrides=True)
         self.params = p = load_schema(self, DemoRecorderParams)
         self.root = os.path.abspath(p.resolved_root)
+        self.cameras = p.cameras
         self.layout = RecordingLayout(p.embodiment, p.fps, tuple(p.joint_names), tuple(p.observed_joints),
-                                      (p.camera_name,))
+                                      tuple(self.cameras))
         self.source = p.resolved_action_source
         self.task = p.instruction
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
         self.last_error = ""
         self.last_saved = ""
-        self._image: tuple[float, Any] | None = None      # (stamp s, message), decoded when a frame is taken
+        self._images: dict[str, tuple[float, Any]] = {}  # camera -> (stamp s, message), decoded per frame taken
         self._joints: dict[str, tuple[float, float]] = {}  # name -> (stamp s, position)
         self._command: tuple[float, np.ndarray] | None = None  # (stamp s, action (D,))
         self._command_index = JointIndex(p.joint_names)
@@ -77,11 +80,12 @@ class DemoRecorderNode(Node):
         self._open_writer()
 
         self.status_pub = self.create_publisher(String, "demo_recorder/status", LATCHED)
-        if p.image_transport == "compressed":
-            self.create_subscription(CompressedImage, p.camera_topic + "/compressed", self._on_image,
-                                     qos_profile_sensor_data)
-        else:
-            self.create_subscription(Image, p.camera_topic, self._on_image, qos_profile_sensor_data)
+        for cam, topic in self.cameras.items():
+            if p.image_transport == "compressed":
+                self.create_subscription(CompressedImage, topic + "/compressed", functools.partial(self._on_image, cam),
+                                         qos_profile_sensor_data)
+            else:
+                self.create_subscription(Image, topic, functools.partial(self._on_image, cam), qos_profile_sensor_data)
         self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, QoSProfile(depth=50))
         if self.source == "action_command":
             self.create_subscription(ActionStep, "action_command", self._on_action_step, QoSProfile(depth=20))
@@ -97,8 +101,9 @@ class DemoRecorderNode(Node):
         self.create_timer(1.0, self._publish_status)
         self._publish_status()
         self.get_logger().info(
-            f"recording {p.embodiment} at {p.fps} fps to {self.root}: {p.camera_topic} ({p.image_transport}) as "
-            f"observation.images.{p.camera_name}, {p.joint_states_topic}, action from "
+            f"recording {p.embodiment} at {p.fps} fps to {self.root}: "
+            + ", ".join(f"{t} as observation.images.{c}" for c, t in self.cameras.items())
+            + f" ({p.image_transport}), {p.joint_states_topic}, action from "
             f"{'action_command' if self.source == 'action_command' else p.command_topic}; "
             "call demo_recorder/start_episode to begin")
 
@@ -121,8 +126,8 @@ class DemoRecorderNode(Node):
         self.get_logger().error(message)
 
     # --- inputs (executor thread)
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        self._image = (stamp_to_s(msg.header.stamp), msg)
+    def _on_image(self, camera: str, msg: Image | CompressedImage) -> None:
+        self._images[camera] = (stamp_to_s(msg.header.stamp), msg)
 
     def _on_joint_state(self, msg: JointState) -> None:
         stamp = stamp_to_s(msg.header.stamp)
@@ -172,13 +177,14 @@ class DemoRecorderNode(Node):
             self.get_logger().warning(f"frame skipped ({reason}, {self.skipped[reason]} so far): {detail}",
                                       throttle_duration_sec=5.0)
 
-    def _fresh(self, what: str, stamp: float, t: float) -> bool:
+    def _fresh(self, what: str, stamp: float, t: float, source: str = "") -> bool:
         p = self.params
+        source = source or what
         if stamp > t + p.future_tolerance_s:
-            self._skip("future_stamp", f"{what} stamped {stamp - t:.3f} s in the future")
+            self._skip("future_stamp", f"{source} stamped {stamp - t:.3f} s in the future")
             return False
         if t - stamp > p.max_age_s:
-            self._skip(f"stale_{what}", f"latest {what} is {t - stamp:.3f} s old (max_age_s {p.max_age_s})")
+            self._skip(f"stale_{what}", f"latest {source} is {t - stamp:.3f} s old (max_age_s {p.max_age_s})")
             return False
         return True
 
@@ -187,10 +193,11 @@ class DemoRecorderNode(Node):
         if w is None or not w.recording:
             return
         t = now_s(self)
-        if self._image is None:
-            return self._skip("no_image", f"nothing on {self.params.camera_topic} yet")
-        if not self._fresh("image", self._image[0], t):
-            return
+        for cam, topic in self.cameras.items():
+            if cam not in self._images:
+                return self._skip("no_image", f"nothing on {topic} yet")
+            if not self._fresh("image", self._images[cam][0], t, topic):
+                return
         wanted = self.layout.state_names
         missing = [n for n in wanted if n not in self._joints]
         if missing:
@@ -202,18 +209,19 @@ class DemoRecorderNode(Node):
             return self._skip("no_command", "no command yet")
         if not self._fresh("command", self._command[0], t):
             return
-        msg = self._image[1]
-        try:
-            if isinstance(msg, CompressedImage):
-                image = decode_compressed(msg.format, msg.data)
-            else:
-                image = np.array(decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data,
-                                            msg.is_bigendian), dtype=np.uint8, copy=True)
-        except ImageDecodeError as exc:
-            return self._skip("bad_image", str(exc))
+        images = {}
+        for cam, (_, msg) in self._images.items():
+            try:
+                if isinstance(msg, CompressedImage):
+                    images[cam] = decode_compressed(msg.format, msg.data)
+                else:
+                    images[cam] = np.array(decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                                                      msg.is_bigendian), dtype=np.uint8, copy=True)
+            except ImageDecodeError as exc:
+                return self._skip("bad_image", f"{self.cameras[cam]}: {exc}")
         state = np.array([self._joints[n][1] for n in wanted])
         try:
-            w.add_frame({self.params.camera_name: image}, state, self._command[1], int(round(t * 1e9)), self.task)
+            w.add_frame(images, state, self._command[1], int(round(t * 1e9)), self.task)
         except RecordingError as exc:
             if w.recording:  # a frame that does not fit: the episode goes on
                 return self._skip("bad_frame", str(exc))

@@ -31,6 +31,7 @@ FRANKA = os.path.join(default_config_dir(), "franka.yaml")
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
 H, W = 48, 64
 TASK = "stack the red cube on the blue one"
+WRIST, WRIST_TOPIC = (24, 32), "wrist_camera/image_raw"
 
 
 class Robot:
@@ -44,6 +45,7 @@ class Robot:
         self.home = np.asarray(p.home_position)
         self.js_pub = n.create_publisher(JointState, prefix + p.joint_states_topic, QoSProfile(depth=10))
         self.cam_pub = n.create_publisher(Image, prefix + p.camera_topic, qos_profile_sensor_data)
+        self.wrist_pub = n.create_publisher(Image, prefix + WRIST_TOPIC, qos_profile_sensor_data)
         self.cmd_pub = n.create_publisher(JointTrajectory, prefix + p.command_topic, QoSProfile(depth=10))
         self.task_pub = n.create_publisher(String, prefix + "task", LATCHED)
         self.task_pub.publish(String(data=TASK))
@@ -75,6 +77,10 @@ class Robot:
             img = np.full((H, W, 3), self.k % 256, np.uint8)
             msg = Image(header=_header(stamp), height=H, width=W, encoding="rgb8", step=W * 3, data=img.tobytes())
             self.cam_pub.publish(msg)
+        if self.k % 2 == 1:  # the wrist camera: another resolution, its own timing
+            img = np.full((*WRIST, 3), 255 - self.k % 256, np.uint8)
+            self.wrist_pub.publish(Image(header=_header(stamp), height=WRIST[0], width=WRIST[1], encoding="rgb8",
+                                         step=WRIST[1] * 3, data=img.tobytes()))
 
     def latest(self) -> dict:
         return self.status[-1] if self.status else {}
@@ -101,7 +107,8 @@ def test_episodes_are_recorded_from_the_topics_and_a_kill_loses_only_the_one_bei
     p = params()
     root = tmp_path / "rec"
     launcher = ros.start([NodeSpec("demo_recorder_node", "demo_recorder", FRANKA,
-                                   {"root": str(root), "min_free_mb": 0.0})])
+                                   {"root": str(root), "min_free_mb": 0.0,
+                                    "extra_cameras": [f"wrist={WRIST_TOPIC}"]})])
     robot = Robot(ros, p)
     assert ros.spin_until(lambda: robot.latest().get("recording") is False, 30.0), ros.logs()
 
@@ -143,6 +150,7 @@ def test_episodes_are_recorded_from_the_topics_and_a_kill_loses_only_the_one_bei
     ep = eps[0]
     assert ep.meta["state_names"] == [*p.joint_names, "suction_cup"] and ep.meta["fps"] == 50
     assert ep.images["front"].shape[1:] == (H, W, 3) and set(ep.task) == {TASK}
+    assert ep.images["wrist"].shape == (len(ep), *WRIST, 3) and ep.meta["cameras"] == ["front", "wrist"]
     # The action is the controller's command in the parameter file's joint order (it was sent reversed).
     offsets = ep.action - ep.state[:, :7]
     np.testing.assert_allclose(np.median(offsets, axis=0), 0.01 * np.arange(7), atol=2e-3)

@@ -117,3 +117,25 @@ def test_a_layout_needs_plain_camera_names_and_an_integer_rate() -> None:
         RecordingLayout("franka", 50, ("j1",), ("j1",), ("front/left",))
     with pytest.raises(RecordingError, match="fps"):
         RecordingLayout("franka", 0, ("j1",), ("j1",), ("front",))
+
+
+def test_the_recorder_parameters_are_checked() -> None:
+    from hybridvla_ros.params import ParameterError, from_params, load_node_params
+    from hybridvla_ros.params.config_files import default_config_dir
+    from hybridvla_ros.params.demo_recorder import DemoRecorderParams
+
+    def load(robot: str, **change: object) -> DemoRecorderParams:
+        values = load_node_params(os.path.join(default_config_dir(), f"{robot}.yaml"), "demo_recorder")
+        return from_params(DemoRecorderParams, {**values, **change}, "demo_recorder")
+
+    p = load("franka", extra_cameras=["wrist=wrist_camera/image_raw"])
+    assert p.cameras == {"front": "camera/color/image_raw", "wrist": "wrist_camera/image_raw"}
+    assert p.resolved_action_source == "command" and p.fps == 50
+    assert load("hello").resolved_action_source == "action_command"  # its controller takes a Twist
+    for change, why in [({"extra_cameras": ["wrist"]}, "name=topic"), ({"extra_cameras": ["front=x"]}, "unique"),
+                        ({"extra_cameras": ["wr/ist=x"]}, "plain name"), ({"control_rate_hz": 29.97}, "whole number"),
+                        ({"camera_name": "front camera"}, "plain name")]:
+        with pytest.raises(ParameterError, match=why):
+            load("franka", **change)
+    with pytest.raises(ParameterError, match="Twist"):
+        load("hello", action_source="command")
