@@ -14,7 +14,8 @@ command on ``command_topic`` (a JointTrajectory's first point by joint name, or 
 joint order), or, with ``action_source: action_command`` (auto for a Twist-driven base), the graph's absolute
 targets on ``action_command``. A frame is skipped, and counted by reason on the status topic, when an input is
 missing, older than ``max_age_s``, stamped in the future, or malformed: one bad message costs at most its
-frames, and nothing here can reach the robot.
+frames, and nothing here can reach the robot. Periods the timer ran too late to take (a loaded machine) are
+counted as ``missed_tick``; every frame keeps its ROS stamp (``ros_stamp_ns`` in the dataset).
 
 Episodes (std_srvs services, so a teleop device's buttons, a script or ``ros2 service call`` can drive them):
 
@@ -53,7 +54,7 @@ from hybridvla_ros.params.demo_recorder import DemoRecorderParams
 
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
 SKIP_REASONS = ("no_image", "stale_image", "bad_image", "no_joint_states", "stale_joint_states", "no_command",
-                "stale_command", "future_stamp", "bad_frame")
+                "stale_command", "future_stamp", "bad_frame", "missed_tick")
 MAX_TASK_CHARS = 2000
 
 
@@ -70,6 +71,7 @@ class DemoRecorderNode(Node):
         self.source = p.resolved_action_source
         self.task = p.instruction
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self._last_tick_s: float | None = None
         self.last_error = ""
         self.last_saved = ""
         self._images: dict[str, tuple[float, Any]] = {}  # camera -> (stamp s, message), decoded per frame taken
@@ -77,6 +79,7 @@ class DemoRecorderNode(Node):
         self._command: tuple[float, np.ndarray] | None = None  # (stamp s, action (D,))
         self._command_index = JointIndex(p.joint_names)
         self.writer: EpisodeWriter | None = None
+        self._saved = {"episodes": 0, "frames": 0, "successes": 0}
         self._open_writer()
 
         self.status_pub = self.create_publisher(String, "demo_recorder/status", LATCHED)
@@ -117,6 +120,7 @@ class DemoRecorderNode(Node):
             self._error(f"{exc}; nothing is recorded until it is fixed (retried at the next start_episode); "
                         "the robot is not affected")
             return False
+        self._saved = summarize(finished_episodes(self.root))  # then counted as episodes are saved
         if self.writer.removed_partials:
             self.get_logger().warning(f"removed unfinished episodes of an earlier run: {self.writer.removed_partials}")
         return True
@@ -193,6 +197,9 @@ class DemoRecorderNode(Node):
         if w is None or not w.recording:
             return
         t = now_s(self)
+        if self._last_tick_s is not None:  # a loaded machine runs the timer late: periods without a frame
+            self.skipped["missed_tick"] += max(int(round((t - self._last_tick_s) * self.params.fps)) - 1, 0)
+        self._last_tick_s = t
         for cam, topic in self.cameras.items():
             if cam not in self._images:
                 return self._skip("no_image", f"nothing on {topic} yet")
@@ -241,6 +248,7 @@ class DemoRecorderNode(Node):
             res.success, res.message = False, str(exc)
             return res
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        self._last_tick_s = None
         self.last_error = ""
         res.success, res.message = True, f"recording episode {index}"
         self.get_logger().info(res.message)
@@ -261,6 +269,9 @@ class DemoRecorderNode(Node):
         else:
             skipped = {k: v for k, v in self.skipped.items() if v}
             self.last_saved = str(path)
+            self._saved["episodes"] += 1
+            self._saved["frames"] += frames
+            self._saved["successes"] += bool(req.data)
             res.success = True
             res.message = (f"saved episode {index}: {frames} frames, {'success' if req.data else 'failure'}"
                            + (f", skipped {skipped}" if skipped else "") + f" -> {path}")
@@ -278,8 +289,7 @@ class DemoRecorderNode(Node):
     # --- status
     def status(self) -> dict[str, Any]:
         w = self.writer
-        saved = summarize(finished_episodes(self.root)) if w is not None else {"episodes": 0, "frames": 0,
-                                                                               "successes": 0}
+        saved = dict(self._saved)
         return {"recording": bool(w and w.recording), "episode": None if w is None else w.episode_index,
                 "frames": 0 if w is None else w.frames, "saved": saved, "last_saved": self.last_saved,
                 "skipped": dict(self.skipped), "error": self.last_error, "root": self.root,

@@ -86,12 +86,17 @@ class Robot:
         return self.status[-1] if self.status else {}
 
     def call(self, name: str, srv: Any, **fields: Any) -> Any:
-        client = self.ros.node.create_client(srv, self.prefix + "demo_recorder/" + name)
-        assert self.ros.spin_until(client.service_is_ready, 30.0), f"{name} never came up\n{self.ros.logs()}"
-        future = client.call_async(srv.Request(**fields))
-        assert self.ros.spin_until(future.done, 30.0), f"{name} did not answer"
-        self.ros.node.destroy_client(client)
-        return future.result()
+        return call(self.ros, self.prefix + "demo_recorder/" + name, srv, **fields)
+
+
+def call(ros: Any, name: str, srv: Any, **fields: Any) -> Any:
+    """Call the service ``name`` from the test node; its answer."""
+    client = ros.node.create_client(srv, name)
+    assert ros.spin_until(client.service_is_ready, 30.0), f"{name} never came up\n{ros.logs()}"
+    future = client.call_async(srv.Request(**fields))
+    assert ros.spin_until(future.done, 30.0), f"{name} did not answer"
+    ros.node.destroy_client(client)
+    return future.result()
 
 
 def _header(stamp: Any) -> Any:
@@ -225,12 +230,10 @@ def test_a_forward_command_controller_and_a_mobile_base_are_recorded_in_the_acti
             cmd_pub.publish(Float64MultiArray(data=target.tolist()))
 
     n.create_timer(1.0 / p.control_rate_hz, tick)
-    robot = Robot.__new__(Robot)  # only its service helper: this test publishes the robot's topics itself
-    robot.ros, robot.prefix = ros, ""
     assert ros.spin_until(lambda: bool(status), 30.0), ros.logs()
-    assert robot.call("start_episode", Trigger).success
+    assert call(ros, "demo_recorder/start_episode", Trigger).success
     assert ros.spin_until(lambda: status[-1].get("frames", 0) >= 5, 30.0), ros.logs()
-    assert robot.call("stop_episode", SetBool, data=True).success
+    assert call(ros, "demo_recorder/stop_episode", SetBool, data=True).success
     (ep,) = [read_episode(path) for path in finished_episodes(root)]
     assert ep.meta["fps"] == round(p.control_rate_hz) and ep.action.shape[1] == p.action_dim
     np.testing.assert_allclose(ep.action, np.broadcast_to(target, ep.action.shape), rtol=1e-6)
