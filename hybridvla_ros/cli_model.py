@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 
@@ -229,6 +230,9 @@ def build_adapt_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="the correction store (SQLite)")
     p.add_argument("--checkpoint", help="base checkpoint (default: adaptation.checkpoint_path)")
     p.add_argument("--adapt-root", help="output root (default: adaptation.adapt_root)")
+    p.add_argument("--replay-dataset", metavar="DIR", help="replay this LeRobotDataset v3 (e.g. hybridvla record's "
+                   "<root>/lerobot) instead of the checkpoint's sample (default: adaptation.replay_dataset)")
+    p.add_argument("--replay-camera", help="with --replay-dataset: its camera (default: its only one)")
     return p
 
 
@@ -240,6 +244,10 @@ def adapt_main(argv: list[str] | None = None) -> int:
         values = load_node_params(args.params_file, "adaptation")
         if args.adapt_root:
             values["adapt_root"] = args.adapt_root
+        if args.replay_dataset:
+            values["replay_dataset"] = os.path.abspath(args.replay_dataset)
+        if args.replay_camera:
+            values["replay_camera"] = args.replay_camera
         params = from_params(AdaptationParams, values, "adaptation")
         torch.set_num_threads(params.num_threads)
         base = args.checkpoint or params.checkpoint_path

@@ -76,7 +76,7 @@ from hybridvla_ros.model.policy import (
     PolicyConfig,
     TokenHead,
 )
-from hybridvla_ros.model.replay import REPLAY_FILE, REPLAY_RECORDED, ReplaySample, replay_path
+from hybridvla_ros.model.replay import REPLAY_DATASET, REPLAY_FILE, REPLAY_RECORDED, ReplaySample, replay_path
 from hybridvla_ros.model.text import embed_instruction
 from hybridvla_ros.params.adaptation import AdaptationParams
 from hybridvla_ros.sim.demos import save_demonstrations
@@ -472,7 +472,8 @@ def adapt(params: AdaptationParams, base_checkpoint: str | os.PathLike[str], cor
         version = max([0, log["base_version"], *version_dirs(attempt.embodiment_dir)]) + 1
         log.update(accepted=True, version=version, reason=ACCEPTED_REASON)
         summary = {k: v for k, v in log.items() if k not in ("checkpoint", "model_version", "timings_s", "wall_time_s")}
-        recorded = replay.demos if replay.source == REPLAY_RECORDED else None  # travels with the version
+        # a sample that is not the base checkpoint's own travels with the version
+        recorded = replay.demos if replay.source in (REPLAY_RECORDED, REPLAY_DATASET) else None
         new_dir, model_version = _save_version(policy, config, attempt.embodiment_dir, version,
                                                {KEY_ADAPTATION: summary},  # save_checkpoint makes it strict JSON
                                                base_dir, name, recorded)

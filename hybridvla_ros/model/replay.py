@@ -10,7 +10,10 @@ Adaptation is given its replay data (:class:`ReplaySample`) by its caller:
 :func:`checkpoint_replay` reads the checkpoint's own sample; :func:`record_replay` records
 fresh expert demonstrations on the kinematic simulator for a checkpoint that has none
 (slower, and what the log's ``replay_source: recorded`` says);
-:func:`checkpoint_replay_or_record` is the one, else the other.
+:func:`checkpoint_replay_or_record` is the one, else the other. With ``adaptation.replay_dataset`` set,
+:func:`dataset_replay` replays a LeRobotDataset v3 instead (``replay_source: dataset``): the demonstrations a
+user recorded with ``hybridvla record`` (or any LeRobot dataset of the robot), read by LeRobot's own code in
+.venv-lerobot and mapped onto the embodiment as ``hybridvla train --dataset`` maps them.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ REPLAY_EXAMPLES = 2000    # demonstration examples kept per embodiment for repla
 #                           400 the head drifted: held-out replay error rose 30-50 %, 15 % with 2000)
 REPLAY_FROM_FILE = "file"           # ReplaySample.source: the checkpoint's replay_<embodiment>.npz
 REPLAY_RECORDED = "recorded"        # ReplaySample.source: recorded by record_replay
+REPLAY_DATASET = "dataset"          # ReplaySample.source: read from adaptation.replay_dataset
 RECORD_STEPS_PER_EPISODE = 100      # control steps per episode of a recorded replay sample
 RECORD_SEED_OFFSET = 7919           # recorded replay uses other episodes than training (params.seed + this)
 
@@ -44,7 +48,7 @@ class ReplaySample:
     """Demonstrations an adaptation replays, and where they came from (logged as ``replay_source``)."""
 
     demos: Mapping[str, Any]    # the demonstration dict (sim/demos.py format)
-    source: str                 # REPLAY_FROM_FILE or REPLAY_RECORDED
+    source: str                 # REPLAY_FROM_FILE, REPLAY_RECORDED or REPLAY_DATASET
 
 
 def replay_path(checkpoint_dir: str | os.PathLike[str], embodiment: str) -> Path:
@@ -56,14 +60,20 @@ def save_replay_sample(demos: Mapping[str, Any], path: str | os.PathLike[str], m
                        seed: int = 0) -> int:
     """Save up to ``max_examples`` random examples of ``demos`` (uint8 images, episode indices
     kept) to ``path`` with sim.demos.save_demonstrations (atomic); returns how many."""
+    sample = sample_examples(demos, max_examples, seed)
+    save_demonstrations(sample, os.fspath(path))
+    return len(sample[DEMO_PROPRIO])
+
+
+def sample_examples(demos: Mapping[str, Any], max_examples: int, seed: int = 0) -> dict[str, Any]:
+    """Up to ``max_examples`` random examples of ``demos``, in recording order, episode indices kept."""
     n = len(demos[DEMO_PROPRIO])
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(n, size=min(n, max_examples), replace=False))  # (M,) in recording order
     sample = {k: (np.asarray(demos[k])[idx] if k in (DEMO_IMAGES, DEMO_PROPRIO, DEMO_ACTIONS, DEMO_EPISODE)
                   else demos[k]) for k in DEMO_KEYS}
     sample[DEMO_STATE] = demo_state(demos)[idx]
-    save_demonstrations(sample, os.fspath(path))
-    return len(idx)
+    return sample
 
 
 def checkpoint_replay(checkpoint_dir: str | os.PathLike[str], embodiment: str) -> ReplaySample:
@@ -98,9 +108,34 @@ def record_replay(params: AdaptationParams, checkpoint_dir: str | os.PathLike[st
     return ReplaySample(demos, REPLAY_RECORDED)
 
 
+def dataset_replay(params: AdaptationParams, checkpoint_dir: str | os.PathLike[str],
+                   python: str | None = None) -> ReplaySample:
+    """Up to REPLAY_EXAMPLES random examples of the LeRobotDataset ``params.replay_dataset`` (camera
+    ``params.replay_camera`` or its only one), at the checkpoint's image size and with its head's state joints
+    (source ``"dataset"``). Raises ValueError naming the dataset for one that cannot be read or does not fit
+    the robot or the head, OSError when the LeRobot environment is missing."""
+    from hybridvla_ros.model.lerobot_data import load_lerobot_demos
+    config = read_policy_config(checkpoint_dir)
+    spec = config.embodiment(params.embodiment)
+    robot = dataclasses.replace(params, state_joints=tuple(spec.state_joints))  # what the policy observes
+    where = f"replay: the LeRobotDataset {params.replay_dataset!r}"
+    try:
+        demos, _ = load_lerobot_demos(params.replay_dataset, robot, config.image_size,
+                                      params.replay_camera or None, python=python)
+        check_demos(demos, spec)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    except OSError as exc:
+        raise OSError(f"{where}: {exc}") from None
+    return ReplaySample(sample_examples(demos, REPLAY_EXAMPLES, params.seed), REPLAY_DATASET)
+
+
 def checkpoint_replay_or_record(checkpoint_dir: str | os.PathLike[str], params: AdaptationParams) -> ReplaySample:
-    """:func:`checkpoint_replay`, or :func:`record_replay` (runs the kinematic simulator) when
-    the checkpoint has no usable sample. Raises as those do."""
+    """:func:`dataset_replay` when ``params.replay_dataset`` is set (its errors are errors: the user asked for
+    it); else :func:`checkpoint_replay`, or :func:`record_replay` (runs the kinematic simulator) when the
+    checkpoint has no usable sample. Raises as those do."""
+    if params.replay_dataset:
+        return dataset_replay(params, checkpoint_dir)
     try:
         return checkpoint_replay(checkpoint_dir, params.embodiment)
     except ValueError:  # none, unreadable or for another model: record one instead

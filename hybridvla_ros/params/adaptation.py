@@ -26,6 +26,10 @@ class AdaptationParams(EmbodimentParams):
                                    0.5, min=0.0, max=0.95)
     replay_examples: int = param("demonstration examples recorded when the checkpoint has no replay file",
                                  400, min=10, max=100_000)
+    replay_dataset: str = param("a LeRobotDataset v3 of this robot to replay instead of the checkpoint's sample "
+                                "(e.g. hybridvla record's <root>/lerobot; read with LeRobot's code in .venv-lerobot); "
+                                "'' = the checkpoint's", "")
+    replay_camera: str = param("with replay_dataset: its camera the policy sees ('' = its only one)", "")
     holdout_fraction: float = param("share of correction episodes (and of replay episodes) held out for the "
                                     "acceptance test", 0.25, min=0.05, max=0.5)
     # --- optimizer (the action head only; the backbone stays frozen)

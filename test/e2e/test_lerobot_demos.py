@@ -67,18 +67,57 @@ def test_exported_demonstrations_read_back_as_the_same_demonstration_set(exporte
         np.testing.assert_array_equal(back[key], np.asarray(demos[key], dtype=np.float32), err_msg=key)
 
 
-def test_train_on_a_lerobot_dataset(exported: tuple[dict, Path, Path]) -> None:
+@pytest.fixture(scope="module")
+def trained(exported: tuple[dict, Path, Path]) -> Path:
+    """``hybridvla train --dataset`` on the exported demonstrations: the checkpoint directory."""
     _, out, tmp = exported
     ckpt = tmp / "ckpt"
     done = _cli("train", "--embodiments", "franka", "--dataset", str(out), "--physics", "kinematic",
                 "--train-steps", "10", "--batch-size", "16", "--image-size", str(IMAGE),
                 "--instruction-encoder", "hash-3gram", "--out", str(ckpt), "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
+    return ckpt
+
+
+def test_train_on_a_lerobot_dataset(exported: tuple[dict, Path, Path], trained: Path) -> None:
+    _, out, _ = exported
+    ckpt = trained
     log = json.loads((ckpt / TRAIN_LOG).read_text())
     assert log["data"]["dataset"] == str(out) and log["data"]["camera"] == "front"
     assert log["data"]["frames"] == EPISODES * STEPS and log["data"]["episodes"] == EPISODES
     assert log["expert"] == {"franka": None}  # a user's dataset says nothing of a scripted expert
     assert (ckpt / WEIGHTS_FILE).is_file()
+
+
+def test_adaptation_replays_a_lerobot_dataset(exported: tuple[dict, Path, Path], trained: Path) -> None:
+    """``hybridvla adapt --replay-dataset DIR`` (adaptation.replay_dataset): the old skill replayed and checked
+    on held-out episodes comes from the LeRobotDataset, read by LeRobot's code; an accepted version carries it."""
+    from hybridvla_ros.core.correction_store import CorrectionStore
+    from hybridvla_ros.params import from_params, load_node_params
+    from hybridvla_ros.params.adaptation import AdaptationParams
+    from hybridvla_ros.sim.corrections import simulated_corrections
+
+    _, out, tmp = exported
+    franka = str(ROOT / "config" / "franka.yaml")
+    p = from_params(AdaptationParams, load_node_params(franka, "adaptation"), "adaptation")
+    store = str(tmp / "corrections.sqlite")
+    with CorrectionStore(store, replay_capacity=100) as s:
+        for r in simulated_corrections(p, 30):
+            s.add(r)
+    root = tmp / "adapt"
+    done = _cli("adapt", franka, "--store", store, "--checkpoint", str(trained), "--adapt-root", str(root),
+                "--replay-dataset", str(out))
+    assert done.returncode in (0, 3), done.stderr[-3000:]
+    log = json.loads(done.stdout)
+    samples = log["samples"]
+    assert samples["replay_source"] == "dataset"
+    assert samples["replay"] + samples["replay_heldout"] == EPISODES * STEPS  # all of it (under 2000 examples)
+    if log["accepted"]:
+        assert (Path(log["checkpoint"]) / "replay_franka.npz").is_file()
+    done = _cli("adapt", franka, "--store", store, "--checkpoint", str(trained), "--adapt-root", str(root),
+                "--replay-dataset", str(tmp))
+    assert done.returncode == 1 and "replay: the LeRobotDataset" in done.stderr and "no LeRobotDataset at" in \
+        done.stderr, done.stderr
 
 
 def test_a_dataset_that_does_not_fit_is_refused_before_training(exported: tuple[dict, Path, Path]) -> None:
