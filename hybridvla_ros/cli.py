@@ -32,6 +32,7 @@ from hybridvla_ros.model.lerobot_data import lerobot_python
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.check import check_parameter_file
 from hybridvla_ros.params.config_files import embodiment_names
+from hybridvla_ros.params.registry import ALL_SCHEMAS
 
 DEFAULT_CHECKPOINT = "checkpoints/default"
 DEFAULT_LEROBOT_REPO_ID = "local/corrections"
@@ -99,7 +100,7 @@ def _cmd_bench(argv: list[str]) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     """Report every error of a parameter file, each under its section; 2 if any, else 0."""
     try:
-        issues = check_parameter_file(args.params_file)
+        issues = check_parameter_file(args.params_file, ALL_SCHEMAS)  # the graph's nodes and hybridvla record's
     except ParameterError as exc:
         print(f"{args.params_file}: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from hybridvla_ros.params.action_buffer import ActionBufferParams
 from hybridvla_ros.params.adaptation import AdaptationParams
 from hybridvla_ros.params.correction_recorder import CorrectionRecorderParams
+from hybridvla_ros.params.demo_recorder import DemoRecorderParams
 from hybridvla_ros.params.embodiment import EmbodimentParams
 from hybridvla_ros.params.handoff import HandoffParams
 from hybridvla_ros.params.inference import InferenceParams
@@ -36,3 +37,9 @@ NODE_SCHEMAS: Mapping[str, type[EmbodimentParams]] = MappingProxyType({
     "sim_operator": SimOperatorParams,
 })
 
+# Nodes a hybridvla command starts beside the graph (graph_nodes.TOOL_NODES): their sections belong in the
+# same parameter file, and ``hybridvla check-config`` checks them with the graph's.
+TOOL_SCHEMAS: Mapping[str, type[EmbodimentParams]] = MappingProxyType({
+    "demo_recorder": DemoRecorderParams,
+})
+ALL_SCHEMAS: Mapping[str, type[EmbodimentParams]] = MappingProxyType({**NODE_SCHEMAS, **TOOL_SCHEMAS})

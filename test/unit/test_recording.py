@@ -139,3 +139,17 @@ def test_the_recorder_parameters_are_checked() -> None:
             load("franka", **change)
     with pytest.raises(ParameterError, match="Twist"):
         load("hello", action_source="command")
+
+
+def test_check_config_takes_the_recorders_section_and_catches_its_typos(tmp_path, capsys) -> None:
+    from hybridvla_ros.cli import main
+    from hybridvla_ros.params.config_files import default_config_dir
+
+    text = open(os.path.join(default_config_dir(), "franka.yaml"), encoding="utf-8").read()
+    good = tmp_path / "franka.yaml"
+    good.write_text(text + '\ndemo_recorder:\n  ros__parameters:\n    extra_cameras: ["wrist=wrist/image_raw"]\n')
+    assert main(["check-config", str(good)]) == 0
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(text + "\ndemo_recorder:\n  ros__parameters:\n    extra_camera: []\n")
+    assert main(["check-config", str(bad)]) == 2
+    assert "demo_recorder.extra_camera: unknown parameter" in capsys.readouterr().err
