@@ -200,9 +200,10 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_dataset(dataset_dir: str, out: str, image_size: int, camera: str | None = None,
-                 repo_id: str = "local/dataset") -> str:
+                 repo_id: str = "local/dataset", prefer_camera: str | None = None) -> str:
     """Read the LeRobotDataset v3 at ``dataset_dir`` into the frames ``.npz`` ``out`` (module docstring);
-    returns the summary line. Raises ExportError."""
+    returns the summary line. Without ``camera``: the dataset's only camera, else ``prefer_camera`` (the
+    robot's camera our model reads) when the dataset has it. Raises ExportError."""
     if image_size < 1:
         raise ExportError(f"--image-size must be >= 1, got {image_size}")
     root = Path(dataset_dir).expanduser().absolute()
@@ -221,6 +222,8 @@ def read_dataset(dataset_dir: str, out: str, image_size: int, camera: str | None
     if missing:
         raise ExportError(f"the dataset at {str(root)!r} has no {' and no '.join(missing)} feature "
                           f"(it has {sorted(features)})")
+    if camera is None and prefer_camera in cameras:
+        camera = prefer_camera
     if camera is None:
         if len(cameras) != 1:
             raise ExportError(f"the dataset has {len(cameras)} cameras ({cameras}); name the one to train on "
@@ -292,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="the frames file to write (.npz)")
     r.add_argument("--image-size", type=int, required=True, help="images are resized to S x S")
     r.add_argument("--camera", default=None, help="the camera to read (default: the dataset's only one)")
+    r.add_argument("--prefer-camera", default=None, help="without --camera: this one when the dataset has several")
     return ap
 
 
@@ -306,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "recording":
             line = write_recording(args.root, args.repo_id, args.video)
         else:
-            line = read_dataset(args.dataset, args.out, args.image_size, args.camera)
+            line = read_dataset(args.dataset, args.out, args.image_size, args.camera,
+                                prefer_camera=args.prefer_camera)
     except ExportError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return exc.code

@@ -55,7 +55,6 @@ from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp,
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.inference import InferenceParams
 from hybridvla_ros.policies import (
-    DEFAULT_CAMERA,
     JointTransform,
     Policy,
     PolicyChunk,
@@ -187,11 +186,16 @@ class InferenceNode(Node):
 
     # --- one inference
     def _robot_observation(self, msg: Observation, stamp_s: float, policy: Policy) -> RobotObservation:
-        """The Observation without ROS; its image decoded only for a policy that reads it."""
+        """The Observation without ROS; its images decoded only for the cameras the policy reads (a camera
+        the observation lacks, stale at sync, is left out: the transform refuses the observation, naming it)."""
+        sent = {msg.camera_name or self.params.camera_name: msg.image}
+        sent.update(zip(msg.extra_camera_names, msg.extra_images))
         images: dict[str, np.ndarray] = {}
-        if DEFAULT_CAMERA in policy.cameras:
-            images[DEFAULT_CAMERA] = decode_raw(msg.image.encoding, msg.image.height, msg.image.width, msg.image.step,
-                                                msg.image.data)  # (H, W, 3) uint8 RGB
+        for camera in policy.cameras:
+            image = sent.get(camera)
+            if image is not None:
+                images[camera] = decode_raw(image.encoding, image.height, image.width, image.step,
+                                            image.data)  # (H, W, 3) uint8 RGB
         return RobotObservation(stamp_s=stamp_s, joint_names=msg.joint_names, joint_positions=msg.joint_positions,
                                 task=msg.instruction, images=images)
 

@@ -87,6 +87,14 @@ class SimRobotNode(Node):
         self.image_pub = self.create_publisher(Image, p.camera_topic, qos_profile_sensor_data)
         self.compressed_pub = (self.create_publisher(CompressedImage, p.camera_topic + "/compressed",
                                                      qos_profile_sensor_data) if p.publish_compressed else None)
+        # The robot's other cameras the simulator renders (extra_cameras it lacks are named in the log).
+        extra = list(p.cameras.items())[1:]
+        self.extra_image_pubs = {c: self.create_publisher(Image, t, qos_profile_sensor_data)
+                                 for c, t in extra if c in self.sim.extra_cameras}
+        missing = [c for c, _ in extra if c not in self.sim.extra_cameras]
+        if missing:
+            self.get_logger().warning(f"extra_cameras {missing}: the {p.physics} simulator of {p.embodiment} does "
+                                      f"not render them (it has {list(self.sim.extra_cameras)}); not published")
         self.wrench_pub = (self.create_publisher(WrenchStamped, p.wrench_topic, QoSProfile(depth=20))
                            if p.wrench_topic else None)
         self.error_pub = self.create_publisher(Float64, "sim_robot/task_error", QoSProfile(depth=5))
@@ -105,6 +113,8 @@ class SimRobotNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0 / p.joint_state_rate_hz, self._on_physics_tick)
         self.create_timer(1.0 / p.camera_rate_hz, self._on_camera_tick)
+        if self.extra_image_pubs:
+            self.create_timer(1.0 / p.extra_camera_rate_hz, self._on_extra_camera_tick)
         self.create_timer(p.control_period_s, self._on_expert_tick)
         # The expert's plans: rolled out in a worker process (sensors never wait for them).
         self.plans_published = 0
@@ -316,16 +326,25 @@ class SimRobotNode(Node):
             close()
         super().destroy_node()
 
-    def _on_camera_tick(self) -> None:
+    def _image(self, camera: str, frame_id: str) -> tuple[Image, np.ndarray]:
+        """One frame of ``camera`` ('': the fixed scene camera), stamped when it was rendered."""
         t = now_s(self)
-        rgb = self.sim.render()  # (H, W, 3) uint8
+        rgb = self.sim.render(camera)  # (H, W, 3) uint8
         msg = Image()
         s_to_stamp(t, msg.header.stamp)
-        msg.header.frame_id = self.params.camera_frame_id
+        msg.header.frame_id = frame_id
         msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
         msg.encoding = "rgb8"
         msg.step = int(rgb.shape[1] * 3)
         msg.data = np.ascontiguousarray(rgb).tobytes()
+        return msg, rgb
+
+    def _on_extra_camera_tick(self) -> None:
+        for camera, pub in self.extra_image_pubs.items():
+            pub.publish(self._image(camera, f"{camera}_optical_frame")[0])
+
+    def _on_camera_tick(self) -> None:
+        msg, rgb = self._image("", self.params.camera_frame_id)
         self.image_pub.publish(msg)
         if self.compressed_pub is not None:
             cmsg = CompressedImage()

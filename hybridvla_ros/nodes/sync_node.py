@@ -1,4 +1,4 @@
-"""sync: camera + joint_states (+ wrench) -> one Observation per camera frame.
+"""sync: cameras + joint_states (+ wrench) -> one Observation per frame of the anchor camera.
 
 The observation carries every joint the policy observes (``observed_joints``): the
 commanded ``joint_names`` in action order, then the observed-only ``state_joints`` (e.g.
@@ -6,6 +6,10 @@ franka's ``suction_cup``); a joint_states message lacking any of them is rejecte
 it. Logic lives in hybridvla_ros.core.sync (pairing, interpolation, stamps against this
 node's clock, counters) and core.image (decoding without cv_bridge, size bound); this node
 only converts messages.
+
+The robot's other cameras (``extra_cameras``, e.g. ALOHA's cam_low and wrists) ride along: each
+observation carries the nearest frame of each within ``max_camera_skew_s`` of the anchor frame
+(core.cameras); a camera without one is left out of that observation and counted stale.
 
 The task (the instruction each observation carries) starts as the parameter file's
 ``instruction`` and follows the latched ``task`` topic (``std_msgs/String``, transient local):
@@ -29,7 +33,9 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
 from hybridvla_msgs.msg import Observation
+from hybridvla_ros.core.cameras import CameraSet, CameraSetConfig
 from hybridvla_ros.core.image import ImageDecodeError, decode_compressed, decode_raw, resize_for_policy
+from hybridvla_ros.core.monitoring import Level
 from hybridvla_ros.core.sync import PENDING, ObservationSynchronizer, SyncConfig, SyncedObservation
 from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, stamp_to_s
 from hybridvla_ros.params.sync import SyncParams
@@ -49,6 +55,9 @@ class SyncNode(Node):
         self.sync = ObservationSynchronizer(SyncConfig(
             joint_names=p.observed_joints, held_joints=tuple(p.state_joints), max_skew_s=p.max_skew_s,
             max_age_s=p.max_age_s, wrench_required=p.wrench_required, **p.sync_config_fields()))
+        self.extra = CameraSet[np.ndarray](CameraSetConfig(
+            names=tuple(p.cameras)[1:], max_skew_s=p.max_camera_skew_s, max_age_s=p.max_age_s,
+            max_stamp_future_s=p.max_stamp_future_s))
         self._pending_image: tuple[float, np.ndarray, str] | None = None
         self._logged_at: dict[str, float] = {}  # reason -> monotonic time of its last log line
         self._unlogged: dict[str, int] = {}  # reason -> drops since its last log line
@@ -60,6 +69,14 @@ class SyncNode(Node):
                                      qos_profile_sensor_data)
         else:
             self.create_subscription(Image, p.camera_topic, self._on_image, qos_profile_sensor_data)
+        for camera, topic in list(p.cameras.items())[1:]:
+            if p.image_transport == "compressed":
+                self.create_subscription(CompressedImage, topic + "/compressed",
+                                         lambda msg, c=camera: self._on_extra_compressed(c, msg),
+                                         qos_profile_sensor_data)
+            else:
+                self.create_subscription(Image, topic, lambda msg, c=camera: self._on_extra_image(c, msg),
+                                         qos_profile_sensor_data)
         self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, QoSProfile(depth=50))
         if p.wrench_topic:
             self.create_subscription(WrenchStamped, p.wrench_topic, self._on_wrench, QoSProfile(depth=50))
@@ -69,7 +86,8 @@ class SyncNode(Node):
         self.create_subscription(String, "task", self._on_task, latched)
         self.create_timer(1.0 / p.diagnostics_rate_hz, self._publish_diagnostics)
         self.get_logger().info(
-            f"sync for {p.embodiment}: {p.camera_topic} ({p.image_transport}) + {p.joint_states_topic}"
+            f"sync for {p.embodiment}: " + ", ".join(f"{t} ({c})" for c, t in p.cameras.items())
+            + f" ({p.image_transport}) + {p.joint_states_topic}"
             + (f" + {p.wrench_topic}" if p.wrench_topic else ""))
 
     # --- logging
@@ -146,6 +164,34 @@ class SyncNode(Node):
             return
         self._on_frame(stamp_to_s(msg.header.stamp), arrival, rgb, msg.header.frame_id, start)
 
+    def _on_extra_image(self, camera: str, msg: Image) -> None:
+        arrival = now_s(self)
+        start = time.perf_counter()
+        try:
+            rgb = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
+                             max_pixels=self.params.max_image_pixels)
+        except ImageDecodeError as exc:
+            self._warn(f"camera {camera} frame dropped", self.extra.drop(camera, str(exc))[1])
+            return
+        self._on_extra_frame(camera, stamp_to_s(msg.header.stamp), arrival, rgb, start)
+
+    def _on_extra_compressed(self, camera: str, msg: CompressedImage) -> None:
+        arrival = now_s(self)
+        start = time.perf_counter()
+        try:
+            rgb = decode_compressed(msg.format, msg.data, max_pixels=self.params.max_image_pixels)
+        except ImageDecodeError as exc:
+            self._warn(f"camera {camera} frame dropped", self.extra.drop(camera, str(exc))[1])
+            return
+        self._on_extra_frame(camera, stamp_to_s(msg.header.stamp), arrival, rgb, start)
+
+    def _on_extra_frame(self, camera: str, stamp_s: float, arrival_s: float, rgb: np.ndarray, start: float) -> None:
+        image = resize_for_policy(rgb, self.params.observation_image_size)
+        self._decode_max_s = max(self._decode_max_s, time.perf_counter() - start)
+        ok, reason = self.extra.add(camera, stamp_s + self.params.camera_stamp_offset_s, image, arrival_s)
+        if not ok:
+            self._warn(f"camera {camera} frame dropped", reason)
+
     def _decode_failed(self, exc: ImageDecodeError) -> None:
         _, reason = self.sync.drop_frame(f"image_{exc.reason}", str(exc))
         self._warn("camera frame dropped", reason)
@@ -174,11 +220,12 @@ class SyncNode(Node):
         msg.header.frame_id = frame_id
         msg.embodiment = p.embodiment
         msg.instruction = self.task
-        msg.image.header = msg.header
-        msg.image.height, msg.image.width = int(image.shape[0]), int(image.shape[1])
-        msg.image.encoding = "rgb8"
-        msg.image.step = int(image.shape[1] * 3)
+        msg.image = _rgb8(image, obs.stamp_s, frame_id)
         msg.image.data = np.ascontiguousarray(image).tobytes()
+        msg.camera_name = p.camera_name
+        for camera, near in self.extra.nearest(obs.stamp_s).items():
+            msg.extra_camera_names.append(camera)
+            msg.extra_images.append(_rgb8(near.frame, near.stamp_s, camera))
         msg.joint_names = list(p.observed_joints)  # commanded joints, then observed-only ones
         msg.joint_positions = obs.positions.astype(np.float64).tolist()
         msg.joint_velocities = obs.velocities.astype(np.float64).tolist()
@@ -195,15 +242,33 @@ class SyncNode(Node):
         t = now_s(self)
         report = self.sync.report(t)
         values = [KeyValue(key=k, value=v) for k, v in report.values]
+        level, message = report.level, report.message
+        problems = self.extra.problems(t)
+        if problems:
+            level, message = max(level, Level.WARN), message + "; " + "; ".join(problems)
+        values += [KeyValue(key=k, value=str(v) if isinstance(v, int) else f"{v:.6f}")
+                   for k, v in self.extra.stats().items()]
         values.append(KeyValue(key="decode_max_ms", value=f"{self._decode_max_s * 1e3:.2f}"))
         values.append(KeyValue(key="max_image_pixels", value=str(self.params.max_image_pixels)))
         self._decode_max_s = 0.0
         out = DiagnosticArray()
         s_to_stamp(t, out.header.stamp)
         out.status.append(DiagnosticStatus(
-            level=bytes([int(report.level)]), name=DIAGNOSTIC_NAME, message=report.message,
+            level=bytes([int(level)]), name=DIAGNOSTIC_NAME, message=message,
             hardware_id=self.params.embodiment, values=values))
         self.diag_pub.publish(out)
+
+
+def _rgb8(image: np.ndarray, stamp_s: float, frame_id: str) -> Image:
+    """A decoded (H, W, 3) uint8 frame as an rgb8 sensor_msgs/Image stamped ``stamp_s``."""
+    out = Image()
+    s_to_stamp(stamp_s, out.header.stamp)
+    out.header.frame_id = frame_id
+    out.height, out.width = int(image.shape[0]), int(image.shape[1])
+    out.encoding = "rgb8"
+    out.step = int(image.shape[1] * 3)
+    out.data = np.ascontiguousarray(image).tobytes()
+    return out
 
 
 def main(args: list[str] | None = None) -> int:

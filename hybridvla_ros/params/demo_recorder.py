@@ -15,10 +15,6 @@ class DemoRecorderParams(EmbodimentParams):
 
     root: str = param("recording directory ('{embodiment}' is replaced): finished episodes in <root>/episodes, "
                       "the LeRobotDataset in <root>/lerobot", "runs/recordings/{embodiment}")
-    camera_name: str = param("the camera's name in the dataset: observation.images.<camera_name>", "front")
-    extra_cameras: tuple[str, ...] = param(
-        "more cameras to record, as name=topic (e.g. wrist=wrist_camera/image_raw); with camera_topic they are "
-        "every camera of the robot, each observation.images.<name> at its own resolution", ())
     image_transport: str = param("raw: sensor_msgs/Image on camera_topic; compressed: CompressedImage on "
                                  "<camera_topic>/compressed", "raw", choices=("raw", "compressed"))
     action_source: str = param(
@@ -37,20 +33,9 @@ class DemoRecorderParams(EmbodimentParams):
         super().__post_init__()
         if not self.root.strip():
             raise ParameterError("root: must not be empty")
-        if not self.camera_name or not self.camera_name.replace("_", "").isalnum():
-            raise ParameterError(f"camera_name: must be a plain name ([A-Za-z0-9_]+), got {self.camera_name!r}")
         if self.action_source == "command" and self.command_type == "geometry_msgs/Twist":
             raise ParameterError("action_source: command cannot record a geometry_msgs/Twist (a velocity) as the "
                                  "action's absolute targets; use action_command or auto")
-        names = [self.camera_name]
-        for entry in self.extra_cameras:
-            name, sep, topic = entry.partition("=")
-            if not sep or not topic.strip() or not name.replace("_", "").isalnum():
-                raise ParameterError(f"extra_cameras: {entry!r} is not name=topic with a plain name "
-                                     "([A-Za-z0-9_]+), e.g. wrist=wrist_camera/image_raw")
-            names.append(name)
-        if len(set(names)) != len(names):
-            raise ParameterError(f"extra_cameras: camera names must be unique (camera_name first), got {names}")
         fps = round(self.control_rate_hz)
         if abs(fps - self.control_rate_hz) > 1e-9:
             raise ParameterError(f"control_rate_hz: a recording's frame rate must be a whole number of frames per "
@@ -65,12 +50,6 @@ class DemoRecorderParams(EmbodimentParams):
         if self.action_source != "auto":
             return self.action_source
         return "action_command" if self.command_type == "geometry_msgs/Twist" else "command"
-
-    @property
-    def cameras(self) -> dict[str, str]:
-        """Camera name -> image topic, camera_name's first."""
-        extra = dict(e.partition("=")[::2] for e in self.extra_cameras)
-        return {self.camera_name: self.camera_topic, **{k: v.strip() for k, v in extra.items()}}
 
     @property
     def fps(self) -> int:

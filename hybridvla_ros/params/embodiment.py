@@ -14,6 +14,7 @@ from hybridvla_ros.params.base import ParameterError, param
 # (config/<robot>.yaml, see params.config_files.embodiment_names): no list names it.
 EMBODIMENTS = ("franka", "aloha", "hello", "leap")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_CAMERA_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 COMMAND_TYPES = (
     "trajectory_msgs/JointTrajectory",   # ros2_control joint_trajectory_controller
     "std_msgs/Float64MultiArray",        # ros2_control forward_command_controller
@@ -48,6 +49,12 @@ class EmbodimentParams:
     home_position: tuple[float, ...] = param("a safe start configuration (rad or m)")
     # --- the driver's interface
     camera_topic: str = param("sensor_msgs/Image topic (CompressedImage on <topic>/compressed)", "camera/image_raw")
+    camera_name: str = param(
+        "the name of camera_topic's camera, the anchor every observation is stamped by (policies read cameras by "
+        "name; a recording's observation.images.<camera_name>)", "camera")
+    extra_cameras: tuple[str, ...] = param(
+        "the robot's other cameras, as name=topic (e.g. wrist=wrist_camera/color/image_raw): each observation "
+        "carries the nearest frame of each (sync's max_camera_skew_s) besides camera_topic's", ())
     joint_states_topic: str = param("sensor_msgs/JointState topic", "joint_states")
     wrench_topic: str = param("geometry_msgs/WrenchStamped topic, '' if the robot has no F/T sensor", "")
     command_topic: str = param("topic of the robot's controller")
@@ -82,10 +89,33 @@ class EmbodimentParams:
             i = int(np.argmax((home < lo) | (home > hi)))
             raise ParameterError(
                 f"home_position: {self.joint_names[i]}={home[i]} is outside [{lo[i]}, {hi[i]}]")
+        self._check_cameras()
         if self.recompute_every > self.chunk_size:
             raise ParameterError(
                 f"recompute_every: {self.recompute_every} is more than chunk_size {self.chunk_size}; "
                 "the buffer would run dry before the next chunk")
+
+    def _check_cameras(self) -> None:
+        if not _CAMERA_NAME.match(self.camera_name):
+            raise ParameterError(f"camera_name: must be a plain name ([A-Za-z0-9_]+), got {self.camera_name!r}")
+        names = [self.camera_name]
+        for entry in self.extra_cameras:
+            name, sep, topic = entry.partition("=")
+            if not sep or not topic.strip() or not _CAMERA_NAME.match(name):
+                raise ParameterError(f"extra_cameras: {entry!r} is not name=topic with a plain name "
+                                     "([A-Za-z0-9_]+), e.g. wrist=wrist_camera/color/image_raw")
+            names.append(name)
+        if len(set(names)) != len(names):
+            raise ParameterError(f"extra_cameras: camera names must be unique (camera_name first), got {names}")
+        topics = [self.camera_topic, *(e.partition("=")[2].strip() for e in self.extra_cameras)]
+        if len(set(topics)) != len(topics):
+            raise ParameterError(f"extra_cameras: each camera needs its own topic, got {topics}")
+
+    @property
+    def cameras(self) -> dict[str, str]:
+        """Camera name -> image topic: camera_name's (the anchor) first, then extra_cameras in order."""
+        extra = (e.partition("=") for e in self.extra_cameras)
+        return {self.camera_name: self.camera_topic, **{name: topic.strip() for name, _, topic in extra}}
 
     @property
     def observed_joints(self) -> tuple[str, ...]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hybridvla_ros.params.base import param
+from hybridvla_ros.params.base import ParameterError, param
 from hybridvla_ros.params.embodiment import EmbodimentParams
 from hybridvla_ros.params.remote_policy import RemotePolicyParams
 
@@ -28,6 +28,8 @@ class InferenceParams(RemotePolicyParams, EmbodimentParams):  # the mixin first:
                                "sim_expert: the simulated robot's scripted expert (sim_robot/expert_chunk), a perfect "
                                "policy to test the graph with",
                                "builtin", choices=POLICY_SOURCES)
+    policy_camera: str = param("the camera our model (builtin) reads, one of the robot's cameras (camera_name, "
+                               "extra_cameras); '': camera_name, the camera that stamps the observations", "")
     num_threads: int = param("torch intra-op threads", 1, min=1, max=64)
     runtime: str = param("what runs the policy: torch (eager, vision tokens reused for a repeated frame), onnx "
                          "(ONNX Runtime) or int8-ort (ONNX Runtime with int8 weights, fastest)", "torch",
@@ -48,3 +50,14 @@ class InferenceParams(RemotePolicyParams, EmbodimentParams):  # the mixin first:
     rtc_delay_window: int = param("how many recent chunks' delays the estimate reads", 20, min=1, max=1000)
     rtc_max_guidance_weight: float = param("clip of the inpainting guidance weight (the paper's beta)", 5.0,
                                            min=0.0, max=100.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.policy_camera and self.policy_camera not in self.cameras:
+            raise ParameterError(f"policy_camera: {self.policy_camera!r} is not one of the robot's cameras "
+                                 f"{list(self.cameras)} (camera_name, extra_cameras)")
+
+    @property
+    def builtin_camera(self) -> str:
+        """The camera our model reads: policy_camera, else the anchor camera."""
+        return self.policy_camera or self.camera_name

@@ -44,7 +44,8 @@ class RemotePolicyParams:
                                                 "server is down", (0.5, 8.0), min=0.0, max=600.0)
     remote_max_reply_bytes: int = param("largest reply accepted; a larger one is refused unread", 4 * 1024 * 1024,
                                         min=1024, max=256 * 1024 * 1024)
-    remote_cameras: tuple[str, ...] = param("our camera names sent to the server", ("camera",))
+    remote_cameras: tuple[str, ...] = param("our camera names sent to the server (camera_name, extra_cameras); "
+                                            "empty: camera_name alone", ())
     remote_image_keys: tuple[str, ...] = param("the server's key for each of remote_cameras (same order)",
                                                ("observation/image",))
     remote_image_size: tuple[int, ...] = param("(height, width) each image is resized to with padding (aspect "
@@ -78,9 +79,9 @@ class RemotePolicyParams:
         if len(self.remote_backoff_s) != 2 or self.remote_backoff_s[0] > self.remote_backoff_s[1]:
             raise ParameterError(f"remote_backoff_s: expected [first, most] with first <= most, got "
                                  f"{list(self.remote_backoff_s)}")
-        if len(self.remote_cameras) != len(self.remote_image_keys):
-            raise ParameterError(f"remote_cameras: {len(self.remote_cameras)} cameras but remote_image_keys has "
-                                 f"{len(self.remote_image_keys)} keys")
+        if len(self.remote_cameras or (None,)) != len(self.remote_image_keys):
+            raise ParameterError(f"remote_cameras: {len(self.remote_cameras or (None,))} cameras but "
+                                 f"remote_image_keys has {len(self.remote_image_keys)} keys")
         if self.remote_image_size and len(self.remote_image_size) != 2:
             raise ParameterError(f"remote_image_size: expected [height, width] or [], got "
                                  f"{list(self.remote_image_size)}")

@@ -22,6 +22,10 @@ class SyncParams(EmbodimentParams):
     max_age_s: float = param("frames older than this when they arrive are dropped", 0.3, min=1e-3, max=10.0)
     wrench_required: bool = param("drop frames when no recent wrench is known", False)
     observation_image_size: int = param("square size the image is resized to for the policy (px)", 96, min=16, max=1024)
+    max_camera_skew_s: float = param(
+        "an extra camera's frame further than this from the anchor frame's stamp is not used: that camera is "
+        "left out of the observation and counted stale (30 Hz cameras out of phase: up to 17 ms apart)", 0.05,
+        min=1e-3, max=1.0)
     # --- stamps and clocks
     max_stamp_future_s: float = param(
         "a frame, joint_states or wrench stamped more than this ahead of this node's clock is dropped "

@@ -102,4 +102,5 @@ def make_builtin_policy(params: InferenceParams, checkpoint_path: str) -> Builti
                          mode=params.head_type)
     runner.max_guidance_weight = params.rtc_max_guidance_weight
     return BuiltinPolicy(runner, step_period_s=params.control_period_s,
-                         confidence_samples=params.confidence_samples, joint_names=params.joint_names)
+                         confidence_samples=params.confidence_samples, joint_names=params.joint_names,
+                         camera=params.builtin_camera)

@@ -94,7 +94,11 @@ class RemoteMapping:
         scales = dict(zip(remote.remote_scaled_joints, remote.remote_joint_scales))
         self.action_scale = np.array([scales.get(n, 1.0) for n in robot.joint_names])        # (D,)
         self.state_scale = np.array([scales.get(n, 1.0) for n in self.state_layout])         # (S,)
-        self.cameras = tuple(remote.remote_cameras)
+        self.cameras = tuple(remote.remote_cameras) or (robot.camera_name,)
+        unknown = [c for c in self.cameras if c not in robot.cameras]
+        if unknown:
+            raise ValueError(f"remote_cameras: {unknown} are not the robot's cameras {list(robot.cameras)} "
+                             "(camera_name, extra_cameras)")
         self.image_keys = tuple(remote.remote_image_keys)
         self.image_size = tuple(remote.remote_image_size)
         self.state_key, self.prompt_key = remote.remote_state_key, remote.remote_prompt_key

@@ -158,8 +158,14 @@ class Simulator(Protocol):
 
     # ------------------------------------------------------------------ camera and copies
 
-    def render(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB image from the fixed scene camera."""
+    def render(self, camera: str = "") -> np.ndarray:
+        """(H, W, 3) uint8 RGB image from the fixed scene camera ('': the embodiment's camera_name), or
+        from one of ``extra_cameras`` by name (ValueError for a camera it does not have)."""
+        ...
+
+    @property
+    def extra_cameras(self) -> tuple[str, ...]:
+        """The robot's other cameras it renders, by the names of the embodiment file's extra_cameras."""
         ...
 
     def clone(self) -> Simulator:

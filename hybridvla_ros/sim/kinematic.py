@@ -533,10 +533,14 @@ class KinematicSim:
         the camera."""
         return self._renderer.camera.project(np.asarray(points_m, dtype=np.float64).reshape(-1, 3))[0]
 
-    def render(self) -> np.ndarray:
+    extra_cameras: tuple[str, ...] = ()  # the fixed camera only
+
+    def render(self, camera: str = "") -> np.ndarray:
         """(H, W, 3) uint8 RGB image from the fixed camera: background, shadows of the
         target(s) and tool point(s) on the table, the robot from FK, and the red target(s)
-        drawn last so they are never hidden."""
+        drawn last so they are never hidden. ValueError for any other ``camera``."""
+        if camera:
+            raise ValueError(f"camera: the kinematic simulator renders its fixed camera only, not {camera!r}")
         return self._renderer.render(self._q, self._target, [] if self._is_base else self._arm_poses())
 
     # ------------------------------------------------------------------ copies

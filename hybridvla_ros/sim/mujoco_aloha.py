@@ -84,6 +84,8 @@ __all__ = ["MujocoAlohaSim", "SceneConfig", "SCENES", "DEFAULT_HOLD_POINT_M", "P
 DEFAULT_HOLD_POINT_M = (0.0, 0.5, 0.2)  # where the right gripper ends up holding the cube (world)
 _LIFTED_Z_M = 0.06  # cube centre above this: clear of the table (resting: 0.02)
 _CAMERA = "top"  # our cam_high
+# ALOHA's other cameras by their names in its data (and config/aloha.yaml) -> gym-aloha's scene cameras
+_EXTRA_CAMERAS = {"cam_low": "angle", "cam_left_wrist": "left_wrist", "cam_right_wrist": "right_wrist"}
 
 # Expert IK and grippers
 _CART_SPEED_M_S = 0.35
@@ -542,12 +544,17 @@ class MujocoAlohaSim:
 
     # ------------------------------------------------------------------ rendering
 
-    def render(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB image from the scene's "top" camera (our cam_high). The
+    extra_cameras: tuple[str, ...] = tuple(_EXTRA_CAMERAS)
+
+    def render(self, camera: str = "") -> np.ndarray:
+        """(H, W, 3) uint8 RGB image from the scene's "top" camera (our cam_high), or from one of
+        ``extra_cameras`` (ALOHA's cam_low and wrist cameras); ValueError for another. The
         renderer (an EGL context) is created on the first call."""
+        if camera and camera not in _EXTRA_CAMERAS:
+            raise ValueError(f"camera: the MuJoCo ALOHA renders cam_high and {list(_EXTRA_CAMERAS)}, not {camera!r}")
         if self._renderer is None:
             self._renderer = make_fast_renderer(self.model, self._width, self._height)
-        self._renderer.update_scene(self.data, camera=_CAMERA)
+        self._renderer.update_scene(self.data, camera=_EXTRA_CAMERAS[camera] if camera else _CAMERA)
         return self._renderer.render()
 
     def clone(self) -> MujocoAlohaSim:

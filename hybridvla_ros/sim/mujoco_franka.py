@@ -161,6 +161,7 @@ class MujocoFrankaSim:
         self._table_geom = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "table")
         self._weld = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_EQUALITY, "suction")
         self._camera_id = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, "scene")
+        self._wrist_camera_id = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, "wrist")
         self._force_adr = int(m.sensor_adr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SENSOR, "ft_force")])
         self._torque_adr = int(m.sensor_adr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_SENSOR, "ft_torque")])
         self._ff_gain = SERVO_KV / SERVO_KP  # velocity feed-forward through the servo's own damping
@@ -541,11 +542,17 @@ class MujocoFrankaSim:
 
     # ------------------------------------------------------------------ rendering
 
-    def render(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB image from the fixed scene camera."""
+    extra_cameras: tuple[str, ...] = ("wrist",)  # on the hand, looking along the tool
+
+    def render(self, camera: str = "") -> np.ndarray:
+        """(H, W, 3) uint8 RGB image from the fixed scene camera, or (``camera="wrist"``) from the
+        hand's camera looking along the tool; ValueError for another camera."""
+        if camera not in ("", *self.extra_cameras):
+            raise ValueError(f"camera: the MuJoCo Franka renders its scene camera and {list(self.extra_cameras)}, "
+                             f"not {camera!r}")
         if self._renderer is None:
             self._renderer = mc.make_fast_renderer(self.model, self._width, self._height)
-        self._renderer.update_scene(self.data, camera=self._camera_id)
+        self._renderer.update_scene(self.data, camera=self._wrist_camera_id if camera else self._camera_id)
         return self._renderer.render()
 
     def project_to_image(self, points_m: np.ndarray) -> np.ndarray:

@@ -191,6 +191,10 @@ def build_spec(params: EmbodimentParams) -> mujoco.MjSpec:
     hand.add_geom(name="cup", type=mujoco.mjtGeom.mjGEOM_CYLINDER, size=[0.017, 0.004, 0.0],
                   pos=[0.0, 0.0, TCP_Z_M - 0.004], rgba=[0.12, 0.12, 0.14, 1.0], mass=0.05,
                   contype=_BIT_ROBOT, conaffinity=_BIT_WORLD, gap=CUP_TOUCH_M)
+    # Wrist camera: beside the cup stem on the hand, looking along the tool (a camera looks along its
+    # -z, the tool along the hand's +z: turned half a turn about x), tilted 20 degrees towards the cup.
+    hand.add_camera(name="wrist", pos=[0.07, 0.0, 0.02], quat=_quat_from_euler_xyz(math.pi, math.radians(20), 0.0),
+                    fovy=75.0)
     hand.add_site(name="tcp", pos=[0.0, 0.0, TCP_Z_M], size=[0.005, 0, 0], group=4)
     hand.add_site(name="ft_sensor", pos=[0.0, 0.0, 0.0], size=[0.01, 0, 0], group=4)
     spec.add_sensor(name="ft_force", type=mujoco.mjtSensor.mjSENS_FORCE, objtype=mujoco.mjtObj.mjOBJ_SITE,

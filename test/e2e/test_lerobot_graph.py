@@ -2,8 +2,9 @@
 Franka over real DDS (issue 14, first test).
 
 The policy: a small ACT made with LeRobot's own classes inside the LeRobot environment (.venv-lerobot), with
-the Franka's dimensions (one 96x128 camera, which the remote mapping resizes the simulator's 120x160 image
-to; ``observation.state`` = the 7 arm joints + the suction_cup state joint; 7 actions; chunk 16) and made-up
+the Franka's dimensions (two 96x128 cameras, the exterior and the wrist one, each of which the remote mapping
+resizes the simulator's 120x160 image to: the wrist frame comes through sync as the nearest to the exterior's;
+``observation.state`` = the 7 arm joints + the suction_cup state joint; 7 actions; chunk 16) and made-up
 normalization statistics centred on the Franka's home position with a small action std, so its (untrained)
 actions stay near home. The graph: every node of ``hybridvla run`` on the MuJoCo Franka (the file's physics)
 with ``inference.policy_source: remote`` pointed at the sidecar; the graph itself has no adaptation node
@@ -51,6 +52,7 @@ FRANKA = os.path.join(default_config_dir(), "franka.yaml")
 STARTUP_LIMIT_S = 300.0
 EVENT_LIMIT_S = 60.0
 CAM, H, W, STATE_DIM, ACTION_DIM, CHUNK = "observation.images.front", 96, 128, 8, 7, 16
+WRIST = "observation.images.wrist"  # franka.yaml's second camera, which the MuJoCo Franka renders on its hand
 HOME = [0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785]  # config/franka.yaml home_position
 ACTION_STD = 0.02
 
@@ -66,6 +68,7 @@ out = sys.argv[1]
 torch.manual_seed(0)
 cfg = ACTConfig(
     input_features={{"{CAM}": PolicyFeature(type=FeatureType.VISUAL, shape=(3, {H}, {W})),
+                    "{WRIST}": PolicyFeature(type=FeatureType.VISUAL, shape=(3, {H}, {W})),
                     "observation.state": PolicyFeature(type=FeatureType.STATE, shape=({STATE_DIM},))}},
     output_features={{"action": PolicyFeature(type=FeatureType.ACTION, shape=({ACTION_DIM},))}},
     chunk_size={CHUNK}, n_action_steps={CHUNK}, dim_model=64, n_heads=4, dim_feedforward=128,
@@ -74,6 +77,7 @@ cfg = ACTConfig(
 home = torch.tensor({HOME})
 stats = {{
     "{CAM}": {{"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25)}},
+    "{WRIST}": {{"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25)}},
     "observation.state": {{"mean": torch.cat([home, torch.zeros(1)]), "std": torch.full(({STATE_DIM},), 0.2)}},
     "action": {{"mean": home, "std": torch.full(({ACTION_DIM},), {ACTION_STD})}},
 }}
@@ -171,7 +175,7 @@ def test_lerobot_act_drives_the_whole_graph_on_the_simulated_franka(ros, franka_
     graph = describe_graph("franka", sim=True, overrides={
         "inference": {
             "policy_source": "remote", "remote_url": sidecar.url,
-            "remote_cameras": ["camera"], "remote_image_keys": [CAM], "remote_image_size": [H, W],
+            "remote_cameras": ["exterior", "wrist"], "remote_image_keys": [CAM, WRIST], "remote_image_size": [H, W],
             "remote_state_key": "observation.state", "remote_prompt_key": "task", "remote_embodiment_key": "",
             # a loaded 2-core machine: a late reply is not a dead server; after a failure retry soon
             "remote_deadline_s": 5.0, "remote_connect_timeout_s": 5.0, "remote_backoff_s": [0.2, 1.0],

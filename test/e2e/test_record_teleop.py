@@ -10,6 +10,10 @@ reach the robot through the handoff and the safety filter, and the recorder writ
 commanded. ``hybridvla record --convert-only`` then writes the dataset with LeRobot's own code in
 .venv-lerobot; LeRobot's ``LeRobotDataset`` reads it back (images, state, action, task, success) and it equals the
 recorded episodes; ``hybridvla train --dataset`` trains a checkpoint from it.
+
+franka.yaml names two cameras: the exterior one (the kinematic simulator renders it) and the wrist one, which
+this simulator lacks, so this test process plays it too (frames on wrist_camera/color/image_raw at 25 Hz). The
+dataset has both cameras; training takes the exterior one, the camera our model reads on the robot.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 from test_lerobot_sidecar import _lerobot_python
@@ -47,7 +51,9 @@ out = {k: [] for k in ("image", "state", "action", "episode_index", "success", "
 tasks = []
 for i in range(len(ds)):
     f = ds[i]
-    out["image"].append(np.round(f["observation.images.front"].numpy().transpose(1, 2, 0) * 255).astype(np.uint8))
+    out["image"].append(np.round(f["observation.images.exterior"].numpy().transpose(1, 2, 0) * 255).astype(np.uint8))
+    out.setdefault("wrist", []).append(
+        np.round(f["observation.images.wrist"].numpy().transpose(1, 2, 0) * 255).astype(np.uint8))
     out["state"].append(f["observation.state"].numpy())
     out["action"].append(f["action"].numpy())
     out["episode_index"].append(int(f["episode_index"]))
@@ -88,9 +94,17 @@ def test_a_teleop_session_on_the_simulated_franka_becomes_a_dataset_we_train_on(
     n.create_subscription(String, "demo_recorder/status", lambda m: status.append(json.loads(m.data)), LATCHED)
     deadman = n.create_publisher(Bool, "teleop/deadman", 10)
     teleop = n.create_publisher(JointState, "teleop/joint_command", 10)
+    wrist = n.create_publisher(Image, "wrist_camera/color/image_raw", 10)
+    ticks = [0]
 
     def device() -> None:  # the teleop device at 50 Hz: deadman held, the target the person steers to
         deadman.publish(Bool(data=True))
+        ticks[0] += 1
+        if ticks[0] % 2 == 0:  # the wrist camera at 25 Hz: a 24x32 frame that changes with time
+            img = np.full((24, 32, 3), ticks[0] % 256, np.uint8)
+            frame = Image(height=24, width=32, encoding="rgb8", step=96, data=img.tobytes())
+            frame.header.stamp = n.get_clock().now().to_msg()
+            wrist.publish(frame)
         if expert:
             msg = expert[-1]
             msg.header.stamp = n.get_clock().now().to_msg()
@@ -141,10 +155,13 @@ def test_a_teleop_session_on_the_simulated_franka_becomes_a_dataset_we_train_on(
     assert dumped.returncode == 0, dumped.stderr[-3000:]
     info = json.loads(dumped.stdout.strip().splitlines()[-1])
     assert info["fps"] == 50 and info["episodes"] == EPISODES and info["robot_type"] == "franka"
-    assert {"observation.images.front", "observation.state", "action", "next.success"} <= set(info["features"])
+    assert {"observation.images.exterior", "observation.images.wrist", "observation.state", "action",
+            "next.success"} <= set(info["features"])
     got = np.load(tmp_path / "dump.npz")
-    want_image = np.concatenate([np.asarray(e.images["front"]) for e in episodes])
+    want_image = np.concatenate([np.asarray(e.images["exterior"]) for e in episodes])
     np.testing.assert_array_equal(got["image"], want_image)
+    np.testing.assert_array_equal(got["wrist"], np.concatenate([np.asarray(e.images["wrist"]) for e in episodes]))
+    assert got["wrist"].shape[1:] == (24, 32, 3)
     np.testing.assert_array_equal(got["state"], np.concatenate([e.state for e in episodes]))
     np.testing.assert_array_equal(got["action"], np.concatenate([e.action for e in episodes]))
     np.testing.assert_array_equal(got["stamp"], np.concatenate([e.stamp_ns for e in episodes]))
@@ -162,5 +179,5 @@ def test_a_teleop_session_on_the_simulated_franka_becomes_a_dataset_we_train_on(
                 "--instruction-encoder", "hash-3gram")
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
     assert (out / WEIGHTS_FILE).is_file()
-    said = f"{sum(len(e) for e in won)} frames in {len(won)} successful episodes"
+    said = f"{sum(len(e) for e in won)} frames in {len(won)} successful episodes, camera exterior"
     assert said in done.stderr, done.stderr[-2000:]

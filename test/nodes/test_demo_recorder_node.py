@@ -154,8 +154,8 @@ def test_episodes_are_recorded_from_the_topics_and_a_kill_loses_only_the_one_bei
     assert [(e.index, e.success) for e in eps] == [(0, True), (1, False)]
     ep = eps[0]
     assert ep.meta["state_names"] == [*p.joint_names, "suction_cup"] and ep.meta["fps"] == 50
-    assert ep.images["front"].shape[1:] == (H, W, 3) and set(ep.task) == {TASK}
-    assert ep.images["wrist"].shape == (len(ep), *WRIST, 3) and ep.meta["cameras"] == ["front", "wrist"]
+    assert ep.images["exterior"].shape[1:] == (H, W, 3) and set(ep.task) == {TASK}
+    assert ep.images["wrist"].shape == (len(ep), *WRIST, 3) and ep.meta["cameras"] == ["exterior", "wrist"]
     # The action is the controller's command in the parameter file's joint order (it was sent reversed).
     offsets = ep.action - ep.state[:, :7]
     np.testing.assert_allclose(np.median(offsets, axis=0), 0.01 * np.arange(7), atol=2e-3)
@@ -211,7 +211,7 @@ def test_a_forward_command_controller_and_a_mobile_base_are_recorded_in_the_acti
     status: list[dict] = []
     n.create_subscription(String, "demo_recorder/status", lambda m: status.append(json.loads(m.data)), LATCHED)
     js_pub = n.create_publisher(JointState, p.joint_states_topic, QoSProfile(depth=10))
-    cam_pub = n.create_publisher(Image, p.camera_topic, qos_profile_sensor_data)
+    cam_pubs = [n.create_publisher(Image, t, qos_profile_sensor_data) for t in p.cameras.values()]  # ALOHA: four
     twist_base = p.command_type == "geometry_msgs/Twist"
     cmd_pub = (n.create_publisher(ActionStep, "action_command", QoSProfile(depth=10)) if twist_base
                else n.create_publisher(Float64MultiArray, p.command_topic, QoSProfile(depth=10)))
@@ -222,8 +222,9 @@ def test_a_forward_command_controller_and_a_mobile_base_are_recorded_in_the_acti
         names = [*p.joint_names, *p.state_joints]
         js_pub.publish(JointState(header=_header(stamp), name=names, position=[0.5] * len(names)))
         img = np.zeros((H, W, 3), np.uint8)
-        cam_pub.publish(Image(header=_header(stamp), height=H, width=W, encoding="rgb8", step=W * 3,
-                              data=img.tobytes()))
+        for cam_pub in cam_pubs:
+            cam_pub.publish(Image(header=_header(stamp), height=H, width=W, encoding="rgb8", step=W * 3,
+                                  data=img.tobytes()))
         if twist_base:
             cmd_pub.publish(ActionStep(header=_header(stamp), embodiment=embodiment, action=target.tolist()))
         else:
@@ -236,5 +237,7 @@ def test_a_forward_command_controller_and_a_mobile_base_are_recorded_in_the_acti
     assert call(ros, "demo_recorder/stop_episode", SetBool, data=True).success
     (ep,) = [read_episode(path) for path in finished_episodes(root)]
     assert ep.meta["fps"] == round(p.control_rate_hz) and ep.action.shape[1] == p.action_dim
+    assert ep.meta["cameras"] == list(p.cameras) == (
+        ["cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"] if embodiment == "aloha" else ["head"])
     np.testing.assert_allclose(ep.action, np.broadcast_to(target, ep.action.shape), rtol=1e-6)
     np.testing.assert_allclose(ep.state, 0.5)

@@ -24,9 +24,11 @@ pytestmark = pytest.mark.ros
 FRANKA = os.path.join(default_config_dir(), "franka.yaml")
 
 
-def _observation(ros, p: InferenceParams, sim: KinematicSim, stamp_s: float, with_state: bool = True) -> Observation:
+def _observation(ros, p: InferenceParams, sim: KinematicSim, stamp_s: float, with_state: bool = True,
+                 extra_cameras: tuple[str, ...] = ()) -> Observation:
     """The sync node's Observation: the arm joints, then (unless ``with_state`` is False) the
-    parameter file's observed-only joints (franka's suction_cup) from the simulator."""
+    parameter file's observed-only joints (franka's suction_cup) from the simulator; the image as the
+    anchor camera's, and a frame of each of ``extra_cameras`` (the image upside down)."""
     rgb = sim.render()
     state = sim.state_joint_positions if with_state else {}
     msg = Observation(embodiment="franka", instruction=p.instruction, joint_names=[*p.joint_names, *state],
@@ -37,6 +39,12 @@ def _observation(ros, p: InferenceParams, sim: KinematicSim, stamp_s: float, wit
     msg.image.height, msg.image.width, msg.image.encoding = rgb.shape[0], rgb.shape[1], "rgb8"
     msg.image.step = rgb.shape[1] * 3
     msg.image.data = rgb.tobytes()
+    msg.camera_name = p.camera_name
+    for camera in extra_cameras:
+        image = type(msg.image)(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3,
+                                data=np.ascontiguousarray(rgb[::-1]).tobytes())
+        msg.extra_camera_names.append(camera)
+        msg.extra_images.append(image)
     return msg
 
 
@@ -188,6 +196,26 @@ def test_observation_without_a_state_joint_the_checkpoint_needs_is_rejected(ros,
     assert "suction_cup" in ros.logs().split("observation rejected", 1)[1].splitlines()[0]
     # And served again when it comes back.
     assert _serve(ros, p, chunks, 1.0) > 0
+
+
+def test_our_model_reads_the_camera_policy_camera_names(ros, franka_checkpoints) -> None:
+    """policy_camera: wrist (franka.yaml's extra camera): served while observations carry the wrist frame;
+    one without it (the wrist camera stale at sync) is refused naming the camera, and the buffer holds."""
+    overrides = {"checkpoint_path": franka_checkpoints["state"], "policy_camera": "wrist"}
+    p = from_params(InferenceParams, {**load_node_params(FRANKA, "inference"), **overrides})
+    ros.start([NodeSpec("inference_node", "inference", FRANKA, overrides)])
+    chunks: list[ActionChunk] = []
+    ros.node.create_subscription(ActionChunk, "action_chunk", chunks.append, 50)
+    assert ros.spin_until(lambda: _serve(ros, p, chunks, 0.3, extra_cameras=("wrist",)) > 0 or len(chunks) > 0,
+                          60.0), ros.logs()
+    ros.spin_for(0.3)
+    chunks.clear()
+    assert _serve(ros, p, chunks, 1.0) == 0  # the exterior camera alone
+    ros.spin_for(0.3)
+    assert not chunks and not ros.runners[0].dead()
+    assert ros.spin_until(lambda: "observation rejected" in ros.logs(), 5.0), ros.logs()
+    assert "camera 'wrist'" in ros.logs().split("observation rejected", 1)[1].splitlines()[0]
+    assert _serve(ros, p, chunks, 1.0, extra_cameras=("top", "wrist")) > 0
 
 
 def test_checkpoint_state_joints_the_parameter_file_lacks_are_a_clear_error(ros, franka_checkpoints) -> None:

@@ -34,10 +34,24 @@ def test_sim_robot_publishes_and_follows_commands(ros, embodiment) -> None:
                            qos_profile_sensor_data)
     if p.wrench_topic:
         n.create_subscription(WrenchStamped, p.wrench_topic, wrenches.append, 200)
-    assert ros.spin_until(lambda: len(images) > 2, 30.0), ros.logs()
+    extra: dict[str, list[Image]] = {c: [] for c in list(p.cameras)[1:]}  # the MuJoCo robots' other cameras
+    for camera, topic in list(p.cameras.items())[1:]:
+        n.create_subscription(Image, topic, extra[camera].append, qos_profile_sensor_data)
+    assert ros.spin_until(lambda: len(images) > 2 and all(len(v) > 2 for v in extra.values()), 30.0), ros.logs()
     states.clear()
     images.clear()
+    for frames in extra.values():
+        frames.clear()
     ros.spin_for(1.0)
+    # Every camera the parameter file names is rendered at the camera rate, each its own view.
+    assert list(extra) == {"franka": ["wrist"], "aloha": ["cam_low", "cam_left_wrist", "cam_right_wrist"]}.get(
+        embodiment, [])
+    anchor = bytes(images[-1][1].data)
+    for camera, frames in extra.items():
+        rate = p.extra_camera_rate_hz
+        assert 0.6 * rate <= len(frames) <= 1.25 * rate, (camera, len(frames), len(images), len(states))
+        assert (frames[-1].width, frames[-1].height, frames[-1].encoding) == (p.image_width, p.image_height, "rgb8")
+        assert frames[-1].header.frame_id == f"{camera}_optical_frame" and bytes(frames[-1].data) != anchor
     # ~100 Hz joint states and ~30 Hz images, joints named as the driver names them.
     assert 80 <= len(states) <= 115 and 24 <= len(images) <= 36
     # The commanded joints, then the observed-only ones (franka's MuJoCo suction cup: 0.0, not holding).

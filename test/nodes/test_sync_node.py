@@ -305,3 +305,76 @@ def test_the_task_topic_changes_the_instruction_each_observation_carries(ros) ->
     obs.clear()
     _stream(ros, p, 0.5, make)
     assert obs and all(o.instruction == "put the cube in the bowl" for o in obs)
+
+
+def _solid(color: tuple[int, int, int], stamp_s: float, size: tuple[int, int] = (48, 64)) -> Image:
+    img = np.empty((*size, 3), np.uint8)
+    img[:] = color
+    msg = Image(height=size[0], width=size[1], encoding="rgb8", step=size[1] * 3, data=img.tobytes())
+    msg.header.stamp.sec = int(stamp_s)
+    msg.header.stamp.nanosec = int((stamp_s % 1) * 1e9)
+    return msg
+
+
+def test_several_cameras_at_their_own_rates_and_one_that_stops(ros) -> None:
+    """franka.yaml's exterior camera stamps each observation; a wrist camera at half its rate and a top camera
+    that stops after 1.5 s ride along: each observation carries the nearest frame of each camera within
+    max_camera_skew_s, the stopped camera is left out (observations go on) and counted on /diagnostics."""
+    overrides = {"extra_cameras": ["wrist=wrist_camera/color/image_raw", "top=top_camera/image_raw"],
+                 "max_camera_skew_s": 0.1}
+    p, obs, diags = _start_with_diagnostics(ros, overrides)
+    n = ros.node
+    js_pub = n.create_publisher(JointState, p.joint_states_topic, 50)
+    pubs = {c: n.create_publisher(Image, t, 10) for c, t in p.cameras.items()}
+    colors = {"exterior": (255, 0, 0), "wrist": (0, 255, 0), "top": (0, 0, 255)}
+    rates = {"exterior": 30.0, "wrist": 15.0, "top": 30.0}
+    assert ros.spin_until(lambda: all(n.count_subscribers(t) > 0 for t in p.cameras.values()), 60.0), ros.logs()
+    sent: dict[str, list[float]] = {c: [] for c in p.cameras}
+
+    def stream(seconds: float, stop_top_after_s: float) -> None:
+        t0 = ros.now_s()
+        due = {c: t0 + 0.013 * i for i, c in enumerate(p.cameras)}  # out of phase
+        while (t := ros.now_s()) - t0 < seconds:
+            js = JointState(name=[*p.joint_names, "suction_cup"], position=[0.0] * 8)
+            js.header.stamp = n.get_clock().now().to_msg()
+            js_pub.publish(js)
+            for camera, pub in pubs.items():
+                if t >= due[camera] and not (camera == "top" and t - t0 > stop_top_after_s):
+                    pub.publish(_solid(colors[camera], t - 0.01))  # stamped at capture, 10 ms ago
+                    sent[camera].append(t - 0.01)
+                    due[camera] += 1.0 / rates[camera]
+            ros.spin_for(0.01)
+
+    stream(1.0, 10.0)  # discovery; everything runs
+    obs.clear()
+    stream(1.5, 10.0)
+    both = list(obs)
+    obs.clear()
+    diags.clear()
+    stream(2.0, 0.0)  # the top camera has stopped
+    ros.spin_for(0.3)
+    after = [o for o in obs if "top" not in o.extra_camera_names]
+    assert len(both) >= 0.6 * 45 and len(after) >= 0.6 * 60, (len(both), len(after), ros.logs())
+    for o in both + after:
+        assert o.camera_name == "exterior" and len(o.extra_images) == len(o.extra_camera_names)
+        stamp = o.header.stamp.sec + o.header.stamp.nanosec * 1e-9
+        for camera, image in zip(o.extra_camera_names, o.extra_images):
+            t = image.header.stamp.sec + image.header.stamp.nanosec * 1e-9
+            assert abs(t - stamp) <= 0.1 + 1e-6 and min(abs(np.array(sent[camera]) - t)) < 1e-6
+            assert (image.encoding, image.width, image.height) == ("rgb8", 96, 96)
+            pixel = np.frombuffer(bytes(image.data), np.uint8).reshape(96, 96, 3)[0, 0]
+            assert tuple(pixel) == colors[camera], camera
+    # While all ran, nearly every observation had all three; after the stop, none has the top camera.
+    assert sum(list(o.extra_camera_names) == ["wrist", "top"] for o in both) >= 0.9 * len(both)
+    assert all("wrist" in o.extra_camera_names for o in after[3:])
+    assert len(obs) - len(after) <= 8  # the top camera's last frames serve a few observations at most
+
+    def top_stale(d) -> int:  # type: ignore[no-untyped-def]
+        for status in d.status:
+            values = {kv.key: kv.value for kv in status.values}
+            if "top_stale" in values and "camera top: left out of" in status.message:
+                assert status.level == bytes([1]) and "last frame arrived" in status.message, status.message
+                return int(values["top_stale"])
+        return 0
+
+    assert ros.spin_until(lambda: any(top_stale(d) > 0 for d in diags), 10.0), ros.logs()

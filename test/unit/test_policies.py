@@ -13,10 +13,9 @@ from hybridvla_ros.launch_description import default_config_dir
 from hybridvla_ros.model.checkpoint import CheckpointError, model_version_of, save_checkpoint
 from hybridvla_ros.model.policy import EmbodimentSpec, HybridPolicy, PolicyConfig
 from hybridvla_ros.model.runner import PolicyRunner
-from hybridvla_ros.params import from_params, load_node_params
+from hybridvla_ros.params import ParameterError, from_params, load_node_params
 from hybridvla_ros.params.inference import POLICY_SOURCES, InferenceParams
 from hybridvla_ros.policies import (
-    DEFAULT_CAMERA,
     JointTransform,
     Policy,
     PolicyChunk,
@@ -76,7 +75,7 @@ def _robot_obs(stamp_s: float = 100.0, with_state: bool = True, task: str = "") 
     names = ["panda_finger_joint1", *reversed(ARM), *(["suction_cup"] if with_state else [])]
     values = [0.04, *np.linspace(0.3, -0.3, 7), *([1.0] if with_state else [])]
     return RobotObservation(stamp_s=stamp_s, joint_names=names, joint_positions=values, task=task,
-                            images={DEFAULT_CAMERA: _image()})
+                            images={"exterior": _image(), "wrist": _image()[::-1].copy()})
 
 
 # --- registry
@@ -234,7 +233,7 @@ def test_requirements_name_the_parameter_a_policy_contradicts() -> None:
 def test_builtin_answers_with_the_runners_absolute_chunk_on_the_observations_time(ckpts) -> None:
     p = franka_params(ckpts["state"])
     policy = make_policy("builtin", p)
-    assert (policy.joint_names, policy.state_joints, policy.cameras) == (ARM, ("suction_cup",), (DEFAULT_CAMERA,))
+    assert (policy.joint_names, policy.state_joints, policy.cameras) == (ARM, ("suction_cup",), ("exterior",))
     assert (policy.action_dim, policy.chunk_size, policy.adaptable) == (7, 16, True)
     assert policy.model_version == model_version_of(ckpts["state"]) and policy.plan_topics == ()
     obs = JointTransform(p.joint_names, p.instruction).to_policy(_robot_obs(stamp_s=123.25), policy)
@@ -256,6 +255,24 @@ def test_builtin_answers_with_the_runners_absolute_chunk_on_the_observations_tim
     np.testing.assert_allclose(policy.infer(obs).actions, again.infer(obs).actions)
 
 
+def test_builtin_reads_the_camera_policy_camera_names(ckpts) -> None:
+    """franka.yaml names an exterior (the anchor) and a wrist camera: policy_camera picks the one our model reads;
+    an observation without it (the wrist camera stale at sync) is refused, naming the camera."""
+    p = franka_params(ckpts["state"], policy_camera="wrist")
+    policy = make_policy("builtin", p)
+    assert policy.cameras == ("wrist",)
+    transform = JointTransform(p.joint_names, p.instruction)
+    robot_obs = _robot_obs()
+    runner = PolicyRunner.load(ckpts["state"], "franka", mode="coarse_to_fine")
+    expected = runner.predict(robot_obs.images["wrist"], np.linspace(-0.3, 0.3, 7), p.instruction,
+                              num_samples=p.confidence_samples, state=np.array([1.0]))
+    np.testing.assert_allclose(policy.infer(transform.to_policy(robot_obs, policy)).actions, expected.actions)
+    with pytest.raises(PolicyInputError, match="wrist"):
+        transform.to_policy(dataclasses.replace(robot_obs, images={"exterior": _image()}), policy)
+    with pytest.raises(ParameterError, match="policy_camera: 'hand' is not one of the robot's cameras"):
+        franka_params(ckpts["state"], policy_camera="hand")
+
+
 def test_builtin_refuses_bad_input(ckpts) -> None:
     p = franka_params(ckpts["state"])
     policy = make_policy("builtin", p)
@@ -263,12 +280,12 @@ def test_builtin_refuses_bad_input(ckpts) -> None:
     with pytest.raises(PolicyInputError, match="suction_cup"):  # the observation lacks a state joint it reads
         transform.to_policy(_robot_obs(with_state=False), policy)
     obs = transform.to_policy(_robot_obs(), policy)
-    with pytest.raises(PolicyInputError, match="no camera 'camera'"):
+    with pytest.raises(PolicyInputError, match="no camera 'exterior'"):
         policy.infer(dataclasses.replace(obs, images={}))
     with pytest.raises(PolicyInputError, match="joint_names"):
         policy.infer(dataclasses.replace(obs, joint_names=tuple(reversed(ARM))))
-    with pytest.raises(PolicyInputError, match=r"images\['camera'\]"):
-        policy.infer(dataclasses.replace(obs, images={DEFAULT_CAMERA: np.zeros((0, 4, 3), np.uint8)}))
+    with pytest.raises(PolicyInputError, match=r"images\['exterior'\]"):
+        policy.infer(dataclasses.replace(obs, images={"exterior": np.zeros((0, 4, 3), np.uint8)}))
     with pytest.raises(ValueError, match="plan_topics"):
         policy.on_plan(EXPERT_PLAN_TOPIC, PolicyChunk(np.zeros((16, 7)), 0.0, 0.02, 1.0, 0.0, "x", 0))
 

@@ -128,11 +128,15 @@ def test_the_recorder_parameters_are_checked() -> None:
         values = load_node_params(os.path.join(default_config_dir(), f"{robot}.yaml"), "demo_recorder")
         return from_params(DemoRecorderParams, {**values, **change}, "demo_recorder")
 
-    p = load("franka", extra_cameras=["wrist=wrist_camera/image_raw"])
+    # franka.yaml names its cameras for every node (the /** section): the exterior one stamps, the wrist one rides
+    assert load("franka").cameras == {"exterior": "camera/color/image_raw", "wrist": "wrist_camera/color/image_raw"}
+    p = load("franka", camera_name="front", extra_cameras=["wrist=wrist_camera/image_raw"])
     assert p.cameras == {"front": "camera/color/image_raw", "wrist": "wrist_camera/image_raw"}
+    assert list(load("aloha").cameras) == ["cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"]
     assert p.resolved_action_source == "command" and p.fps == 50
     assert load("hello").resolved_action_source == "action_command"  # its controller takes a Twist
-    for change, why in [({"extra_cameras": ["wrist"]}, "name=topic"), ({"extra_cameras": ["front=x"]}, "unique"),
+    for change, why in [({"extra_cameras": ["wrist"]}, "name=topic"), ({"extra_cameras": ["exterior=x"]}, "unique"),
+                        ({"extra_cameras": ["top=camera/color/image_raw"]}, "its own topic"),
                         ({"extra_cameras": ["wr/ist=x"]}, "plain name"), ({"control_rate_hz": 29.97}, "whole number"),
                         ({"camera_name": "front camera"}, "plain name")]:
         with pytest.raises(ParameterError, match=why):

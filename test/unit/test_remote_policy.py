@@ -34,7 +34,7 @@ def _obs(robot: InferenceParams, stamp_s: float = 100.0, q: float = 0.1, size: t
     image = np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8)
     return PolicyObservation(stamp_s=stamp_s, joint_names=robot.joint_names,
                              joint_positions=np.full(robot.action_dim, q) + np.arange(robot.action_dim) * 0.01,
-                             task="pick the cube", images={"camera": image}, state_joints=robot.state_joints,
+                             task="pick the cube", images={robot.camera_name: image}, state_joints=robot.state_joints,
                              state=np.ones(len(robot.state_joints)))
 
 
@@ -275,7 +275,7 @@ def test_batched_forward_matches_one_by_one(small_checkpoint: str) -> None:
     runner = load_runner(small_checkpoint, "franka", mode="token")
     model = ModelServer({"franka": runner})
     robot = _robot()
-    requests = [model.parse({"observation/image": _obs(robot, seed=i).images["camera"],
+    requests = [model.parse({"observation/image": _obs(robot, seed=i).images[robot.camera_name],
                              "observation/state": np.r_[np.full(7, 0.1 * i), 1.0], "prompt": f"task {i % 2}"})
                 for i in range(3)]
     batched = model.answer(requests)
