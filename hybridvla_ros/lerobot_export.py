@@ -16,8 +16,11 @@ The dataset:
   sessions in the order the store first saw them, a session's episodes by index, frames in stamp order;
   ``robot_type`` = the store's embodiment (one per store); each frame's ``task`` = the instruction stored
   with it (an episode keeps its instruction unless the task changed during the override);
-- ``observation.images.<camera>`` (H, W, 3): the stored image (one camera: the recorder stores the
-  embodiment's one ``camera_topic``; ``--camera`` names it, default ``front``). PNG inside the parquet by
+- ``observation.images.<camera>`` (H, W, 3): the stored image of each camera. The one that stamps the
+  observations is named as the recorder stored it (the embodiment's ``camera_name``; ``--camera`` renames it;
+  ``front`` for stores from before cameras had names); each of the robot's other cameras (``extra_cameras``)
+  stored with every correction is a feature too. A camera missing from some corrections (stale at sync when
+  they were stored) or stored at several sizes is left out, and the summary line names it. PNG inside the parquet by
   default: lossless, no encoder. ``--video`` writes AV1 through PyAV's bundled SVT-AV1 instead: lossy (mean
   2.5, max 178 grey levels off on 48x64 test images with sharp edges), no faster to write (5.6 s both for 17
   frames, mostly imports), and smaller only for many frames (80 frames of 96 px noise: 0.6 MB vs 2.3 MB);
@@ -152,6 +155,9 @@ class Layout:
     image_shape: tuple[int, int, int]
     joint_names: tuple[str, ...]
     action_dim: int
+    camera: str = ""  # the anchor camera's stored name ('' when the records disagree or name none)
+    extra_cameras: tuple[tuple[str, tuple[int, int, int]], ...] = ()  # (name, shape) stored with every record
+    left_out: tuple[str, ...] = ()  # other cameras some records lack (or of several sizes): not exported
 
     @property
     def action_names(self) -> list[str]:
@@ -169,7 +175,15 @@ def check_layout(records: Sequence[CorrectionRecord]) -> Layout:
     if len(names) < action_dim:
         names = (*names, *(f"action_{i}" for i in range(len(names), action_dim)))
     h, w, c = (int(n) for n in first.image.shape)
-    layout = Layout(first.embodiment, (h, w, c), tuple(names), action_dim)
+    layout = Layout(first.embodiment, (h, w, c), tuple(names), action_dim,
+                    camera=first.camera_name if all(r.camera_name == first.camera_name for r in records) else "")
+    seen = {cam for r in records for cam in r.extra_images}
+    shapes: dict[str, set[tuple[int, int, int]]] = {
+        cam: {_shape3(r.extra_images[cam]) for r in records if cam in r.extra_images} for cam in seen}
+    kept = [cam for r in records[:1] for cam in r.extra_images  # the first record's order
+            if all(cam in x.extra_images for x in records) and len(shapes[cam]) == 1]
+    layout = dataclasses.replace(layout, extra_cameras=tuple((cam, next(iter(shapes[cam]))) for cam in kept),
+                                 left_out=tuple(sorted(seen - set(kept))))
     for r in records:
         if r.embodiment != layout.embodiment:
             raise ExportError(f"the store mixes embodiments ({layout.embodiment!r} and {r.embodiment!r}); "
@@ -186,12 +200,19 @@ def check_layout(records: Sequence[CorrectionRecord]) -> Layout:
     return layout
 
 
+def _shape3(image: np.ndarray) -> tuple[int, int, int]:
+    h, w, c = (int(n) for n in image.shape)
+    return h, w, c
+
+
 def dataset_features(layout: Layout, camera: str, use_videos: bool) -> dict[str, dict[str, Any]]:
-    """LeRobot's ``features`` dict for ``layout``."""
+    """LeRobot's ``features`` dict for ``layout``, the anchor camera named ``camera``."""
     d = layout.action_dim
+    images = {f"observation.images.{name}": {"dtype": "video" if use_videos else "image", "shape": shape,
+                                             "names": ["height", "width", "channels"]}
+              for name, shape in ((camera, layout.image_shape), *layout.extra_cameras)}
     return {
-        f"observation.images.{camera}": {"dtype": "video" if use_videos else "image",
-                                         "shape": layout.image_shape, "names": ["height", "width", "channels"]},
+        **images,
         STATE: {"dtype": "float32", "shape": (len(layout.joint_names),), "names": list(layout.joint_names)},
         ACTION: {"dtype": "float32", "shape": (d,), "names": layout.action_names},
         INTERVENTION: {"dtype": "bool", "shape": (1,), "names": None},
@@ -201,11 +222,15 @@ def dataset_features(layout: Layout, camera: str, use_videos: bool) -> dict[str,
     }
 
 
-def frame_of(record: CorrectionRecord, camera: str, action_dim: int) -> dict[str, Any]:
-    """One LeRobot frame (with its ``task``) from a stored correction."""
+def frame_of(record: CorrectionRecord, camera: str, action_dim: int,
+             extra_cameras: Sequence[str] = ()) -> dict[str, Any]:
+    """One LeRobot frame (with its ``task``) from a stored correction: the anchor image as ``camera``, and
+    each of ``extra_cameras`` (which the record must have)."""
     proposal = record.proposed_action if record.has_proposal else np.zeros(action_dim)
     return {
         f"observation.images.{camera}": np.ascontiguousarray(record.image, dtype=np.uint8),  # (H, W, 3)
+        **{f"observation.images.{name}": np.ascontiguousarray(record.extra_images[name], dtype=np.uint8)
+           for name in extra_cameras},
         STATE: record.joint_positions.astype(np.float32),
         ACTION: record.human_action.astype(np.float32),
         INTERVENTION: np.array([True]),  # the store holds human frames only
@@ -226,13 +251,18 @@ class Summary:
     fps: int
     robot_type: str
     use_videos: bool
+    cameras: tuple[str, ...] = ()
+    left_out: tuple[str, ...] = ()
 
     def line(self, out: str, repo_id: str) -> str:
         images = "AV1 video" if self.use_videos else "PNG in parquet"
+        left = (f"; cameras {list(self.left_out)} left out (missing from some corrections or of several sizes)"
+                if self.left_out else "")
         return (f"wrote {self.frames} frames in {self.episodes} episodes from {self.corrections} corrections "
                 f"({self.repeated} repeated, {self.dropped} dropped by resampling to {self.fps} fps) to {out} "
-                f"(LeRobotDataset v3, repo_id {repo_id}, robot_type {self.robot_type}, images {images}; "
-                "human frames only: the store keeps no autonomous frames)")
+                f"(LeRobotDataset v3, repo_id {repo_id}, robot_type {self.robot_type}, cameras "
+                f"{list(self.cameras)}, images {images}; human frames only: the store keeps no autonomous "
+                f"frames{left})")
 
 
 def _out_paths(out: str) -> tuple[Path, Path]:
@@ -304,13 +334,15 @@ def prepare_lerobot_process() -> None:
 
 
 def export_lerobot(store_path: str, out: str, repo_id: str = DEFAULT_REPO_ID, fps: int | None = None,
-                   camera: str = DEFAULT_CAMERA, use_videos: bool = False) -> Summary:
+                   camera: str | None = None, use_videos: bool = False) -> Summary:
     """Write the corrections of the store at ``store_path`` as a LeRobotDataset v3 in the new directory
-    ``out``; returns what was written. Raises ExportError (one-line message) for anything that stops it,
-    leaving nothing at ``out`` nor beside it."""
+    ``out``; returns what was written. ``camera``: the anchor camera's feature name (default: as stored,
+    else ``front``). Raises ExportError (one-line message) for anything that stops it, leaving nothing at
+    ``out`` nor beside it."""
     if fps is not None and fps < 1:
         raise ExportError(f"--fps must be a positive integer, got {fps}")
-    check_camera_name(camera)
+    if camera is not None:
+        check_camera_name(camera)
     if not os.path.isfile(store_path):
         raise ExportError(f"no correction store at {store_path!r}", code=2)
     try:
@@ -321,6 +353,11 @@ def export_lerobot(store_path: str, out: str, repo_id: str = DEFAULT_REPO_ID, fp
     if not records:
         raise ExportError(f"the correction store {store_path!r} holds no corrections; nothing to export")
     layout = check_layout(records)
+    camera = camera or layout.camera or DEFAULT_CAMERA
+    check_camera_name(camera)
+    extras = [name for name, _ in layout.extra_cameras]
+    if camera in extras:
+        raise ExportError(f"--camera {camera!r} is the name of another stored camera ({extras})")
     episodes = group_episodes(records)
     rate = fps if fps is not None else estimate_fps(episodes)
     frames = repeated = dropped = 0
@@ -333,13 +370,14 @@ def export_lerobot(store_path: str, out: str, repo_id: str = DEFAULT_REPO_ID, fp
             repeated += int(picks.size - used.size)
             dropped += int(len(ep.records) - used.size)
             for i in picks:
-                dataset.add_frame(frame_of(ep.records[int(i)], camera, layout.action_dim))
+                dataset.add_frame(frame_of(ep.records[int(i)], camera, layout.action_dim, extras))
             dataset.save_episode()
             frames += int(picks.size)
 
     write_dataset(out, repo_id, rate, dataset_features(layout, camera, use_videos), layout.embodiment, use_videos,
                   fill)
-    return Summary(len(records), len(episodes), frames, repeated, dropped, rate, layout.embodiment, use_videos)
+    return Summary(len(records), len(episodes), frames, repeated, dropped, rate, layout.embodiment, use_videos,
+                   (camera, *extras), layout.left_out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repo-id", default=DEFAULT_REPO_ID, help="the dataset's repo_id (nothing is pushed)")
     ap.add_argument("--fps", type=int, default=None,
                     help="frames per second (default: from the stored stamps' median interval)")
-    ap.add_argument("--camera", default=DEFAULT_CAMERA, help="the image feature is observation.images.<camera>")
+    ap.add_argument("--camera", default=None, help="the name of the stored image that stamps the observations, "
+                    "observation.images.<camera> (default: the name it was stored under, else front)")
     ap.add_argument("--video", action="store_true", help="AV1 video (PyAV) instead of lossless PNG in parquet")
     return ap
 

@@ -92,10 +92,15 @@ def _stamp(t_s: float) -> dict[str, int]:
     return {"sec": sec, "nanosec": min(int(round((t_s - sec) * 1e9)), 999_999_999)}
 
 
+def _image(header: dict[str, Any], image: np.ndarray) -> dict[str, Any]:
+    h, w = image.shape[:2]
+    return {"header": header, "height": h, "width": w, "encoding": "rgb8", "is_bigendian": 0, "step": w * 3,
+            "data": np.ascontiguousarray(image).tobytes()}
+
+
 def correction_message(record: CorrectionRecord) -> dict[str, Any]:
     """``record`` as a hybridvla_msgs/Correction in plain dicts (what the MCAP encoder takes)."""
     header = {"stamp": _stamp(record.stamp_s), "frame_id": record.frame_id}
-    h, w = record.image.shape[:2]
     wrench = np.asarray(record.wrench, dtype=np.float64)
     has_wrench = wrench.size == 6
     f = wrench[:3] if has_wrench else np.zeros(3)
@@ -104,8 +109,10 @@ def correction_message(record: CorrectionRecord) -> dict[str, Any]:
         "header": header,
         "embodiment": record.embodiment,
         "instruction": record.instruction,
-        "image": {"header": header, "height": h, "width": w, "encoding": "rgb8", "is_bigendian": 0,
-                  "step": w * 3, "data": np.ascontiguousarray(record.image).tobytes()},
+        "image": _image(header, record.image),
+        "camera_name": record.camera_name,
+        "extra_camera_names": list(record.extra_images),
+        "extra_images": [_image(header, image) for image in record.extra_images.values()],  # stamped as the anchor
         "joint_names": list(record.joint_names),
         "joint_positions": record.joint_positions.tolist(),
         "joint_velocities": np.asarray(record.joint_velocities, dtype=np.float64).tolist(),

@@ -16,7 +16,11 @@ it is in the standard library. The in-memory replay buffer is a FIFO of the newe
 can take tens of milliseconds on an SD card) never stalls the caller; it still counts a
 correction only after its commit.
 
-Images are stored as lossless PNG. Arrays are float64 little-endian blobs.
+Images are stored as lossless PNG. Arrays are float64 little-endian blobs. The robot's other cameras
+(``CorrectionRecord.extra_images``) are rows of ``correction_cameras`` written in the same transaction.
+
+Size: one durability contract (schema and its migration, record checks, the store, the background
+writer that counts only after the commit); splitting it would spread that contract over modules.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import cv2
@@ -45,7 +49,9 @@ __all__ = [
     "CORRECTION_TOPIC",
 ]
 
-SCHEMA_VERSION = 1
+# 2: the robot's other cameras (correction_cameras) and the anchor camera's name; a version-1 store is
+# migrated in place when opened (its corrections keep one unnamed camera)
+SCHEMA_VERSION = 2
 CORRECTION_TYPE = "hybridvla_msgs/msg/Correction"
 CORRECTION_TOPIC = "/corrections"
 
@@ -69,11 +75,19 @@ CREATE TABLE IF NOT EXISTS corrections (
     wrench BLOB NOT NULL,
     proposed_action BLOB NOT NULL,
     human_action BLOB NOT NULL,
-    frame_id TEXT NOT NULL
+    frame_id TEXT NOT NULL,
+    camera_name TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS correction_cameras (
+    correction_id INTEGER NOT NULL REFERENCES corrections(id),
+    camera TEXT NOT NULL,
+    image_png BLOB NOT NULL,
+    PRIMARY KEY (correction_id, camera)
 );
 """
 _COLUMNS = ("stamp_s", "embodiment", "instruction", "session_id", "episode_index", "image_png", "joint_names",
-            "joint_positions", "joint_velocities", "wrench", "proposed_action", "human_action", "frame_id")
+            "joint_positions", "joint_velocities", "wrench", "proposed_action", "human_action", "frame_id",
+            "camera_name")
 
 
 class CorrectionStoreError(RuntimeError):
@@ -101,6 +115,9 @@ class CorrectionRecord:
     joint_velocities: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # (D,) or (0,)
     wrench: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # (6,) or (0,)
     frame_id: str = ""
+    camera_name: str = ""            # the camera of ``image`` (the embodiment's camera_name; '' in older stores)
+    # the robot's other cameras that had a frame for this observation: camera -> (H, W, 3) uint8 RGB
+    extra_images: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def has_proposal(self) -> bool:
@@ -123,6 +140,13 @@ def validate_record(record: CorrectionRecord) -> None:
                          f"{getattr(img, 'shape', type(img))} {getattr(img, 'dtype', '')}")
     if img.shape[0] == 0 or img.shape[1] == 0:
         raise ValueError(f"image: empty image of shape {img.shape}")
+    for camera, extra in record.extra_images.items():
+        if not isinstance(camera, str) or not camera or camera == record.camera_name:
+            raise ValueError(f"extra_images: camera names must be non-empty and not camera_name, got {camera!r}")
+        if (not isinstance(extra, np.ndarray) or extra.ndim != 3 or extra.shape[2] != 3 or extra.dtype != np.uint8
+                or 0 in extra.shape):
+            raise ValueError(f"extra_images[{camera!r}]: expected non-empty (H, W, 3) uint8, got "
+                             f"{getattr(extra, 'shape', type(extra))} {getattr(extra, 'dtype', '')}")
     human = _f64(record.human_action, "human_action")
     if human.size == 0 or not np.all(np.isfinite(human)):
         raise ValueError(f"human_action: needs finite values, got {human.tolist()}")
@@ -168,6 +192,7 @@ class _Row:
     """A record as kept in the replay buffer: the image still PNG-encoded, to stay small."""
 
     values: tuple[Any, ...]  # in _COLUMNS order
+    extras: tuple[tuple[str, bytes], ...] = ()  # (camera, PNG) of the other cameras
 
     def record(self) -> CorrectionRecord:
         v = dict(zip(_COLUMNS, self.values))
@@ -177,7 +202,8 @@ class _Row:
             human_action=_unblob(v["human_action"]), proposed_action=_unblob(v["proposed_action"]),
             session_id=v["session_id"], episode_index=int(v["episode_index"]),
             joint_names=tuple(json.loads(v["joint_names"])), joint_velocities=_unblob(v["joint_velocities"]),
-            wrench=_unblob(v["wrench"]), frame_id=v["frame_id"])
+            wrench=_unblob(v["wrench"]), frame_id=v["frame_id"], camera_name=v["camera_name"],
+            extra_images={camera: _decode_png(png) for camera, png in self.extras})
 
 
 def _describe_sqlite_error(path: str, exc: sqlite3.Error, doing: str) -> CorrectionStoreError:
@@ -247,15 +273,19 @@ class CorrectionStore:
             version = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if version is None:
                 self._conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(version[0]) == 1:  # one camera: name the column of its camera, keep every correction
+                self._conn.executescript(
+                    "BEGIN IMMEDIATE; ALTER TABLE corrections ADD COLUMN camera_name TEXT NOT NULL DEFAULT ''; "
+                    f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'; COMMIT;")
             elif int(version[0]) != SCHEMA_VERSION:
                 raise CorrectionStoreError(
                     f"correction store {self.path!r}: schema version {version[0]}, this code reads {SCHEMA_VERSION}")
             self._count = int(self._conn.execute("SELECT COUNT(*) FROM corrections").fetchone()[0])
             if self.replay_capacity:
                 rows = self._conn.execute(
-                    f"SELECT {', '.join(_COLUMNS)} FROM corrections ORDER BY id DESC LIMIT ?",
+                    f"SELECT id, {', '.join(_COLUMNS)} FROM corrections ORDER BY id DESC LIMIT ?",
                     (self.replay_capacity,)).fetchall()
-                self._replay.extend(_Row(tuple(r)) for r in reversed(rows))
+                self._replay.extend(self._rows(list(reversed(rows))))
         except sqlite3.Error as exc:
             self._conn.close()
             raise _describe_sqlite_error(self.path, exc, "opening") from exc
@@ -275,13 +305,16 @@ class CorrectionStore:
             float(record.stamp_s), record.embodiment, record.instruction, record.session_id,
             int(record.episode_index), _encode_png(record.image), json.dumps(list(record.joint_names)),
             _blob(record.joint_positions), _blob(record.joint_velocities), _blob(record.wrench),
-            _blob(record.proposed_action), _blob(record.human_action), record.frame_id)
+            _blob(record.proposed_action), _blob(record.human_action), record.frame_id, record.camera_name)
+        extras = tuple((camera, _encode_png(image)) for camera, image in record.extra_images.items())
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute(
+                row_id = self._conn.execute(
                     f"INSERT INTO corrections ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                    values)
+                    values).lastrowid
+                self._conn.executemany("INSERT INTO correction_cameras VALUES (?, ?, ?)",
+                                       [(row_id, camera, png) for camera, png in extras])
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._conn.in_transaction:
@@ -291,7 +324,7 @@ class CorrectionStore:
                         pass
                 raise _describe_sqlite_error(self.path, exc, "writing a correction") from exc
             self._count += 1
-            self._replay.append(_Row(values))
+            self._replay.append(_Row(values, extras))
             return self._count
 
     # --- reading
@@ -308,11 +341,12 @@ class CorrectionStore:
                 rows = self._conn.execute(
                     f"SELECT id, {', '.join(_COLUMNS)} FROM corrections WHERE id > ? ORDER BY id LIMIT ?",
                     (last_id, batch)).fetchall()
+                found = self._rows(rows)
             if not rows:
                 return
-            for r in rows:
-                last_id = r[0]
-                yield _Row(tuple(r[1:])).record()
+            last_id = rows[-1][0]
+            for row in found:
+                yield row.record()
 
     def replay_records(self) -> list[CorrectionRecord]:
         """The replay buffer: the newest ``replay_capacity`` corrections, oldest first."""
@@ -323,8 +357,8 @@ class CorrectionStore:
     def load_arrays(self, limit: int | None = None, image_size: int = 96) -> dict[str, np.ndarray]:
         """The newest ``limit`` corrections (all if None) as stacked training arrays, oldest first.
 
-        See :func:`records_to_arrays` for the keys; raises CorrectionStoreError if the
-        stored corrections do not share one action dimension.
+        See :func:`records_to_arrays` for the keys (the image of ``camera_name`` only); raises
+        CorrectionStoreError if the stored corrections do not share one action dimension.
         """
         sql = f"SELECT {', '.join(_COLUMNS)} FROM corrections ORDER BY id DESC"
         args: tuple[Any, ...] = ()
@@ -334,6 +368,18 @@ class CorrectionStore:
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
         return records_to_arrays([_Row(tuple(r)).record() for r in reversed(rows)], image_size)
+
+    def _rows(self, rows: list[Any]) -> list[_Row]:
+        """Rows of (id, *_COLUMNS) as _Rows with their other cameras' images (call holding the lock)."""
+        extras: dict[int, list[tuple[str, bytes]]] = collections.defaultdict(list)
+        ids = [r[0] for r in rows]
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            part = ids[start:start + 500]
+            for row_id, camera, png in self._conn.execute(
+                    f"SELECT correction_id, camera, image_png FROM correction_cameras WHERE correction_id IN "
+                    f"({', '.join('?' * len(part))}) ORDER BY rowid", part):
+                extras[row_id].append((camera, png))
+        return [_Row(tuple(r[1:]), tuple(extras.get(r[0], ()))) for r in rows]
 
     def replay_size(self) -> int:
         """Corrections in the replay buffer (at most ``replay_capacity``)."""

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
 from std_msgs.msg import String, UInt64
 
 from hybridvla_msgs.msg import ActionStep, Correction, HandoffMode, Observation
@@ -90,6 +91,14 @@ class CorrectionRecorderNode(Node):
             return True
         return self._mode == HandoffMode.HUMAN_OVERRIDE and msg.source != ActionStep.SOURCE_HOLD
 
+
+    def _image(self, img: Image) -> np.ndarray:
+        """A decoded (H, W, 3) uint8 copy of ``img``, resized to image_size when set; ImageDecodeError /
+        ValueError for one that cannot be read."""
+        image = decode_raw(img.encoding, img.height, img.width, img.step, img.data, img.is_bigendian)
+        if self.params.image_size:
+            image = resize_for_policy(image, self.params.image_size)
+        return np.array(image, dtype=np.uint8, copy=True)  # the message buffer is not ours
     def _skip(self, reason: str, detail: str) -> None:
         self.skipped[reason] += 1
         self.get_logger().warning(f"correction skipped ({reason}, {self.skipped[reason]} so far): {detail}",
@@ -116,10 +125,10 @@ class CorrectionRecorderNode(Node):
                                             f"{p.max_observation_age_s})")
             return
         try:
-            image = decode_raw(obs.image.encoding, obs.image.height, obs.image.width, obs.image.step,
-                               obs.image.data, obs.image.is_bigendian)
-            if p.image_size:
-                image = resize_for_policy(image, p.image_size)
+            image = self._image(obs.image)
+            # the robot's other cameras that had a frame for this observation (sync leaves a stale one out)
+            extra = {camera: self._image(img) for camera, img in zip(obs.extra_camera_names, obs.extra_images)
+                     if camera and camera != obs.camera_name}
         except (ImageDecodeError, ValueError) as exc:
             self._skip("bad_observation", f"image: {exc}")
             return
@@ -130,14 +139,14 @@ class CorrectionRecorderNode(Node):
         w = obs.wrench
         record = CorrectionRecord(
             stamp_s=stamp, embodiment=obs.embodiment or p.embodiment, instruction=obs.instruction or p.instruction,
-            image=np.array(image, dtype=np.uint8, copy=True),  # (H, W, 3); the message buffer is not ours
+            image=image,  # (H, W, 3)
             joint_positions=np.asarray(obs.joint_positions, dtype=np.float64),
             human_action=np.asarray(msg.action, dtype=np.float64), proposed_action=proposed,
             session_id=self.session_id, episode_index=self._episode, joint_names=tuple(obs.joint_names),
             joint_velocities=np.asarray(obs.joint_velocities, dtype=np.float64),
             wrench=np.array([w.force.x, w.force.y, w.force.z, w.torque.x, w.torque.y, w.torque.z])
             if obs.has_wrench else np.zeros(0),
-            frame_id=obs.header.frame_id)
+            frame_id=obs.header.frame_id, camera_name=obs.camera_name, extra_images=extra)
         if not self.writer.submit(record, (obs, msg)):
             self._skip("queue_full", f"{p.max_pending} corrections are waiting for the disk")
             self._publish_failures()

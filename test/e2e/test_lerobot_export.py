@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.lerobot]
 ROOT = Path(__file__).resolve().parents[2]
 REPO_ID = "local/test_corrections"
 CAMERA = "observation.images.front"
+WRIST = "observation.images.wrist"  # the robot's other camera, stored with every correction (32x40)
 H, W = 48, 64
 JOINTS = ("j1", "j2", "j3", "gripper")  # 3 commanded joints, then an observed-only state joint
 D = 3
@@ -69,6 +70,7 @@ for i in range(len(ds)):
     cols["timestamp"].append(float(f["timestamp"]))
     img = f["@CAM@"].numpy()  # (3, H, W) float in [0, 1]
     cols["image"].append(np.round(img.transpose(1, 2, 0) * 255.0).astype(np.uint8))
+    cols.setdefault("wrist", []).append(np.round(f["@WRIST@"].numpy().transpose(1, 2, 0) * 255.0).astype(np.uint8))
     tasks.append(f["task"])
 np.savez(out, **{k: np.stack([np.asarray(v) for v in vs]) for k, vs in cols.items()})
 info = ds.meta.info
@@ -78,7 +80,7 @@ with open(out + ".json", "w") as fh:
                "features": {k: {"dtype": v["dtype"], "shape": list(v["shape"]), "names": v["names"]}
                             for k, v in info["features"].items()}}, fh)
 print("read", len(ds), "frames")
-""".replace("@CAM@", CAMERA)
+""".replace("@CAM@", CAMERA).replace("@WRIST@", WRIST)
 
 
 def _image(seed: int) -> np.ndarray:
@@ -102,7 +104,10 @@ def _records() -> list[list[CorrectionRecord]]:
                 stamp_s=T0 + 100.0 * e + dt, embodiment="toyarm", instruction=TASKS[session], image=_image(n),
                 joint_positions=rng.normal(size=len(JOINTS)), human_action=rng.normal(size=D),
                 proposed_action=rng.normal(size=D) if has_proposal else np.zeros(0), session_id=session,
-                episode_index=episode, joint_names=JOINTS))
+                episode_index=episode, joint_names=JOINTS, camera_name="front",
+                # a top camera that was stale for some corrections: not exported (a feature is in every frame)
+                extra_images={"wrist": _image(n + 50)[:32, :40].copy(),
+                              **({"top": _image(n + 90)} if n % 4 else {})}))
             n += 1
         out.append(recs)
     return out
@@ -137,6 +142,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[list[
     print(f"\nexport: {time.perf_counter() - t0:.1f} s: {done.stdout.strip()}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "17 frames in 4 episodes from 17 corrections (1 repeated, 1 dropped" in done.stdout, done.stdout
+    assert "cameras ['front', 'wrist']" in done.stdout and "cameras ['top'] left out" in done.stdout, done.stdout
     assert sorted(p.name for p in tmp.iterdir()) == ["corrections.sqlite", "dataset"]  # no temporary left
     return out, records
 
@@ -159,6 +165,7 @@ def test_lerobot_reads_back_every_frame(exported: tuple[Path, list[list[Correcti
     assert meta["num_episodes"] == len(EPISODES)
     feats = meta["features"]
     assert feats[CAMERA]["dtype"] == "image" and feats[CAMERA]["shape"] == [H, W, 3]
+    assert feats[WRIST]["shape"] == [32, 40, 3] and "observation.images.top" not in feats
     assert feats["observation.state"]["names"] == list(JOINTS)
     assert feats["action"]["names"] == list(JOINTS[:D]) and feats["policy_action"]["names"] == list(JOINTS[:D])
     assert feats["intervention"]["dtype"] == "bool" and feats["intervention"]["shape"] == [1]
@@ -177,6 +184,7 @@ def test_lerobot_reads_back_every_frame(exported: tuple[Path, list[list[Correcti
         np.testing.assert_array_equal(got["policy_action"][n], want.astype(np.float32))
         assert got["stamp"][n].tolist() == [round(r.stamp_s * 1e9)]  # exact: int64 ns
         np.testing.assert_array_equal(got["image"][n], r.image)  # PNG: lossless
+        np.testing.assert_array_equal(got["wrist"][n], r.extra_images["wrist"])
         assert meta["tasks"][n] == r.instruction
     assert {meta["tasks"][n] for n, (e, _, _) in enumerate(expected) if e < 2} == {TASKS["s-a"]}
     assert {meta["tasks"][n] for n, (e, _, _) in enumerate(expected) if e >= 2} == {TASKS["s-b"]}
@@ -202,7 +210,7 @@ def test_lerobot_train_runs_on_the_export(exported: tuple[Path, list[list[Correc
     assert (model / "model.safetensors").is_file(), sorted(str(p) for p in ckpt.rglob("*"))
     config = json.loads((model / "config.json").read_text())
     assert config["type"] == "act"
-    assert set(config["input_features"]) == {CAMERA, "observation.state"}
+    assert set(config["input_features"]) == {CAMERA, WRIST, "observation.state"}  # ACT on both cameras
     assert config["output_features"]["action"]["shape"] == [D]
     assert "step:4" in done.stdout + done.stderr
 

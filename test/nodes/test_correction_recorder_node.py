@@ -66,6 +66,11 @@ def test_human_corrections_are_stored_counted_and_trigger_adaptation(ros, tmp_pa
         image[k % S, :, 0] = 255  # a row that tells the frames apart
         msg.image.height = msg.image.width = S
         msg.image.encoding, msg.image.step, msg.image.data = "rgb8", S * 3, image.tobytes()
+        msg.camera_name = "exterior"
+        if k % 2:  # franka.yaml's wrist camera, 48x64; sync left it out of the even frames (stale)
+            wrist = type(msg.image)(height=48, width=64, encoding="rgb8", step=64 * 3,
+                                    data=np.full((48, 64, 3), 200 - k, np.uint8).tobytes())
+            msg.extra_camera_names, msg.extra_images = ["wrist"], [wrist]
         msg.joint_positions = [*(home + 0.01 * k).tolist(), float(k >= 5)]
         msg.joint_velocities = [0.0] * len(p.observed_joints)
         return msg
@@ -123,6 +128,10 @@ def test_human_corrections_are_stored_counted_and_trigger_adaptation(ros, tmp_pa
         # Stored as the observation came (every observed joint, named); adaptation picks them by name.
         np.testing.assert_allclose(record.joint_positions, [*(home + 0.01 * k), float(k >= 5)])
         assert record.image[k % S, 0, 0] == 255 and record.image[(k + 1) % S, 0, 0] == k
+        # the wrist camera where the observation had it, resized like the anchor (image_size)
+        assert record.camera_name == "exterior" and list(record.extra_images) == (["wrist"] if k % 2 else [])
+        if k % 2:
+            assert record.extra_images["wrist"].shape == (S, S, 3) and (record.extra_images["wrist"] == 200 - k).all()
         assert record.embodiment == "franka" and record.joint_names == (*p.joint_names, "suction_cup")
     assert len({r.episode_index for r in records}) == 1, "one override, one episode"
     assert arrays["images"].shape == (10, S, S, 3) and arrays["has_proposal"].all()

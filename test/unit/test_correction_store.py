@@ -316,12 +316,12 @@ def test_add_latency_is_small(tmp_path) -> None:
 def test_mcap_export_reads_back_as_ros2_corrections(tmp_path) -> None:
     mcap_reader = pytest.importorskip("mcap.reader")
     mcap_decoder = pytest.importorskip("mcap_ros2.decoder")
-    records = [make_record(0), make_record(1, proposal=False), make_record(2, wrench=True)]
+    records = [make_record(0), make_record(1, proposal=False), make_record(2, wrench=True), _with_cameras(3)]
     with CorrectionStore(str(tmp_path / "c.sqlite"), 10) as store:
         for r in records:
             store.add(r)
         out = str(tmp_path / "export" / "corrections.mcap")
-        assert export_mcap(store, out) == 3
+        assert export_mcap(store, out) == 4
 
     with open(out, "rb") as f:
         reader = mcap_reader.make_reader(f, decoder_factories=[mcap_decoder.DecoderFactory()])
@@ -353,3 +353,77 @@ def test_mcap_export_reads_back_as_ros2_corrections(tmp_path) -> None:
     assert list(ros_msg.human_action) == records[2].human_action.tolist()
     assert ros_msg.observation.wrench.force.x == records[2].wrench[0]
     assert bytes(ros_msg.observation.image.data) == records[2].image.tobytes()
+    obs = serialization.deserialize_message(raw[3], msgs.Correction).observation  # the robot's other cameras too
+    assert obs.camera_name == "exterior" and list(obs.extra_camera_names) == ["wrist", "top"]
+    for image, want in zip(obs.extra_images, records[3].extra_images.values(), strict=True):
+        assert (image.height, image.width) == want.shape[:2] and bytes(image.data) == want.tobytes()
+
+
+def _with_cameras(i: int, cameras: tuple[str, ...] = ("wrist", "top")) -> CorrectionRecord:
+    import dataclasses
+
+    rng = np.random.default_rng(100 + i)
+    return dataclasses.replace(make_record(i), camera_name="exterior", extra_images={
+        cam: rng.integers(0, 256, (16 + 4 * k, 24, 3), dtype=np.uint8) for k, cam in enumerate(cameras)})
+
+
+def test_the_robots_other_cameras_are_stored_with_each_correction(tmp_path) -> None:
+    """A multi-camera robot's correction keeps every camera the observation had, each at its own size, through
+    the replay buffer, a re-open and iter_records; one without a stale camera keeps the others."""
+    path = str(tmp_path / "c.sqlite")
+    records = [_with_cameras(0), _with_cameras(1, ("wrist",)), make_record(2)]
+    with CorrectionStore(path, replay_capacity=10) as store:
+        for r in records:
+            store.add(r)
+        replay = store.replay_records()
+    with CorrectionStore(path, replay_capacity=2) as store:
+        for got_all in (replay, list(store.iter_records(batch=2)), [None, *store.replay_records()]):
+            for got, want in zip(got_all, records, strict=True):
+                if got is None:
+                    continue
+                assert_same(got, want)
+                assert got.camera_name == want.camera_name and list(got.extra_images) == list(want.extra_images)
+                for cam, image in want.extra_images.items():
+                    np.testing.assert_array_equal(got.extra_images[cam], image)
+        assert store.load_arrays()["images"].shape[0] == 3  # training reads the anchor camera
+
+
+def test_a_store_from_before_camera_names_is_migrated_and_keeps_its_corrections(tmp_path) -> None:
+    path = str(tmp_path / "v1.sqlite")
+    with sqlite3.connect(path) as conn:  # schema version 1, as the previous release wrote it
+        conn.executescript("""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            INSERT INTO meta VALUES ('schema_version', '1');
+            CREATE TABLE corrections (id INTEGER PRIMARY KEY AUTOINCREMENT, stamp_s REAL NOT NULL,
+                embodiment TEXT NOT NULL, instruction TEXT NOT NULL, session_id TEXT NOT NULL,
+                episode_index INTEGER NOT NULL, image_png BLOB NOT NULL, joint_names TEXT NOT NULL,
+                joint_positions BLOB NOT NULL, joint_velocities BLOB NOT NULL, wrench BLOB NOT NULL,
+                proposed_action BLOB NOT NULL, human_action BLOB NOT NULL, frame_id TEXT NOT NULL);""")
+        old = make_record(0)
+        import cv2
+        png = cv2.imencode(".png", cv2.cvtColor(old.image, cv2.COLOR_RGB2BGR))[1].tobytes()
+        f8 = lambda a: np.asarray(a, "<f8").tobytes()  # noqa: E731
+        conn.execute("INSERT INTO corrections VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (
+            old.stamp_s, old.embodiment, old.instruction, old.session_id, old.episode_index, png,
+            '["j0", "j1", "j2", "j3", "j4", "j5", "j6"]', f8(old.joint_positions), f8(old.joint_velocities),
+            f8(old.wrench), f8(old.proposed_action), f8(old.human_action), old.frame_id))
+    with CorrectionStore(path, replay_capacity=10) as store:
+        assert store.count() == 1
+        assert store.add(_with_cameras(1)) == 2
+        got = list(store.iter_records())
+    assert_same(got[0], old) and got[0].camera_name == "" and got[0].extra_images == {}
+    assert got[1].camera_name == "exterior" and list(got[1].extra_images) == ["wrist", "top"]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+
+
+def test_a_malformed_extra_camera_image_is_refused_by_name(tmp_path) -> None:
+    import dataclasses
+
+    with CorrectionStore(str(tmp_path / "c.sqlite"), replay_capacity=10) as store:
+        for extra, match in [({"wrist": np.zeros((0, 4, 3), np.uint8)}, r"extra_images\['wrist'\]"),
+                             ({"wrist": np.zeros((4, 4), np.uint8)}, r"extra_images\['wrist'\]"),
+                             ({"exterior": np.zeros((4, 4, 3), np.uint8)}, "not camera_name")]:
+            with pytest.raises(ValueError, match=match):
+                store.add(dataclasses.replace(_with_cameras(0), extra_images=extra))
+        assert store.count() == 0
