@@ -28,7 +28,7 @@ import subprocess
 import sys
 
 from hybridvla_ros.graph_run import READY_TIMEOUT_S, run_graph, verdict
-from hybridvla_ros.model.lerobot_data import lerobot_python
+from hybridvla_ros.model.lerobot_data import lerobot_python_or_say
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.check import check_parameter_file
 from hybridvla_ros.params.config_files import embodiment_names
@@ -116,10 +116,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_export_demos(args: argparse.Namespace) -> int:
     """``export-demos``: a recorded demonstration set as a LeRobotDataset v3, written by
     hybridvla_ros/lerobot_demos.py in the LeRobot environment; joint names from the embodiment's file."""
-    python = lerobot_python()
-    if not os.path.exists(python):
-        print(f"hybridvla export-demos: error: {python} is missing: run `bash scripts/setup_lerobot.sh` to make the "
-              "LeRobot environment (the dataset is written by LeRobot's own code)", file=sys.stderr)
+    python = lerobot_python_or_say("hybridvla export-demos", "(the dataset is written by LeRobot's own code)")
+    if python is None:
         return 2
     from hybridvla_ros.model.demo_data import load_embodiment
     from hybridvla_ros.sim.demos import load_demonstrations
@@ -137,11 +135,9 @@ def _cmd_export_demos(args: argparse.Namespace) -> int:
 
 def _cmd_export_lerobot(args: argparse.Namespace) -> int:
     """``export-corrections --format lerobot``: hybridvla_ros/lerobot_export.py in the LeRobot environment."""
-    python = lerobot_python()
-    if not os.path.exists(python):
-        print(f"hybridvla export-corrections: error: {python} is missing: run `bash scripts/setup_lerobot.sh` to "
-              "make the LeRobot environment (--format lerobot writes with LeRobot's own dataset code)",
-              file=sys.stderr)
+    python = lerobot_python_or_say("hybridvla export-corrections",
+                                   "(--format lerobot writes with LeRobot's own dataset code)")
+    if python is None:
         return 2
     out = args.out if args.out is not None else "runs/corrections/lerobot"
     cmd = [python, "-m", "hybridvla_ros.lerobot_export", "--store", args.store, "--out", out,
@@ -263,10 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_serve_lerobot(argv: list[str]) -> int:
     """``hybridvla serve-lerobot ARGS``: the LeRobot sidecar (hybridvla_ros/lerobot_sidecar.py) in its own
     environment, .venv-lerobot (Python >= 3.12, LeRobot and the torch it pins; scripts/setup_lerobot.sh)."""
-    python = lerobot_python()
-    if not os.path.exists(python):
-        print(f"hybridvla serve-lerobot: error: {python} is missing: run `bash scripts/setup_lerobot.sh` to make "
-              "the LeRobot environment", file=sys.stderr)
+    python = lerobot_python_or_say("hybridvla serve-lerobot")
+    if python is None:
         return 2
     return subprocess.call([python, "-m", "hybridvla_ros.lerobot_sidecar", *argv])
 

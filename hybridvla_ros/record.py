@@ -22,7 +22,7 @@ from typing import Any
 
 from hybridvla_ros.core.recording import finished_episodes
 from hybridvla_ros.launch_description import NodeSpec, params_file_for
-from hybridvla_ros.model.lerobot_data import lerobot_python
+from hybridvla_ros.model.lerobot_data import lerobot_python_or_say
 from hybridvla_ros.params import ParameterError
 
 PROG = "hybridvla record"
@@ -44,11 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def convert(root: str, repo_id: str, video: bool) -> int:
     """Write ``<root>/lerobot`` from the recorded episodes in the LeRobot environment; the exit code."""
-    python = lerobot_python()
-    if not os.path.exists(python):
-        print(f"{PROG}: error: {python} is missing: run `bash scripts/setup_lerobot.sh` to make the LeRobot "
-              f"environment, then `{PROG} --convert-only` (the episodes under {root}/episodes are kept)",
-              file=sys.stderr)
+    python = lerobot_python_or_say(PROG, f"then `{PROG} --convert-only` (the episodes under {root}/episodes "
+                                         "are kept)")
+    if python is None:
         return 2
     cmd = [python, "-m", "hybridvla_ros.lerobot_demos", "recording", "--root", root, "--repo-id", repo_id]
     return subprocess.call(cmd + (["--video"] if video else []))

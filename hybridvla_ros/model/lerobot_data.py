@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -50,6 +51,17 @@ def lerobot_python() -> str:
     """The LeRobot environment's python (HYBRIDVLA_LEROBOT_PYTHON, else <repo>/.venv-lerobot/bin/python)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return os.environ.get("HYBRIDVLA_LEROBOT_PYTHON", os.path.join(root, ".venv-lerobot", "bin", "python"))
+
+
+def lerobot_python_or_say(prog: str, why: str = "") -> str | None:
+    """The LeRobot environment's python if it exists; else None, after one line on stderr that says how to make
+    it (``prog: error: ... missing: run bash scripts/setup_lerobot.sh ...``, then ``why``); callers exit 2."""
+    python = lerobot_python()
+    if os.path.exists(python):
+        return python
+    print(f"{prog}: error: {python} is missing: run `bash scripts/setup_lerobot.sh` to make the LeRobot environment"
+          + (f" {why}" if why else ""), file=sys.stderr)
+    return None
 
 
 def feature_names(meta: Mapping[str, Any], key: str) -> list[str] | None:

@@ -53,7 +53,7 @@ class HandoffNode(Node):
     def __init__(self) -> None:
         super().__init__("handoff", automatically_declare_parameters_from_overrides=True)
         self.params = p = load_schema(self, HandoffParams)
-        self.is_base = p.command_type == "geometry_msgs/Twist"
+        self.is_base = p.velocity_base
         self.sm = HandoffStateMachine(HandoffConfig(
             pause_confidence=p.pause_confidence, resume_confidence=p.resume_confidence,
             low_confidence_chunks_to_pause=p.low_confidence_chunks_to_pause,

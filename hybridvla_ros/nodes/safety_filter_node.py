@@ -334,7 +334,7 @@ class SafetyFilterNode(Node):
             return
         cmd = result.command
         p = self.params
-        if p.command_type == "geometry_msgs/Twist":
+        if p.velocity_base:
             msg = Twist()
             if not result.holding and self._last_sent is not None:
                 tw = pose_step_to_twist(self._last_sent, cmd, p.control_period_s)

@@ -33,7 +33,7 @@ class DemoRecorderParams(EmbodimentParams):
         super().__post_init__()
         if not self.root.strip():
             raise ParameterError("root: must not be empty")
-        if self.action_source == "command" and self.command_type == "geometry_msgs/Twist":
+        if self.action_source == "command" and self.velocity_base:
             raise ParameterError("action_source: command cannot record a geometry_msgs/Twist (a velocity) as the "
                                  "action's absolute targets; use action_command or auto")
         fps = round(self.control_rate_hz)
@@ -49,7 +49,7 @@ class DemoRecorderParams(EmbodimentParams):
     def resolved_action_source(self) -> str:
         if self.action_source != "auto":
             return self.action_source
-        return "action_command" if self.command_type == "geometry_msgs/Twist" else "command"
+        return "action_command" if self.velocity_base else "command"
 
     @property
     def fps(self) -> int:

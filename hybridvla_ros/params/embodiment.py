@@ -118,6 +118,11 @@ class EmbodimentParams:
         return {self.camera_name: self.camera_topic, **{name: topic.strip() for name, _, topic in extra}}
 
     @property
+    def velocity_base(self) -> bool:
+        """Whether the controller takes a velocity (a mobile base's Twist) rather than position targets."""
+        return self.command_type == "geometry_msgs/Twist"
+
+    @property
     def observed_joints(self) -> tuple[str, ...]:
         """Every joint the policy reads from joint_states: joint_names, then state_joints."""
         return tuple(self.joint_names) + tuple(self.state_joints)

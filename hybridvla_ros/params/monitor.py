@@ -116,7 +116,7 @@ class MonitorParams(EmbodimentParams):
         """joint or planar."""
         if self.plot_space != "auto":
             return self.plot_space
-        return "planar" if self.command_type == "geometry_msgs/Twist" else "joint"
+        return "planar" if self.velocity_base else "joint"
 
     @property
     def resolved_plot_dims(self) -> tuple[int, ...]:

@@ -73,3 +73,26 @@ def test_run_and_demo_fail_when_the_policy_never_drove(tmp_path, monkeypatch, ca
         assert main(command) == 1
         assert "no report" in capsys.readouterr().err
     assert calls[0]["ready_timeout_s"] == 45.0
+
+
+def test_the_commands_that_need_lerobot_say_how_to_make_its_environment(tmp_path, capsys, monkeypatch) -> None:
+    """Without .venv-lerobot each command that runs LeRobot's code exits 2 with the command to make it, and
+    runs nothing (record keeps its episodes for --convert-only)."""
+    from hybridvla_ros.record import main as record_main
+
+    monkeypatch.setenv("HYBRIDVLA_LEROBOT_PYTHON", str(tmp_path / "no-python"))
+    store = str(tmp_path / "c.sqlite")
+    CorrectionStore(store, 1).close()
+    for prog, run in [
+        ("hybridvla export-demos", lambda: main(["export-demos", "--demos", "x.npz", "--out", str(tmp_path / "d")])),
+        ("hybridvla export-corrections", lambda: main(["export-corrections", "--store", store, "--format", "lerobot",
+                                                        "--out", str(tmp_path / "e")])),
+        ("hybridvla serve-lerobot", lambda: main(["serve-lerobot", "--policy-dir", str(tmp_path)])),
+        ("hybridvla record", lambda: record_main(["--embodiment", "franka", "--root", str(tmp_path / "r"),
+                                                  "--convert-only"])),
+    ]:
+        assert run() == 2, prog
+        err = capsys.readouterr().err
+        assert err.startswith(f"{prog}: error: {tmp_path / 'no-python'} is missing: run `bash "
+                              "scripts/setup_lerobot.sh` to make the LeRobot environment"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.sqlite"]
