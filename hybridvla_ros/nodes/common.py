@@ -1,4 +1,4 @@
-"""What every node shares: parameter loading, stamps, and a clean main().
+"""What every node shares: parameter loading, stamps, images, and a clean main().
 
 Kept thin on purpose: nodes only translate messages and call the core modules.
 """
@@ -10,9 +10,11 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from sensor_msgs.msg import Image
 
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.check import load_node_schema
@@ -56,6 +58,18 @@ def s_to_stamp(t_s: float, msg_stamp: Any) -> Any:
     msg_stamp.sec = sec
     msg_stamp.nanosec = min(int(round((t_s - sec) * 1e9)), 999_999_999)
     return msg_stamp
+
+
+def rgb8_image(image: np.ndarray, stamp_s: float, frame_id: str) -> Image:
+    """An (H, W, 3) uint8 RGB array as a sensor_msgs/Image (rgb8) stamped ``stamp_s``."""
+    out = Image()
+    s_to_stamp(stamp_s, out.header.stamp)
+    out.header.frame_id = frame_id
+    out.height, out.width = int(image.shape[0]), int(image.shape[1])
+    out.encoding = "rgb8"
+    out.step = int(image.shape[1] * 3)
+    out.data = np.ascontiguousarray(image).tobytes()
+    return out
 
 
 def now_s(node: Node) -> float:

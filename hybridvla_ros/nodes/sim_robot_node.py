@@ -47,7 +47,7 @@ from trajectory_msgs.msg import JointTrajectory
 from hybridvla_msgs.msg import ActionChunk
 from hybridvla_ros.core.image import encode_compressed
 from hybridvla_ros.core.joints import JointIndex
-from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, shutting_down, stamp_to_s
+from hybridvla_ros.nodes.common import load_schema, now_s, rgb8_image, run_node, s_to_stamp, shutting_down, stamp_to_s
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.sim_robot import SimRobotParams
 from hybridvla_ros.sim.expert_planner import ExpertPlanner
@@ -330,14 +330,7 @@ class SimRobotNode(Node):
         """One frame of ``camera`` ('': the fixed scene camera), stamped when it was rendered."""
         t = now_s(self)
         rgb = self.sim.render(camera)  # (H, W, 3) uint8
-        msg = Image()
-        s_to_stamp(t, msg.header.stamp)
-        msg.header.frame_id = frame_id
-        msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
-        msg.encoding = "rgb8"
-        msg.step = int(rgb.shape[1] * 3)
-        msg.data = np.ascontiguousarray(rgb).tobytes()
-        return msg, rgb
+        return rgb8_image(rgb, t, frame_id), rgb
 
     def _on_extra_camera_tick(self) -> None:
         for camera, pub in self.extra_image_pubs.items():

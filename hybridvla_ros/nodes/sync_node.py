@@ -37,7 +37,7 @@ from hybridvla_ros.core.cameras import CameraSet, CameraSetConfig
 from hybridvla_ros.core.image import ImageDecodeError, decode_compressed, decode_raw, resize_for_policy
 from hybridvla_ros.core.monitoring import Level
 from hybridvla_ros.core.sync import PENDING, ObservationSynchronizer, SyncConfig, SyncedObservation
-from hybridvla_ros.nodes.common import load_schema, now_s, run_node, s_to_stamp, stamp_to_s
+from hybridvla_ros.nodes.common import load_schema, now_s, rgb8_image, run_node, s_to_stamp, stamp_to_s
 from hybridvla_ros.params.sync import SyncParams
 
 DIAGNOSTIC_NAME = "hybridvla: sync inputs"
@@ -65,14 +65,14 @@ class SyncNode(Node):
         self.pub = self.create_publisher(Observation, "observation", QoSProfile(depth=2))
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", QoSProfile(depth=10))
         if p.image_transport == "compressed":
-            self.create_subscription(CompressedImage, p.camera_topic + "/compressed", self._on_compressed,
+            self.create_subscription(CompressedImage, p.camera_topic + "/compressed", self._on_image,
                                      qos_profile_sensor_data)
         else:
             self.create_subscription(Image, p.camera_topic, self._on_image, qos_profile_sensor_data)
         for camera, topic in list(p.cameras.items())[1:]:
             if p.image_transport == "compressed":
                 self.create_subscription(CompressedImage, topic + "/compressed",
-                                         lambda msg, c=camera: self._on_extra_compressed(c, msg),
+                                         lambda msg, c=camera: self._on_extra_image(c, msg),
                                          qos_profile_sensor_data)
             else:
                 self.create_subscription(Image, topic, lambda msg, c=camera: self._on_extra_image(c, msg),
@@ -143,43 +143,28 @@ class SyncNode(Node):
         if not ok:
             self._warn("wrench rejected", reason)
 
-    def _on_image(self, msg: Image) -> None:
+    def _decode(self, msg: Image | CompressedImage) -> np.ndarray:
+        """(H, W, 3) uint8 RGB of a raw or compressed frame; ImageDecodeError for one that cannot be read."""
+        if isinstance(msg, CompressedImage):
+            return decode_compressed(msg.format, msg.data, max_pixels=self.params.max_image_pixels)
+        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
+                          max_pixels=self.params.max_image_pixels)
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
         arrival = now_s(self)
         start = time.perf_counter()
         try:
-            rgb = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
-                             max_pixels=self.params.max_image_pixels)
+            rgb = self._decode(msg)
         except ImageDecodeError as exc:
             self._decode_failed(exc)
             return
         self._on_frame(stamp_to_s(msg.header.stamp), arrival, rgb, msg.header.frame_id, start)
 
-    def _on_compressed(self, msg: CompressedImage) -> None:
+    def _on_extra_image(self, camera: str, msg: Image | CompressedImage) -> None:
         arrival = now_s(self)
         start = time.perf_counter()
         try:
-            rgb = decode_compressed(msg.format, msg.data, max_pixels=self.params.max_image_pixels)
-        except ImageDecodeError as exc:
-            self._decode_failed(exc)
-            return
-        self._on_frame(stamp_to_s(msg.header.stamp), arrival, rgb, msg.header.frame_id, start)
-
-    def _on_extra_image(self, camera: str, msg: Image) -> None:
-        arrival = now_s(self)
-        start = time.perf_counter()
-        try:
-            rgb = decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data, msg.is_bigendian,
-                             max_pixels=self.params.max_image_pixels)
-        except ImageDecodeError as exc:
-            self._warn(f"camera {camera} frame dropped", self.extra.drop(camera, str(exc))[1])
-            return
-        self._on_extra_frame(camera, stamp_to_s(msg.header.stamp), arrival, rgb, start)
-
-    def _on_extra_compressed(self, camera: str, msg: CompressedImage) -> None:
-        arrival = now_s(self)
-        start = time.perf_counter()
-        try:
-            rgb = decode_compressed(msg.format, msg.data, max_pixels=self.params.max_image_pixels)
+            rgb = self._decode(msg)
         except ImageDecodeError as exc:
             self._warn(f"camera {camera} frame dropped", self.extra.drop(camera, str(exc))[1])
             return
@@ -220,12 +205,12 @@ class SyncNode(Node):
         msg.header.frame_id = frame_id
         msg.embodiment = p.embodiment
         msg.instruction = self.task
-        msg.image = _rgb8(image, obs.stamp_s, frame_id)
+        msg.image = rgb8_image(image, obs.stamp_s, frame_id)
         msg.image.data = np.ascontiguousarray(image).tobytes()
         msg.camera_name = p.camera_name
         for camera, near in self.extra.nearest(obs.stamp_s).items():
             msg.extra_camera_names.append(camera)
-            msg.extra_images.append(_rgb8(near.frame, near.stamp_s, camera))
+            msg.extra_images.append(rgb8_image(near.frame, near.stamp_s, camera))
         msg.joint_names = list(p.observed_joints)  # commanded joints, then observed-only ones
         msg.joint_positions = obs.positions.astype(np.float64).tolist()
         msg.joint_velocities = obs.velocities.astype(np.float64).tolist()
@@ -257,18 +242,6 @@ class SyncNode(Node):
             level=bytes([int(level)]), name=DIAGNOSTIC_NAME, message=message,
             hardware_id=self.params.embodiment, values=values))
         self.diag_pub.publish(out)
-
-
-def _rgb8(image: np.ndarray, stamp_s: float, frame_id: str) -> Image:
-    """A decoded (H, W, 3) uint8 frame as an rgb8 sensor_msgs/Image stamped ``stamp_s``."""
-    out = Image()
-    s_to_stamp(stamp_s, out.header.stamp)
-    out.header.frame_id = frame_id
-    out.height, out.width = int(image.shape[0]), int(image.shape[1])
-    out.encoding = "rgb8"
-    out.step = int(image.shape[1] * 3)
-    out.data = np.ascontiguousarray(image).tobytes()
-    return out
 
 
 def main(args: list[str] | None = None) -> int:
