@@ -17,7 +17,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from hybridvla_ros.params import ParameterError
-from hybridvla_ros.params.check import load_node_schema
+from hybridvla_ros.params.check import empty_list_issues, load_node_schema, params_files
 
 T = TypeVar("T")
 
@@ -146,6 +146,14 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
     except ParameterError as exc:
         for line in str(exc).splitlines():
             print(f"[FATAL] bad parameter: {line}", file=sys.stderr, flush=True)
+        code = 2
+    except ValueError as exc:
+        # rclpy refuses a parameter given as an empty list (its type is unknown) while making the node
+        empties = empty_list_issues(params_files(_process_args)) if "PARAMETER_NOT_SET" in str(exc) else []
+        if not empties:
+            raise
+        for issue in empties:
+            print(f"[FATAL] bad parameter: {issue}", file=sys.stderr, flush=True)
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

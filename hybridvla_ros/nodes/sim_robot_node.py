@@ -113,8 +113,9 @@ class SimRobotNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0 / p.joint_state_rate_hz, self._on_physics_tick)
         self.create_timer(1.0 / p.camera_rate_hz, self._on_camera_tick)
-        if self.extra_image_pubs:
-            self.create_timer(1.0 / p.extra_camera_rate_hz, self._on_extra_camera_tick)
+        if self.extra_image_pubs:  # one camera per tick, in turn: no tick blocks the physics for several renders
+            self._extra_turn = 0
+            self.create_timer(1.0 / (p.extra_camera_rate_hz * len(self.extra_image_pubs)), self._on_extra_camera_tick)
         self.create_timer(p.control_period_s, self._on_expert_tick)
         # The expert's plans: rolled out in a worker process (sensors never wait for them).
         self.plans_published = 0
@@ -333,8 +334,10 @@ class SimRobotNode(Node):
         return rgb8_image(rgb, t, frame_id), rgb
 
     def _on_extra_camera_tick(self) -> None:
-        for camera, pub in self.extra_image_pubs.items():
-            pub.publish(self._image(camera, f"{camera}_optical_frame")[0])
+        cameras = list(self.extra_image_pubs)
+        camera = cameras[self._extra_turn % len(cameras)]
+        self._extra_turn += 1
+        self.extra_image_pubs[camera].publish(self._image(camera, f"{camera}_optical_frame")[0])
 
     def _on_camera_tick(self) -> None:
         msg, rgb = self._image("", self.params.camera_frame_id)

@@ -321,6 +321,7 @@ def check_parameter_file(path: str, registry: Mapping[str, type] = NODE_SCHEMAS)
                    for key in doc if str(key) not in malformed and section_matches(str(key), "/" + node)]
         per_node[node] = node_issues(schema, node, sources, registry)
     issues += merge_node_issues(per_node)
+    issues += empty_list_issues([path])
     order = {name: i for i, name in enumerate(registry)}
 
     def rank(issue: ParameterIssue) -> int:
@@ -329,6 +330,27 @@ def check_parameter_file(path: str, registry: Mapping[str, type] = NODE_SCHEMAS)
         return order.get(issue.section.lstrip("/"), len(order))
 
     return sorted(issues, key=rank)
+
+
+EMPTY_LIST = ("an empty list ([]) cannot be given to a ROS 2 node: rclpy cannot tell its type and the node does "
+              "not start; leave the key out for its default")
+
+
+def empty_list_issues(paths: Sequence[str]) -> list[ParameterIssue]:
+    """Every ``key: []`` in the parameter files ``paths`` (rclpy refuses to declare an untyped empty list)."""
+    issues: list[ParameterIssue] = []
+    for path in paths:
+        try:
+            doc = read_parameter_document(path)
+        except ParameterError:
+            continue
+        for key in doc:
+            try:
+                values = flatten(section_parameters(doc, str(key), path))
+            except ParameterError:
+                continue
+            issues += [ParameterIssue(str(key), name, EMPTY_LIST) for name, value in values.items() if value == []]
+    return issues
 
 
 def raise_if_any(issues: Sequence[ParameterIssue]) -> None:
@@ -344,7 +366,7 @@ def overrides_source(node_name: str, values: Mapping[str, Any]) -> list[Paramete
 
 __all__ = [
     "COMMAND_LINE", "OVERRIDES", "ROS_PARAMETERS", "SHARED_SECTION", "ParameterIssue", "ParameterSource",
-    "check_node_parameters", "check_parameter_file", "did_you_mean", "file_sources", "flatten",
+    "check_node_parameters", "check_parameter_file", "did_you_mean", "empty_list_issues", "file_sources", "flatten",
     "is_ros_parameter", "is_shared_section", "load_node_schema", "merge_node_issues", "node_issues",
     "overrides_source", "params_files", "raise_if_any", "section_matches", "unknown_key_issues", "value_issues",
 ]

@@ -20,8 +20,8 @@ class SimRobotParams(EmbodimentParams):
 
     joint_state_rate_hz: float = param("joint_states publish rate", 100.0, min=1.0, max=1000.0)
     camera_rate_hz: float = param("camera publish rate", 30.0, min=1.0, max=120.0)
-    extra_camera_rate_hz: float = param("publish rate of the extra_cameras the simulator renders (all of them in "
-                                        "one go; each render takes 2-7 ms of this node's thread)", 30.0,
+    extra_camera_rate_hz: float = param("publish rate of each of the extra_cameras the simulator renders (one "
+                                        "render per tick, in turn; each takes 2-7 ms of this node's thread)", 30.0,
                                         min=1.0, max=120.0)
     image_width: int = param("camera image width (px)", 160, min=16, max=1920)
     image_height: int = param("camera image height (px)", 120, min=16, max=1080)

@@ -19,6 +19,8 @@ pytestmark = pytest.mark.ros
     ("safety_filter", "safety_filter", "max_force_n", -1.0, "safety_filter.max_force_n: -1.0 is below the minimum"),
     ("action_buffer", "/**", "max_velocity", [1.0, 1.0], "action_buffer.max_velocity: needs 7 values"),
     ("sync", "/**", "joint_names", None, "sync.joint_names: missing required parameter"),
+    # rclpy cannot type an empty list: it used to crash the node with a traceback about PARAMETER_NOT_SET
+    ("sync", "/**", "extra_cameras", [], "/**.extra_cameras: an empty list ([]) cannot be given to a ROS 2 node"),
 ])
 def test_node_exits_with_clear_message(ros, tmp_path, node, section, name, value, expected) -> None:
     with open(os.path.join(CONFIG, "franka.yaml"), encoding="utf-8") as f:

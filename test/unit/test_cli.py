@@ -21,6 +21,11 @@ def test_check_config_accepts_shipped_files_and_names_a_bad_parameter(tmp_path, 
     bad.write_text(yaml.safe_dump(doc))
     assert main(["check-config", str(bad)]) == 2
     assert "handoff.deadman_timeout_s" in capsys.readouterr().err
+    doc["handoff"]["ros__parameters"]["deadman_timeout_s"] = 0.25
+    doc["/**"]["ros__parameters"]["extra_cameras"] = []  # a node given it would not start (rclpy)
+    bad.write_text(yaml.safe_dump(doc))
+    assert main(["check-config", str(bad)]) == 2
+    assert "/**.extra_cameras: an empty list ([]) cannot be given to a ROS 2 node" in capsys.readouterr().err
 
 
 def test_export_corrections_writes_an_mcap_file(tmp_path, capsys) -> None:
