@@ -341,8 +341,6 @@ def export_lerobot(store_path: str, out: str, repo_id: str = DEFAULT_REPO_ID, fp
     ``out`` nor beside it."""
     if fps is not None and fps < 1:
         raise ExportError(f"--fps must be a positive integer, got {fps}")
-    if camera is not None:
-        check_camera_name(camera)
     if not os.path.isfile(store_path):
         raise ExportError(f"no correction store at {store_path!r}", code=2)
     try:

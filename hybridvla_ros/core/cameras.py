@@ -45,6 +45,7 @@ class CameraSetConfig:
     max_skew_s: float = 0.05        # a frame further than this from the anchor's stamp is not used
     max_age_s: float = 0.3          # frames older than this when they arrive are dropped (too_old)
     max_stamp_future_s: float = 0.1  # frames stamped further ahead of the node's clock are dropped
+    stamp_offset_s: float = 0.0     # added to every frame's stamp (the cameras' clock's known offset)
 
     def __post_init__(self) -> None:
         names = (self.names,) if isinstance(self.names, str) else tuple(self.names)
@@ -57,6 +58,10 @@ class CameraSetConfig:
             if x is None or x <= 0:
                 raise ValueError(f"{field} must be finite and > 0, got {value!r}")
             object.__setattr__(self, field, x)
+        offset = _finite(self.stamp_offset_s)
+        if offset is None:
+            raise ValueError(f"stamp_offset_s must be a finite number, got {self.stamp_offset_s!r}")
+        object.__setattr__(self, "stamp_offset_s", offset)
 
 
 @dataclass(frozen=True)
@@ -90,12 +95,15 @@ class CameraSet(Generic[Frame]):
         return self.config.names
 
     def add(self, camera: str, stamp_s: float, frame: Frame, now_s: float) -> tuple[bool, str]:
-        """Keep one frame of ``camera``: (True, '') or (False, '<key>: <detail>') with key one of
-        CAMERA_REJECT_REASONS (counted). KeyError for a camera not in the config (a wiring bug)."""
+        """Keep one frame of ``camera`` (its stamp corrected by stamp_offset_s): (True, '') or
+        (False, '<key>: <detail>') with key one of CAMERA_REJECT_REASONS (counted). KeyError for a camera
+        not in the config (a wiring bug)."""
         cam = self._cams[camera]
         cam.counts["frames_in"] += 1
         stamp = _finite(stamp_s)
         now = _finite(now_s)
+        if stamp is not None:
+            stamp += self.config.stamp_offset_s
         if stamp is None or now is None:
             return self._reject(cam, "bad_stamp", f"{camera}: stamp {stamp_s!r} or clock {now_s!r} is not finite")
         cam.last_arrival_s = now

@@ -115,6 +115,7 @@ class SimRobotNode(Node):
         self.create_timer(1.0 / p.camera_rate_hz, self._on_camera_tick)
         if self.extra_image_pubs:  # one camera per tick, in turn: no tick blocks the physics for several renders
             self._extra_turn = 0
+            self._extra_order = tuple(self.extra_image_pubs)
             self.create_timer(1.0 / (p.extra_camera_rate_hz * len(self.extra_image_pubs)), self._on_extra_camera_tick)
         self.create_timer(p.control_period_s, self._on_expert_tick)
         # The expert's plans: rolled out in a worker process (sensors never wait for them).
@@ -334,8 +335,7 @@ class SimRobotNode(Node):
         return rgb8_image(rgb, t, frame_id), rgb
 
     def _on_extra_camera_tick(self) -> None:
-        cameras = list(self.extra_image_pubs)
-        camera = cameras[self._extra_turn % len(cameras)]
+        camera = self._extra_order[self._extra_turn % len(self._extra_order)]
         self._extra_turn += 1
         self.extra_image_pubs[camera].publish(self._image(camera, f"{camera}_optical_frame")[0])
 

@@ -57,7 +57,7 @@ class SyncNode(Node):
             max_age_s=p.max_age_s, wrench_required=p.wrench_required, **p.sync_config_fields()))
         self.extra = CameraSet[np.ndarray](CameraSetConfig(
             names=tuple(p.cameras)[1:], max_skew_s=p.max_camera_skew_s, max_age_s=p.max_age_s,
-            max_stamp_future_s=p.max_stamp_future_s))
+            max_stamp_future_s=p.max_stamp_future_s, stamp_offset_s=p.camera_stamp_offset_s))
         self._pending_image: tuple[float, np.ndarray, str] | None = None
         self._logged_at: dict[str, float] = {}  # reason -> monotonic time of its last log line
         self._unlogged: dict[str, int] = {}  # reason -> drops since its last log line
@@ -173,7 +173,7 @@ class SyncNode(Node):
     def _on_extra_frame(self, camera: str, stamp_s: float, arrival_s: float, rgb: np.ndarray, start: float) -> None:
         image = resize_for_policy(rgb, self.params.observation_image_size)
         self._decode_max_s = max(self._decode_max_s, time.perf_counter() - start)
-        ok, reason = self.extra.add(camera, stamp_s + self.params.camera_stamp_offset_s, image, arrival_s)
+        ok, reason = self.extra.add(camera, stamp_s, image, arrival_s)
         if not ok:
             self._warn(f"camera {camera} frame dropped", reason)
 

@@ -99,3 +99,11 @@ def test_the_frame_taken_is_the_nearest_kept_one_within_the_bound(stamps: list[f
     else:
         assert got == {}
     assert np.all(np.diff(kept) > 0)  # accepted frames are strictly in order
+
+
+def test_a_known_clock_offset_is_added_to_every_frames_stamp() -> None:
+    cams = CameraSet[str](CameraSetConfig(names=("wrist",), stamp_offset_s=0.5))
+    assert cams.add("wrist", 0.5, "a", now_s=1.01)[0]  # a camera 0.5 s behind this node's clock
+    assert cams.nearest(1.0)["wrist"].stamp_s == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="stamp_offset_s"):
+        CameraSetConfig(names=("wrist",), stamp_offset_s=math.nan)
