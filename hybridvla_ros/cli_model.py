@@ -42,6 +42,7 @@ from hybridvla_ros.model.train import TrainConfig, TrainResult, expert_lines, tr
 from hybridvla_ros.params import ParameterError, from_params, load_node_params
 from hybridvla_ros.params.adaptation import AdaptationParams
 from hybridvla_ros.params.embodiment import EMBODIMENTS
+from hybridvla_ros.sim.demos import CHUNK_LABELS
 
 
 # ---------------------------------------------------------------- hybridvla train
@@ -111,6 +112,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-expert-success", type=float, default=TrainConfig.min_expert_success,
                    help="refuse to train on an embodiment whose scripted expert reached its target in a smaller "
                         f"fraction of the demonstration episodes; 0: never (default: {TrainConfig.min_expert_success})")
+    p.add_argument("--chunk-labels", default="full", choices=CHUNK_LABELS,
+                   help="the expert's chunk labels: full, its next chunk_size targets (default); until_event, cut "
+                        "at the next change of the state joints (the suction cup gripping or letting go) and "
+                        "holding the last target before it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -190,7 +195,8 @@ def train_main(argv: list[str] | None = None) -> int:
             if progress:
                 print(f"demonstrations: {p.embodiment} on the {p.physics} simulator ({args.episodes} episodes x "
                       f"{steps} steps)", file=sys.stderr)
-            demos.append(get_demos(p, args.episodes, steps, args.image_size, args.seed, args.demos, progress))
+            demos.append(get_demos(p, args.episodes, steps, args.image_size, args.seed, args.demos, progress,
+                                   chunk_labels=args.chunk_labels))
         record_time = time.perf_counter() - t0
         config = PolicyConfig(image_size=args.image_size, instruction_encoder=args.instruction_encoder,
                               instruction_dim=encoder_dim(args.instruction_encoder), dropout=args.dropout)
@@ -200,6 +206,7 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.dataset is None:
             extra_log = {"data": {"episodes": args.episodes, "steps_per_episode": steps_used,
                                   "physics": {p.embodiment: p.physics for p in params},
+                                  "chunk_labels": args.chunk_labels,
                                   "config_dir": str(args.config_dir), "record_time_s": record_time}}
         else:
             extra_log = {"data": {**dataset_log, "config_dir": str(args.config_dir), "record_time_s": record_time}}
@@ -211,7 +218,8 @@ def train_main(argv: list[str] | None = None) -> int:
                        out_dir=None if args.dagger_rounds else args.out, progress=progress, extra_log=extra_log)
         if args.dagger_rounds:
             rounds = DaggerConfig(rounds=args.dagger_rounds, episodes=args.dagger_episodes,
-                                  train_steps=args.dagger_train_steps, keep=args.dagger_keep)
+                                  train_steps=args.dagger_train_steps, keep=args.dagger_keep,
+                                  chunk_labels=args.chunk_labels)
             result = dagger(result, demos, specs, params, args.config_dir, rounds, train_config, out_dir=args.out,
                             progress=progress, extra_log=extra_log)
     except (ValueError, OSError) as exc:  # ParameterError and CheckpointError are ValueErrors

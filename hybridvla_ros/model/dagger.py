@@ -35,7 +35,7 @@ from hybridvla_ros.model.policy import EmbodimentSpec
 from hybridvla_ros.model.runner import PolicyRunner
 from hybridvla_ros.model.train import TrainConfig, TrainResult, train, write_outputs
 from hybridvla_ros.sim.base import Simulator
-from hybridvla_ros.sim.demos import validate_demonstrations
+from hybridvla_ros.sim.demos import CHUNK_LABELS, validate_demonstrations
 from hybridvla_ros.sim.registry import make_sim, state_vector
 from hybridvla_ros.sim.rollout import RolloutResult, control_path, expert_chunk, rollout
 
@@ -63,11 +63,13 @@ class PolicyStates:
 
 
 def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: Any, episodes: int,
-                         max_s: float, image_size: int, seed: int = 0, record_every: int = 1) -> PolicyStates:
+                         max_s: float, image_size: int, seed: int = 0, record_every: int = 1,
+                         chunk_labels: str = "full") -> PolicyStates:
     """Run ``episodes`` closed-loop episodes of ``predict`` (a rollout Predictor: (image, q) ->
     (chunk, confidence)) on the simulator ``params`` name (SimRobotParams: physics, scene,
     image size) and record every ``record_every``-th control step: the policy's-size image,
-    the joint positions and the expert's chunk from that state. Returns the data as a
+    the joint positions and the expert's chunk from that state (``chunk_labels`` as the
+    demonstrations': "until_event" cuts it at the next suction-cup change). Returns the data as a
     demonstration dict plus the episodes' results. Raises ValueError for non-positive counts."""
     for name, value in (("episodes", episodes), ("image_size", image_size), ("record_every", record_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -92,7 +94,8 @@ def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: 
                 images.append(resize_for_policy(s.render(), image_size))   # (S, S, 3) uint8
                 proprio.append(np.asarray(s.positions, dtype=np.float32))  # (D,)
                 state.append(state_vector(s, state_joints).astype(np.float32))  # (E,)
-                actions.append(expert_chunk(s, chunk).astype(np.float32))  # (T, D)
+                actions.append(expert_chunk(s, chunk, until_event=chunk_labels == "until_event")
+                               .astype(np.float32))  # (T, D)
                 episode_ids.append(e)
 
         sim.reset(seed=int(seeds[e]))
@@ -141,10 +144,13 @@ class DaggerConfig:
     episodes: int = 20          # closed-loop episodes per embodiment and round
     train_steps: int = 500      # optimizer steps after each round, all embodiments together
     keep: str = "best"          # "best": the round with the best closed-loop success; "last": the last one
+    chunk_labels: str = "full"  # the expert's labels: as the demonstrations' (sim.demos.CHUNK_LABELS)
 
     def __post_init__(self) -> None:
         if self.keep not in DAGGER_KEEP:
             raise ValueError(f"keep: one of {DAGGER_KEEP}, got {self.keep!r}")
+        if self.chunk_labels not in CHUNK_LABELS:
+            raise ValueError(f"chunk_labels: one of {CHUNK_LABELS}, got {self.chunk_labels!r}")
         if self.rounds < 0:
             raise ValueError(f"rounds: must be >= 0, got {self.rounds!r}")
         for name in ("episodes", "train_steps"):
@@ -181,7 +187,8 @@ def dagger(result: TrainResult, demos: list[dict[str, Any]], specs: Sequence[Emb
                                           max(DAGGER_EPISODE_S[p.physics],
                                               default_steps_per_episode(p) * p.control_period_s),
                                           result.config.image_size,
-                                          seed=seed + rnd, record_every=DAGGER_RECORD_EVERY)
+                                          seed=seed + rnd, record_every=DAGGER_RECORD_EVERY,
+                                          chunk_labels=rounds.chunk_labels)
             point[p.embodiment] = {"success_rate": states.success_rate,
                                    "final_error_m_median": float(np.median([r.final_error_m for r in states.results])),
                                    "states": len(states.demos[DEMO_PROPRIO])}

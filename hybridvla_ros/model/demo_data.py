@@ -183,29 +183,33 @@ def load_embodiment(config_dir: str | os.PathLike[str], name: str, physics: str 
 
 
 def demos_cache_path(demos_dir: str | os.PathLike[str], name: str, episodes: int, steps_per_episode: int,
-                     image_size: int, seed: int, physics: str = "kinematic", state_joints: Sequence[str] = ()) -> Path:
+                     image_size: int, seed: int, physics: str = "kinematic", state_joints: Sequence[str] = (),
+                     chunk_labels: str = "full") -> Path:
     """Where a recording with these settings is cached."""
     state = "".join(f"_{j}" for j in state_joints)
+    labels = "" if chunk_labels == "full" else f"_{chunk_labels}"
     return (Path(demos_dir)
-            / f"{name}_{physics}{state}_ep{episodes}_steps{steps_per_episode}_img{image_size}_seed{seed}.npz")
+            / f"{name}_{physics}{state}_ep{episodes}_steps{steps_per_episode}_img{image_size}_seed{seed}{labels}.npz")
 
 
 def get_demos(params: Any, episodes: int, steps_per_episode: int, image_size: int, seed: int,
-              demos_dir: str | os.PathLike[str] | None, progress: bool) -> dict[str, Any]:
+              demos_dir: str | os.PathLike[str] | None, progress: bool, chunk_labels: str = "full") -> dict[str, Any]:
     """Demonstrations for ``params``: loaded from the cache in ``demos_dir`` when a recording with
     these settings is there, else recorded on the simulator ``params`` names (and cached when
     ``demos_dir`` is given; a cached file without the expert's outcome, written before it was
-    recorded, is recorded again). Raises ValueError for bad counts, OSError when the cache fails."""
+    recorded, is recorded again); ``chunk_labels`` as in :func:`record_demonstrations`.
+    Raises ValueError for bad counts, OSError when the cache fails."""
     path = None
     if demos_dir is not None:
         path = demos_cache_path(demos_dir, params.embodiment, episodes, steps_per_episode, image_size, seed,
-                                getattr(params, "physics", "kinematic"), getattr(params, "state_joints", ()))
+                                getattr(params, "physics", "kinematic"), getattr(params, "state_joints", ()),
+                                chunk_labels)
         if path.is_file():
             cached = load_demonstrations(str(path))
             if expert_summary(cached) is not None:
                 return cached
     demos = record_demonstrations(params, episodes, steps_per_episode, image_size=image_size, seed=seed,
-                                  progress=progress)
+                                  progress=progress, chunk_labels=chunk_labels)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_demonstrations(demos, str(path))

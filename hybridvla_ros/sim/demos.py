@@ -79,13 +79,16 @@ DEMO_EXPERT_SUCCESS = "expert_success"                # (E,) bool
 DEMO_EXPERT_FINAL_ERROR = "expert_final_error_m"      # (E,) float32 m
 DEMO_SUCCESS_TOLERANCE = "success_tolerance_m"        # float m, NaN: the simulator's default
 DEMO_EXPERT_KEYS: tuple[str, ...] = (DEMO_EXPERT_SUCCESS, DEMO_EXPERT_FINAL_ERROR, DEMO_SUCCESS_TOLERANCE)
+CHUNK_LABELS = ("until_event", "full")  # how a chunk's labels end (record_demonstrations)
 
 __all__ = [
+    "CHUNK_LABELS",
     "DEMO_EXPERT_FINAL_ERROR",
     "DEMO_EXPERT_KEYS",
     "DEMO_EXPERT_SUCCESS",
     "DEMO_KEYS",
     "DEMO_SUCCESS_TOLERANCE",
+    "chunk_indices",
     "record_demonstrations",
     "save_demonstrations",
     "load_demonstrations",
@@ -100,10 +103,26 @@ def _positive_int(name: str, value: object, minimum: int = 1) -> int:
     return int(value)
 
 
+def chunk_indices(steps: int, chunk: int, state: np.ndarray | None = None) -> np.ndarray:
+    """(steps, chunk) indices into one episode's per-step labels: ``[n, k]`` is step ``n + k``,
+    the episode's last step where that runs past its end, and, given the episode's
+    observed-only joints ``state`` (steps, E), the last step before the first one whose
+    state differs from step ``n``'s where that comes first (``until_event`` labels: a chunk
+    does not promise what happens after the suction cup grips or lets go)."""
+    future = np.minimum(np.arange(steps)[:, None] + np.arange(chunk)[None, :], steps - 1)  # (S, T)
+    if state is None or state.size == 0:
+        return future
+    changed = np.flatnonzero(np.any(state[1:] != state[:-1], axis=1)) + 1  # steps whose state differs from the last
+    # the first change after step n: changed[searchsorted(changed, n, 'right')], else none (steps)
+    nxt = np.append(changed, steps)[np.searchsorted(changed, np.arange(steps), side="right")]  # (S,)
+    return np.minimum(future, (nxt - 1)[:, None])
+
+
 def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per_episode: int,
                           image_size: int = 96, seed: int = 0, action_noise: float = 0.02,
                           progress: bool = False, drift_std_rad: float = 0.0,
-                          drift_tau_steps: float = 10.0) -> dict[str, np.ndarray | str | float]:
+                          drift_tau_steps: float = 10.0,
+                          chunk_labels: str = "full") -> dict[str, np.ndarray | str | float]:
     """Roll out the simulator's scripted expert at ``params.control_rate_hz`` and return the
     demonstration dict described in the module docstring (N = num_episodes * steps_per_episode).
 
@@ -119,6 +138,12 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
     show the way back (on the MuJoCo Franka 0.003 rad was the only data change that gave a
     trained policy any successes). Labels stay the clean expert targets.
 
+    ``chunk_labels``: ``"full"``, each chunk is the expert's next T targets; ``"until_event"``,
+    a chunk stops at the next change of the observed-only joints (the Franka's suction cup
+    gripping or letting go) and holds the last target before it (:func:`chunk_indices`): a
+    policy that lags a little then keeps going for the grip instead of following the
+    recorded lift without the cube.
+
     Each episode's outcome is judged at its last step against ``params.success_tolerance_m``
     (SimRobotParams; other params: the simulator's default) and returned under the
     ``expert_*`` keys."""
@@ -126,6 +151,8 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
     steps = _positive_int("steps_per_episode", steps_per_episode)
     size = _positive_int("image_size", image_size, 8)
     seed = _positive_int("seed", seed, 0)
+    if chunk_labels not in CHUNK_LABELS:
+        raise ValueError(f"chunk_labels must be one of {CHUNK_LABELS}, got {chunk_labels!r}")
     if isinstance(action_noise, bool) or not isinstance(action_noise, numbers.Real) \
             or not math.isfinite(action_noise) or action_noise < 0:
         raise ValueError(f"action_noise must be a finite number >= 0, got {action_noise!r}")
@@ -177,9 +204,12 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
                   f"final task error {final_error[e]:.3f} m ({'reached' if success[e] else 'NOT reached'})",
                   file=sys.stderr, flush=True)
 
-    # actions[e, k, j] = labels[e, min(k + j, steps - 1)]: future targets, last one repeated.
-    future = np.minimum(np.arange(steps)[:, None] + np.arange(chunk)[None, :], steps - 1)  # (S, T)
-    actions = labels[:, future].reshape(n_total, chunk, dim).astype(np.float32)  # (N, T, D)
+    # actions[e, k, j] = labels[e, min(k + j, steps - 1)]: future targets, last one repeated
+    # (until_event: also cut at the next state change).
+    per_episode = state.reshape(episodes, steps, -1)
+    actions = np.stack([labels[e][chunk_indices(steps, chunk, per_episode[e] if chunk_labels == "until_event"
+                                                else None)] for e in range(episodes)])
+    actions = actions.reshape(n_total, chunk, dim).astype(np.float32)  # (N, T, D)
     return {
         DEMO_IMAGES: images,
         DEMO_PROPRIO: proprio,

@@ -80,17 +80,26 @@ def control_path(config_file: str) -> tuple[ActionBufferConfig, SafetyLimits]:
     return buffer.buffer_config(), safety.safety_limits()
 
 
-def expert_chunk(sim: Simulator, chunk_size: int, *, on_clone: bool = True) -> np.ndarray:
+def expert_chunk(sim: Simulator, chunk_size: int, *, on_clone: bool = True,
+                 until_event: bool = False) -> np.ndarray:
     """(T, D) the scripted expert's next ``chunk_size`` targets, rolled out on ``sim.clone()``;
     ``sim`` is not changed. ``on_clone=False`` rolls out on ``sim`` itself (it is stepped
-    ``chunk_size`` control periods): for a twin the caller already cloned and owns, e.g. one
-    taken on the thread that steps the simulator and rolled out on another (the sim node)."""
+    ``chunk_size`` control periods, fewer when ``until_event`` cuts the chunk): for a twin the
+    caller already cloned and owns, e.g. one taken on the thread that steps the simulator and
+    rolled out on another (the sim node).
+    ``until_event``: the chunk stops at the first change of the observed-only joints (the
+    suction cup gripping or letting go) and holds the last target before it, as
+    :func:`hybridvla_ros.sim.demos.chunk_indices` labels demonstrations."""
     twin = sim.clone() if on_clone else sim
     out = np.empty((chunk_size, sim.positions.size))
+    start = dict(twin.state_joint_positions) if until_event else None
     for k in range(chunk_size):  # sequential: each step starts where the last one ended
         out[k] = twin.expert_target()
         twin.command_positions(out[k])
         twin.step(sim.control_period_s)
+        if start is not None and twin.state_joint_positions != start:
+            out[k + 1:] = out[k]
+            break
     return out
 
 

@@ -310,3 +310,37 @@ def test_a_cached_recording_without_the_outcome_is_recorded_again(tmp_path) -> N
     again = get_demos(p, 2, 10, 16, 5, tmp_path, progress=False)
     assert expert_summary(again) == expert_summary(first)
     assert expert_summary(load_demonstrations(str(path))) is not None  # the cache was rewritten
+
+
+def test_chunk_indices_stop_at_the_next_state_change() -> None:
+    """until_event labels: a chunk runs to the step before the state joints change (grip, release),
+    then holds that step's target; without a state they are the plain future steps."""
+    from hybridvla_ros.sim.demos import chunk_indices
+
+    state = np.array([[0], [0], [0], [1], [1], [0], [0]], dtype=np.float32)
+    assert chunk_indices(7, 4, state).tolist() == [[0, 1, 2, 2], [1, 2, 2, 2], [2, 2, 2, 2], [3, 4, 4, 4],
+                                                   [4, 4, 4, 4], [5, 6, 6, 6], [6, 6, 6, 6]]
+    plain = [[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 4], [3, 4, 4, 4], [4, 4, 4, 4]]
+    assert chunk_indices(5, 4).tolist() == plain
+    assert chunk_indices(5, 4, np.zeros((5, 0))).tolist() == plain  # a robot without state joints
+
+
+def test_until_event_labels_hold_the_grip_target_instead_of_the_lift() -> None:
+    """On the MuJoCo Franka the chunks that straddle the grip and the release differ from the full
+    ones (they hold the last target before the suction cup changes); everything else, images,
+    joints and the other chunks, is the same recording."""
+    p = load("franka", physics="mujoco")
+    full = record_demonstrations(p, 1, 200, image_size=16, seed=3)
+    cut = record_demonstrations(p, 1, 200, image_size=16, seed=3, chunk_labels="until_event")
+    assert np.array_equal(full["images"], cut["images"]) and np.array_equal(full["proprio"], cut["proprio"])
+    changes = np.flatnonzero(np.diff(cut["state"][:, 0])) + 1  # the grip, then the release
+    assert len(changes) == 2
+    differs = np.flatnonzero(np.abs(full["actions"] - cut["actions"]).max(axis=(1, 2)) > 0)
+    T = p.chunk_size
+    assert set(differs) <= set(range(changes[0] - T + 1, changes[0])) | set(range(changes[1] - T + 1, changes[1]))
+    n = changes[0] - 3  # three steps before the grip: its chunk holds the target sent just before it
+    assert np.array_equal(cut["actions"][n, :3], full["actions"][n, :3])
+    assert np.all(cut["actions"][n, 3:] == cut["actions"][n, 2])
+    assert not np.allclose(full["actions"][n, -1], full["actions"][n, 2])  # the full chunk lifts away
+    with pytest.raises(ValueError, match="chunk_labels"):
+        record_demonstrations(p, 1, 5, chunk_labels="cut")

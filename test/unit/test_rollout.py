@@ -66,3 +66,28 @@ def test_bad_durations_are_refused() -> None:
     sim, ab, sf = setup("franka")
     with pytest.raises(ValueError, match="max_s"):
         rollout(sim, expert_predictor(sim, 4), ab.buffer_config(), sf.safety_limits(), 0.0, 0.02)
+
+
+def test_an_until_event_expert_chunk_holds_the_target_before_the_grip() -> None:
+    """Rolled out from just above the cube, the expert's chunk grips part way; until_event stops
+    there and holds the last target before the grip, where the full chunk lifts."""
+    from hybridvla_ros.launch_description import default_config_dir
+    from hybridvla_ros.model.demo_data import load_embodiment
+    from hybridvla_ros.sim.registry import make_sim
+
+    p = load_embodiment(default_config_dir(), "franka", "mujoco")
+    sim = make_sim(p, 32, 24, seed=0, physics="mujoco")
+    sim.reset(seed=5)
+    T = p.chunk_size
+    for _ in range(400):  # follow the expert until a grip lies inside the next chunk
+        full = expert_chunk(sim, T)
+        cut = expert_chunk(sim, T, until_event=True)
+        if not np.array_equal(full, cut):
+            break
+        assert not sim.grasped
+        sim.command_positions(full[0])
+        sim.step(p.control_period_s)
+    else:
+        raise AssertionError("the expert never gripped")
+    k = int(np.flatnonzero(np.abs(full - cut).max(axis=1) > 0)[0])
+    assert 0 < k < T and np.array_equal(cut[:k], full[:k]) and np.all(cut[k:] == cut[k - 1])
