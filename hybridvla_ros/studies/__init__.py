@@ -4,6 +4,7 @@
 - ``latency``: each stage's share of the 50 ms budget and what recycling buys (study 4);
 - ``adaptation``: online adaptation on shifted scenes, before / after, no forgetting (study 1);
 - ``transfer``: one backbone on two robots against one per robot, same data (study 2).
+- ``policy``: training recipes compared by closed-loop success on the same fresh scenes (study 5).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import importlib
 import sys
 
 STUDIES = {"safety": "safety_stress", "latency": "latency_budget", "adaptation": "online_adaptation",
-           "transfer": "transfer"}
+           "transfer": "transfer", "policy": "policy_quality"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,3 +76,26 @@ def test_transfer_study_refuses_a_negative_dagger_round_count() -> None:
     with pytest.raises(SystemExit) as exc:
         study_main(["transfer", "--dagger-rounds", "-1"])
     assert exc.value.code == 2
+
+
+def test_policy_study_judges_a_checkpoint_on_fresh_scenes_and_summarizes_with_intervals(tiny_checkpoint) -> None:
+    """The policy-quality study's judge: a checkpoint in closed loop on the MuJoCo Franka, each
+    episode's outcome, end phase and grip / release errors; the summary has Wilson intervals
+    and the failures counted by the phase they ended in."""
+    from hybridvla_ros.model.checkpoint import load_checkpoint
+    from hybridvla_ros.studies.policy_quality import closed_loop_episodes, summarize
+
+    policy, config = load_checkpoint(tiny_checkpoint)
+    episodes = closed_loop_episodes(policy, config, "franka", episodes=2, seed=10_000, max_s=0.5)
+    assert [e["seed"] for e in episodes] == [10_000, 10_001]
+    from hybridvla_ros.sim.mujoco_franka_expert import PHASES
+    assert all(e["end_phase"] in PHASES and 0.0 < e["final_error_m"] < 1.0 for e in episodes)
+    s = summarize(episodes)
+    assert s["episodes"] == 2 and s["successes"] == sum(e["success"] for e in episodes)
+    assert sum(s["failures_by_end_phase"].values()) == 2 - s["successes"]
+    made = [{"success": k < 45, "final_error_m": 0.01, "end_phase": "done" if k < 45 else "descend",
+             "grip_offsets_m": [0.002], "release_errors_m": [0.01] if k < 45 else []} for k in range(50)]
+    s = summarize(made)
+    assert s["successes"] == 45 and s["failures_by_end_phase"] == {"descend": 5}
+    assert 0.78 < s["wilson95"][0] < 0.80 and 0.95 < s["wilson95"][1] < 0.97  # 45/50: 0.787-0.957
+    assert s["gripped"] == 50 and s["released"] == 45 and s["grip_offset_m_median"] == 0.002

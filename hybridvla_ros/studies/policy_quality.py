@@ -1,0 +1,183 @@
+"""Study 5, policy quality: does a change to the training recipe make the trained policy do its task?
+
+Each variant is ``hybridvla train``'s recipe for one robot (demonstrations, training, DAgger
+rounds; the checkpoint is the round with the best success in its own collection) plus the
+variant's own arguments, trained once per training seed. Every checkpoint is then run in
+closed loop on the same fresh scenes (``--eval-seed``, far from the seeds demonstrations
+and DAgger rounds draw: those start at 0 and at 1,000,003) through the in-process control
+path (:func:`hybridvla_ros.sim.rollout.rollout`: the real action buffer and safety filter,
+MuJoCo contact physics). Reported per variant and seed: successes with a Wilson 95 %
+interval, the expert phase each failure ends in (where the policy got stuck), and, on
+the Franka, the tool-space error where it matters: the cup's horizontal offset from the
+cube's centre when it grips and the cube's distance from the target when it lets go.
+Pooled over seeds too. Writes ``<out>/policy_quality.json``; each run's checkpoint and
+episodes are under ``<out>/<variant>_seed<N>/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hybridvla_ros.core.stats import wilson_interval
+
+# variant name -> hybridvla train arguments added to the recipe
+VARIANTS: dict[str, list[str]] = {
+    "full": ["--chunk-labels", "full"],
+    "until_event": ["--chunk-labels", "until_event"],
+    "no_shift": ["--chunk-labels", "full", "--augment-shift-px", "0"],
+}
+RECIPE = ["--dagger-rounds", "2", "--dagger-episodes", "20", "--quiet"]
+EVAL_SEED = 70_000
+RESULT_FILE = "policy_quality.json"
+EPISODES_FILE = "episodes.json"
+
+
+def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: int, seed: int, max_s: float,
+                         scene: str = "nominal") -> list[dict[str, Any]]:
+    """``episodes`` closed-loop episodes of ``policy`` on fresh scenes ``seed .. seed + episodes - 1``:
+    per episode success, final task error, the expert's phase at the end (simulators that name
+    phases) and, where the simulator reports its grip (the Franka's suction cup), the cup's
+    horizontal offset from the cube centre at each grip and the cube's distance from the
+    target at each release (m)."""
+    from hybridvla_ros.launch_description import params_file_for
+    from hybridvla_ros.model.runner import PolicyRunner
+    from hybridvla_ros.sim.registry import make_sim
+    from hybridvla_ros.sim.rollout import control_path, rollout
+    from hybridvla_ros.studies.transfer import sim_params
+
+    p = sim_params(embodiment)
+    buffer_config, limits = control_path(params_file_for(embodiment))
+    predict = PolicyRunner(policy, config, embodiment, seed=seed).predictor(p.instruction)
+    sim = make_sim(p, p.image_width, p.image_height, seed=seed, physics=p.physics, scene=scene)
+    out = []
+    for k in range(episodes):  # episodes run one after another on one simulator
+        sim.reset(seed=seed + k)
+        grips: list[float] = []
+        releases: list[float] = []
+        held = [bool(getattr(sim, "grasped", False))]
+
+        def observe(s: Any, grips: list[float] = grips, releases: list[float] = releases,
+                    held: list[bool] = held) -> None:
+            now = bool(getattr(s, "grasped", False))
+            if now and not held[0]:
+                grips.append(float(np.hypot(*(s.end_effector_positions()[0][:2] - s.cube_position[:2]))))
+            elif held[0] and not now:
+                releases.append(float(s.task_error_m()))
+            held[0] = now
+
+        r = rollout(sim, predict, buffer_config, limits, max_s, p.success_tolerance_m, observe=observe,
+                    state_joints=p.state_joints)
+        out.append({"seed": seed + k, "success": bool(r.success), "final_error_m": float(r.final_error_m),
+                    "time_to_success_s": None if math.isnan(r.time_to_success_s) else r.time_to_success_s,
+                    "end_phase": getattr(sim, "phase", None), "grip_offsets_m": grips,
+                    "release_errors_m": releases, "safety_modified": int(r.safety_modified)})
+    return out
+
+
+def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Successes, Wilson 95 % interval, failures by end phase, median grip offset / release error."""
+    n = len(episodes)
+    wins = sum(e["success"] for e in episodes)
+    low, high = wilson_interval(wins, n)
+    grips = [e["grip_offsets_m"][0] for e in episodes if e["grip_offsets_m"]]
+    releases = [e["release_errors_m"][0] for e in episodes if e["release_errors_m"]]
+    return {"episodes": n, "successes": wins, "success_rate": wins / n if n else math.nan,
+            "wilson95": [low, high],
+            "failures_by_end_phase": dict(Counter(str(e["end_phase"]) for e in episodes if not e["success"])),
+            "gripped": len(grips), "released": len(releases),
+            "grip_offset_m_median": float(np.median(grips)) if grips else None,
+            "release_error_m_median": float(np.median(releases)) if releases else None,
+            "final_error_m_median": float(np.median([e["final_error_m"] for e in episodes])) if n else None}
+
+
+def _run_one(variant: str, train_seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train (unless its checkpoint is there) and evaluate one variant and seed; returns its record."""
+    import torch
+
+    from hybridvla_ros.cli_model import train_main
+    from hybridvla_ros.model.checkpoint import load_checkpoint
+    from hybridvla_ros.model.train import TRAIN_LOG
+
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.out) / f"{variant}_seed{train_seed}"
+    log_path = run_dir / TRAIN_LOG
+    t0 = time.perf_counter()
+    if not log_path.is_file():
+        argv = ["--embodiments", args.embodiment, *RECIPE, *VARIANTS[variant], "--seed", str(train_seed),
+                "--threads", str(args.threads), "--out", str(run_dir), "--demos", str(Path(args.out) / "demos")]
+        if train_main(argv) != 0:
+            raise RuntimeError(f"hybridvla train {' '.join(argv)} failed")
+    train_s = time.perf_counter() - t0
+    log = json.loads(log_path.read_text())
+    policy, config = load_checkpoint(run_dir)
+    t1 = time.perf_counter()
+    episodes = closed_loop_episodes(policy, config, args.embodiment, args.episodes, args.eval_seed, args.max_s)
+    (run_dir / EPISODES_FILE).write_text(json.dumps(episodes, indent=1))
+    record = {"variant": variant, "train_seed": train_seed, "train_time_s": log.get("train_time_s"),
+              "wall_s": {"train": train_s, "eval": time.perf_counter() - t1},
+              "dagger_curve": [pt[args.embodiment]["success_rate"] for pt in log.get("dagger", [])],
+              "dagger_kept_round": log.get("dagger_kept_round"), **summarize(episodes)}
+    print(f"[policy] {variant} seed {train_seed}: {record['successes']}/{record['episodes']} "
+          f"(Wilson {record['wilson95'][0]:.2f}-{record['wilson95'][1]:.2f}), failures end in "
+          f"{record['failures_by_end_phase']}", file=sys.stderr, flush=True)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="hybridvla study policy", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--embodiment", default="franka", choices=("franka", "aloha"))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    ap.add_argument("--episodes", type=int, default=50, help="fresh closed-loop episodes per checkpoint (50)")
+    ap.add_argument("--eval-seed", type=int, default=EVAL_SEED, help=f"first fresh scene seed ({EVAL_SEED})")
+    ap.add_argument("--max-s", type=float, default=8.0, help="seconds per episode (8)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel, each in its own process (1)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 2 / jobs, >= 1)")
+    ap.add_argument("--out", default="runs/studies/policy")
+    args = ap.parse_args(argv)
+    if args.episodes < 1 or args.jobs < 1 or not (math.isfinite(args.max_s) and args.max_s > 0):
+        ap.error("--episodes and --jobs must be >= 1 and --max-s > 0")
+    args.threads = args.threads or max(1, 2 // args.jobs)
+    os.makedirs(args.out, exist_ok=True)
+    combos = [(v, s) for v in args.variants for s in args.seeds]
+    if args.jobs == 1:
+        records = [_run_one(v, s, args) for v, s in combos]
+    else:
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+            records = list(pool.map(_run_one, *zip(*combos), [args] * len(combos)))
+    pooled = {}
+    for v in args.variants:
+        episodes = []
+        for s in args.seeds:
+            episodes += json.loads((Path(args.out) / f"{v}_seed{s}" / EPISODES_FILE).read_text())
+        pooled[v] = summarize(episodes)
+    result = {"embodiment": args.embodiment, "eval_seed": args.eval_seed, "episodes": args.episodes,
+              "seeds": args.seeds, "recipe": RECIPE, "variants": {v: VARIANTS[v] for v in args.variants},
+              "runs": records, "pooled": pooled}
+    path = Path(args.out) / RESULT_FILE
+    path.write_text(json.dumps(result, indent=2))
+    print(f"{'variant':14s} {'seed':>4s} {'placed':>8s} {'Wilson 95 %':>13s} {'grip mm':>8s} {'release mm':>10s}  "
+          "failures end in")
+    for r in records + [{"variant": v, "train_seed": "all", **pooled[v]} for v in args.variants]:
+        grip = "-" if r["grip_offset_m_median"] is None else f"{1e3 * r['grip_offset_m_median']:.1f}"
+        rel = "-" if r["release_error_m_median"] is None else f"{1e3 * r['release_error_m_median']:.1f}"
+        print(f"{r['variant']:14s} {r['train_seed']!s:>4s} {r['successes']:>3d}/{r['episodes']:<4d} "
+              f"{r['wilson95'][0]:.2f}-{r['wilson95'][1]:.2f}    {grip:>8s} {rel:>10s}  {r['failures_by_end_phase']}")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
