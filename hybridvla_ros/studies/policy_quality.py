@@ -10,8 +10,13 @@ MuJoCo contact physics). Reported per variant and seed: successes with a Wilson 
 interval, the expert phase each failure ends in (where the policy got stuck), and, on
 the Franka, the tool-space error where it matters: the cup's horizontal offset from the
 cube's centre when it grips and the cube's distance from the target when it lets go.
-Pooled over seeds too. Writes ``<out>/policy_quality.json``; each run's checkpoint and
-episodes are under ``<out>/<variant>_seed<N>/``.
+Pooled over seeds too; the scripted expert's own chunks on the same scenes and path are the
+reference row. Writes ``<out>/policy_quality.json`` and a plot beside it; each run's
+checkpoint and episodes are under ``<out>/<variant>_seed<N>/`` (a run whose checkpoint is
+there is only judged again, not retrained).
+
+Variants: ``full`` (``hybridvla train``'s defaults), ``until_event`` (chunk labels cut at the
+next suction-cup change), ``no_shift`` (no DrQ image shift in training).
 """
 from __future__ import annotations
 
@@ -45,21 +50,24 @@ EPISODES_FILE = "episodes.json"
 
 def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: int, seed: int, max_s: float,
                          scene: str = "nominal") -> list[dict[str, Any]]:
-    """``episodes`` closed-loop episodes of ``policy`` on fresh scenes ``seed .. seed + episodes - 1``:
-    per episode success, final task error, the expert's phase at the end (simulators that name
-    phases) and, where the simulator reports its grip (the Franka's suction cup), the cup's
-    horizontal offset from the cube centre at each grip and the cube's distance from the
-    target at each release (m)."""
+    """``episodes`` closed-loop episodes of ``policy`` (None: the scripted expert's own chunks) on
+    fresh scenes ``seed .. seed + episodes - 1``: per episode success, final task error, the
+    expert's phase at the end (simulators that name phases) and, where the simulator reports
+    its grip (the Franka's suction cup), the cup's horizontal offset from the cube centre at
+    each grip and the cube's distance from the target at each release (m)."""
     from hybridvla_ros.launch_description import params_file_for
     from hybridvla_ros.model.runner import PolicyRunner
     from hybridvla_ros.sim.registry import make_sim
-    from hybridvla_ros.sim.rollout import control_path, rollout
+    from hybridvla_ros.sim.rollout import control_path, expert_predictor, rollout
     from hybridvla_ros.studies.transfer import sim_params
 
     p = sim_params(embodiment)
     buffer_config, limits = control_path(params_file_for(embodiment))
-    predict = PolicyRunner(policy, config, embodiment, seed=seed).predictor(p.instruction)
     sim = make_sim(p, p.image_width, p.image_height, seed=seed, physics=p.physics, scene=scene)
+    if policy is None:  # the reference: the scripted expert's own chunks through the same path
+        predict = expert_predictor(sim, p.chunk_size)
+    else:
+        predict = PolicyRunner(policy, config, embodiment, seed=seed).predictor(p.instruction)
     out = []
     for k in range(episodes):  # episodes run one after another on one simulator
         sim.reset(seed=seed + k)
@@ -134,6 +142,43 @@ def _run_one(variant: str, train_seed: int, args: argparse.Namespace) -> dict[st
     return record
 
 
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Success with its Wilson 95 % interval, and the grip offset, per run (the expert first)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['variant']}\n{r['train_seed']}" for r in rows]
+    x = np.arange(len(rows))
+    rate = np.array([r["success_rate"] for r in rows])
+    low, high = np.array([r["wilson95"] for r in rows]).T
+    fig, (ax, ax_grip) = plt.subplots(1, 2, figsize=(11, 3.5))
+    ax.bar(x, rate, yerr=[rate - low, high - rate], capsize=3)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("placed (Wilson 95 %)")
+    grip = [1e3 * (r["grip_offset_m_median"] or np.nan) for r in rows]
+    ax_grip.bar(x, grip)
+    ax_grip.set_ylabel("median grip offset from cube centre (mm)")
+    for axis in (ax, ax_grip):
+        axis.set_xticks(x, labels, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _expert_reference(args: argparse.Namespace) -> dict[str, Any]:
+    """The scripted expert's own chunks on the same scenes and control path: what the judge
+    reports for a policy that does the task (cached in ``<out>/expert/``)."""
+    path = Path(args.out) / "expert" / EPISODES_FILE
+    want = [args.eval_seed + k for k in range(args.episodes)]
+    episodes = json.loads(path.read_text()) if path.is_file() else []
+    if [e["seed"] for e in episodes] != want:
+        episodes = closed_loop_episodes(None, None, args.embodiment, args.episodes, args.eval_seed, args.max_s)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(episodes, indent=1))
+    return summarize(episodes)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="hybridvla study policy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
             records = list(pool.map(_run_one, *zip(*combos), [args] * len(combos)))
+    expert = _expert_reference(args)
     pooled = {}
     for v in args.variants:
         episodes = []
@@ -165,17 +211,19 @@ def main(argv: list[str] | None = None) -> int:
         pooled[v] = summarize(episodes)
     result = {"embodiment": args.embodiment, "eval_seed": args.eval_seed, "episodes": args.episodes,
               "seeds": args.seeds, "recipe": RECIPE, "variants": {v: VARIANTS[v] for v in args.variants},
-              "runs": records, "pooled": pooled}
+              "runs": records, "pooled": pooled, "expert": expert}
     path = Path(args.out) / RESULT_FILE
     path.write_text(json.dumps(result, indent=2))
     print(f"{'variant':14s} {'seed':>4s} {'placed':>8s} {'Wilson 95 %':>13s} {'grip mm':>8s} {'release mm':>10s}  "
           "failures end in")
-    for r in records + [{"variant": v, "train_seed": "all", **pooled[v]} for v in args.variants]:
+    rows = [{"variant": "expert", "train_seed": "-", **expert}] + records
+    for r in rows + [{"variant": v, "train_seed": "all", **pooled[v]} for v in args.variants]:
         grip = "-" if r["grip_offset_m_median"] is None else f"{1e3 * r['grip_offset_m_median']:.1f}"
         rel = "-" if r["release_error_m_median"] is None else f"{1e3 * r['release_error_m_median']:.1f}"
         print(f"{r['variant']:14s} {r['train_seed']!s:>4s} {r['successes']:>3d}/{r['episodes']:<4d} "
               f"{r['wilson95'][0]:.2f}-{r['wilson95'][1]:.2f}    {grip:>8s} {rel:>10s}  {r['failures_by_end_phase']}")
-    print(f"wrote {path}")
+    _plot(rows, path.with_suffix(".png"))
+    print(f"wrote {path} and {path.with_suffix('.png').name}")
     return 0
 
 

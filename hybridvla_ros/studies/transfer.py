@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from hybridvla_ros.launch_description import params_file_for
 from hybridvla_ros.params.embodiment import EMBODIMENTS
 from hybridvla_ros.params.sim_robot import SimRobotParams
 
@@ -38,22 +37,13 @@ def sim_params(embodiment: str) -> SimRobotParams:
 
 def policy_success(policy: Any, config: Any, embodiment: str, episodes: int, seed: int, max_s: float,
                    scene: str = "nominal") -> dict[str, Any]:
-    """Closed-loop episodes of ``policy`` on fresh scenes (seeds ``seed..seed+episodes-1``)."""
-    from hybridvla_ros.model.runner import PolicyRunner
-    from hybridvla_ros.sim.registry import make_sim
-    from hybridvla_ros.sim.rollout import control_path, rollout
+    """Closed-loop episodes of ``policy`` on fresh scenes (seeds ``seed..seed+episodes-1``): the
+    success rate and the median final error (:func:`policy_quality.closed_loop_episodes` has each one)."""
+    from hybridvla_ros.studies.policy_quality import closed_loop_episodes
 
-    p = sim_params(embodiment)
-    buffer_config, limits = control_path(params_file_for(embodiment))
-    predict = PolicyRunner(policy, config, embodiment, seed=seed).predictor(p.instruction)
-    sim = make_sim(p, p.image_width, p.image_height, seed=seed, physics=p.physics, scene=scene)
-    results = []
-    for k in range(episodes):  # episodes run one after another on one simulator
-        sim.reset(seed=seed + k)
-        results.append(rollout(sim, predict, buffer_config, limits, max_s, p.success_tolerance_m,
-                               state_joints=p.state_joints))
-    return {"episodes": episodes, "success_rate": float(np.mean([r.success for r in results])),
-            "final_error_m_median": float(np.median([r.final_error_m for r in results]))}
+    results = closed_loop_episodes(policy, config, embodiment, episodes, seed, max_s, scene)
+    return {"episodes": episodes, "success_rate": float(np.mean([r["success"] for r in results])),
+            "final_error_m_median": float(np.median([r["final_error_m"] for r in results]))}
 
 
 def _train_with_dagger(demos: list[Any], specs: list[Any], params: list[Any], args: argparse.Namespace,

@@ -93,6 +93,9 @@ def test_policy_study_judges_a_checkpoint_on_fresh_scenes_and_summarizes_with_in
     s = summarize(episodes)
     assert s["episodes"] == 2 and s["successes"] == sum(e["success"] for e in episodes)
     assert sum(s["failures_by_end_phase"].values()) == 2 - s["successes"]
+    expert = closed_loop_episodes(None, None, "franka", episodes=1, seed=10_000, max_s=8.0)[0]
+    assert expert["success"] and expert["end_phase"] in ("retreat", "done"), expert  # it does the task
+    assert len(expert["grip_offsets_m"]) == 1 and expert["grip_offsets_m"][0] < 0.005  # aims at the centre
     made = [{"success": k < 45, "final_error_m": 0.01, "end_phase": "done" if k < 45 else "descend",
              "grip_offsets_m": [0.002], "release_errors_m": [0.01] if k < 45 else []} for k in range(50)]
     s = summarize(made)
