@@ -12,8 +12,8 @@ the Franka, the tool-space error where it matters: the cup's horizontal offset f
 cube's centre when it grips and the cube's distance from the target when it lets go.
 Pooled over seeds too; the scripted expert's own chunks on the same scenes and path are the
 reference row. Writes ``<out>/policy_quality.json`` and a plot beside it; each run's
-checkpoint and episodes are under ``<out>/<variant>_seed<N>/`` (a run whose checkpoint is
-there is only judged again, not retrained).
+checkpoint and episodes are under ``<out>/<variant>_seed<N>/`` (a run whose checkpoint and
+episodes on these scenes are there is reused).
 
 Variants: ``full`` (``hybridvla train``'s defaults), ``until_event`` (chunk labels cut at the
 next suction-cup change), ``no_shift`` (no DrQ image shift in training).
@@ -121,17 +121,21 @@ def _run_one(variant: str, train_seed: int, args: argparse.Namespace) -> dict[st
     run_dir = Path(args.out) / f"{variant}_seed{train_seed}"
     log_path = run_dir / TRAIN_LOG
     t0 = time.perf_counter()
-    if not log_path.is_file():
+    trained_before = log_path.is_file()  # then its episodes on these scenes are reused too
+    if not trained_before:
         argv = ["--embodiments", args.embodiment, *RECIPE, *VARIANTS[variant], "--seed", str(train_seed),
                 "--threads", str(args.threads), "--out", str(run_dir), "--demos", str(Path(args.out) / "demos")]
         if train_main(argv) != 0:
             raise RuntimeError(f"hybridvla train {' '.join(argv)} failed")
     train_s = time.perf_counter() - t0
     log = json.loads(log_path.read_text())
-    policy, config = load_checkpoint(run_dir)
     t1 = time.perf_counter()
-    episodes = closed_loop_episodes(policy, config, args.embodiment, args.episodes, args.eval_seed, args.max_s)
-    (run_dir / EPISODES_FILE).write_text(json.dumps(episodes, indent=1))
+    episodes_path = run_dir / EPISODES_FILE
+    episodes = json.loads(episodes_path.read_text()) if trained_before and episodes_path.is_file() else []
+    if [e["seed"] for e in episodes] != [args.eval_seed + k for k in range(args.episodes)]:  # judge it
+        policy, config = load_checkpoint(run_dir)
+        episodes = closed_loop_episodes(policy, config, args.embodiment, args.episodes, args.eval_seed, args.max_s)
+        episodes_path.write_text(json.dumps(episodes, indent=1))
     record = {"variant": variant, "train_seed": train_seed, "train_time_s": log.get("train_time_s"),
               "wall_s": {"train": train_s, "eval": time.perf_counter() - t1},
               "dagger_curve": [pt[args.embodiment]["success_rate"] for pt in log.get("dagger", [])],
