@@ -16,7 +16,8 @@ checkpoint and episodes are under ``<out>/<variant>_seed<N>/`` (a run whose chec
 episodes on these scenes are there is reused).
 
 Variants: ``full`` (``hybridvla train``'s defaults), ``until_event`` (chunk labels cut at the
-next suction-cup change), ``no_shift`` (no DrQ image shift in training).
+next suction-cup change), ``no_shift`` (no DrQ image shift in training), ``image_128`` (the policy's image 128 x 128
+instead of 96 x 96).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ VARIANTS: dict[str, list[str]] = {
     "full": ["--chunk-labels", "full"],
     "until_event": ["--chunk-labels", "until_event"],
     "no_shift": ["--chunk-labels", "full", "--augment-shift-px", "0"],
+    "image_128": ["--chunk-labels", "full", "--image-size", "128"],
 }
 RECIPE = ["--dagger-rounds", "2", "--dagger-episodes", "20", "--quiet"]
 EVAL_SEED = 70_000
@@ -157,7 +159,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     rate = np.array([r["success_rate"] for r in rows])
     low, high = np.array([r["wilson95"] for r in rows]).T
     fig, (ax, ax_grip) = plt.subplots(1, 2, figsize=(11, 3.5))
-    ax.bar(x, rate, yerr=[rate - low, high - rate], capsize=3)
+    ax.bar(x, rate, yerr=np.clip([rate - low, high - rate], 0.0, None), capsize=3)  # 50/50: high 1 - 1e-16
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("placed (Wilson 95 %)")
     grip = [1e3 * (r["grip_offset_m_median"] or np.nan) for r in rows]

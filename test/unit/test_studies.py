@@ -78,7 +78,8 @@ def test_transfer_study_refuses_a_negative_dagger_round_count() -> None:
     assert exc.value.code == 2
 
 
-def test_policy_study_judges_a_checkpoint_on_fresh_scenes_and_summarizes_with_intervals(tiny_checkpoint) -> None:
+def test_policy_study_judges_a_checkpoint_on_fresh_scenes_and_summarizes_with_intervals(tiny_checkpoint,
+                                                                                         tmp_path) -> None:
     """The policy-quality study's judge: a checkpoint in closed loop on the MuJoCo Franka, each
     episode's outcome, end phase and grip / release errors; the summary has Wilson intervals
     and the failures counted by the phase they ended in."""
@@ -102,3 +103,8 @@ def test_policy_study_judges_a_checkpoint_on_fresh_scenes_and_summarizes_with_in
     assert s["successes"] == 45 and s["failures_by_end_phase"] == {"descend": 5}
     assert 0.78 < s["wilson95"][0] < 0.80 and 0.95 < s["wilson95"][1] < 0.97  # 45/50: 0.787-0.957
     assert s["gripped"] == 50 and s["released"] == 45 and s["grip_offset_m_median"] == 0.002
+    from hybridvla_ros.studies.policy_quality import _plot
+    all_placed = summarize([{**m, "success": True} for m in made])  # Wilson's high end: 1 - 1e-16
+    _plot([{"variant": "expert", "train_seed": "-", **all_placed}, {"variant": "v", "train_seed": 0, **s}],
+          tmp_path / "policy.png")
+    assert (tmp_path / "policy.png").stat().st_size > 0
