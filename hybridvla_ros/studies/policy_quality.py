@@ -57,13 +57,13 @@ def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: in
     expert's phase at the end (simulators that name phases) and, where the simulator reports
     its grip (the Franka's suction cup), the cup's horizontal offset from the cube centre at
     each grip and the cube's distance from the target at each release (m)."""
-    from hybridvla_ros.launch_description import params_file_for
+    from hybridvla_ros.launch_description import default_config_dir, params_file_for
+    from hybridvla_ros.model.demo_data import load_embodiment
     from hybridvla_ros.model.runner import PolicyRunner
     from hybridvla_ros.sim.registry import make_sim
     from hybridvla_ros.sim.rollout import control_path, expert_predictor, rollout
-    from hybridvla_ros.studies.transfer import sim_params
 
-    p = sim_params(embodiment)
+    p = load_embodiment(default_config_dir(), embodiment)  # its sim_robot parameters
     buffer_config, limits = control_path(params_file_for(embodiment))
     sim = make_sim(p, p.image_width, p.image_height, seed=seed, physics=p.physics, scene=scene)
     if policy is None:  # the reference: the scripted expert's own chunks through the same path
