@@ -17,4 +17,5 @@ rm -f "$HYBRIDVLA_LEROBOT_STATUS"
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
-exec python -m pytest "$@"
+# --durations: the slowest tests in every log (CI time is kept under 30 minutes)
+exec python -m pytest --durations=25 "$@"

@@ -207,8 +207,8 @@ def test_expert_planning_never_slows_the_sensors(ros) -> None:
     assert ros.spin_until(lambda: len(chunks) >= 30 and len(states) >= 2 and len(frames) >= 2, 60.0), ros.logs()
     js_rate = (len(set(states)) - 1) / (max(states) - min(states))
     frame_rate = (len(set(frames)) - 1) / (max(frames) - min(frames))
-    assert js_rate >= 0.6 * p.joint_state_rate_hz, (js_rate, frame_rate)
-    assert frame_rate >= 0.6 * p.camera_rate_hz, (js_rate, frame_rate)
+    assert js_rate >= 0.5 * p.joint_state_rate_hz, (js_rate, frame_rate)
+    assert frame_rate >= 0.5 * p.camera_rate_hz, (js_rate, frame_rate)
     # Each chunk is the expert's full plan, stamped with the state it was planned from.
     c = chunks[-1]
     assert (c.chunk_length, c.action_dim, c.head_type) == (p.chunk_size, len(p.joint_names), "sim_expert")
