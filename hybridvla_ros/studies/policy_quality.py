@@ -17,7 +17,14 @@ episodes on these scenes are there is reused).
 
 Variants: ``full`` (``hybridvla train``'s defaults), ``until_event`` (chunk labels cut at the
 next suction-cup change), ``no_shift`` (no DrQ image shift in training), ``image_128`` (the policy's image 128 x 128
-instead of 96 x 96).
+instead of 96 x 96), ``demos_180`` (180 demonstrations instead of 60), ``steps_4500`` (4500 optimizer
+steps instead of 1500), ``shift_1`` (a DrQ shift of 1 px instead of 4: 4 px is about 4 cm on the
+Franka's table, as wide as the cube's start box).
+
+Besides success, each run says whether the policy localizes the cube at all: ``grip_tracking``
+is the slope of the cup's grip position on the cube's across episodes (1: the grip follows the
+cube; 0: one place whatever the image shows), and ``blind_grip_offset_m`` is the median grip
+offset a policy gripping at one fixed place would have on these scenes.
 """
 from __future__ import annotations
 
@@ -43,6 +50,9 @@ VARIANTS: dict[str, list[str]] = {
     "until_event": ["--chunk-labels", "until_event"],
     "no_shift": ["--chunk-labels", "full", "--augment-shift-px", "0"],
     "image_128": ["--chunk-labels", "full", "--image-size", "128"],
+    "demos_180": ["--chunk-labels", "full", "--episodes", "180"],
+    "steps_4500": ["--chunk-labels", "full", "--train-steps", "4500"],
+    "shift_1": ["--chunk-labels", "full", "--augment-shift-px", "1"],
 }
 RECIPE = ["--dagger-rounds", "2", "--dagger-episodes", "20", "--quiet"]
 EVAL_SEED = 70_000
@@ -74,14 +84,18 @@ def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: in
     for k in range(episodes):  # episodes run one after another on one simulator
         sim.reset(seed=seed + k)
         grips: list[float] = []
+        grip_points: list[list[float]] = []
         releases: list[float] = []
         held = [bool(getattr(sim, "grasped", False))]
+        cube_start = getattr(sim, "cube_position", None)
 
-        def observe(s: Any, grips: list[float] = grips, releases: list[float] = releases,
-                    held: list[bool] = held) -> None:
+        def observe(s: Any, grips: list[float] = grips, grip_points: list[list[float]] = grip_points,
+                    releases: list[float] = releases, held: list[bool] = held) -> None:
             now = bool(getattr(s, "grasped", False))
             if now and not held[0]:
-                grips.append(float(np.hypot(*(s.end_effector_positions()[0][:2] - s.cube_position[:2]))))
+                cup, cube = s.end_effector_positions()[0][:2], s.cube_position[:2]
+                grips.append(float(np.hypot(*(cup - cube))))
+                grip_points.append([float(v) for v in (*cup, *cube)])
             elif held[0] and not now:
                 releases.append(float(s.task_error_m()))
             held[0] = now
@@ -91,12 +105,37 @@ def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: in
         out.append({"seed": seed + k, "success": bool(r.success), "final_error_m": float(r.final_error_m),
                     "time_to_success_s": None if math.isnan(r.time_to_success_s) else r.time_to_success_s,
                     "end_phase": getattr(sim, "phase", None), "grip_offsets_m": grips,
+                    "grip_points_m": grip_points,  # [cup x, cup y, cube x, cube y] at each grip
+                    "cube_start_m": None if cube_start is None else [float(v) for v in cube_start[:2]],
                     "release_errors_m": releases, "safety_modified": int(r.safety_modified)})
     return out
 
 
+def grip_tracking(episodes: list[dict[str, Any]]) -> float | None:
+    """How far the cup's grip point follows the cube, pooled over x and y: the least-squares slope of
+    the cup's position on the cube's across episodes, each axis about its own mean (1: the grip goes
+    where the cube is; 0: one place whatever the image shows). None below 5 grips."""
+    points = np.asarray([e["grip_points_m"][0] for e in episodes if e.get("grip_points_m")], float)
+    if len(points) < 5:
+        return None
+    cup = points[:, :2] - points[:, :2].mean(0)
+    cube = points[:, 2:] - points[:, 2:].mean(0)
+    spread = float(np.sum(cube * cube))
+    return float(np.sum(cup * cube) / spread) if spread > 0 else None
+
+
+def blind_offset(episodes: list[dict[str, Any]]) -> float | None:
+    """The median distance of the cubes' start positions from their mean: the grip offset of a policy
+    that grips at one fixed place (the floor a policy that does not localize the cube sits near)."""
+    starts = np.asarray([e["cube_start_m"] for e in episodes if e.get("cube_start_m")], float)
+    if not len(starts):
+        return None
+    return float(np.median(np.hypot(*(starts - starts.mean(0)).T)))
+
+
 def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Successes, Wilson 95 % interval, failures by end phase, median grip offset / release error."""
+    """Successes, Wilson 95 % interval, failures by end phase, median grip offset / release error,
+    how far the grip follows the cube."""
     n = len(episodes)
     wins = sum(e["success"] for e in episodes)
     low, high = wilson_interval(wins, n)
@@ -108,6 +147,7 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
             "gripped": len(grips), "released": len(releases),
             "grip_offset_m_median": float(np.median(grips)) if grips else None,
             "release_error_m_median": float(np.median(releases)) if releases else None,
+            "grip_tracking": grip_tracking(episodes), "blind_grip_offset_m": blind_offset(episodes),
             "final_error_m_median": float(np.median([e["final_error_m"] for e in episodes])) if n else None}
 
 
@@ -220,14 +260,18 @@ def main(argv: list[str] | None = None) -> int:
               "runs": records, "pooled": pooled, "expert": expert}
     path = Path(args.out) / RESULT_FILE
     path.write_text(json.dumps(result, indent=2))
-    print(f"{'variant':14s} {'seed':>4s} {'placed':>8s} {'Wilson 95 %':>13s} {'grip mm':>8s} {'release mm':>10s}  "
-          "failures end in")
+    blind = expert.get("blind_grip_offset_m")
+    print(f"{'variant':14s} {'seed':>4s} {'placed':>8s} {'Wilson 95 %':>13s} {'grip mm':>8s} {'tracks':>6s} "
+          f"{'release mm':>10s}  failures end in   (a grip at one fixed place: "
+          f"{'-' if blind is None else f'{1e3 * blind:.1f}'} mm)")
     rows = [{"variant": "expert", "train_seed": "-", **expert}] + records
     for r in rows + [{"variant": v, "train_seed": "all", **pooled[v]} for v in args.variants]:
         grip = "-" if r["grip_offset_m_median"] is None else f"{1e3 * r['grip_offset_m_median']:.1f}"
         rel = "-" if r["release_error_m_median"] is None else f"{1e3 * r['release_error_m_median']:.1f}"
+        tracks = "-" if r.get("grip_tracking") is None else f"{r['grip_tracking']:.2f}"
         print(f"{r['variant']:14s} {r['train_seed']!s:>4s} {r['successes']:>3d}/{r['episodes']:<4d} "
-              f"{r['wilson95'][0]:.2f}-{r['wilson95'][1]:.2f}    {grip:>8s} {rel:>10s}  {r['failures_by_end_phase']}")
+              f"{r['wilson95'][0]:.2f}-{r['wilson95'][1]:.2f}    {grip:>8s} {tracks:>6s} {rel:>10s}  "
+              f"{r['failures_by_end_phase']}")
     _plot(rows, path.with_suffix(".png"))
     print(f"wrote {path} and {path.with_suffix('.png').name}")
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from hybridvla_ros.params.embodiment import EMBODIMENTS
@@ -97,12 +98,25 @@ def test_policy_study_judges_a_checkpoint_on_fresh_scenes_and_summarizes_with_in
     expert = closed_loop_episodes(None, None, "franka", episodes=1, seed=10_000, max_s=8.0)[0]
     assert expert["success"] and expert["end_phase"] in ("retreat", "done"), expert  # it does the task
     assert len(expert["grip_offsets_m"]) == 1 and expert["grip_offsets_m"][0] < 0.005  # aims at the centre
+    cup_x, cup_y, cube_x, cube_y = expert["grip_points_m"][0]
+    assert np.hypot(cup_x - cube_x, cup_y - cube_y) == pytest.approx(expert["grip_offsets_m"][0])
+    assert np.hypot(cube_x - expert["cube_start_m"][0], cube_y - expert["cube_start_m"][1]) < 0.005
     made = [{"success": k < 45, "final_error_m": 0.01, "end_phase": "done" if k < 45 else "descend",
              "grip_offsets_m": [0.002], "release_errors_m": [0.01] if k < 45 else []} for k in range(50)]
     s = summarize(made)
     assert s["successes"] == 45 and s["failures_by_end_phase"] == {"descend": 5}
     assert 0.78 < s["wilson95"][0] < 0.80 and 0.95 < s["wilson95"][1] < 0.97  # 45/50: 0.787-0.957
     assert s["gripped"] == 50 and s["released"] == 45 and s["grip_offset_m_median"] == 0.002
+    # Does the grip follow the cube? A cup that goes where the cube is tracks it (1), one that grips at
+    # one place whatever the scene does not (0); with cubes spread over a box, that one place is
+    # on average the blind offset away.
+    from hybridvla_ros.studies.policy_quality import blind_offset, grip_tracking
+    cubes = np.random.default_rng(0).uniform([0.46, -0.19], [0.54, -0.11], (50, 2))
+    follows = [{"grip_points_m": [[*(c + 0.003), *c]], "cube_start_m": list(c)} for c in cubes]
+    fixed = [{"grip_points_m": [[0.5, -0.15, *c]], "cube_start_m": list(c)} for c in cubes]
+    assert grip_tracking(follows) == pytest.approx(1.0) and grip_tracking(fixed) == pytest.approx(0.0, abs=1e-12)
+    assert grip_tracking(follows[:4]) is None  # too few grips to say
+    assert 0.02 < blind_offset(fixed) < 0.035  # an 8 cm box: about 3 cm from its middle
     from hybridvla_ros.studies.policy_quality import _plot
     all_placed = summarize([{**m, "success": True} for m in made])  # Wilson's high end: 1 - 1e-16
     _plot([{"variant": "expert", "train_seed": "-", **all_placed}, {"variant": "v", "train_seed": 0, **s}],
