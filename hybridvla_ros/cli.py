@@ -68,7 +68,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not os.path.isfile(os.path.join(ckpt, "model.safetensors")):
         print(f"no policy at {ckpt}: training one on the simulators' scripted experts (a few minutes)")
         from hybridvla_ros.cli_model import train_main
-        code = train_main(["--out", ckpt])
+        code = train_main(["--out", ckpt, "--train-steps", "1500"])  # the demo's quick policy, not the default's
         if code:
             return code
     try:

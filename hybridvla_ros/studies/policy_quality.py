@@ -15,11 +15,12 @@ reference row. Writes ``<out>/policy_quality.json`` and a plot beside it; each r
 checkpoint and episodes are under ``<out>/<variant>_seed<N>/`` (a run whose checkpoint and
 episodes on these scenes are there is reused).
 
-Variants: ``full`` (``hybridvla train``'s defaults), ``until_event`` (chunk labels cut at the
-next suction-cup change), ``no_shift`` (no DrQ image shift in training), ``image_128`` (the policy's image 128 x 128
-instead of 96 x 96), ``demos_180`` (180 demonstrations instead of 60), ``steps_4500`` (4500 optimizer
-steps instead of 1500), ``shift_1`` (a DrQ shift of 1 px instead of 4: 4 px is about 4 cm on the
-Franka's table, as wide as the cube's start box).
+Variants: ``full`` (``hybridvla train``'s defaults before this study: 1500 steps),
+``until_event`` (chunk labels cut at the next suction-cup change), ``no_shift`` (no DrQ image
+shift in training), ``image_128`` (the policy's image 128 x 128 instead of 96 x 96),
+``demos_180`` (180 demonstrations instead of 60), ``steps_4500`` (4500 optimizer steps instead
+of 1500), ``shift_1`` (a DrQ shift of 1 px instead of 4: 4 px is about 4 cm on the Franka's
+table, as wide as the cube's start box).
 
 Besides success, each run says whether the policy localizes the cube at all: ``grip_tracking``
 is the slope of the cup's grip position on the cube's across episodes (1: the grip follows the
@@ -54,7 +55,7 @@ VARIANTS: dict[str, list[str]] = {
     "steps_4500": ["--chunk-labels", "full", "--train-steps", "4500"],
     "shift_1": ["--chunk-labels", "full", "--augment-shift-px", "1"],
 }
-RECIPE = ["--dagger-rounds", "2", "--dagger-episodes", "20", "--quiet"]
+RECIPE = ["--train-steps", "1500", "--dagger-rounds", "2", "--dagger-episodes", "20", "--quiet"]  # as measured
 EVAL_SEED = 70_000
 RESULT_FILE = "policy_quality.json"
 EPISODES_FILE = "episodes.json"

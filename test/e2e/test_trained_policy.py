@@ -34,8 +34,10 @@ EVAL_SEED = 50_000        # scene seeds no recording or DAgger round used
 # Stated: at least 1 placed cube in the 40 episodes (2.5 %). Measured on the 2-core machine: see
 # the README; before DAgger, 0/20 in each of three runs.
 STATED_PLACED = 1
-RECIPE = ["--embodiments", "franka", "--dagger-rounds", "2", "--dagger-episodes", str(DAGGER_EPISODES),
-          "--threads", "2", "--quiet"]
+# 1500 optimizer steps, not the default 4500 (which places more, study 5): the floor was measured with
+# these, and the suite stays within its time.
+RECIPE = ["--embodiments", "franka", "--train-steps", "1500", "--dagger-rounds", "2", "--dagger-episodes",
+          str(DAGGER_EPISODES), "--threads", "2", "--quiet"]
 
 
 def test_a_policy_trained_on_the_experts_demonstrations_places_cubes(tmp_path) -> None:
