@@ -293,7 +293,7 @@ class DemoRecorderNode(Node):
         return {"recording": bool(w and w.recording), "episode": None if w is None else w.episode_index,
                 "frames": 0 if w is None else w.frames, "saved": saved, "last_saved": self.last_saved,
                 "skipped": dict(self.skipped), "error": self.last_error, "root": self.root,
-                "stamp": time.time()}
+                "task": self.task, "stamp": time.time()}
 
     def _publish_status(self) -> None:
         msg = String()

@@ -20,7 +20,8 @@ Variants: ``full`` (``hybridvla train``'s defaults before this study: 1500 steps
 shift in training), ``image_128`` (the policy's image 128 x 128 instead of 96 x 96),
 ``demos_180`` (180 demonstrations instead of 60), ``steps_4500`` (4500 optimizer steps instead
 of 1500), ``shift_1`` (a DrQ shift of 1 px instead of 4: 4 px is about 4 cm on the Franka's
-table, as wide as the cube's start box).
+table, as wide as the cube's start box), and ``steps_4500_until_event``, ``steps_4500_shift_1``
+(those changes on top of 4500 steps).
 
 Besides success, each run says whether the policy localizes the cube at all: ``grip_tracking``
 is the slope of the cup's grip position on the cube's across episodes (1: the grip follows the
@@ -54,6 +55,9 @@ VARIANTS: dict[str, list[str]] = {
     "demos_180": ["--chunk-labels", "full", "--episodes", "180"],
     "steps_4500": ["--chunk-labels", "full", "--train-steps", "4500"],
     "shift_1": ["--chunk-labels", "full", "--augment-shift-px", "1"],
+    # on top of the 4500 steps that became the default (each compared with steps_4500 on the same seeds)
+    "steps_4500_until_event": ["--chunk-labels", "until_event", "--train-steps", "4500"],
+    "steps_4500_shift_1": ["--chunk-labels", "full", "--train-steps", "4500", "--augment-shift-px", "1"],
 }
 RECIPE = ["--train-steps", "1500", "--dagger-rounds", "2", "--dagger-episodes", "20", "--quiet"]  # as measured
 EVAL_SEED = 70_000

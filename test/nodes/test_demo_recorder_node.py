@@ -115,7 +115,10 @@ def test_episodes_are_recorded_from_the_topics_and_a_kill_loses_only_the_one_bei
                                    {"root": str(root), "min_free_mb": 0.0,
                                     "extra_cameras": [f"wrist={WRIST_TOPIC}"]})])
     robot = Robot(ros, p)
-    assert ros.spin_until(lambda: robot.latest().get("recording") is False, 30.0), ros.logs()
+    # Ready: up, and the latched task has reached it (a clean-clone run on a busy machine started recording
+    # before discovery brought the task: the first frames had the parameter file's instruction).
+    assert ros.spin_until(lambda: robot.latest().get("recording") is False and robot.latest().get("task") == TASK,
+                          30.0), ros.logs()
 
     # Episode 0: a success; the camera drops out for a while in the middle.
     assert robot.call("start_episode", Trigger).success
