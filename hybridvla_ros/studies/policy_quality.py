@@ -88,18 +88,16 @@ def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: in
     out = []
     for k in range(episodes):  # episodes run one after another on one simulator
         sim.reset(seed=seed + k)
-        grips: list[float] = []
         grip_points: list[list[float]] = []
         releases: list[float] = []
         held = [bool(getattr(sim, "grasped", False))]
         cube_start = getattr(sim, "cube_position", None)
 
-        def observe(s: Any, grips: list[float] = grips, grip_points: list[list[float]] = grip_points,
-                    releases: list[float] = releases, held: list[bool] = held) -> None:
+        def observe(s: Any, grip_points: list[list[float]] = grip_points, releases: list[float] = releases,
+                    held: list[bool] = held) -> None:
             now = bool(getattr(s, "grasped", False))
             if now and not held[0]:
                 cup, cube = s.end_effector_positions()[0][:2], s.cube_position[:2]
-                grips.append(float(np.hypot(*(cup - cube))))
                 grip_points.append([float(v) for v in (*cup, *cube)])
             elif held[0] and not now:
                 releases.append(float(s.task_error_m()))
@@ -109,7 +107,8 @@ def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: in
                     state_joints=p.state_joints)
         out.append({"seed": seed + k, "success": bool(r.success), "final_error_m": float(r.final_error_m),
                     "time_to_success_s": None if math.isnan(r.time_to_success_s) else r.time_to_success_s,
-                    "end_phase": getattr(sim, "phase", None), "grip_offsets_m": grips,
+                    "end_phase": getattr(sim, "phase", None),
+                    "grip_offsets_m": [float(np.hypot(x - cx, y - cy)) for x, y, cx, cy in grip_points],
                     "grip_points_m": grip_points,  # [cup x, cup y, cube x, cube y] at each grip
                     "cube_start_m": None if cube_start is None else [float(v) for v in cube_start[:2]],
                     "release_errors_m": releases, "safety_modified": int(r.safety_modified)})

@@ -39,6 +39,7 @@ from test_lerobot_sidecar import _free_port, _lerobot_python, make_policy_dir
 
 from hybridvla_msgs.msg import HandoffMode
 from hybridvla_ros.core.correction_store import CorrectionStore
+from hybridvla_ros.core.stats import rate_and_jitter
 from hybridvla_ros.launch_description import default_config_dir, describe_graph
 from hybridvla_ros.nodes.graph_listener import GraphListener, Recording
 from hybridvla_ros.params import from_params, load_node_params
@@ -200,14 +201,13 @@ def test_lerobot_act_drives_the_whole_graph_on_the_simulated_franka(ros, franka_
         assert listener.wait_for(lambda r: len(r.command_times) >= n0 + 150 and len(r.chunk_info) >= 10,
                                  EVENT_LIMIT_S), ros.logs()
         rec = listener.snapshot()
-        times = np.sort(np.asarray(rec.command_times[n0:]))
-        rate = 1.0 / float(np.median(np.diff(times)))
+        rj = rate_and_jitter(rec.command_times[n0:], p.control_period_s)
+        rate = 1.0 / rj["period_p50_s"]
         assert rate == pytest.approx(p.control_rate_hz, rel=0.1), f"{rate:.1f} Hz"
         # The control path never waits on the policy: a node that sent one command per chunk (0.8-1.7 s
         # each here) would be far below half the rate; the clean-clone run saw 37 Hz with ACT in the
         # sidecar sharing the 2 cores, so the rate itself is the benchmarks' business.
-        mean_rate = (len(times) - 1) / (times[-1] - times[0])
-        assert mean_rate >= 0.5 * p.control_rate_hz, f"long gaps: {mean_rate:.1f} Hz over {len(times)} commands"
+        assert rj["rate_hz"] >= 0.5 * p.control_rate_hz, f"long gaps: {rj['rate_hz']:.1f} Hz"
         assert rec.policy_commands >= 25, rec.policy_commands
         cmds = np.asarray(rec.commands)
         assert np.all(cmds >= np.asarray(p.position_min) - 1e-9)
