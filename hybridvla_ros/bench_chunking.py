@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -114,14 +115,19 @@ def summarize(results: list[Any], period_s: float) -> dict[str, Any]:
             "final_error_m_median": _median([r.final_error_m for r in results])}
 
 
+# (name, chunk size, sim -> predictor, can do rtc, cameras it reads)
+_Compared = tuple[str, int, Callable[[Any], Callable[..., tuple[np.ndarray, float]]], bool, tuple[str, ...]]
+
+
 def _policies(args: argparse.Namespace, sim_params: Any, chunk_size: int
-              ) -> list[tuple[str, int, Callable[[Any], Callable[..., tuple[np.ndarray, float]]], bool]]:
-    """(name, chunk size, sim -> predictor, can do rtc) for each policy the run compares."""
+              ) -> list[_Compared]:
+    """(name, chunk size, sim -> predictor, can do rtc, the cameras it reads: () the scene camera) for each
+    policy the run compares."""
     from hybridvla_ros.sim.rollout import expert_rtc_predictor
 
-    out: list[tuple[str, int, Callable[[Any], Callable[..., tuple[np.ndarray, float]]], bool]] = [
+    out: list[_Compared] = [
         ("scripted expert", args.expert_chunk_size or chunk_size,
-         lambda sim: expert_rtc_predictor(sim, args.expert_chunk_size or chunk_size), True)]
+         lambda sim: expert_rtc_predictor(sim, args.expert_chunk_size or chunk_size), True, ())]
     if args.checkpoint:
         from hybridvla_ros.model.runner import PolicyRunner
 
@@ -137,13 +143,14 @@ def _policies(args: argparse.Namespace, sim_params: Any, chunk_size: int
                 return p.actions, p.confidence
             return predict
 
-        out.append((f"model ({runner.head_type})", runner.chunk_size, model, bool(runner.inpaints)))
+        out.append((f"model ({runner.head_type})", runner.chunk_size, model, bool(runner.inpaints), runner.cameras))
     return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from hybridvla_ros.launch_description import default_config_dir, params_file_for
     from hybridvla_ros.model.demo_data import load_embodiment
+    from hybridvla_ros.sim.base import render_cameras
     from hybridvla_ros.sim.registry import make_sim
     from hybridvla_ros.sim.rollout import control_path, rollout
 
@@ -157,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "recompute_every": buffer_config.recompute_every, "delays_s": list(args.delays), "modes": list(args.modes),
         "episode_seeds": [args.seed_base, args.seed_base + args.episodes - 1], "max_s": args.max_s,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "policies": {}}
-    for name, chunk_size, make_predictor, can_rtc in _policies(args, sim_params, sim_params.chunk_size):
+    for name, chunk_size, make_predictor, can_rtc, cameras in _policies(args, sim_params, sim_params.chunk_size):
         rows: dict[str, dict[str, Any]] = {}
         report["policies"][name] = {"chunk_size": chunk_size, "inpaints": can_rtc, "rows": rows}
         for delay in args.delays:
@@ -175,7 +182,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    seed=args.seed_base + i, physics=physics)
                     results.append(rollout(sim, make_predictor(sim), config, limits, args.max_s,
                                            sim_params.success_tolerance_m, delay_s=delay, rtc=(mode == "rtc"),
-                                           trace=True, state_joints=sim_params.state_joints))
+                                           trace=True, state_joints=sim_params.state_joints,
+                                           render=functools.partial(render_cameras, cameras=cameras,
+                                                                    anchor=sim_params.camera_name)))
                 row = summarize(results, period)
                 row["wall_s"] = time.perf_counter() - start
                 rows[key] = row

@@ -86,6 +86,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", default=None,
                    help="with --dataset: the camera to train on, observation.images.<camera> (default: the "
                         "dataset's only one)")
+    p.add_argument("--cameras", nargs="+", default=None, metavar="NAME",
+                   help="train a policy that reads these cameras of the robot together (two or more of the parameter "
+                        "file's camera_name and extra_cameras, e.g. exterior wrist; every listed embodiment must "
+                        "have them); default: one camera, the one the parameter file names")
     p.add_argument("--task", default=None,
                    help="with --dataset: train on the episodes of this task (default: the dataset's only task)")
     p.add_argument("--successful-only", action="store_true",
@@ -170,10 +174,20 @@ def train_main(argv: list[str] | None = None) -> int:
               f"states): name it with --embodiments NAME (got {names}) and leave --dagger-rounds 0",
               file=sys.stderr)
         return 2
+    cameras = tuple(dict.fromkeys(args.cameras or ()))
+    if args.cameras is not None and (len(cameras) < 2 or args.dataset is not None):
+        print("hybridvla train: error: --cameras names two or more different cameras to read together, and trains "
+              f"on the simulators' demonstrations (not --dataset); got {args.cameras}", file=sys.stderr)
+        return 2
     try:
         t0 = time.perf_counter()
         physics = None if args.physics == "config" else args.physics
         params = [load_embodiment(args.config_dir, n, physics) for n in names]
+        for p in params:
+            unknown = [c for c in cameras if c not in p.cameras]
+            if unknown:
+                raise ValueError(f"--cameras: {unknown} are not cameras of {p.embodiment} "
+                                 f"({list(p.cameras)}: camera_name, extra_cameras)")
         demos = []
         steps_used = {}
         if args.dataset is not None:
@@ -198,17 +212,17 @@ def train_main(argv: list[str] | None = None) -> int:
                 print(f"demonstrations: {p.embodiment} on the {p.physics} simulator ({args.episodes} episodes x "
                       f"{steps} steps)", file=sys.stderr)
             demos.append(get_demos(p, args.episodes, steps, args.image_size, args.seed, args.demos, progress,
-                                   chunk_labels=args.chunk_labels))
+                                   chunk_labels=args.chunk_labels, cameras=cameras))
         record_time = time.perf_counter() - t0
         config = PolicyConfig(image_size=args.image_size, instruction_encoder=args.instruction_encoder,
                               instruction_dim=encoder_dim(args.instruction_encoder), dropout=args.dropout)
-        specs = [EmbodimentSpec.from_params(p) for p in params]
+        specs = [dataclasses.replace(EmbodimentSpec.from_params(p), cameras=cameras) for p in params]
         if args.heads == "coarse_to_fine":
             specs = [dataclasses.replace(s, head_type="coarse_to_fine") for s in specs]
         if args.dataset is None:
             extra_log = {"data": {"episodes": args.episodes, "steps_per_episode": steps_used,
                                   "physics": {p.embodiment: p.physics for p in params},
-                                  "chunk_labels": args.chunk_labels,
+                                  "chunk_labels": args.chunk_labels, "cameras": list(cameras),
                                   "config_dir": str(args.config_dir), "record_time_s": record_time}}
         else:
             extra_log = {"data": {**dataset_log, "config_dir": str(args.config_dir), "record_time_s": record_time}}

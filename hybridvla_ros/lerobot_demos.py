@@ -84,6 +84,9 @@ def write_demos(demos_path: str, out: str, joint_names: list[str], state_names: 
     common.check_camera_name(camera)
     demos = _load_demos(demos_path)
     images, proprio, actions = demos["images"], demos["proprio"], demos["actions"]
+    if images.ndim != 4:
+        raise ExportError(f"{demos_path!r} holds {images.shape[1]} camera views per step (hybridvla train --cameras); "
+                          "export-demos writes one-camera recordings so far")
     state = demos["state"] if "state" in demos else np.zeros((len(proprio), 0), dtype=np.float32)
     episode = demos["episode"]
     n, d = proprio.shape

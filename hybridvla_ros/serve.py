@@ -69,6 +69,10 @@ class ModelServer:
     def __init__(self, runners: dict[str, PolicyRunner | ExportedRunner], confidence_samples: int = 5) -> None:
         if not runners:
             raise ValueError("embodiment: serve at least one")
+        several = {name: list(r.cameras) for name, r in runners.items() if r.cameras}
+        if several:
+            raise ValueError(f"cameras: {several} read several cameras; hybridvla serve sends one image per request so "
+                             "far (serve such a checkpoint in the inference node, policy_source: builtin)")
         self.runners = runners
         self.confidence_samples = confidence_samples
         self.forwards = 0          # model calls made

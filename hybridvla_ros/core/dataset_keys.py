@@ -7,7 +7,7 @@ are documented in :mod:`hybridvla_ros.sim.demos`.
 """
 from __future__ import annotations
 
-DEMO_IMAGES = "images"                    # (N, S, S, 3) uint8 RGB
+DEMO_IMAGES = "images"                    # (N, S, S, 3) uint8 RGB; from K cameras (N, K, S, S, 3)
 DEMO_PROPRIO = "proprio"                  # (N, D) float32 measured joint positions
 DEMO_ACTIONS = "actions"                  # (N, T, D) float32 absolute targets, [n, k]: k periods after step n
 DEMO_EPISODE = "episode"                  # (N,) int32 episode index

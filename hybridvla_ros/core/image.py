@@ -439,3 +439,11 @@ def resize_for_policy(image_rgb: np.ndarray, size: int) -> np.ndarray:
     if any(s < 0 for s in image_rgb.strides):
         image_rgb = np.ascontiguousarray(image_rgb)
     return cv2.resize(image_rgb, (size, size), interpolation=cv2.INTER_AREA)  # (size, size, 3)
+
+
+def resize_views(images: np.ndarray, size: int) -> np.ndarray:
+    """:func:`resize_for_policy` of one (H, W, 3) image, or of each view of a (K, H, W, 3) stack
+    of camera views -> (K, size, size, 3)."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        return np.stack([resize_for_policy(view, size) for view in images])
+    return resize_for_policy(images, size)

@@ -417,6 +417,9 @@ def _load_base(params: AdaptationParams, base_dir: Path, log: dict[str, Any]) ->
     if (spec.action_dim, spec.chunk_size) != (params.action_dim, params.chunk_size):
         raise ValueError(f"checkpoint_path: head for {params.embodiment!r} has action_dim {spec.action_dim}, "
                          f"chunk_size {spec.chunk_size}; the parameters say {params.action_dim}, {params.chunk_size}")
+    if spec.cameras:
+        raise ValueError(f"checkpoint_path: the {params.embodiment!r} head reads {len(spec.cameras)} cameras "
+                         f"{list(spec.cameras)}; online adaptation fine-tunes one-camera policies so far")
     log["base_model_version"] = log["model_version"] = int(read_checkpoint_config(base_dir)[KEY_MODEL_VERSION])
     log["base_version"] = _adaptation_version(base_dir)
     return policy, config

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from hybridvla_ros.core.dataset_keys import DEMO_PROPRIO
-from hybridvla_ros.core.image import resize_for_policy
+from hybridvla_ros.core.image import resize_views
 from hybridvla_ros.model.demo_data import default_steps_per_episode
 from hybridvla_ros.model.policy import EmbodimentSpec
 from hybridvla_ros.model.runner import PolicyRunner
 from hybridvla_ros.model.train import TrainConfig, TrainResult, train, write_outputs
-from hybridvla_ros.sim.base import Simulator
+from hybridvla_ros.sim.base import Simulator, render_cameras
 from hybridvla_ros.sim.demos import CHUNK_LABELS, validate_demonstrations
 from hybridvla_ros.sim.registry import make_sim, state_vector
 from hybridvla_ros.sim.rollout import RolloutResult, control_path, expert_chunk, rollout
@@ -64,12 +64,13 @@ class PolicyStates:
 
 def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: Any, episodes: int,
                          max_s: float, image_size: int, seed: int = 0, record_every: int = 1,
-                         chunk_labels: str = "full") -> PolicyStates:
+                         chunk_labels: str = "full", cameras: tuple[str, ...] = ()) -> PolicyStates:
     """Run ``episodes`` closed-loop episodes of ``predict`` (a rollout Predictor: (image, q) ->
     (chunk, confidence)) on the simulator ``params`` name (SimRobotParams: physics, scene,
     image size) and record every ``record_every``-th control step: the policy's-size image,
     the joint positions and the expert's chunk from that state (``chunk_labels`` as the
-    demonstrations': "until_event" cuts it at the next suction-cup change). Returns the data as a
+    demonstrations': "until_event" cuts it at the next suction-cup change; ``cameras``: the
+    robot's cameras a multi-camera policy reads, each recorded and shown to it). Returns the data as a
     demonstration dict plus the episodes' results. Raises ValueError for non-positive counts."""
     for name, value in (("episodes", episodes), ("image_size", image_size), ("record_every", record_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -78,6 +79,7 @@ def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: 
     sim = make_sim(params, width, height, seed=seed, physics=getattr(params, "physics", "kinematic"),
                    scene=getattr(params, "scene", "nominal"))
     chunk = params.chunk_size
+    anchor = str(getattr(params, "camera_name", ""))
     images: list[np.ndarray] = []
     proprio: list[np.ndarray] = []
     state: list[np.ndarray] = []
@@ -91,7 +93,7 @@ def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: 
 
         def observe(s: Simulator, e: int = e, steps: Any = steps) -> None:
             if next(steps) % record_every == 0:
-                images.append(resize_for_policy(s.render(), image_size))   # (S, S, 3) uint8
+                images.append(resize_views(render_cameras(s, cameras, anchor), image_size))  # ([K,] S, S, 3) uint8
                 proprio.append(np.asarray(s.positions, dtype=np.float32))  # (D,)
                 state.append(state_vector(s, state_joints).astype(np.float32))  # (E,)
                 actions.append(expert_chunk(s, chunk, until_event=chunk_labels == "until_event")
@@ -100,7 +102,8 @@ def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: 
 
         sim.reset(seed=int(seeds[e]))
         results.append(rollout(sim, predict, buffer_config, limits, max_s, params.success_tolerance_m,
-                               observe=observe, state_joints=state_joints))
+                               observe=observe, state_joints=state_joints,
+                               render=lambda s: render_cameras(s, cameras, anchor)))
     demos = {  # every episode records its first step, so none of these is empty
         "images": np.stack(images),
         "proprio": np.stack(proprio),
@@ -188,7 +191,8 @@ def dagger(result: TrainResult, demos: list[dict[str, Any]], specs: Sequence[Emb
                                               default_steps_per_episode(p) * p.control_period_s),
                                           result.config.image_size,
                                           seed=seed + rnd, record_every=DAGGER_RECORD_EVERY,
-                                          chunk_labels=rounds.chunk_labels)
+                                          chunk_labels=rounds.chunk_labels,
+                                          cameras=result.config.embodiment(p.embodiment).cameras)
             point[p.embodiment] = {"success_rate": states.success_rate,
                                    "final_error_m_median": float(np.median([r.final_error_m for r in states.results])),
                                    "states": len(states.demos[DEMO_PROPRIO])}

@@ -102,9 +102,12 @@ def check_demos(demos: Mapping[str, Any], spec: EmbodimentSpec) -> None:
     N, T, D = len(proprio), spec.chunk_size, spec.action_dim
     if N < 1:
         raise ValueError(f"demonstrations for {spec.name!r}: {DEMO_PROPRIO!r} is empty")
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != N or images.shape[3] != 3:
-        raise ValueError(f"demonstrations[{DEMO_IMAGES!r}]: expected ({N}, S, S, 3) uint8, "
-                         f"got {images.shape} {images.dtype}")
+    views = () if spec.num_cameras == 1 else (spec.num_cameras,)
+    if images.dtype != np.uint8 or images.ndim != 4 + len(views) or images.shape[0] != N \
+            or images.shape[1:1 + len(views)] != views or images.shape[-1] != 3:
+        cams = f" (one per camera {list(spec.cameras)})" if views else ""
+        raise ValueError(f"demonstrations[{DEMO_IMAGES!r}]: expected ({', '.join(map(str, (N, *views)))}, S, S, 3) "
+                         f"uint8{cams}, got {images.shape} {images.dtype}")
     if proprio.shape != (N, D):
         raise ValueError(f"demonstrations[{DEMO_PROPRIO!r}]: expected ({N}, {D}), got {proprio.shape}")
     if actions.shape != (N, T, D):
@@ -141,11 +144,14 @@ class EmbodimentData:
     def __init__(self, demos: Mapping[str, Any], spec: EmbodimentSpec, indices: np.ndarray, image_size: int,
                  instruction_dim: int, instruction_encoder: str = HASH_ENCODER) -> None:
         self.spec = spec
-        images = np.asarray(demos[DEMO_IMAGES])[indices]                              # (N, S', S', 3)
-        if images.shape[1:3] != (image_size, image_size):
-            images = np.stack([cv2.resize(im, (image_size, image_size), interpolation=cv2.INTER_AREA)
-                               for im in images]) if len(images) else images.reshape(0, image_size, image_size, 3)
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, S, S)
+        images = np.asarray(demos[DEMO_IMAGES])[indices]                              # (N, [K,] S', S', 3)
+        if images.shape[-3:-1] != (image_size, image_size):
+            flat = images.reshape(-1, *images.shape[-3:])
+            flat = np.stack([cv2.resize(im, (image_size, image_size), interpolation=cv2.INTER_AREA)
+                             for im in flat]) if len(flat) else flat.reshape(0, image_size, image_size, 3)
+            images = flat.reshape(*images.shape[:-3], image_size, image_size, 3)
+        # (N, [K,] 3, S, S)
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3).contiguous()
         self.proprio = torch.from_numpy(np.asarray(demos[DEMO_PROPRIO], dtype=np.float32)[indices])   # (N, D)
         self.actions = torch.from_numpy(np.asarray(demos[DEMO_ACTIONS], dtype=np.float32)[indices])   # (N, T, D)
         self.state = torch.from_numpy(demo_state(demos)[indices])                                     # (N, E)
@@ -159,7 +165,7 @@ class EmbodimentData:
         """Policy batch of the examples ``idx``."""
         out: dict[str, Any] = {
             EMBODIMENT: self.spec.name,
-            IMAGE: self.images[idx].float() / 255.0,                                  # (B, 3, S, S)
+            IMAGE: self.images[idx].float() / 255.0,                                  # (B, [K,] 3, S, S)
             PROPRIO: self.proprio[idx],                                               # (B, D)
             INSTRUCTION: self.instruction.expand(len(idx), -1),                       # (B, E)
         }
@@ -184,32 +190,34 @@ def load_embodiment(config_dir: str | os.PathLike[str], name: str, physics: str 
 
 def demos_cache_path(demos_dir: str | os.PathLike[str], name: str, episodes: int, steps_per_episode: int,
                      image_size: int, seed: int, physics: str = "kinematic", state_joints: Sequence[str] = (),
-                     chunk_labels: str = "full") -> Path:
+                     chunk_labels: str = "full", cameras: Sequence[str] = ()) -> Path:
     """Where a recording with these settings is cached."""
     state = "".join(f"_{j}" for j in state_joints)
     labels = "" if chunk_labels == "full" else f"_{chunk_labels}"
-    return (Path(demos_dir)
-            / f"{name}_{physics}{state}_ep{episodes}_steps{steps_per_episode}_img{image_size}_seed{seed}{labels}.npz")
+    cams = "".join(f"_cam-{c}" for c in cameras)
+    return (Path(demos_dir) / f"{name}_{physics}{state}_ep{episodes}_steps{steps_per_episode}_img{image_size}"
+                              f"{cams}_seed{seed}{labels}.npz")
 
 
 def get_demos(params: Any, episodes: int, steps_per_episode: int, image_size: int, seed: int,
-              demos_dir: str | os.PathLike[str] | None, progress: bool, chunk_labels: str = "full") -> dict[str, Any]:
+              demos_dir: str | os.PathLike[str] | None, progress: bool, chunk_labels: str = "full",
+              cameras: Sequence[str] = ()) -> dict[str, Any]:
     """Demonstrations for ``params``: loaded from the cache in ``demos_dir`` when a recording with
     these settings is there, else recorded on the simulator ``params`` names (and cached when
     ``demos_dir`` is given; a cached file without the expert's outcome, written before it was
-    recorded, is recorded again); ``chunk_labels`` as in :func:`record_demonstrations`.
+    recorded, is recorded again); ``chunk_labels`` and ``cameras`` as in :func:`record_demonstrations`.
     Raises ValueError for bad counts, OSError when the cache fails."""
     path = None
     if demos_dir is not None:
         path = demos_cache_path(demos_dir, params.embodiment, episodes, steps_per_episode, image_size, seed,
                                 getattr(params, "physics", "kinematic"), getattr(params, "state_joints", ()),
-                                chunk_labels)
+                                chunk_labels, cameras)
         if path.is_file():
             cached = load_demonstrations(str(path))
             if expert_summary(cached) is not None:
                 return cached
     demos = record_demonstrations(params, episodes, steps_per_episode, image_size=image_size, seed=seed,
-                                  progress=progress, chunk_labels=chunk_labels)
+                                  progress=progress, chunk_labels=chunk_labels, cameras=tuple(cameras))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_demonstrations(demos, str(path))

@@ -331,6 +331,10 @@ def make_variant(runner_or_policy: Any, kind: str, embodiment: str | None = None
     if not isinstance(embodiment, str):
         raise ValueError(f"embodiment: name one of {list(policy.embodiment_names)}, got {embodiment!r}")
     policy.check_mode(embodiment, mode)
+    cameras = policy.config.embodiment(embodiment).cameras
+    if cameras:
+        raise ValueError(f"{embodiment!r} reads {len(cameras)} cameras {list(cameras)}: the exported and quantized "
+                         "variants take one image so far; serve it with runtime: torch")
     if kind == "int8-ort":
         return OnnxInt8Variant(policy, embodiment, seed, mode)
     if kind == "onnx":

@@ -53,7 +53,7 @@ from torch import nn
 from hybridvla_ros.model.text import HASH_ENCODER, INSTRUCTION_DIM, MINILM, MINILM_DIM
 
 # ---------------------------------------------------------------- batch / output keys
-IMAGE = "image"              # (B, 3, S, S) float32 RGB in [0, 1]
+IMAGE = "image"              # (B, 3, S, S) float32 RGB in [0, 1]; K cameras (EmbodimentSpec.cameras): (B, K, 3, S, S)
 PROPRIO = "proprio"          # (B, D) measured joint positions, raw units (rad or m)
 INSTRUCTION = "instruction"  # (B, E) instruction embedding (text.embed_instruction)
 ACTIONS = "actions"          # (B, T, D) absolute position targets, raw units
@@ -119,6 +119,9 @@ class EmbodimentSpec:
     state_joints: tuple[str, ...] = ()         # observed-only joints the policy reads (batch[STATE], E of them)
     control_period_s: float = 0.0              # seconds between two actions of a chunk (0: unknown)
     instruction: str = ""                      # instruction the demonstrations were recorded with
+    # the robot's cameras the policy reads, in batch[IMAGE]'s order, when it reads more than one (then
+    # batch[IMAGE] is (B, K, 3, S, S)); () : one camera, (B, 3, S, S), the one the parameter file names
+    cameras: tuple[str, ...] = ()
     # flow heads: what the MLP outputs. "sample": the clean chunk x1 (velocity = (x1 - x_t) / (1 - t)), which
     # it can do without copying the T*D-dim noise through its narrower hidden layers; "velocity": x1 - x0
     # directly (every checkpoint written before "sample" existed, hence the default)
@@ -141,6 +144,11 @@ class EmbodimentSpec:
                              f"action_dim {self.action_dim}")
         object.__setattr__(self, "joint_names", tuple(self.joint_names))
         object.__setattr__(self, "state_joints", tuple(self.state_joints))
+        object.__setattr__(self, "cameras", tuple(self.cameras))
+        if len(self.cameras) == 1 or len(set(self.cameras)) != len(self.cameras) or not all(
+                isinstance(n, str) and n for n in self.cameras):
+            raise ValueError(f"{self.name}.cameras: must be () or 2 or more unique camera names, "
+                             f"got {list(self.cameras)}")
         if len(set(self.state_joints)) != len(self.state_joints) or not all(
                 isinstance(n, str) and n for n in self.state_joints):
             raise ValueError(f"{self.name}.state_joints: must be unique non-empty names, got {list(self.state_joints)}")
@@ -152,6 +160,11 @@ class EmbodimentSpec:
     def state_dim(self) -> int:
         """E: observed-only joints (batch[STATE] width)."""
         return len(self.state_joints)
+
+    @property
+    def num_cameras(self) -> int:
+        """K: images per observation (1 unless ``cameras`` names several)."""
+        return max(1, len(self.cameras))
 
     @classmethod
     def from_params(cls, params: object) -> EmbodimentSpec:
@@ -418,20 +431,34 @@ class Backbone(nn.Module):
         self.proprio_proj = nn.ModuleDict({e.name: nn.Linear(e.action_dim + e.state_dim, d)
                                            for e in config.embodiments})
         self.instruction_proj = nn.Linear(config.instruction_dim, d)
+        # an embodiment that reads K > 1 cameras: a learned embedding per camera, added to its image tokens
+        # (the vision encoder is shared by all cameras; the transformer tells them apart by this)
+        self.camera_embed = nn.ParameterDict({e.name: nn.Parameter(torch.randn(e.num_cameras, d) * 0.02)
+                                              for e in config.embodiments if e.num_cameras > 1})
         layer = nn.TransformerEncoderLayer(d, config.num_heads, config.ff_dim, config.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, config.num_layers, norm=nn.LayerNorm(d),
                                              enable_nested_tensor=False)
 
+    def image_tokens(self, image: torch.Tensor, embodiment: str) -> torch.Tensor:
+        """(B, 3, S, S) -> vision(image) (B, n, d); (B, K, 3, S, S), K cameras -> each camera's tokens
+        plus its camera embedding, concatenated (B, K * n, d)."""
+        if image.dim() == 4:
+            return self.vision(image)                                    # (B, n, d)
+        B, K = image.shape[:2]
+        tokens = self.vision(image.flatten(0, 1))                        # (B*K, n, d)
+        tokens = tokens.reshape(B, K, tokens.shape[1], -1) + self.camera_embed[embodiment][None, :, None]
+        return tokens.flatten(1, 2)                                      # (B, K*n, d)
+
     def forward(self, image: torch.Tensor, proprio_norm: torch.Tensor, instruction: torch.Tensor,
                 embodiment: str, image_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """Pooled feature (B, d); ``image_tokens`` (B, G*G, d), if given, stands in for ``vision(image)``
-        (a caller that saw the same image before can skip the conv encoder)."""
+        """Pooled feature (B, d); ``image_tokens`` (B, n, d), if given, stands in for
+        ``image_tokens(image)`` (a caller that saw the same image before can skip the conv encoder)."""
         B = image.shape[0]
         emb_tok = self.embodiment_tokens[embodiment].expand(B, 1, -1)    # (B, 1, d)
         prop_tok = self.proprio_proj[embodiment](proprio_norm)[:, None]  # (B, 1, d)
         instr_tok = self.instruction_proj(instruction)[:, None]          # (B, 1, d)
-        img_tok = self.vision(image) if image_tokens is None else image_tokens  # (B, G*G, d)
+        img_tok = self.image_tokens(image, embodiment) if image_tokens is None else image_tokens  # (B, n, d)
         tokens = torch.cat([emb_tok, prop_tok, instr_tok, img_tok], 1)   # (B, 3 + G*G, d)
         out = self.encoder(tokens)                                       # (B, 3 + G*G, d)
         return out[:, 0]                                                 # (B, d): at the embodiment token
@@ -755,7 +782,8 @@ class HybridPolicy(nn.Module):
         spec = self.config.embodiment(name)
         S, D, T, E = self.config.image_size, spec.action_dim, spec.chunk_size, self.config.instruction_dim
         B = batch[IMAGE].shape[0]  # type: ignore[attr-defined]
-        expected = {IMAGE: (B, 3, S, S), PROPRIO: (B, D), INSTRUCTION: (B, E)}
+        image_shape = (B, 3, S, S) if spec.num_cameras == 1 else (B, spec.num_cameras, 3, S, S)
+        expected: dict[str, tuple[int, ...]] = {IMAGE: image_shape, PROPRIO: (B, D), INSTRUCTION: (B, E)}
         if spec.state_dim:
             if STATE not in batch:
                 raise ValueError(f"batch: missing key {STATE!r}: {name!r} observes state joints "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -67,6 +67,7 @@ class PolicyRunner:
         self.model_version: int = int(model_version)
         self.joint_names: tuple[str, ...] = spec.joint_names
         self.state_joints: tuple[str, ...] = spec.state_joints  # observed-only joints predict() needs as `state`
+        self.cameras: tuple[str, ...] = spec.cameras  # () one image; else predict() takes one image per camera
         self.control_period_s: float = spec.control_period_s
         self.default_instruction: str = spec.instruction
         # real-time chunking: the flow modes inpaint a prefix (predict(prefix=...)); token and routed cannot
@@ -117,24 +118,26 @@ class PolicyRunner:
         self._last_image, self._last_image_tokens = None, None
 
     def _vision_tokens(self, image_rgb: np.ndarray, image: torch.Tensor) -> torch.Tensor:
-        """(1, G*G, d_model) vision tokens of ``image`` (from ``image_rgb``, (S, S, 3) uint8): the
-        previous call's when the bytes are equal, else freshly encoded (inside inference_mode)."""
+        """(1, n, d_model) image tokens of ``image`` (from ``image_rgb``, (S, S, 3) or (K, S, S, 3)
+        uint8): the previous call's when the bytes are equal, else freshly encoded (inside
+        inference_mode)."""
         if self._last_image is not None and np.array_equal(image_rgb, self._last_image):
             return self._last_image_tokens
-        tokens = self.policy.backbone.vision(image)                                        # (1, G*G, d)
+        tokens = self.policy.backbone.image_tokens(image, self.embodiment)                  # (1, n, d)
         self._last_image, self._last_image_tokens = image_rgb.copy(), tokens
         return tokens
 
-    def _check_inputs(self, image_rgb: np.ndarray, joint_positions: np.ndarray, instruction: str,
+    def _check_inputs(self, image_rgb: np.ndarray | Sequence[np.ndarray], joint_positions: np.ndarray, instruction: str,
                       num_samples: int) -> np.ndarray:
         """Validate; return joint_positions as a (D,) float64 array."""
-        if not isinstance(image_rgb, np.ndarray) or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
-            got = image_rgb.shape if isinstance(image_rgb, np.ndarray) else type(image_rgb).__name__
-            raise ValueError(f"image_rgb: expected an (H, W, 3) array, got {got}")
-        if image_rgb.dtype != np.uint8:
-            raise ValueError(f"image_rgb: expected dtype uint8, got {image_rgb.dtype}")
-        if image_rgb.shape[0] < 1 or image_rgb.shape[1] < 1:
-            raise ValueError(f"image_rgb: empty image of shape {image_rgb.shape}")
+        for image in self._images(image_rgb):
+            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+                got = image.shape if isinstance(image, np.ndarray) else type(image).__name__
+                raise ValueError(f"image_rgb: expected an (H, W, 3) array, got {got}")
+            if image.dtype != np.uint8:
+                raise ValueError(f"image_rgb: expected dtype uint8, got {image.dtype}")
+            if image.shape[0] < 1 or image.shape[1] < 1:
+                raise ValueError(f"image_rgb: empty image of shape {image.shape}")
         try:
             q = np.asarray(joint_positions, dtype=np.float64)
         except (TypeError, ValueError):
@@ -166,12 +169,13 @@ class PolicyRunner:
             raise ValueError(f"state: expected {E} finite numbers ({list(self.state_joints)}), got {x.tolist()}")
         return x
 
-    def predict(self, image_rgb: np.ndarray, joint_positions: np.ndarray, instruction: str,
+    def predict(self, image_rgb: np.ndarray | Sequence[np.ndarray], joint_positions: np.ndarray, instruction: str,
                 num_samples: int = 5, state: np.ndarray | None = None,
                 prefix: ChunkPrefix | None = None) -> Prediction:
         """Action chunk for one observation.
 
-        image_rgb (H, W, 3) uint8, resized to image_size with cv2.INTER_AREA if needed;
+        image_rgb (H, W, 3) uint8, resized to image_size with cv2.INTER_AREA if needed (a policy
+        that reads K ``cameras``: K such images, a sequence or a (K, H, W, 3) array, in that order);
         joint_positions (D,); ``state`` (E,) the ``state_joints`` (required when there are
         any). ``num_samples`` flow samples (one batch) give the confidence; token heads
         ignore it. ``prefix`` (real-time chunking; only when ``inpaints``): the chunk is
@@ -213,15 +217,30 @@ class PolicyRunner:
         (image, joint positions, state joints) -> (actions (T, D), confidence)."""
         return _predictor(self, instruction)
 
-    def batch(self, image_rgb: np.ndarray, q: np.ndarray, instruction: str,
+    def _images(self, image_rgb: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The observation's images, one per camera the policy reads (``cameras``, else one):
+        ``image_rgb`` is one (H, W, 3) image, or for K cameras K images (a sequence, or a
+        (K, H, W, 3) array) in ``cameras`` order; ValueError for another count."""
+        if not self.cameras:
+            return [image_rgb]  # type: ignore[list-item]
+        images = list(image_rgb) if isinstance(image_rgb, (list, tuple)) or (
+            isinstance(image_rgb, np.ndarray) and image_rgb.ndim == 4) else [image_rgb]
+        if len(images) != len(self.cameras):
+            raise ValueError(f"image_rgb: this policy reads {len(self.cameras)} cameras {list(self.cameras)}, "
+                             f"got {len(images)} image(s)")
+        return images  # type: ignore[return-value]
+
+    def batch(self, image_rgb: np.ndarray | Sequence[np.ndarray], q: np.ndarray, instruction: str,
               state: np.ndarray | None = None) -> dict[str, object]:
-        """The policy batch (B = 1) of one checked observation: image resized to image_size, vision
-        tokens reused for a repeated frame, cached instruction embedding, the state joints when the
-        policy has any. Call under inference_mode."""
+        """The policy batch (B = 1) of one checked observation: each image resized to image_size,
+        vision tokens reused for a repeated frame, cached instruction embedding, the state joints
+        when the policy has any. Call under inference_mode."""
         S = self.image_size
-        if image_rgb.shape[:2] != (S, S):
-            image_rgb = cv2.resize(np.ascontiguousarray(image_rgb), (S, S), interpolation=cv2.INTER_AREA)  # (S, S, 3)
-        image = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, S, S)
+        resized = [im if im.shape[:2] == (S, S) else
+                   cv2.resize(np.ascontiguousarray(im), (S, S), interpolation=cv2.INTER_AREA)  # (S, S, 3)
+                   for im in self._images(image_rgb)]
+        image_rgb = np.ascontiguousarray(resized[0] if not self.cameras else np.stack(resized))  # ([K,] S, S, 3)
+        image = torch.from_numpy(image_rgb).movedim(-1, -3)[None].float() / 255.0  # (1, 3, S, S) / (1, K, 3, S, S)
         out: dict[str, object] = {
             EMBODIMENT: self.embodiment, IMAGE: image,
             IMAGE_TOKENS: self._vision_tokens(image_rgb, image),                       # (1, G*G, d)
@@ -237,7 +256,8 @@ class PolicyRunner:
         The flow-noise generator is restored afterwards, so warming up does not change later outputs.
         """
         state = self._generator.get_state()
-        image = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+        image = np.zeros((len(self.cameras), self.image_size, self.image_size, 3) if self.cameras
+                         else (self.image_size, self.image_size, 3), dtype=np.uint8)
         q = np.zeros(self.action_dim)
         latency = 0.0
         for _ in range(iterations):
@@ -274,6 +294,7 @@ class ExportedRunner:
         self.model_version: int = runner.model_version
         self.joint_names: tuple[str, ...] = runner.joint_names
         self.state_joints: tuple[str, ...] = runner.state_joints
+        self.cameras: tuple[str, ...] = runner.cameras  # () here: make_variant exports one-camera policies only
         self.control_period_s: float = runner.control_period_s
         self.default_instruction: str = runner.default_instruction
         # the exported graph is the plain sampler: no guidance inside it, so no real-time chunking
@@ -281,7 +302,7 @@ class ExportedRunner:
         self.max_guidance_weight: float = runner.max_guidance_weight
         self.inpaint_method: str = runner.inpaint_method
 
-    def predict(self, image_rgb: np.ndarray, joint_positions: np.ndarray, instruction: str,
+    def predict(self, image_rgb: np.ndarray | Sequence[np.ndarray], joint_positions: np.ndarray, instruction: str,
                 num_samples: int = 5, state: np.ndarray | None = None,
                 prefix: ChunkPrefix | None = None) -> Prediction:
         """Same contract as PolicyRunner.predict (ValueError on wrong shapes, dtypes or NaN, and for
@@ -294,6 +315,8 @@ class ExportedRunner:
         if q.shape != (self.action_dim,) or not np.all(np.isfinite(q)):
             raise ValueError(f"joint_positions: expected {self.action_dim} finite numbers, got {q.shape}")
         x = self.base.check_state(state)
+        if not isinstance(image_rgb, np.ndarray):  # one camera here (make_variant refuses more)
+            raise ValueError(f"image_rgb: expected one (H, W, 3) array, got {type(image_rgb).__name__}")
         actions, confidence = self.variant.predict(image_rgb, q, instruction, num_samples, state=x)
         return Prediction(actions=np.asarray(actions, dtype=np.float64), confidence=float(confidence),
                           latency_s=time.perf_counter() - start, head_type=self.head_type)

@@ -99,9 +99,12 @@ class TrainResult:
 
 # ---------------------------------------------------------------- augmentation
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to ``max_shift`` pixels (edge pixels repeated), as in DrQ."""
+    """Shift each image by up to ``max_shift`` pixels (edge pixels repeated), as in DrQ; (B, K, 3, H, W)
+    views of K cameras are shifted each on its own."""
     if max_shift <= 0:
         return images
+    if images.dim() == 5:
+        return random_shift(images.flatten(0, 1), max_shift, generator).reshape(images.shape)
     B, _, H, W = images.shape
     padded = torch.nn.functional.pad(images, (max_shift,) * 4, mode="replicate")   # (B, 3, H+2m, W+2m)
     dx = torch.randint(0, 2 * max_shift + 1, (B,), generator=generator)

@@ -45,7 +45,9 @@ class BuiltinPolicy:
             raise ValueError(f"joint_names: the checkpoint names no joints for {runner.embodiment!r}; "
                              f"{runner.action_dim} needed, got {list(joint_names)}")
         self.state_joints: tuple[str, ...] = tuple(runner.state_joints)
-        self.cameras: tuple[str, ...] = (camera,)
+        # a checkpoint trained on several cameras names them (the robot's camera names); else the one
+        # the parameter file says our model reads
+        self.cameras: tuple[str, ...] = tuple(runner.cameras) or (camera,)
         self.action_dim: int = runner.action_dim
         self.chunk_size: int = runner.chunk_size
         self.model_version: int = int(runner.model_version)
@@ -65,7 +67,7 @@ class BuiltinPolicy:
             raise PolicyInputError(f"joint_names: expected {list(self.joint_names)} and state joints "
                                    f"{list(self.state_joints)}, got {list(obs.joint_names)} and "
                                    f"{list(obs.state_joints)}")
-        image = obs.image(self.cameras[0])
+        images = [obs.image(c) for c in self.cameras]
         prefix = obs.prefix if self.inpaints else None
         if prefix is not None and (abs(prefix.start_s - obs.stamp_s) > 1e-9
                                    or abs(prefix.step_period_s - self.step_period_s) > 1e-9):
@@ -73,7 +75,8 @@ class BuiltinPolicy:
                                    f"s; this chunk starts at {obs.stamp_s} every {self.step_period_s} s")
         try:
             # copies: torch.from_numpy warns on the observation's read-only arrays
-            pred = self.runner.predict(image, np.array(obs.joint_positions), obs.task,
+            pred = self.runner.predict(images[0] if len(images) == 1 else images,
+                                       np.array(obs.joint_positions), obs.task,
                                        num_samples=self.confidence_samples, state=np.array(obs.state),
                                        prefix=prefix)
         except ValueError as exc:
@@ -101,6 +104,10 @@ def make_builtin_policy(params: InferenceParams, checkpoint_path: str) -> Builti
     runner = load_runner(checkpoint_path, params.embodiment, params.runtime, num_threads=params.num_threads,
                          mode=params.head_type)
     runner.max_guidance_weight = params.rtc_max_guidance_weight
+    missing = [c for c in runner.cameras if c not in params.cameras]
+    if missing:
+        raise ValueError(f"checkpoint '{checkpoint_path}' reads cameras {list(runner.cameras)}; {missing} are not "
+                         f"this robot's cameras {list(params.cameras)} (camera_name, extra_cameras)")
     return BuiltinPolicy(runner, step_period_s=params.control_period_s,
                          confidence_samples=params.confidence_samples, joint_names=params.joint_names,
                          camera=params.builtin_camera)

@@ -174,6 +174,15 @@ class Simulator(Protocol):
         ...
 
 
+def render_cameras(sim: Simulator, cameras: tuple[str, ...] | list[str], anchor: str) -> np.ndarray:
+    """What a policy reading ``cameras`` (the robot's camera names; ``anchor`` is its camera_name,
+    the simulator's scene camera) sees now: () -> the scene camera's (H, W, 3) image, else a
+    (K, H, W, 3) stack in ``cameras`` order. ValueError for a camera the simulator does not render."""
+    if not cameras:
+        return sim.render()
+    return np.stack([sim.render("" if name == anchor else name) for name in cameras])
+
+
 class SimulatorFactory(Protocol):
     """What a registered simulator class is called with."""
 

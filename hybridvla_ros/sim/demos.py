@@ -11,7 +11,8 @@ key            shape / type          meaning
 ============== ===================== =====================================================
 images         (N, S, S, 3) uint8    RGB camera image at the step, resized to S x S with
                                      cv2.INTER_AREA (a square stretch of the whole image,
-                                     exactly what the inference node does to camera frames)
+                                     exactly what the inference node does to camera frames);
+               (N, K, S, S, 3)       recorded from K cameras (``cameras``), in that order
 proprio        (N, D) float32        measured joint positions at the step
 state          (N, E) float32        the parameter file's ``state_joints`` at the step
                                      (observed, not commanded: the Franka suction cup's
@@ -70,8 +71,9 @@ from hybridvla_ros.core.dataset_keys import (
     DEMO_PROPRIO,
     DEMO_STATE,
 )
-from hybridvla_ros.core.image import resize_for_policy
+from hybridvla_ros.core.image import resize_views
 from hybridvla_ros.params.embodiment import EmbodimentParams
+from hybridvla_ros.sim.base import render_cameras
 from hybridvla_ros.sim.registry import make_sim, state_vector
 
 # How the expert did (optional keys, per episode; see the module docstring).
@@ -122,7 +124,8 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
                           image_size: int = 96, seed: int = 0, action_noise: float = 0.02,
                           progress: bool = False, drift_std_rad: float = 0.0,
                           drift_tau_steps: float = 10.0,
-                          chunk_labels: str = "full") -> dict[str, np.ndarray | str | float]:
+                          chunk_labels: str = "full",
+                          cameras: tuple[str, ...] = ()) -> dict[str, np.ndarray | str | float]:
     """Roll out the simulator's scripted expert at ``params.control_rate_hz`` and return the
     demonstration dict described in the module docstring (N = num_episodes * steps_per_episode).
 
@@ -143,6 +146,9 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
     gripping or letting go) and holds the last target before it (:func:`chunk_indices`): a
     policy that lags a little then keeps going for the grip instead of following the
     recorded lift without the cube.
+
+    ``cameras``: () records the scene camera; two or more of the robot's camera names
+    (``params.camera_name`` and its extra cameras) record each, images (N, K, S, S, 3).
 
     Each episode's outcome is judged at its last step against ``params.success_tolerance_m``
     (SimRobotParams; other params: the simulator's default) and returned under the
@@ -174,7 +180,9 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
     noise_rng = np.random.default_rng(seq.spawn(1)[0])
 
     n_total = episodes * steps
-    images = np.empty((n_total, size, size, 3), dtype=np.uint8)
+    cameras = tuple(cameras)
+    anchor = str(getattr(params, "camera_name", ""))
+    images = np.empty((n_total, *((len(cameras),) if cameras else ()), size, size, 3), dtype=np.uint8)
     proprio = np.empty((n_total, dim), dtype=np.float32)
     state_joints = tuple(getattr(params, "state_joints", ()))
     state = np.empty((n_total, len(state_joints)), dtype=np.float32)
@@ -187,7 +195,7 @@ def record_demonstrations(params: EmbodimentParams, num_episodes: int, steps_per
         drift = np.zeros(dim)  # (D,)
         for k in range(steps):  # a rollout is sequential
             n = e * steps + k
-            images[n] = resize_for_policy(sim.render(), size)
+            images[n] = resize_views(render_cameras(sim, cameras, anchor), size)
             proprio[n] = sim.positions
             state[n] = state_vector(sim, state_joints)
             target = sim.expert_target()
@@ -260,8 +268,10 @@ def validate_demonstrations(demos: dict) -> dict[str, np.ndarray | str | float]:
     if missing:
         raise ValueError(f"demonstrations: missing keys {missing} (need {list(DEMO_KEYS)})")
     images = np.asarray(demos[DEMO_IMAGES])
-    if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2] or images.dtype != np.uint8:
-        raise ValueError(f"demonstrations: images must be (N, S, S, 3) uint8, got {images.shape} {images.dtype}")
+    if images.ndim not in (4, 5) or images.shape[-1] != 3 or images.shape[-3] != images.shape[-2] \
+            or images.dtype != np.uint8:
+        raise ValueError(f"demonstrations: images must be (N, S, S, 3) or, from K cameras, (N, K, S, S, 3) uint8, "
+                         f"got {images.shape} {images.dtype}")
     n = images.shape[0]
     out: dict[str, np.ndarray | str | float] = {DEMO_IMAGES: images}
     numeric: dict[str, np.ndarray] = {}

@@ -131,7 +131,7 @@ def rollout(sim: Simulator, predict: Predictor | Callable[..., tuple[np.ndarray,
             max_s: float, success_tolerance_m: float, success_hold_s: float = 0.3,
             camera_rate_hz: float = 30.0, observe: Callable[[Simulator], None] | None = None,
             state_joints: tuple[str, ...] = (), delay_s: float = 0.0, rtc: bool = False,
-            trace: bool = False) -> RolloutResult:
+            trace: bool = False, render: Callable[[Simulator], np.ndarray] | None = None) -> RolloutResult:
     """Run one episode from the simulator's current state (reset it first); returns the result.
     The predictor sees the camera frame, the joint positions and the simulator's
     ``state_joints`` (a parameter file's observed-only joints, e.g. the suction cup).
@@ -139,7 +139,9 @@ def rollout(sim: Simulator, predict: Predictor | Callable[..., tuple[np.ndarray,
     if given, is called with the simulator at every control step before the step's command
     is sent (DAgger records the states the policy visits this way). ``delay_s``: a chunk enters
     the buffer this long after the frame it answers; with ``rtc`` the predictor is called with
-    ``prefix=`` a ChunkPrefix (None when no chunk overlaps the new one). Raises ValueError for
+    ``prefix=`` a ChunkPrefix (None when no chunk overlaps the new one). ``render`` takes the
+    camera frame the predictor sees (default ``sim.render()``; a multi-camera policy's:
+    :func:`hybridvla_ros.sim.base.render_cameras`). Raises ValueError for
     non-positive durations or rates."""
     for name, value in (("max_s", max_s), ("success_tolerance_m", success_tolerance_m),
                         ("camera_rate_hz", camera_rate_hz)):
@@ -151,7 +153,8 @@ def rollout(sim: Simulator, predict: Predictor | Callable[..., tuple[np.ndarray,
     dim = sim.positions.size
     buffer = ActionBuffer(buffer_config, action_dim=dim)
     safety = SafetyFilter(limits, control_period_s=dt)
-    frame = sim.render()
+    take_frame: Callable[[Simulator], np.ndarray] = render if render is not None else (lambda s: s.render())
+    frame = take_frame(sim)
     next_frame_s = 1.0 / camera_rate_hz
     t, chunks, confidences = 0.0, 0, []
     errors = [sim.task_error_m()]
@@ -166,7 +169,7 @@ def rollout(sim: Simulator, predict: Predictor | Callable[..., tuple[np.ndarray,
     seqs: list[tuple[int, int, bool]] = []
     for _ in range(steps):  # a control loop is sequential
         if t >= next_frame_s:
-            frame = sim.render()
+            frame = take_frame(sim)
             next_frame_s += 1.0 / camera_rate_hz
         q = sim.positions
         if observe is not None:

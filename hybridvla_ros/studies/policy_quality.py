@@ -21,7 +21,8 @@ shift in training), ``image_128`` (the policy's image 128 x 128 instead of 96 x 
 ``demos_180`` (180 demonstrations instead of 60), ``steps_4500`` (4500 optimizer steps instead
 of 1500), ``shift_1`` (a DrQ shift of 1 px instead of 4: 4 px is about 4 cm on the Franka's
 table, as wide as the cube's start box), and ``steps_4500_until_event``, ``steps_4500_shift_1``
-(those changes on top of 4500 steps).
+(those changes on top of 4500 steps), ``steps_4500_wrist`` (4500 steps, the policy reads the
+exterior and the wrist camera together).
 
 Besides success, each run says whether the policy localizes the cube at all: ``grip_tracking``
 is the slope of the cup's grip position on the cube's across episodes (1: the grip follows the
@@ -58,6 +59,8 @@ VARIANTS: dict[str, list[str]] = {
     # on top of the 4500 steps that became the default (each compared with steps_4500 on the same seeds)
     "steps_4500_until_event": ["--chunk-labels", "until_event", "--train-steps", "4500"],
     "steps_4500_shift_1": ["--chunk-labels", "full", "--train-steps", "4500", "--augment-shift-px", "1"],
+    # both of the Franka's cameras: the exterior one (the arm hides the cube at the grip) and the wrist one
+    "steps_4500_wrist": ["--chunk-labels", "full", "--train-steps", "4500", "--cameras", "exterior", "wrist"],
 }
 RECIPE = ["--train-steps", "1500", "--dagger-rounds", "2", "--dagger-episodes", "20", "--quiet"]  # as measured
 EVAL_SEED = 70_000
@@ -75,16 +78,19 @@ def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: in
     from hybridvla_ros.launch_description import default_config_dir, params_file_for
     from hybridvla_ros.model.demo_data import load_embodiment
     from hybridvla_ros.model.runner import PolicyRunner
+    from hybridvla_ros.sim.base import render_cameras
     from hybridvla_ros.sim.registry import make_sim
     from hybridvla_ros.sim.rollout import control_path, expert_predictor, rollout
 
     p = load_embodiment(default_config_dir(), embodiment)  # its sim_robot parameters
     buffer_config, limits = control_path(params_file_for(embodiment))
     sim = make_sim(p, p.image_width, p.image_height, seed=seed, physics=p.physics, scene=scene)
+    cameras: tuple[str, ...] = ()
     if policy is None:  # the reference: the scripted expert's own chunks through the same path
         predict = expert_predictor(sim, p.chunk_size)
     else:
         predict = PolicyRunner(policy, config, embodiment, seed=seed).predictor(p.instruction)
+        cameras = config.embodiment(embodiment).cameras  # a multi-camera policy sees each
     out = []
     for k in range(episodes):  # episodes run one after another on one simulator
         sim.reset(seed=seed + k)
@@ -104,7 +110,7 @@ def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: in
             held[0] = now
 
         r = rollout(sim, predict, buffer_config, limits, max_s, p.success_tolerance_m, observe=observe,
-                    state_joints=p.state_joints)
+                    state_joints=p.state_joints, render=lambda s: render_cameras(s, cameras, p.camera_name))
         out.append({"seed": seed + k, "success": bool(r.success), "final_error_m": float(r.final_error_m),
                     "time_to_success_s": None if math.isnan(r.time_to_success_s) else r.time_to_success_s,
                     "end_phase": getattr(sim, "phase", None),
