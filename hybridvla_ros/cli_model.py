@@ -89,7 +89,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--cameras", nargs="+", default=None, metavar="NAME",
                    help="train a policy that reads these cameras of the robot together (two or more of the parameter "
                         "file's camera_name and extra_cameras, e.g. exterior wrist; every listed embodiment must "
-                        "have them); default: one camera, the one the parameter file names")
+                        "have them; with --dataset, observation.images.<name> each); default: one camera, the one "
+                        "the parameter file names")
     p.add_argument("--task", default=None,
                    help="with --dataset: train on the episodes of this task (default: the dataset's only task)")
     p.add_argument("--successful-only", action="store_true",
@@ -175,9 +176,9 @@ def train_main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     cameras = tuple(dict.fromkeys(args.cameras or ()))
-    if args.cameras is not None and (len(cameras) < 2 or args.dataset is not None):
-        print("hybridvla train: error: --cameras names two or more different cameras to read together, and trains "
-              f"on the simulators' demonstrations (not --dataset); got {args.cameras}", file=sys.stderr)
+    if args.cameras is not None and (len(cameras) < 2 or args.camera is not None):
+        print("hybridvla train: error: --cameras names two or more different cameras to read together (not with "
+              f"--camera); got {args.cameras}", file=sys.stderr)
         return 2
     try:
         t0 = time.perf_counter()
@@ -195,7 +196,7 @@ def train_main(argv: list[str] | None = None) -> int:
                 print(f"demonstrations: {params[0].embodiment} from the LeRobotDataset {args.dataset}",
                       file=sys.stderr)
             loaded, meta = load_lerobot_demos(args.dataset, params[0], args.image_size, args.camera, args.task,
-                                              successful_only=args.successful_only)
+                                              successful_only=args.successful_only, cameras=cameras)
             demos.append(loaded)
             dataset_log = {"dataset": str(args.dataset), "camera": meta["camera"], "fps": meta["fps"],
                            "robot_type": meta["robot_type"], "frames": len(loaded[DEMO_PROPRIO]),
@@ -203,8 +204,9 @@ def train_main(argv: list[str] | None = None) -> int:
                            "task": loaded[DEMO_INSTRUCTION], "successful_only": bool(args.successful_only)}
             if progress:
                 print(f"  {dataset_log['frames']} frames in {dataset_log['episodes']} "
-                      f"{'successful ' if args.successful_only else ''}episodes, camera "
-                      f"{meta['camera']}, task {loaded[DEMO_INSTRUCTION]!r}", file=sys.stderr)
+                      f"{'successful ' if args.successful_only else ''}episodes, "
+                      f"{'cameras ' + ', '.join(cameras) if cameras else 'camera ' + str(meta['camera'])}, "
+                      f"task {loaded[DEMO_INSTRUCTION]!r}", file=sys.stderr)
         for p in params if args.dataset is None else ():
             steps = args.steps_per_episode or default_steps_per_episode(p)
             steps_used[p.embodiment] = steps

@@ -7,7 +7,7 @@ Runs INSIDE the LeRobot environment made by ``scripts/setup_lerobot.sh`` (Python
     .venv-lerobot/bin/python -m hybridvla_ros.lerobot_demos write --demos FILE.npz --out DIR
         --joint-names J1 .. --state-names S1 .. [--repo-id local/demos] [--camera front] [--video]
     .venv-lerobot/bin/python -m hybridvla_ros.lerobot_demos read --dataset DIR --out FILE.npz
-        --image-size S [--camera NAME]
+        --image-size S [--camera NAME | --cameras NAME NAME ..]
     .venv-lerobot/bin/python -m hybridvla_ros.lerobot_demos recording --root DIR [--repo-id ID] [--video]
 
 ``write``: a demonstration set as :mod:`hybridvla_ros.sim.demos` saves it (our scripted experts' recordings)
@@ -24,8 +24,9 @@ directory beside ``--out`` and renamed into place once finalized.
 ``read``: any LeRobotDataset v3 on disk (``LeRobotDataset(repo_id, root=DIR)``, nothing fetched) becomes one
 ``.npz`` of frames in dataset order for the ROS environment, where
 :mod:`hybridvla_ros.model.lerobot_data` maps it onto an embodiment (joints by feature names, chunks, checks):
-``image`` (N, S, S, 3) uint8 of one camera, resized with cv2.INTER_AREA (a square stretch of the whole image,
-as the inference node does to camera frames); ``state`` and ``action`` float32 as stored; ``episode_index``,
+``image`` (N, S, S, 3) uint8 of one camera (``--cameras``: (N, K, S, S, 3), those cameras in that order),
+resized with cv2.INTER_AREA (a square stretch of the whole image, as the inference node does to camera frames);
+``state`` and ``action`` float32 as stored; ``episode_index``,
 ``frame_index``; ``task`` (N,) str; ``success`` (N,) bool where the dataset has ``next.success``; and
 ``meta``, a JSON string: fps, robot_type, codebase_version, the
 camera read, every camera, and every feature's dtype / shape / names. The camera is ``--camera`` or the
@@ -203,10 +204,12 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_dataset(dataset_dir: str, out: str, image_size: int, camera: str | None = None,
-                 repo_id: str = "local/dataset", prefer_camera: str | None = None) -> str:
+                 repo_id: str = "local/dataset", prefer_camera: str | None = None,
+                 cameras_wanted: list[str] | None = None) -> str:
     """Read the LeRobotDataset v3 at ``dataset_dir`` into the frames ``.npz`` ``out`` (module docstring);
     returns the summary line. Without ``camera``: the dataset's only camera, else ``prefer_camera`` (the
-    robot's camera our model reads) when the dataset has it. Raises ExportError."""
+    robot's camera our model reads) when the dataset has it; ``cameras_wanted``: each of these cameras,
+    in that order (a policy that reads several). Raises ExportError."""
     if image_size < 1:
         raise ExportError(f"--image-size must be >= 1, got {image_size}")
     root = Path(dataset_dir).expanduser().absolute()
@@ -225,18 +228,25 @@ def read_dataset(dataset_dir: str, out: str, image_size: int, camera: str | None
     if missing:
         raise ExportError(f"the dataset at {str(root)!r} has no {' and no '.join(missing)} feature "
                           f"(it has {sorted(features)})")
-    if camera is None and prefer_camera in cameras:
-        camera = prefer_camera
-    if camera is None:
-        if len(cameras) != 1:
-            raise ExportError(f"the dataset has {len(cameras)} cameras ({cameras}); name the one to train on "
-                              "with --camera")
-        camera = cameras[0]
-    elif camera not in cameras:
-        raise ExportError(f"the dataset has no camera {camera!r} (it has {cameras})")
-    key = f"{IMAGES_PREFIX}{camera}"
+    if cameras_wanted:
+        absent = [c for c in cameras_wanted if c not in cameras]
+        if absent:
+            raise ExportError(f"the dataset has no camera {absent[0]!r} (it has {cameras})")
+        read = list(cameras_wanted)
+    else:
+        if camera is None and prefer_camera in cameras:
+            camera = prefer_camera
+        if camera is None:
+            if len(cameras) != 1:
+                raise ExportError(f"the dataset has {len(cameras)} cameras ({cameras}); name the one to train on "
+                                  "with --camera")
+            camera = cameras[0]
+        elif camera not in cameras:
+            raise ExportError(f"the dataset has no camera {camera!r} (it has {cameras})")
+        read = [camera]
+    keys = [f"{IMAGES_PREFIX}{c}" for c in read]
     n = len(ds)
-    image = np.zeros((n, image_size, image_size, 3), dtype=np.uint8)
+    image = np.zeros((n, *((len(read),) if cameras_wanted else ()), image_size, image_size, 3), dtype=np.uint8)
     state, action = [], []
     episode_index = np.zeros(n, dtype=np.int64)
     frame_index = np.zeros(n, dtype=np.int64)
@@ -244,9 +254,9 @@ def read_dataset(dataset_dir: str, out: str, image_size: int, camera: str | None
     success = np.zeros(n, dtype=bool) if SUCCESS in features else None
     for i in range(n):
         f = ds[i]
-        img = f[key].numpy()  # (3, H, W) float in [0, 1]
-        image[i] = _resize(np.round(np.clip(img, 0.0, 1.0).transpose(1, 2, 0) * 255.0).astype(np.uint8),
-                           image_size)
+        views = [_resize(np.round(np.clip(f[key].numpy(), 0.0, 1.0).transpose(1, 2, 0) * 255.0).astype(np.uint8),
+                         image_size) for key in keys]  # each (3, H, W) float in [0, 1] -> (S, S, 3) uint8
+        image[i] = np.stack(views) if cameras_wanted else views[0]
         state.append(f[STATE].numpy().astype(np.float32).reshape(-1))
         action.append(f[ACTION].numpy().astype(np.float32).reshape(-1))
         episode_index[i] = int(f["episode_index"])
@@ -255,7 +265,7 @@ def read_dataset(dataset_dir: str, out: str, image_size: int, camera: str | None
         if success is not None:
             success[i] = bool(f[SUCCESS].item())
     meta = {"fps": int(ds.fps), "robot_type": info.get("robot_type"), "codebase_version": info.get("codebase_version"),
-            "camera": camera, "cameras": cameras, "dataset": str(root),
+            "camera": read[0] if not cameras_wanted else read, "cameras": cameras, "dataset": str(root),
             "features": {k: {"dtype": v["dtype"], "shape": list(v["shape"]), "names": v.get("names")}
                          for k, v in features.items()}}
     target = Path(out).expanduser().absolute()
@@ -274,7 +284,8 @@ def read_dataset(dataset_dir: str, out: str, image_size: int, camera: str | None
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return f"read {n} frames of {ds.num_episodes} episodes from {root} (camera {camera}, {int(ds.fps)} fps)"
+    return (f"read {n} frames of {ds.num_episodes} episodes from {root} (camera{'s' if len(read) > 1 else ''} "
+            f"{', '.join(read)}, {int(ds.fps)} fps)")
 
 
 # ---------------------------------------------------------------- command line
@@ -299,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--image-size", type=int, required=True, help="images are resized to S x S")
     r.add_argument("--camera", default=None, help="the camera to read (default: the dataset's only one)")
     r.add_argument("--prefer-camera", default=None, help="without --camera: this one when the dataset has several")
+    r.add_argument("--cameras", nargs="+", default=None, help="read each of these cameras (a multi-camera policy)")
     return ap
 
 
@@ -314,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             line = write_recording(args.root, args.repo_id, args.video)
         else:
             line = read_dataset(args.dataset, args.out, args.image_size, args.camera,
-                                prefer_camera=args.prefer_camera)
+                                prefer_camera=args.prefer_camera, cameras_wanted=args.cameras)
     except ExportError as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return exc.code

@@ -166,9 +166,11 @@ def demos_from_frames(frames: Mapping[str, Any], params: Any, task: str | None =
 
 
 def read_lerobot_frames(dataset_dir: str, image_size: int, camera: str | None = None,
-                        python: str | None = None, prefer_camera: str | None = None) -> dict[str, Any]:
+                        python: str | None = None, prefer_camera: str | None = None,
+                        cameras: Sequence[str] = ()) -> dict[str, Any]:
     """The frames of the LeRobotDataset at ``dataset_dir`` (one camera at ``image_size``: ``camera``, else the
-    dataset's only one, else ``prefer_camera`` if it has it), read by LeRobot's own code in the LeRobot
+    dataset's only one, else ``prefer_camera`` if it has it; or each of ``cameras``, images (N, K, S, S, 3)),
+    read by LeRobot's own code in the LeRobot
     environment. Raises ValueError with the reader's one-line error, OSError when the
     LeRobot environment is missing."""
     python = python or lerobot_python()
@@ -179,7 +181,9 @@ def read_lerobot_frames(dataset_dir: str, image_size: int, camera: str | None = 
         out = os.path.join(tmp, "frames.npz")
         cmd = [python, "-m", "hybridvla_ros.lerobot_demos", "read", "--dataset", os.path.abspath(dataset_dir),
                "--out", out, "--image-size", str(image_size)]
-        if camera is not None:
+        if cameras:
+            cmd += ["--cameras", *cameras]
+        elif camera is not None:
             cmd += ["--camera", camera]
         elif prefer_camera:
             cmd += ["--prefer-camera", prefer_camera]
@@ -193,10 +197,11 @@ def read_lerobot_frames(dataset_dir: str, image_size: int, camera: str | None = 
 
 def load_lerobot_demos(dataset_dir: str, params: Any, image_size: int, camera: str | None = None,
                        task: str | None = None, python: str | None = None,
-                       successful_only: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+                       successful_only: bool = False, cameras: Sequence[str] = ()
+                       ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(demonstration set, the dataset's metadata) of the LeRobotDataset at ``dataset_dir`` for ``params``;
     without ``camera``, a dataset of several cameras gives the one our model reads on the robot
-    (``policy_camera`` / ``camera_name``) when it has it."""
+    (``policy_camera`` / ``camera_name``) when it has it; ``cameras``: each of those (a multi-camera policy)."""
     prefer = getattr(params, "builtin_camera", None) or getattr(params, "camera_name", None)
-    frames = read_lerobot_frames(dataset_dir, image_size, camera, python, prefer_camera=prefer)
+    frames = read_lerobot_frames(dataset_dir, image_size, camera, python, prefer_camera=prefer, cameras=cameras)
     return demos_from_frames(frames, params, task, successful_only), json.loads(str(frames["meta"]))

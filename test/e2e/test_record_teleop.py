@@ -34,7 +34,7 @@ from test_lerobot_sidecar import _lerobot_python
 
 from hybridvla_ros.core.recording import finished_episodes, read_episode
 from hybridvla_ros.launch_description import NodeSpec, default_config_dir
-from hybridvla_ros.model.checkpoint import WEIGHTS_FILE
+from hybridvla_ros.model.checkpoint import WEIGHTS_FILE, load_checkpoint
 
 pytestmark = [pytest.mark.ros, pytest.mark.e2e, pytest.mark.lerobot]
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,3 +181,12 @@ def test_a_teleop_session_on_the_simulated_franka_becomes_a_dataset_we_train_on(
     assert (out / WEIGHTS_FILE).is_file()
     said = f"{sum(len(e) for e in won)} frames in {len(won)} successful episodes, camera exterior"
     assert said in done.stderr, done.stderr[-2000:]
+    # ... and on both cameras together: the checkpoint reads the exterior and the wrist view of each frame.
+    both = tmp_path / "ckpt_both"
+    done = _cli("train", "--embodiments", "franka", "--dataset", str(rec / "lerobot"), "--successful-only",
+                "--cameras", "exterior", "wrist", "--train-steps", "5", "--batch-size", "4", "--out", str(both),
+                "--threads", "1", "--image-size", "32", "--instruction-encoder", "hash-3gram")
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    assert f"{said[:-len('camera exterior')]}cameras exterior, wrist" in done.stderr, done.stderr[-2000:]
+    _, config = load_checkpoint(str(both))
+    assert config.embodiment("franka").cameras == ("exterior", "wrist")

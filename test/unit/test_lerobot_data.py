@@ -155,3 +155,17 @@ def test_train_dataset_arguments_are_checked_before_anything_runs(capsys: pytest
     err = capsys.readouterr().err
     assert "no-such-python is missing: run `bash scripts/setup_lerobot.sh`" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_frames_of_several_cameras_stay_together_in_order() -> None:
+    """``read --cameras exterior wrist`` hands (N, K, S, S, 3) images over: each frame keeps its views, in order."""
+    import dataclasses
+
+    frames = _frames((5, 3))
+    views = np.stack([frames["image"], 255 - frames["image"]], 1)  # (N, 2, 8, 8, 3): the second view differs
+    demos = demos_from_frames({**frames, "image": views}, FRANKA)
+    assert demos["images"].shape == (8, 2, 8, 8, 3)
+    np.testing.assert_array_equal(demos["images"][:, 1], 255 - demos["images"][:, 0])
+    order = np.lexsort((frames["frame_index"], frames["episode_index"]))
+    np.testing.assert_array_equal(demos["images"][:, 0], frames["image"][order])
+    check_demos(demos, dataclasses.replace(EmbodimentSpec.from_params(FRANKA), cameras=("exterior", "wrist")))
