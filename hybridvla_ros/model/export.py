@@ -55,7 +55,8 @@ ONNX_OPSET = 17
 class Batch1Sampler(nn.Module):
     """One embodiment's predict for batch 1: (image, proprio, instruction, noise) -> (delta, confidence).
 
-    image (1, 3, S, S) in [0, 1]; proprio (1, D + E) raw: the D joints, then the embodiment's
+    image (1, 3, S, S) in [0, 1] ((1, K, 3, S, S) for an embodiment that reads K cameras);
+    proprio (1, D + E) raw: the D joints, then the embodiment's
     E state joints (E = 0 for most); instruction (1, E); noise (K, T*D)
     in flow and coarse_to_fine mode (ignored in token mode). Returns delta (1, T, D) raw units
     (actions = proprio + delta) and confidence (1,). Mirrors ``HybridPolicy.predict`` in
@@ -151,6 +152,7 @@ class InferenceVariant:
         self.action_dim = spec.action_dim
         self.state_dim = spec.state_dim
         self.chunk_size = spec.chunk_size
+        self.cameras = spec.cameras  # (): one image; else one per camera, in this order
         self.image_size = policy.config.image_size
         self._generator = torch.Generator().manual_seed(seed)
         self._instructions: dict[str, torch.Tensor] = {}
@@ -159,13 +161,17 @@ class InferenceVariant:
         """Restart the flow-noise generator (the benchmark gives every kind the same noise)."""
         self._generator.manual_seed(seed)
 
-    def _inputs(self, image_rgb: np.ndarray, joint_positions: Any, instruction: str, num_samples: int,
+    def _inputs(self, image_rgb: Any, joint_positions: Any, instruction: str, num_samples: int,
                 state: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray]:
-        if not isinstance(image_rgb, np.ndarray) or image_rgb.ndim != 3 or image_rgb.shape[2] != 3 \
-                or image_rgb.dtype != np.uint8:
-            got = (f"{image_rgb.shape} {image_rgb.dtype}" if isinstance(image_rgb, np.ndarray)
-                   else type(image_rgb).__name__)
-            raise ValueError(f"image_rgb: expected an (H, W, 3) uint8 array, got {got}")
+        views = [image_rgb] if not self.cameras else list(image_rgb) if isinstance(image_rgb, (list, tuple)) or (
+            isinstance(image_rgb, np.ndarray) and image_rgb.ndim == 4) else [image_rgb]
+        if len(views) != max(1, len(self.cameras)):
+            raise ValueError(f"image_rgb: this policy reads {len(self.cameras)} cameras {list(self.cameras)}, "
+                             f"got {len(views)} image(s)")
+        for view in views:
+            if not isinstance(view, np.ndarray) or view.ndim != 3 or view.shape[2] != 3 or view.dtype != np.uint8:
+                got = f"{view.shape} {view.dtype}" if isinstance(view, np.ndarray) else type(view).__name__
+                raise ValueError(f"image_rgb: expected an (H, W, 3) uint8 array, got {got}")
         q = np.asarray(joint_positions, dtype=np.float64)
         if q.shape != (self.action_dim,) or not np.isfinite(q).all():
             raise ValueError(f"joint_positions: expected {self.action_dim} finite numbers for "
@@ -179,9 +185,10 @@ class InferenceVariant:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples: must be a positive integer, got {num_samples!r}")
         S = self.image_size
-        if image_rgb.shape[:2] != (S, S):
-            image_rgb = cv2.resize(np.ascontiguousarray(image_rgb), (S, S), interpolation=cv2.INTER_AREA)
-        image = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, S, S)
+        views = [v if v.shape[:2] == (S, S) else cv2.resize(np.ascontiguousarray(v), (S, S),
+                                                            interpolation=cv2.INTER_AREA) for v in views]
+        rgb = np.ascontiguousarray(views[0] if not self.cameras else np.stack(views))          # ([K,] S, S, 3)
+        image = torch.from_numpy(rgb).movedim(-1, -3)[None].float() / 255.0                 # (1, [K,] 3, S, S)
         emb = self._instructions.get(instruction)
         if emb is None:
             emb = torch.from_numpy(embed_instruction(instruction, self.config.instruction_dim,
@@ -198,9 +205,10 @@ class InferenceVariant:
              noise: torch.Tensor | None) -> tuple[np.ndarray, float]:
         raise NotImplementedError
 
-    def predict(self, image_rgb: np.ndarray, joint_positions: Any, instruction: str, num_samples: int = 5,
+    def predict(self, image_rgb: Any, joint_positions: Any, instruction: str, num_samples: int = 5,
                 state: Any = None) -> tuple[np.ndarray, float]:
-        """(T, D) float64 absolute action targets and confidence in [0, 1] for one observation;
+        """(T, D) float64 absolute action targets and confidence in [0, 1] for one observation
+        (``image_rgb``: one (H, W, 3) uint8 image, or one per camera for a policy that reads several);
         ``state`` (E,) the embodiment's state joints (None when it has none).
 
         Raises ValueError on a wrong image, joint vector, state, instruction or sample count.
@@ -240,8 +248,8 @@ def export_onnx(policy: HybridPolicy, embodiment: str, mode: str | None = None) 
     sampler = Batch1Sampler(policy.eval(), embodiment, mode=mode).eval()
     spec = policy.config.embodiment(embodiment)
     S, E = policy.config.image_size, policy.config.instruction_dim
-    args: tuple[torch.Tensor, ...] = (torch.rand(1, 3, S, S), torch.zeros(1, spec.action_dim + spec.state_dim),
-                                      torch.zeros(1, E))
+    image = torch.rand(1, 3, S, S) if not spec.cameras else torch.rand(1, len(spec.cameras), 3, S, S)
+    args: tuple[torch.Tensor, ...] = (image, torch.zeros(1, spec.action_dim + spec.state_dim), torch.zeros(1, E))
     names = ["image", "proprio", "instruction"]
     dynamic: dict[str, dict[int, str]] = {}
     if sampler.is_flow:
@@ -331,10 +339,6 @@ def make_variant(runner_or_policy: Any, kind: str, embodiment: str | None = None
     if not isinstance(embodiment, str):
         raise ValueError(f"embodiment: name one of {list(policy.embodiment_names)}, got {embodiment!r}")
     policy.check_mode(embodiment, mode)
-    cameras = policy.config.embodiment(embodiment).cameras
-    if cameras:
-        raise ValueError(f"{embodiment!r} reads {len(cameras)} cameras {list(cameras)}: the exported and quantized "
-                         "variants take one image so far; serve it with runtime: torch")
     if kind == "int8-ort":
         return OnnxInt8Variant(policy, embodiment, seed, mode)
     if kind == "onnx":

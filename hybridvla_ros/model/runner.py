@@ -294,7 +294,7 @@ class ExportedRunner:
         self.model_version: int = runner.model_version
         self.joint_names: tuple[str, ...] = runner.joint_names
         self.state_joints: tuple[str, ...] = runner.state_joints
-        self.cameras: tuple[str, ...] = runner.cameras  # () here: make_variant exports one-camera policies only
+        self.cameras: tuple[str, ...] = runner.cameras
         self.control_period_s: float = runner.control_period_s
         self.default_instruction: str = runner.default_instruction
         # the exported graph is the plain sampler: no guidance inside it, so no real-time chunking
@@ -315,15 +315,14 @@ class ExportedRunner:
         if q.shape != (self.action_dim,) or not np.all(np.isfinite(q)):
             raise ValueError(f"joint_positions: expected {self.action_dim} finite numbers, got {q.shape}")
         x = self.base.check_state(state)
-        if not isinstance(image_rgb, np.ndarray):  # one camera here (make_variant refuses more)
-            raise ValueError(f"image_rgb: expected one (H, W, 3) array, got {type(image_rgb).__name__}")
         actions, confidence = self.variant.predict(image_rgb, q, instruction, num_samples, state=x)
         return Prediction(actions=np.asarray(actions, dtype=np.float64), confidence=float(confidence),
                           latency_s=time.perf_counter() - start, head_type=self.head_type)
 
     def warmup(self, iterations: int = 3) -> float:
         """A few predictions on a blank observation; returns the last latency."""
-        image = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+        image = np.zeros((*((len(self.cameras),) if self.cameras else ()), self.image_size, self.image_size, 3),
+                         dtype=np.uint8)
         latency = 0.0
         for _ in range(iterations):
             latency = self.predict(image, np.zeros(self.action_dim), self.default_instruction,

@@ -15,7 +15,6 @@ from hybridvla_ros.launch_description import default_config_dir
 from hybridvla_ros.model.adaptation import adapt
 from hybridvla_ros.model.checkpoint import load_checkpoint, save_checkpoint
 from hybridvla_ros.model.demo_data import EmbodimentData, check_demos, demos_cache_path, load_embodiment
-from hybridvla_ros.model.export import make_variant
 from hybridvla_ros.model.policy import (
     ACTIONS,
     EMBODIMENT,
@@ -26,7 +25,7 @@ from hybridvla_ros.model.policy import (
     HybridPolicy,
     PolicyConfig,
 )
-from hybridvla_ros.model.runner import PolicyRunner
+from hybridvla_ros.model.runner import ExportedRunner, PolicyRunner
 from hybridvla_ros.model.text import HASH_ENCODER, INSTRUCTION_DIM, embed_instruction
 from hybridvla_ros.model.train import random_shift
 from hybridvla_ros.params import from_params, load_node_params
@@ -200,10 +199,26 @@ def test_a_checkpoint_reading_cameras_the_robot_lacks_is_refused_at_load(tmp_pat
         make_policy("builtin", _franka_params(str(tmp_path / "ckpt")))
 
 
+@pytest.mark.parametrize("runtime", ["onnx", "int8-ort"])
+def test_the_exported_runtimes_read_every_camera_too(two_camera_ckpt, runtime: str) -> None:
+    """The ONNX graph takes the (1, K, 3, S, S) views: the same chunk as torch (int8: close), and the wrist counts."""
+    runner = PolicyRunner.load(two_camera_ckpt, "franka", mode="token")
+    exported = ExportedRunner(runner, runtime)
+    assert exported.cameras == TWO
+    q, state = np.full(7, 0.1), np.array([1.0])
+    views = [_image(0), _image(1, (120, 160))]
+    got = exported.predict(views, q, "pick", state=state).actions
+    want = runner.predict(views, q, "pick", state=state).actions
+    np.testing.assert_allclose(got, want, atol=1e-4 if runtime == "onnx" else 0.05)
+    other = exported.predict([_image(0), _image(2, (120, 160))], q, "pick", state=state).actions
+    assert not np.allclose(got, other)
+    with pytest.raises(ValueError, match="reads 2 cameras"):
+        exported.predict(_image(0), q, "pick", state=state)
+    exported.warmup(1)
+
+
 def test_paths_that_take_one_image_so_far_say_so(two_camera_ckpt) -> None:
     runner = PolicyRunner.load(two_camera_ckpt, "franka")
-    with pytest.raises(ValueError, match="runtime: torch"):
-        make_variant(runner, "onnx")
     with pytest.raises(ValueError, match="hybridvla serve sends one image"):
         ModelServer({"franka": runner})
     params = from_params(AdaptationParams, load_node_params(os.path.join(default_config_dir(), "franka.yaml"),
