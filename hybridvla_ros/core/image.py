@@ -23,7 +23,7 @@ Nothing here imports ROS, so it is unit-testable anywhere.
 from __future__ import annotations
 
 import array
-from typing import Final
+from typing import Any, Final
 
 import cv2
 import numpy as np
@@ -447,3 +447,17 @@ def resize_views(images: np.ndarray, size: int) -> np.ndarray:
     if isinstance(images, np.ndarray) and images.ndim == 4:
         return np.stack([resize_for_policy(view, size) for view in images])
     return resize_for_policy(images, size)
+
+
+def camera_views(image_rgb: Any, cameras: tuple[str, ...]) -> list[Any]:
+    """The images of one observation, one per camera a policy reads: ``cameras`` () -> [image_rgb];
+    else ``image_rgb`` is K images (a sequence, or a (K, H, W, 3) array) in ``cameras`` order.
+    ValueError for another count (each image is checked by the caller)."""
+    if not cameras:
+        return [image_rgb]
+    views = list(image_rgb) if isinstance(image_rgb, (list, tuple)) or (
+        isinstance(image_rgb, np.ndarray) and image_rgb.ndim == 4) else [image_rgb]
+    if len(views) != len(cameras):
+        raise ValueError(f"image_rgb: this policy reads {len(cameras)} cameras {list(cameras)}, "
+                         f"got {len(views)} image(s)")
+    return views

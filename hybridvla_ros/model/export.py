@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hybridvla_ros.core.image import camera_views
 from hybridvla_ros.model.policy import CoarseToFineHead, FlowHead, HybridPolicy, PolicyConfig
 from hybridvla_ros.model.quantize import quantize_onnx_dynamic, quantize_policy_dynamic
 from hybridvla_ros.model.text import embed_instruction
@@ -163,11 +164,7 @@ class InferenceVariant:
 
     def _inputs(self, image_rgb: Any, joint_positions: Any, instruction: str, num_samples: int,
                 state: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray]:
-        views = [image_rgb] if not self.cameras else list(image_rgb) if isinstance(image_rgb, (list, tuple)) or (
-            isinstance(image_rgb, np.ndarray) and image_rgb.ndim == 4) else [image_rgb]
-        if len(views) != max(1, len(self.cameras)):
-            raise ValueError(f"image_rgb: this policy reads {len(self.cameras)} cameras {list(self.cameras)}, "
-                             f"got {len(views)} image(s)")
+        views = camera_views(image_rgb, self.cameras)
         for view in views:
             if not isinstance(view, np.ndarray) or view.ndim != 3 or view.shape[2] != 3 or view.dtype != np.uint8:
                 got = f"{view.shape} {view.dtype}" if isinstance(view, np.ndarray) else type(view).__name__

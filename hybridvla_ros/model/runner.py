@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from hybridvla_ros.core.image import camera_views
 from hybridvla_ros.core.rtc import ChunkPrefix
 from hybridvla_ros.model.checkpoint import KEY_MODEL_VERSION, load_checkpoint, read_checkpoint_config
 from hybridvla_ros.model.policy import (
@@ -221,14 +222,7 @@ class PolicyRunner:
         """The observation's images, one per camera the policy reads (``cameras``, else one):
         ``image_rgb`` is one (H, W, 3) image, or for K cameras K images (a sequence, or a
         (K, H, W, 3) array) in ``cameras`` order; ValueError for another count."""
-        if not self.cameras:
-            return [image_rgb]  # type: ignore[list-item]
-        images = list(image_rgb) if isinstance(image_rgb, (list, tuple)) or (
-            isinstance(image_rgb, np.ndarray) and image_rgb.ndim == 4) else [image_rgb]
-        if len(images) != len(self.cameras):
-            raise ValueError(f"image_rgb: this policy reads {len(self.cameras)} cameras {list(self.cameras)}, "
-                             f"got {len(images)} image(s)")
-        return images  # type: ignore[return-value]
+        return camera_views(image_rgb, self.cameras)
 
     def batch(self, image_rgb: np.ndarray | Sequence[np.ndarray], q: np.ndarray, instruction: str,
               state: np.ndarray | None = None) -> dict[str, object]:
