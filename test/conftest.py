@@ -25,8 +25,22 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    """Tests marked ``lerobot`` run last: scripts/test.sh installs their environment meanwhile."""
-    items.sort(key=lambda item: item.get_closest_marker("lerobot") is not None)
+    """Tests marked ``lerobot`` run last: scripts/test.sh installs their environment meanwhile.
+    Tests marked ``realtime`` run just before them, after everything else (see ``quiet_machine``)."""
+    items.sort(key=lambda item: (item.get_closest_marker("lerobot") is not None,
+                                 item.get_closest_marker("realtime") is not None))
+
+
+@pytest.fixture(autouse=True)
+def quiet_machine(request: Any) -> None:
+    """A ``realtime`` test starts once the background LeRobot install (scripts/test.sh) is over.
+
+    The simulated robot stands in for a real-time controller; on the 2-core machine a CPU-bound
+    neighbour (the install unpacking its wheels) slows its physics ticks from 10 ms to 30-40 ms and
+    the grasp then lands at 0.1-0.3 m/s instead of the expert's 0.04 (measured: e-stops at 40-60 N in
+    3-4 of 5 MuJoCo Franka episodes beside one busy process, 0-2 of 6 on a quiet machine)."""
+    if request.node.get_closest_marker("realtime") is not None:
+        wait_for_lerobot_env()  # its outcome is the lerobot tests' business
 
 
 def wait_for_lerobot_env() -> str:

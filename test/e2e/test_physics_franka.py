@@ -15,7 +15,7 @@ import pytest
 
 from hybridvla_ros.evaluate import EXPERT_CHUNK_RATE_HZ, EXPERT_RECOMPUTE_EVERY, Evaluation
 
-pytestmark = [pytest.mark.ros, pytest.mark.e2e]
+pytestmark = [pytest.mark.ros, pytest.mark.e2e, pytest.mark.realtime]
 
 
 def test_the_expert_places_the_cube_through_the_whole_graph(ros, tiny_checkpoint) -> None:
