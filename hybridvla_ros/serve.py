@@ -8,10 +8,11 @@ The protocol (:mod:`hybridvla_ros.core.wire`): on connect the server sends a met
 (``embodiments`` and, per embodiment, ``action_dim``, ``chunk_size``, ``step_period_s``,
 ``joint_names``, ``state_joints``, ``image_keys``, ``state_key``, ``prompt_key``; the first
 embodiment's values also at the top level, as openpi clients read them). Each request is one
-observation dict: ``observation/image`` (H, W, 3) uint8 RGB, ``observation/state`` (D + E,) the
-head's ``joint_names`` then ``state_joints``, ``prompt``, and ``embodiment`` when several are
-served. Each reply: ``actions`` (chunk_size, D) float64 absolute targets, ``confidence``,
-``head_type``, ``model_version``, ``server_timing`` {``infer_ms``, ``batch_size``}. A request
+observation dict: ``observation/image`` (H, W, 3) uint8 RGB (a head trained on several cameras:
+``observation/images/<camera>`` for each, as its metadata's ``image_keys`` list them),
+``observation/state`` (D + E,) the head's ``joint_names`` then ``state_joints``, ``prompt``, and
+``embodiment`` when several are served. Each reply: ``actions`` (chunk_size, D) float64 absolute
+targets, ``confidence``, ``head_type``, ``model_version``, ``server_timing`` {``infer_ms``, ``batch_size``}. A request
 that cannot be answered gets a text frame saying why (the connection stays open).
 ``GET /healthz`` answers HTTP 200.
 
@@ -33,7 +34,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from websockets.asyncio.server import ServerConnection, serve
@@ -46,6 +46,13 @@ from hybridvla_ros.model.runner import RUNTIMES, ExportedRunner, PolicyRunner, l
 from hybridvla_ros.model.text import embed_instruction
 
 IMAGE_KEY, STATE_KEY, PROMPT_KEY, EMBODIMENT_KEY = "observation/image", "observation/state", "prompt", "embodiment"
+CAMERA_IMAGE_KEY = "observation/images/{camera}"  # one per camera, for a head that reads several
+
+
+def image_keys(cameras: Sequence[str]) -> list[str]:
+    """The request's image keys for a head that reads ``cameras``: ``observation/image`` for one
+    camera (() ), else ``observation/images/<camera>`` for each, in that order."""
+    return [CAMERA_IMAGE_KEY.format(camera=c) for c in cameras] if cameras else [IMAGE_KEY]
 
 
 class RequestError(ValueError):
@@ -57,7 +64,7 @@ class Request_:
     """One checked observation for one embodiment's head."""
 
     embodiment: str
-    image: np.ndarray        # (H, W, 3) uint8 RGB
+    images: tuple[np.ndarray, ...]  # (H, W, 3) uint8 RGB each: one, or one per camera the head reads
     q: np.ndarray            # (D,) float64 joint positions
     state: np.ndarray        # (E,) float64 state joints
     prompt: str
@@ -69,10 +76,6 @@ class ModelServer:
     def __init__(self, runners: dict[str, PolicyRunner | ExportedRunner], confidence_samples: int = 5) -> None:
         if not runners:
             raise ValueError("embodiment: serve at least one")
-        several = {name: list(r.cameras) for name, r in runners.items() if r.cameras}
-        if several:
-            raise ValueError(f"cameras: {several} read several cameras; hybridvla serve sends one image per request so "
-                             "far (serve such a checkpoint in the inference node, policy_source: builtin)")
         self.runners = runners
         self.confidence_samples = confidence_samples
         self.forwards = 0          # model calls made
@@ -82,7 +85,8 @@ class ModelServer:
         """What every client is told on connect."""
         per = {name: {"action_dim": r.action_dim, "chunk_size": r.chunk_size, "step_period_s": r.control_period_s,
                       "joint_names": list(r.joint_names), "state_joints": list(r.state_joints),
-                      "image_keys": [IMAGE_KEY], "state_key": STATE_KEY, "prompt_key": PROMPT_KEY,
+                      "image_keys": image_keys(r.cameras), "cameras": list(r.cameras),
+                      "state_key": STATE_KEY, "prompt_key": PROMPT_KEY,
                       "head_type": r.head_type, "model_version": r.model_version, "image_size": r.image_size}
                for name, r in self.runners.items()}
         first = next(iter(per.values()))
@@ -96,11 +100,14 @@ class ModelServer:
         if name not in self.runners:
             raise RequestError(f"{EMBODIMENT_KEY}: {name!r} is not served (serving {list(self.runners)})")
         runner = self.runners[name]
-        image = message.get(IMAGE_KEY)
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 \
-                or min(image.shape[:2]) < 1:
-            got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            raise RequestError(f"{IMAGE_KEY}: expected an (H, W, 3) uint8 RGB array, got {got}")
+        images = []
+        for key in image_keys(runner.cameras):
+            image = message.get(key)
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
+                    or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+                got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+                raise RequestError(f"{key}: expected an (H, W, 3) uint8 RGB array, got {got}")
+            images.append(image)
         D, E = runner.action_dim, len(runner.state_joints)
         try:
             state = np.asarray(message.get(STATE_KEY), dtype=np.float64).reshape(-1)
@@ -112,14 +119,15 @@ class ModelServer:
         prompt = message.get(PROMPT_KEY, runner.default_instruction)
         if not isinstance(prompt, str):
             raise RequestError(f"{PROMPT_KEY}: expected a str, got {type(prompt).__name__}")
-        return Request_(name, image, state[:D], state[D:], prompt)
+        return Request_(name, tuple(images), state[:D], state[D:], prompt)
 
     def answer(self, requests: Sequence[Request_]) -> list[dict[str, Any]]:
         """Replies for ``requests`` (one embodiment): one forward for all where the runner batches."""
         start = time.perf_counter()
         runner = self.runners[requests[0].embodiment]
         if len(requests) == 1 or not isinstance(runner, PolicyRunner):
-            preds = [runner.predict(r.image, r.q, r.prompt, num_samples=self.confidence_samples, state=r.state)
+            preds = [runner.predict(r.images if runner.cameras else r.images[0], r.q, r.prompt,
+                                    num_samples=self.confidence_samples, state=r.state)
                      for r in requests]
             self.forwards += len(requests)
             out = [(p.actions, p.confidence) for p in preds]
@@ -137,17 +145,12 @@ class ModelServer:
 def predict_batch(runner: PolicyRunner, requests: Sequence[Request_],
                   num_samples: int) -> list[tuple[np.ndarray, float]]:
     """One forward of ``runner``'s model for several observations: (actions (T, D), confidence) each."""
-    S = runner.image_size
-    images = []
-    for r in requests:
-        rgb = r.image if r.image.shape[:2] == (S, S) else cv2.resize(np.ascontiguousarray(r.image), (S, S),
-                                                                     interpolation=cv2.INTER_AREA)  # (S, S, 3)
-        images.append(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0)  # (3, S, S)
+    images = [runner.image_input(r.images if runner.cameras else r.images[0])[1] for r in requests]  # ([K,] 3, S, S)
     embeddings = {p: torch.from_numpy(embed_instruction(p, runner.config.instruction_dim,
                                                         runner.config.instruction_encoder))
                   for p in {r.prompt for r in requests}}                                             # p -> (E,)
     q = np.stack([r.q for r in requests])                                                            # (B, D)
-    batch: dict[str, object] = {EMBODIMENT: runner.embodiment, IMAGE: torch.stack(images),         # (B, 3, S, S)
+    batch: dict[str, object] = {EMBODIMENT: runner.embodiment, IMAGE: torch.stack(images),    # (B, [K,] 3, S, S)
                                 PROPRIO: torch.from_numpy(q).float(),                               # (B, D)
                                 INSTRUCTION: torch.stack([embeddings[r.prompt] for r in requests])}  # (B, E)
     if runner.state_joints:

@@ -224,17 +224,24 @@ class PolicyRunner:
         (K, H, W, 3) array) in ``cameras`` order; ValueError for another count."""
         return camera_views(image_rgb, self.cameras)
 
+    def image_input(self, image_rgb: np.ndarray | Sequence[np.ndarray]) -> tuple[np.ndarray, torch.Tensor]:
+        """One observation's images as the model reads them: (([K,] S, S, 3) uint8 resized with
+        cv2.INTER_AREA, ([K,] 3, S, S) float in [0, 1]); K images for a policy that reads K
+        ``cameras``, in that order (ValueError for another count)."""
+        S = self.image_size
+        resized = [im if im.shape[:2] == (S, S) else
+                   cv2.resize(np.ascontiguousarray(im), (S, S), interpolation=cv2.INTER_AREA)  # (S, S, 3)
+                   for im in self._images(image_rgb)]
+        rgb = np.ascontiguousarray(resized[0] if not self.cameras else np.stack(resized))  # ([K,] S, S, 3)
+        return rgb, torch.from_numpy(rgb).movedim(-1, -3).float() / 255.0  # ([K,] 3, S, S)
+
     def batch(self, image_rgb: np.ndarray | Sequence[np.ndarray], q: np.ndarray, instruction: str,
               state: np.ndarray | None = None) -> dict[str, object]:
         """The policy batch (B = 1) of one checked observation: each image resized to image_size,
         vision tokens reused for a repeated frame, cached instruction embedding, the state joints
         when the policy has any. Call under inference_mode."""
-        S = self.image_size
-        resized = [im if im.shape[:2] == (S, S) else
-                   cv2.resize(np.ascontiguousarray(im), (S, S), interpolation=cv2.INTER_AREA)  # (S, S, 3)
-                   for im in self._images(image_rgb)]
-        image_rgb = np.ascontiguousarray(resized[0] if not self.cameras else np.stack(resized))  # ([K,] S, S, 3)
-        image = torch.from_numpy(image_rgb).movedim(-1, -3)[None].float() / 255.0  # (1, 3, S, S) / (1, K, 3, S, S)
+        image_rgb, image = self.image_input(image_rgb)
+        image = image[None]  # (1, 3, S, S) / (1, K, 3, S, S)
         out: dict[str, object] = {
             EMBODIMENT: self.embodiment, IMAGE: image,
             IMAGE_TOKENS: self._vision_tokens(image_rgb, image),                       # (1, G*G, d)

@@ -217,10 +217,48 @@ def test_the_exported_runtimes_read_every_camera_too(two_camera_ckpt, runtime: s
     exported.warmup(1)
 
 
+def test_hybridvla_serve_serves_every_camera_the_checkpoint_reads(two_camera_ckpt) -> None:
+    """``hybridvla serve`` in its own process: its metadata names one image key per camera, the remote source
+    maps the robot's cameras onto them and gets the builtin source's chunk for the same observation."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "hybridvla_ros.serve", "--checkpoint", two_camera_ckpt,
+                             "--embodiment", "franka", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("serving ws://"), line
+        keys = ["observation/images/exterior", "observation/images/wrist"]
+        remote = make_policy("remote", _franka_params(
+            two_camera_ckpt, policy_source="remote", remote_url=line.split()[1], remote_cameras=list(TWO),
+            remote_image_keys=keys, remote_image_size=[48, 64], remote_deadline_s=60.0,
+            remote_connect_timeout_s=60.0))
+        local = make_policy("builtin", _franka_params(two_camera_ckpt))
+        remote.warmup()
+        local.warmup()
+        assert remote.metadata is not None and remote.metadata["image_keys"] == keys
+        assert remote.metadata["cameras"] == list(TWO)
+        p = _franka_params(two_camera_ckpt)
+        transform = JointTransform(p.joint_names, p.instruction)
+        names = [*ARM, "suction_cup"]
+        for seed in range(2):
+            images = {"exterior": _image(seed), "wrist": _image(10 + seed)}
+            robot = RobotObservation(stamp_s=10.0 + seed, joint_names=names, joint_positions=[0.1 * seed] * 8,
+                                     task="", images=images)
+            got = remote.infer(transform.to_policy(robot, remote))
+            want = local.infer(transform.to_policy(robot, local))
+            np.testing.assert_allclose(got.actions, want.actions, atol=1e-5)
+        # one camera missing from a request: a text frame naming its key, not an answer from one camera
+        model = ModelServer({"franka": PolicyRunner.load(two_camera_ckpt, "franka")})
+        with pytest.raises(ValueError, match="observation/images/wrist"):
+            model.parse({"observation/images/exterior": _image(0), "observation/state": np.zeros(8)})
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_paths_that_take_one_image_so_far_say_so(two_camera_ckpt) -> None:
-    runner = PolicyRunner.load(two_camera_ckpt, "franka")
-    with pytest.raises(ValueError, match="hybridvla serve sends one image"):
-        ModelServer({"franka": runner})
     params = from_params(AdaptationParams, load_node_params(os.path.join(default_config_dir(), "franka.yaml"),
                                                             "adaptation"), "adaptation")
     # refused on loading the base checkpoint, before any correction or replay example is read

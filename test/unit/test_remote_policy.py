@@ -284,6 +284,6 @@ def test_batched_forward_matches_one_by_one(small_checkpoint: str) -> None:
         alone = model.answer([request])[0]
         np.testing.assert_allclose(reply["actions"], alone["actions"], atol=1e-5)
     with pytest.raises(ValueError, match="observation/state"):
-        model.parse({"observation/image": requests[0].image, "observation/state": np.zeros(3)})
+        model.parse({"observation/image": requests[0].images[0], "observation/state": np.zeros(3)})
     with pytest.raises(ValueError, match="embodiment"):
         model.parse({"embodiment": "leap"})
