@@ -130,7 +130,8 @@ def _cmd_export_demos(args: argparse.Namespace) -> int:
     cmd = [python, "-m", "hybridvla_ros.lerobot_demos", "write", "--demos", args.demos, "--out", args.out,
            "--joint-names", *params.joint_names, "--state-names", *params.state_joints, "--repo-id", args.repo_id,
            "--camera", args.camera]
-    return subprocess.call(cmd + (["--video"] if args.video else []))
+    return subprocess.call(cmd + (["--cameras", *args.cameras] if args.cameras else [])
+                           + (["--video"] if args.video else []))
 
 
 def _cmd_export_lerobot(args: argparse.Namespace) -> int:
@@ -247,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     demos.add_argument("--config-dir", default="config", help="where <embodiment>.yaml names the joints")
     demos.add_argument("--repo-id", default="local/demos", help="the dataset's repo_id (nothing is pushed)")
     demos.add_argument("--camera", default="front", help="the image feature is observation.images.<camera>")
+    demos.add_argument("--cameras", nargs="+", default=None,
+                       help="a recording from several cameras (hybridvla train --cameras): their names, in that "
+                            "order; one observation.images.<name> each")
     demos.add_argument("--video", action="store_true", help="AV1 video instead of lossless PNG in parquet")
     demos.set_defaults(func=_cmd_export_demos)
 

@@ -5,7 +5,8 @@ Runs INSIDE the LeRobot environment made by ``scripts/setup_lerobot.sh`` (Python
 --dataset`` start it::
 
     .venv-lerobot/bin/python -m hybridvla_ros.lerobot_demos write --demos FILE.npz --out DIR
-        --joint-names J1 .. --state-names S1 .. [--repo-id local/demos] [--camera front] [--video]
+        --joint-names J1 .. --state-names S1 .. [--repo-id local/demos] [--camera front | --cameras A B ..]
+        [--video]
     .venv-lerobot/bin/python -m hybridvla_ros.lerobot_demos read --dataset DIR --out FILE.npz
         --image-size S [--camera NAME | --cameras NAME NAME ..]
     .venv-lerobot/bin/python -m hybridvla_ros.lerobot_demos recording --root DIR [--repo-id ID] [--video]
@@ -13,7 +14,8 @@ Runs INSIDE the LeRobot environment made by ``scripts/setup_lerobot.sh`` (Python
 ``write``: a demonstration set as :mod:`hybridvla_ros.sim.demos` saves it (our scripted experts' recordings)
 becomes a dataset ``lerobot-train`` trains on: an episode per recorded episode, ``fps`` = the recording's
 control rate, ``robot_type`` = its embodiment, ``task`` = its instruction;
-``observation.images.<camera>`` the recorded (S, S, 3) image (PNG in the parquet, or AV1 with ``--video``),
+``observation.images.<camera>`` the recorded (S, S, 3) image (PNG in the parquet, or AV1 with ``--video``;
+a recording from several cameras: one per name of ``--cameras``),
 ``observation.state`` the measured joints then the state joints (named), ``action`` what the expert
 commanded at that step (``actions[:, 0]``, named by the joints). The dataset is written to a temporary
 directory beside ``--out`` and renamed into place once finalized.
@@ -79,15 +81,29 @@ def _load_demos(path: str) -> dict[str, np.ndarray]:
 
 
 def write_demos(demos_path: str, out: str, joint_names: list[str], state_names: list[str],
-                repo_id: str = DEFAULT_REPO_ID, camera: str = DEFAULT_CAMERA, use_videos: bool = False) -> str:
+                repo_id: str = DEFAULT_REPO_ID, camera: str = DEFAULT_CAMERA, use_videos: bool = False,
+                cameras: list[str] | None = None) -> str:
     """Write the demonstration set at ``demos_path`` as a LeRobotDataset v3 in the new directory ``out``;
-    returns the summary line. Raises ExportError, leaving nothing at ``out`` nor beside it."""
-    common.check_camera_name(camera)
+    returns the summary line. ``cameras`` names the K views of a recording made with several cameras
+    (images (N, K, S, S, 3), ``hybridvla train --cameras``), one ``observation.images.<name>`` each;
+    a one-camera recording's view is ``camera``. Raises ExportError, leaving nothing at ``out`` nor beside it."""
     demos = _load_demos(demos_path)
     images, proprio, actions = demos["images"], demos["proprio"], demos["actions"]
-    if images.ndim != 4:
-        raise ExportError(f"{demos_path!r} holds {images.shape[1]} camera views per step (hybridvla train --cameras); "
-                          "export-demos writes one-camera recordings so far")
+    if images.ndim == 5:
+        if not cameras or len(cameras) != images.shape[1]:
+            raise ExportError(f"{demos_path!r} holds {images.shape[1]} camera views per step (hybridvla train "
+                              f"--cameras): name them, in recording order, with --cameras "
+                              f"({len(cameras or [])} given)")
+        if len(set(cameras)) != len(cameras):
+            raise ExportError(f"--cameras: {cameras} names a camera twice")
+        names_views = list(cameras)
+    elif cameras:
+        raise ExportError(f"{demos_path!r} holds one camera view per step: name it with --camera, not --cameras")
+    else:
+        names_views = [camera]
+    for name in names_views:
+        common.check_camera_name(name)
+    views = images if images.ndim == 5 else images[:, None]  # (N, K, S, S, 3)
     state = demos["state"] if "state" in demos else np.zeros((len(proprio), 0), dtype=np.float32)
     episode = demos["episode"]
     n, d = proprio.shape
@@ -102,9 +118,9 @@ def write_demos(demos_path: str, out: str, joint_names: list[str], state_names: 
     robot_type, task = str(demos["embodiment"]), str(demos["instruction"])
     names = [*joint_names, *state_names]
     features: dict[str, dict[str, Any]] = {
-        f"{IMAGES_PREFIX}{camera}": {"dtype": "video" if use_videos else "image",
-                                     "shape": tuple(int(s) for s in images.shape[1:]),
-                                     "names": ["height", "width", "channels"]},
+        **{f"{IMAGES_PREFIX}{name}": {"dtype": "video" if use_videos else "image",
+                                      "shape": tuple(int(s) for s in views.shape[2:]),
+                                      "names": ["height", "width", "channels"]} for name in names_views},
         STATE: {"dtype": "float32", "shape": (len(names),), "names": names},
         ACTION: {"dtype": "float32", "shape": (d,), "names": list(joint_names)},
     }
@@ -114,7 +130,8 @@ def write_demos(demos_path: str, out: str, joint_names: list[str], state_names: 
         for a, b in zip(starts[:-1], starts[1:]):
             for i in range(a, b):
                 dataset.add_frame({
-                    f"{IMAGES_PREFIX}{camera}": np.ascontiguousarray(images[i], dtype=np.uint8),
+                    **{f"{IMAGES_PREFIX}{name}": np.ascontiguousarray(views[i, k], dtype=np.uint8)
+                       for k, name in enumerate(names_views)},
                     STATE: np.concatenate([proprio[i], state[i]]).astype(np.float32),
                     ACTION: actions[i, 0].astype(np.float32),
                     "task": task,
@@ -123,7 +140,8 @@ def write_demos(demos_path: str, out: str, joint_names: list[str], state_names: 
 
     final = common.write_dataset(out, repo_id, fps, features, robot_type, use_videos, fill)
     return (f"wrote {n} frames in {len(starts) - 1} episodes to {final} (LeRobotDataset v3, repo_id {repo_id}, "
-            f"robot_type {robot_type}, {fps} fps, images {'AV1 video' if use_videos else 'PNG in parquet'})")
+            f"robot_type {robot_type}, {fps} fps, cameras {names_views}, "
+            f"images {'AV1 video' if use_videos else 'PNG in parquet'})")
 
 
 # ---------------------------------------------------------------- recording: recorded episodes -> dataset
@@ -299,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--state-names", nargs="*", default=[], help="the observed-only state joints")
     w.add_argument("--repo-id", default=DEFAULT_REPO_ID, help="the dataset's repo_id (nothing is pushed)")
     w.add_argument("--camera", default=DEFAULT_CAMERA, help="the image feature is observation.images.<camera>")
+    w.add_argument("--cameras", nargs="+", default=None,
+                   help="the names of a multi-camera recording's views, in recording order")
     w.add_argument("--video", action="store_true", help="AV1 video (PyAV) instead of lossless PNG in parquet")
     c = sub.add_parser("recording", help="episodes recorded by hybridvla record -> <root>/lerobot")
     c.add_argument("--root", required=True, help="the recording directory (hybridvla record --root)")
@@ -321,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "write":
             line = write_demos(args.demos, args.out, args.joint_names, args.state_names, args.repo_id, args.camera,
-                               args.video)
+                               args.video, args.cameras)
         elif args.command == "recording":
             line = write_recording(args.root, args.repo_id, args.video)
         else:

@@ -134,3 +134,27 @@ def test_a_dataset_that_does_not_fit_is_refused_before_training(exported: tuple[
     done = _cli("train", "--embodiments", "franka", "--dataset", str(tmp), "--out", str(tmp / "never"), "--quiet")
     assert done.returncode == 1 and "no LeRobotDataset at" in done.stderr and "meta/info.json" in done.stderr, \
         done.stderr
+
+
+def test_a_recording_from_two_cameras_exports_each_camera(tmp_path: Path) -> None:
+    """``hybridvla export-demos --cameras exterior wrist``: the MuJoCo Franka's two views of each step (hybridvla
+    train --cameras) become observation.images.exterior and .wrist, read back by LeRobot's code as recorded."""
+    params = load_embodiment(ROOT / "config", "franka", physics="mujoco")
+    demos = record_demonstrations(params, 2, 10, image_size=IMAGE, seed=5, cameras=("exterior", "wrist"))
+    path = tmp_path / "two_cameras.npz"
+    save_demonstrations(demos, str(path))
+    done = _cli("export-demos", "--demos", str(path), "--out", str(tmp_path / "none"))
+    assert done.returncode == 1 and "2 camera views per step" in done.stderr and "--cameras" in done.stderr, \
+        done.stderr
+    assert not (tmp_path / "none").exists()
+    out = tmp_path / "dataset"
+    done = _cli("export-demos", "--demos", str(path), "--out", str(out), "--cameras", "exterior", "wrist")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "cameras ['exterior', 'wrist']" in done.stdout, done.stdout
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert {"observation.images.exterior", "observation.images.wrist"} <= set(info["features"])
+    frames = read_lerobot_frames(str(out), IMAGE, python=str(_lerobot_python()), cameras=["exterior", "wrist"])
+    back = demos_from_frames(frames, params)
+    assert back["images"].shape == demos["images"].shape == (20, 2, IMAGE, IMAGE, 3)
+    np.testing.assert_array_equal(back["images"], demos["images"])  # PNG: lossless, each view in its place
+    assert not np.array_equal(back["images"][:, 0], back["images"][:, 1])
