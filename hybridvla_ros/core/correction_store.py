@@ -32,7 +32,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -398,20 +398,35 @@ class CorrectionStore:
         self.close()
 
 
-def records_to_arrays(records: Iterable[CorrectionRecord], image_size: int = 96) -> dict[str, np.ndarray]:
+def record_views(record: CorrectionRecord, cameras: Sequence[str]) -> list[np.ndarray] | None:
+    """The record's image of each of ``cameras`` (its own camera's ``image`` or one of its
+    ``extra_images``), in that order; None when one of them had no frame for this correction."""
+    views = []
+    for camera in cameras:
+        view = record.image if camera == record.camera_name else record.extra_images.get(camera)
+        if view is None:
+            return None
+        views.append(view)
+    return views
+
+
+def records_to_arrays(records: Iterable[CorrectionRecord], image_size: int = 96,
+                      cameras: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """Stack records for training.
 
-    Returns ``images`` (N, S, S, 3) uint8 (resized with INTER_AREA), ``proprio`` (N, D),
+    Returns ``images`` (N, S, S, 3) uint8 (resized with INTER_AREA; with ``cameras``, (N, K, S, S, 3):
+    each record's view of each camera, see :func:`record_views`), ``proprio`` (N, D),
     ``human_action`` (N, D), ``proposed_action`` (N, D) with NaN rows where the policy had
     proposed nothing (see ``has_proposal`` (N,) bool), ``stamp_s`` (N,), ``episode_index``
-    (N,). Raises CorrectionStoreError if the records have different dimensions.
+    (N,). Raises CorrectionStoreError if the records have different dimensions or one lacks a camera.
     """
     records = list(records)
     S = int(image_size)
     if S < 1:
         raise ValueError(f"image_size: must be >= 1, got {image_size!r}")
+    views_shape = (len(cameras),) if cameras else ()
     if not records:
-        return {IMAGES: np.zeros((0, S, S, 3), np.uint8), PROPRIO: np.zeros((0, 0)),
+        return {IMAGES: np.zeros((0, *views_shape, S, S, 3), np.uint8), PROPRIO: np.zeros((0, 0)),
                 HUMAN_ACTION: np.zeros((0, 0)), PROPOSED_ACTION: np.zeros((0, 0)),
                 HAS_PROPOSAL: np.zeros(0, bool), STAMP_S: np.zeros(0), EPISODE_INDEX: np.zeros(0, np.int64)}
     dims = {(r.joint_positions.size, r.human_action.size) for r in records}
@@ -420,9 +435,18 @@ def records_to_arrays(records: Iterable[CorrectionRecord], image_size: int = 96)
             f"corrections of different (proprio, action) dimensions {sorted(dims)} cannot be stacked; "
             "keep one store per embodiment")
     D = records[0].human_action.size
-    images = np.stack([
-        r.image if r.image.shape[:2] == (S, S) else cv2.resize(r.image, (S, S), interpolation=cv2.INTER_AREA)
-        for r in records])  # (N, S, S, 3)
+
+    def fit(image: np.ndarray) -> np.ndarray:
+        return image if image.shape[:2] == (S, S) else cv2.resize(image, (S, S), interpolation=cv2.INTER_AREA)
+
+    if cameras:
+        per_record = [record_views(r, cameras) for r in records]
+        missing = [i for i, v in enumerate(per_record) if v is None]
+        if missing:
+            raise CorrectionStoreError(f"{len(missing)} corrections lack one of the cameras {list(cameras)}")
+        images = np.stack([np.stack([fit(v) for v in views]) for views in per_record if views is not None])
+    else:
+        images = np.stack([fit(r.image) for r in records])  # (N, [K,] S, S, 3)
     proposed = np.full((len(records), D), np.nan)  # (N, D)
     for i, r in enumerate(records):
         if r.has_proposal:

@@ -116,12 +116,14 @@ class _Examples:
 @torch.no_grad()
 def _encode(policy: HybridPolicy, embodiment: str, images: np.ndarray, proprio: np.ndarray, actions: np.ndarray,
             instructions: Sequence[str], state: np.ndarray) -> _Examples:
-    """Encode (N, S, S, 3) uint8 images + proprio + state joints (N, E) + instructions once with the
-    frozen backbone."""
+    """Encode (N, S, S, 3) uint8 images (a head that reads K cameras: (N, K, S, S, 3)) + proprio + state
+    joints (N, E) + instructions once with the frozen backbone."""
     cfg = policy.config
     S, E = cfg.image_size, cfg.instruction_dim
-    if len(images) and images.shape[1:3] != (S, S):
-        images = np.stack([cv2.resize(im, (S, S), interpolation=cv2.INTER_AREA) for im in images])
+    if len(images) and images.shape[-3:-1] != (S, S):
+        flat = images.reshape(-1, *images.shape[-3:])  # (N [* K], H, W, 3)
+        images = np.stack([cv2.resize(im, (S, S), interpolation=cv2.INTER_AREA)
+                           for im in flat]).reshape(*images.shape[:-3], S, S, 3)
     proprio_t = torch.as_tensor(np.asarray(proprio, dtype=np.float32))                    # (N, D)
     state_t = torch.as_tensor(np.asarray(state, dtype=np.float32).reshape(len(proprio_t), -1))  # (N, E)
     with_state = bool(policy.config.embodiment(embodiment).state_dim)
@@ -131,7 +133,7 @@ def _encode(policy: HybridPolicy, embodiment: str, images: np.ndarray, proprio: 
     feats = []
     for start in range(0, len(proprio_t), ENCODE_BATCH):
         sl = slice(start, start + ENCODE_BATCH)
-        image = torch.from_numpy(np.ascontiguousarray(images[sl])).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
+        image = torch.from_numpy(np.ascontiguousarray(images[sl])).movedim(-1, -3).float() / 255.0  # (B, [K,] 3, S, S)
         batch = {EMBODIMENT: embodiment, IMAGE: image, PROPRIO: proprio_t[sl], INSTRUCTION: instr[sl]}
         if with_state:
             batch[STATE] = state_t[sl]                                                    # (B, E)
@@ -417,9 +419,6 @@ def _load_base(params: AdaptationParams, base_dir: Path, log: dict[str, Any]) ->
     if (spec.action_dim, spec.chunk_size) != (params.action_dim, params.chunk_size):
         raise ValueError(f"checkpoint_path: head for {params.embodiment!r} has action_dim {spec.action_dim}, "
                          f"chunk_size {spec.chunk_size}; the parameters say {params.action_dim}, {params.chunk_size}")
-    if spec.cameras:
-        raise ValueError(f"checkpoint_path: the {params.embodiment!r} head reads {len(spec.cameras)} cameras "
-                         f"{list(spec.cameras)}; online adaptation fine-tunes one-camera policies so far")
     log["base_model_version"] = log["model_version"] = int(read_checkpoint_config(base_dir)[KEY_MODEL_VERSION])
     log["base_version"] = _adaptation_version(base_dir)
     return policy, config

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from hybridvla_ros.core.correction_store import CorrectionRecord, CorrectionStore, records_to_arrays
+from hybridvla_ros.core.correction_store import CorrectionRecord, CorrectionStore, record_views, records_to_arrays
 from hybridvla_ros.core.joints import select_joints
 from hybridvla_ros.model.checkpoint import read_policy_config
 from hybridvla_ros.params.adaptation import AdaptationParams
@@ -34,7 +34,7 @@ from hybridvla_ros.params.adaptation import AdaptationParams
 class CorrectionSet:
     """Corrections of one embodiment, stacked, with their chunk targets."""
 
-    images: np.ndarray          # (N, S, S, 3) uint8 RGB
+    images: np.ndarray          # (N, S, S, 3) uint8 RGB; a policy of K cameras: (N, K, S, S, 3)
     proprio: np.ndarray         # (N, D) joint positions when the human acted
     human_action: np.ndarray    # (N, D) the human's position target
     stamp_s: np.ndarray         # (N,)
@@ -111,19 +111,22 @@ def _observed_joints(record: CorrectionRecord, action_dim: int, joint_names: Seq
 def corrections_from_records(records: Iterable[CorrectionRecord], embodiment: str, action_dim: int,
                              chunk_size: int, control_period_s: float, image_size: int,
                              default_instruction: str = "", joint_names: Sequence[str] = (),
-                             state_joints: Sequence[str] = ()) -> tuple[CorrectionSet, int]:
+                             state_joints: Sequence[str] = (), cameras: Sequence[str] = ()
+                             ) -> tuple[CorrectionSet, int]:
     """CorrectionSet of the records of ``embodiment`` with ``action_dim`` joints (``joint_names``
-    and ``state_joints`` picked by name from what each record observed), and how many others
-    were skipped."""
+    and ``state_joints`` picked by name from what each record observed; ``cameras``: each one's
+    view, for a policy that reads several), and how many others were skipped (another robot,
+    a joint or a camera missing)."""
     kept, observed, skipped = [], [], 0
     for r in records:
         joints = _observed_joints(r, action_dim, joint_names, state_joints)
-        if (r.embodiment and r.embodiment != embodiment) or r.human_action.size != action_dim or joints is None:
+        if (r.embodiment and r.embodiment != embodiment) or r.human_action.size != action_dim or joints is None \
+                or (cameras and record_views(r, cameras) is None):
             skipped += 1
             continue
         kept.append(dataclasses.replace(r, joint_positions=joints[0]))  # the arm joints, in action order
         observed.append(joints)
-    arrays = records_to_arrays(kept, image_size)
+    arrays = records_to_arrays(kept, image_size, cameras)
     ids: dict[tuple[str, int], int] = {}
     episode = np.array([ids.setdefault((r.session_id, int(r.episode_index)), len(ids)) for r in kept], dtype=np.int64)
     human = arrays["human_action"].reshape(len(kept), action_dim)
@@ -137,16 +140,17 @@ def corrections_from_records(records: Iterable[CorrectionRecord], embodiment: st
 
 
 def correction_set(records: Iterable[CorrectionRecord], params: AdaptationParams, image_size: int,
-                   state_joints: Sequence[str] = ()) -> tuple[CorrectionSet, int]:
+                   state_joints: Sequence[str] = (), cameras: Sequence[str] = ()) -> tuple[CorrectionSet, int]:
     """:func:`corrections_from_records` with the robot of ``params`` (its embodiment, joints,
-    chunk size, control period, default instruction) and the policy's ``state_joints``."""
+    chunk size, control period, default instruction) and the policy's ``state_joints`` and ``cameras``."""
     return corrections_from_records(records, params.embodiment, params.action_dim, params.chunk_size,
                                     params.control_period_s, image_size, params.instruction,
-                                    joint_names=params.joint_names, state_joints=state_joints)
+                                    joint_names=params.joint_names, state_joints=state_joints, cameras=cameras)
 
 
 def load_corrections(store_path: str | os.PathLike[str], params: AdaptationParams, image_size: int,
-                     state_joints: Sequence[str] = ()) -> tuple[CorrectionSet, dict[str, Any]]:
+                     state_joints: Sequence[str] = (), cameras: Sequence[str] = ()
+                     ) -> tuple[CorrectionSet, dict[str, Any]]:
     """The newest ``params.max_corrections`` corrections of a store on disk (the recorder's
     replay buffer), as a CorrectionSet with the policy's ``state_joints``; and {path, count,
     skipped}. Raises ValueError if the store does not exist, CorrectionStoreError if it
@@ -157,18 +161,18 @@ def load_corrections(store_path: str | os.PathLike[str], params: AdaptationParam
     with CorrectionStore(path, replay_capacity=params.max_corrections) as store:
         count = store.count()
         records = store.replay_records()
-    data, skipped = correction_set(records, params, image_size, state_joints)
+    data, skipped = correction_set(records, params, image_size, state_joints, cameras)
     return data, {"path": path, "count": count, "skipped": skipped}
 
 
 def load_corrections_for(checkpoint_dir: str | os.PathLike[str], store_path: str | os.PathLike[str],
                          params: AdaptationParams) -> tuple[CorrectionSet, dict[str, Any]]:
-    """:func:`load_corrections` at the image size and with the state joints of the checkpoint's
-    head for ``params.embodiment``. Raises CheckpointError for an unreadable checkpoint config,
-    ValueError for a missing store or a checkpoint without that head."""
+    """:func:`load_corrections` at the image size and with the state joints and cameras of the
+    checkpoint's head for ``params.embodiment``. Raises CheckpointError for an unreadable checkpoint
+    config, ValueError for a missing store or a checkpoint without that head."""
     config = read_policy_config(checkpoint_dir)
     spec = config.embodiment(params.embodiment)
-    return load_corrections(store_path, params, config.image_size, spec.state_joints)
+    return load_corrections(store_path, params, config.image_size, spec.state_joints, spec.cameras)
 
 
 def holdout_corrections(episode: np.ndarray, stamps: np.ndarray, fraction: float, seed: int

@@ -101,6 +101,10 @@ def record_replay(params: AdaptationParams, checkpoint_dir: str | os.PathLike[st
     unreadable checkpoint config, ValueError for a checkpoint without this embodiment."""
     config = read_policy_config(checkpoint_dir)
     spec = config.embodiment(params.embodiment)
+    if spec.cameras:
+        raise ValueError(f"replay: the {params.embodiment!r} head reads cameras {list(spec.cameras)}, which the "
+                         "kinematic simulator does not render; keep the replay sample hybridvla train stores in "
+                         "the checkpoint, or set adaptation.replay_dataset")
     episodes = max(2, math.ceil(params.replay_examples / RECORD_STEPS_PER_EPISODE))
     robot = dataclasses.replace(params, state_joints=tuple(spec.state_joints))  # what the policy observes
     demos = record_demonstrations(robot, episodes, RECORD_STEPS_PER_EPISODE, image_size=config.image_size,
@@ -111,9 +115,10 @@ def record_replay(params: AdaptationParams, checkpoint_dir: str | os.PathLike[st
 def dataset_replay(params: AdaptationParams, checkpoint_dir: str | os.PathLike[str],
                    python: str | None = None) -> ReplaySample:
     """Up to REPLAY_EXAMPLES random examples of the LeRobotDataset ``params.replay_dataset`` (camera
-    ``params.replay_camera`` or its only one), at the checkpoint's image size and with its head's state joints
-    (source ``"dataset"``). Raises ValueError naming the dataset for one that cannot be read or does not fit
-    the robot or the head, OSError when the LeRobot environment is missing."""
+    ``params.replay_camera`` or its only one; each camera of a head that reads several), at the checkpoint's
+    image size and with its head's state joints (source ``"dataset"``). Raises ValueError naming the dataset
+    for one that cannot be read or does not fit the robot or the head, OSError when the LeRobot environment
+    is missing."""
     from hybridvla_ros.model.lerobot_data import load_lerobot_demos
     config = read_policy_config(checkpoint_dir)
     spec = config.embodiment(params.embodiment)
@@ -121,7 +126,8 @@ def dataset_replay(params: AdaptationParams, checkpoint_dir: str | os.PathLike[s
     where = f"replay: the LeRobotDataset {params.replay_dataset!r}"
     try:
         demos, _ = load_lerobot_demos(params.replay_dataset, robot, config.image_size,
-                                      params.replay_camera or None, python=python)
+                                      None if spec.cameras else params.replay_camera or None, python=python,
+                                      cameras=spec.cameras)
         check_demos(demos, spec)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None

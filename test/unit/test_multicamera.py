@@ -258,13 +258,42 @@ def test_hybridvla_serve_serves_every_camera_the_checkpoint_reads(two_camera_ckp
         proc.wait()
 
 
-def test_paths_that_take_one_image_so_far_say_so(two_camera_ckpt) -> None:
-    params = from_params(AdaptationParams, load_node_params(os.path.join(default_config_dir(), "franka.yaml"),
-                                                            "adaptation"), "adaptation")
-    # refused on loading the base checkpoint, before any correction or replay example is read
-    with pytest.raises(ValueError, match="online adaptation fine-tunes one-camera policies so far"):
-        adapt(params, two_camera_ckpt, None, None, adapt_root="/nonexistent")  # type: ignore[arg-type]
+def test_online_adaptation_fine_tunes_a_head_that_reads_two_cameras(two_camera_ckpt, tmp_path) -> None:
+    """Corrections stored with both cameras (the recorder keeps each) are read with each view, a correction
+    missing the wrist is skipped, and the head is fine-tuned and judged on them with a replay of both views."""
+    from hybridvla_ros.core.correction_store import CorrectionStore
+    from hybridvla_ros.model.corrections_data import load_corrections_for
+    from hybridvla_ros.model.replay import REPLAY_RECORDED, ReplaySample, record_replay
+    from hybridvla_ros.sim.corrections import simulated_corrections
 
+    params = dataclasses.replace(
+        from_params(AdaptationParams, load_node_params(os.path.join(default_config_dir(), "franka.yaml"),
+                                                       "adaptation"), "adaptation"), min_corrections=10, steps=40)
+    records = simulated_corrections(params, 31)
+    store = str(tmp_path / "corrections.sqlite")
+    with CorrectionStore(store, replay_capacity=100) as s:
+        for k, r in enumerate(records):
+            wrist = {} if k == 0 else {"wrist": _image(100 + k, (60, 80))}  # the first: the wrist was stale
+            s.add(dataclasses.replace(r, camera_name="exterior", extra_images=wrist))
+    corrections, info = load_corrections_for(two_camera_ckpt, store, params)
+    assert corrections.images.shape == (30, 2, 32, 32, 3) and info["skipped"] == 1
+    assert not np.array_equal(corrections.images[:, 0], corrections.images[:, 1])
+    with pytest.raises(ValueError, match="does not render"):
+        record_replay(params, two_camera_ckpt)  # the kinematic simulator has no wrist camera
+    sim_params = load_embodiment(default_config_dir(), "franka", physics="mujoco")
+    replay = ReplaySample(record_demonstrations(dataclasses.replace(sim_params, state_joints=("suction_cup",)), 2, 15,
+                                                image_size=32, seed=4, cameras=TWO), REPLAY_RECORDED)
+    result = adapt(params, two_camera_ckpt, corrections, replay, adapt_root=str(tmp_path / "adapt"))
+    log = result.log
+    assert log["samples"]["corrections"] + log["samples"]["corrections_heldout"] == 30, log
+    assert log["samples"]["replay"] + log["samples"]["replay_heldout"] == 30, log
+    losses = [v for key in ("loss_before", "loss_after") for v in log[key].values()]
+    assert losses and all(v is not None and np.isfinite(v) for v in losses) and log["steps"] > 0, log
+    assert not str(log["reason"]).startswith("error"), log
+    if result.accepted:
+        assert result.checkpoint_dir is not None
+        _, config = load_checkpoint(str(result.checkpoint_dir))
+        assert config.embodiment("franka").cameras == TWO
 
 def test_train_cli_checks_the_cameras_before_recording(capsys) -> None:
     assert train_main(["--embodiments", "franka", "--cameras", "exterior", "--quiet"]) == 2
