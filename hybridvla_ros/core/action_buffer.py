@@ -6,19 +6,7 @@ By the time the chunk arrives, inference latency has already used up its first
 slot(s), so the buffer indexes every chunk by wall time instead of by a
 counter: at ``step(now_s)`` it emits the action whose slot contains ``now_s``
 and skips (and counts) the ones whose slot has passed. A late chunk therefore
-never replays stale targets.
-
-Except from rest: a chunk answering an observation taken while the buffer sent no
-fresh action (before the first chunk, in the grace repeat or a hold after a chunk
-ran out) starts at its row 0 with the next step, whenever that comes. The robot
-stood still from the observation until now, so it is still where the plan starts;
-skipping the slots
-the latency used would jump the target ahead by that much motion and make the
-robot catch up at the safety filter's limits (on the MuJoCo Franka, after a 2 s
-stall of the planner on a loaded machine, the held cube came down onto the table
-at up to 0.9 m/s instead of the plan's 0.14 m/s and the e-stop tripped at 274 N).
-Counted as ``chunks_from_rest``. LeRobot's asynchronous inference does the same
-by counting executed steps instead of wall time.
+never replays stale targets and never makes the robot "catch up".
 
 A new chunk rarely continues the old one exactly (different observation,
 sampling noise), so switching chunks would put a jump into the command. For
@@ -226,7 +214,7 @@ class _Chunk:
     """An accepted chunk plus how far the buffer has got through it."""
 
     __slots__ = ("actions", "stamp_s", "period_s", "seq", "next_unvisited", "steps_used", "fade_steps",
-                 "obs_stamp_s", "index_offset", "anchor_at_step")
+                 "obs_stamp_s", "index_offset")
 
     def __init__(self, actions: np.ndarray, stamp_s: float, period_s: float, seq: int,
                  obs_stamp_s: float | None = None, index_offset: int = 0) -> None:
@@ -240,8 +228,6 @@ class _Chunk:
         self.next_unvisited = 0  # lowest index neither emitted nor counted as skipped
         self.steps_used = 0  # step() calls that emitted from this chunk
         self.fade_steps = 0  # blend periods done while fading in over older chunks
-        # Started from rest: row 0 goes out at the first step that uses it, whenever it comes.
-        self.anchor_at_step = False
 
     def index_at(self, now_s: float) -> int:
         """Index of the slot containing now_s; >= 0 (see the clamp's comment)."""
@@ -290,7 +276,6 @@ class ActionBuffer:
             **{f"rejected_{key}": 0 for key in CHUNK_REJECT_REASONS},
             "chunks_reshaped": 0,
             **{f"reshaped_{key}": 0 for key in TRAJECTORY_CHECKS},
-            "chunks_from_rest": 0,
             "actions_emitted": 0,
             "actions_skipped_past": 0,
             "grace_repeats": 0,
@@ -313,8 +298,7 @@ class ActionBuffer:
     def stats(self) -> dict[str, int]:
         """A copy of the counters: chunks_received, chunks_accepted, chunks_rejected,
         rejected_<key> per CHUNK_REJECT_REASONS, chunks_reshaped, reshaped_<key> per
-        TRAJECTORY_CHECKS, chunks_from_rest (started at row 0: observed at rest), actions_emitted,
-        actions_skipped_past, grace_repeats, holds,
+        TRAJECTORY_CHECKS, actions_emitted, actions_skipped_past, grace_repeats, holds,
         time_backwards, bad_time (non-finite now_s in step)."""
         return dict(self._stats)
 
@@ -322,13 +306,6 @@ class ActionBuffer:
     def last_chunk_check(self) -> str:
         """Why the last chunk the whole-chunk check rejected or reshaped was ("" if none yet)."""
         return self._last_check
-
-    def _still_since(self, period_s: float) -> float:
-        """Since when the buffer has sent no fresh action (the end of the last fresh action's
-        slot); -inf before the first one and after reset()."""
-        if self._last_fresh_s is None or self._last_action is None:
-            return -math.inf
-        return self._last_fresh_s + period_s
 
     def _reject(self, key: str, detail: str) -> tuple[bool, str]:
         self._stats["chunks_rejected"] += 1
@@ -414,7 +391,6 @@ class ActionBuffer:
         # One row per control period from next_s; a step a little early still gets row 0.
         out = _Chunk(reshaped, next_s - 0.5 * period_s, period_s, chunk.seq, obs_stamp_s=chunk.obs_stamp_s,
                      index_offset=first)
-        out.anchor_at_step = chunk.anchor_at_step
         self._stats["chunks_reshaped"] += 1
         self._stats[f"reshaped_{key}"] += 1
         self._last_check = f"reshaped chunk {chunk.seq}: {key}: {detail}"
@@ -485,19 +461,12 @@ class ActionBuffer:
         chunk_seq = int(seq) if valid_seq else self._next_auto_seq
         arr.flags.writeable = False
         chunk = _Chunk(arr, stamp_s, period_s, chunk_seq)
-        old_has_action = current is not None and current.action_at(now_s) is not None
-        if not old_has_action and self._still_since(period_s) <= stamp_s < now_s:
-            # From rest (module docstring): row 0 at the next step (a step a little early still gets it).
-            _, next_s = self._executing(now_s)
-            chunk = _Chunk(arr, next_s - 0.5 * self._config.control_period_s, period_s, chunk_seq,
-                           obs_stamp_s=stamp_s)
-            chunk.anchor_at_step = True
-            self._stats["chunks_from_rest"] += 1
         if chunk.index_at(now_s) >= n_steps:
             return self._reject(
                 "past", f"all {n_steps} slots ended by now_s={now_s!r} (obs_stamp_s={stamp_s!r}, "
                         f"step_period_s={period_s!r})")
         self._next_auto_seq = max(self._next_auto_seq, chunk_seq + 1)
+        old_has_action = current is not None and current.action_at(now_s) is not None
         blend = self._config.blend_steps > 0 and old_has_action
         ok, check_reason, reshaped = self._check_chunk(chunk, now_s, blend)
         if not ok:
@@ -546,9 +515,6 @@ class ActionBuffer:
         if not self._layers:
             return self._no_fresh(now_s, REASON_NO_CHUNK)
         top = self._layers[-1]
-        if top.anchor_at_step:
-            top.stamp_s = now_s - 0.5 * self._config.control_period_s
-            top.anchor_at_step = False
         n_steps = top.actions.shape[0]
         idx = top.index_at(now_s)
         self._count_skipped(top, min(idx, n_steps))

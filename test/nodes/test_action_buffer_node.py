@@ -44,13 +44,12 @@ def test_chunks_become_a_steady_stream_then_a_hold(ros) -> None:
         seq += 1
         return actions
 
-    # A first chunk answering an observation 60 ms old: the robot stood still since, so it is
-    # still where the plan starts; the chunk starts at its first row, not 3 rows ahead.
+    # A chunk answering an observation 60 ms old: its first 3 actions are already in the past.
     send(0.06)
     ros.spin_for(0.1)
     assert steps, ros.logs()
     first = steps[0][1]
-    assert first.step_index == 0 and first.action[0] == 0.0
+    assert first.step_index >= 3 and first.action[0] == pytest.approx(0.001 * first.step_index)
     steps.clear()
     # Keep feeding chunks every recompute_every periods: a steady stream at the control rate.
     t_end = time.monotonic() + 2.0
@@ -61,9 +60,6 @@ def test_chunks_become_a_steady_stream_then_a_hold(ros) -> None:
     rate = (len(times) - 1) / (times[-1] - times[0])
     assert rate == pytest.approx(p.control_rate_hz, rel=0.15)
     assert all(s.source == ActionStep.SOURCE_POLICY for _, s in steps)
-    # While the robot moves, a chunk answering an observation 40 ms old is played by time: its
-    # first 2 slots are already in the past.
-    assert min(s.step_index for _, s in steps) >= 2, sorted({s.step_index for _, s in steps})
     # Then nothing: after the chunk runs out and the grace time, the buffer holds and says so.
     ros.spin_for(T * p.control_period_s + p.hold_grace_s + 0.3)
     n_before = len(steps)
