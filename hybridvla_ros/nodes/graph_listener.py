@@ -378,9 +378,16 @@ class GraphListener:
         }
 
     def close(self) -> None:
-        """Stop spinning and shut the context down."""
+        """Stop spinning, then destroy the node and shut the context down.
+
+        A node destroyed while another thread spins it can crash the process (rclpy#663),
+        so the node goes only once the spinning thread has ended; one that does not end
+        (it cannot: spin_once waits 0.05 s) is left to the process's exit."""
         self._stop.set()
-        self._thread.join(timeout=2.0)
-        self.executor.shutdown()
+        self._thread.join(timeout=30.0)
+        if self._thread.is_alive():
+            return
+        self.executor.remove_node(self.node)
         self.node.destroy_node()
+        self.executor.shutdown()
         rclpy.try_shutdown(context=self.context)

@@ -83,7 +83,7 @@ def test_a_killed_node_comes_back_and_the_safety_filters_death_ends_the_graph(ro
         with pytest.raises(NodeDied, match="safety_filter exited with code -9; the graph ends with it"):
             launcher.wait(30.0)
     finally:
-        listener.close()
         codes = launcher.stop(timeout_s=5.0)
+        listener.close()
     assert codes["safety_filter"] == -9 and launcher.restarts["safety_filter"] == 0
     assert all(p.poll() is not None for p in launcher.procs.values()), "every node process is gone"
