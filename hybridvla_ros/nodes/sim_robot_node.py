@@ -76,6 +76,9 @@ class SimRobotNode(Node):
         # and the index of the point last commanded.
         self._trajectory: tuple[float, np.ndarray, np.ndarray] | None = None
         self._trajectory_index = -1
+        # Commands not yet applied, with their arrival (s): the next physics tick applies each
+        # one at its arrival time (see _advance).
+        self._pending: list[tuple[float, JointTrajectory | Float64MultiArray | Twist]] = []
         self._scene = p.scene
         self._resets = 0
         self._last_step_s = now_s(self)
@@ -159,7 +162,8 @@ class SimRobotNode(Node):
         seed, self._next_seed = self._next_seed, self._next_seed + 1
         self.sim.scene = self._scene
         self.sim.reset(seed=seed)
-        self._trajectory = None  # the robot is back home: a trajectory sent before is void
+        self._trajectory = None  # the robot is back home: a trajectory or command sent before is void
+        self._pending.clear()
         self._episode_start_s = now_s(self)
         res.success = True
         res.message = f"episode {self._resets}: seed {seed}, scene {self._scene}"
@@ -167,19 +171,23 @@ class SimRobotNode(Node):
         return res
 
     def _on_command(self, msg: JointTrajectory | Float64MultiArray | Twist) -> None:
+        """Take the command in at its arrival time; the next physics tick applies it there."""
+        self._pending.append((now_s(self), msg))
+
+    def _apply_command(self, msg: JointTrajectory | Float64MultiArray | Twist, arrived_s: float) -> None:
         try:
             if isinstance(msg, Twist):
                 self.sim.command_twist(msg.linear.x, msg.linear.y, msg.angular.z)
             elif isinstance(msg, Float64MultiArray):
                 self.sim.command_positions(np.asarray(msg.data, dtype=np.float64))
             else:
-                self._take_trajectory(msg)
+                self._take_trajectory(msg, arrived_s)
             self.commands_received += 1
         except (ValueError, IndexError) as exc:
             self.commands_rejected += 1
             self.get_logger().warning(f"command rejected: {exc}", throttle_duration_sec=2.0)
 
-    def _take_trajectory(self, msg: JointTrajectory) -> None:
+    def _take_trajectory(self, msg: JointTrajectory, arrived_s: float) -> None:
         """Follow ``msg`` as a joint_trajectory_controller does: it replaces the one before;
         each point is due ``time_from_start`` after the header stamp (zero: now), and the
         point due next is the target (one period apart, points stream like single commands).
@@ -199,20 +207,54 @@ class SimRobotNode(Node):
             self._trajectory = None
             self.sim.command_positions(targets[0])
             return
-        self._trajectory = (stamp if stamp > 0.0 else now_s(self), times, targets)
+        self._trajectory = (stamp if stamp > 0.0 else arrived_s, times, targets)
         self._trajectory_index = -1
-        self._follow_trajectory(now_s(self))
+        self._follow_trajectory(arrived_s)
 
     def _follow_trajectory(self, t: float) -> None:
-        """Command the point of the trajectory being followed that is due next at ``t`` (the
+        """Command the point of the trajectory being followed that is due next after ``t`` (the
         last point once all are due), each point once."""
         if self._trajectory is None:
             return
         start, times, targets = self._trajectory
-        k = min(int(np.searchsorted(start + times, t - 1e-9)), len(times) - 1)
+        k = min(int(np.searchsorted(start + times, t, side="right")), len(times) - 1)
         if k != self._trajectory_index:
             self._trajectory_index = k
             self.sim.command_positions(targets[k])
+
+    def _next_due_s(self, t: float) -> float | None:
+        """When the trajectory being followed next changes its target after ``t`` (None: never)."""
+        if self._trajectory is None:
+            return None
+        start, times, _ = self._trajectory
+        due = start + times[:-1]
+        later = due[due > t]
+        return float(later[0]) if later.size else None
+
+    def _advance(self, start_s: float, end_s: float) -> None:
+        """Step the simulator from ``start_s`` to ``end_s`` (this process's clock), applying each
+        pending command at its arrival and each trajectory point when it falls due.
+
+        A real controller has its own clock; this node shares two cores with the graph, and under
+        load its ticks come 30-40 ms apart instead of 10. Applied at the tick, the commands of a
+        late tick would land at once (the first overwritten, the second two periods out, taken as
+        a goal and approached at full speed): a lunge no real controller makes."""
+        cursor = start_s
+        while True:
+            while self._pending and self._pending[0][0] <= cursor:
+                arrived, msg = self._pending.pop(0)
+                self._apply_command(msg, max(arrived, cursor))
+            self._follow_trajectory(cursor)
+            if cursor >= end_s:
+                return
+            nxt = end_s
+            if self._pending:
+                nxt = min(nxt, self._pending[0][0])
+            due = self._next_due_s(cursor)
+            if due is not None:
+                nxt = min(nxt, due)
+            self.sim.step(nxt - cursor)
+            cursor = nxt
 
     def _on_push(self, msg: WrenchStamped) -> None:
         f = msg.wrench.force
@@ -222,8 +264,7 @@ class SimRobotNode(Node):
         t = now_s(self)
         dt = min(max(t - self._last_step_s, 0.0), 0.1)  # a stalled process must not teleport the robot
         self._last_step_s = t
-        self._follow_trajectory(t)
-        self.sim.step(dt)
+        self._advance(t - dt, t)
         js = JointState()
         s_to_stamp(t, js.header.stamp)
         # The commanded joints, then the observed-only ones (a suction cup's vacuum switch) as
@@ -252,10 +293,13 @@ class SimRobotNode(Node):
         self.expert_pub.publish(js)
 
     def _on_expert_chunk_tick(self) -> None:
-        """Start the expert's next plan from a snapshot of now, unless one is still running."""
+        """Start the expert's next plan from a snapshot of the simulator, unless one is still
+        running. The plan starts (its stamp) when the physics last advanced to, not now: on a
+        busy machine that can be tens of milliseconds earlier, and a plan stamped now would be
+        executed that much later than the expert meant."""
         if self._planner is None:
             return
-        t, resets, started = now_s(self), self._resets, time.perf_counter()
+        t, resets, started = self._last_step_s, self._resets, time.perf_counter()
         try:
             plan = self._planner.submit(self.sim, self.params.chunk_size)  # the snapshot is taken here
         except Exception as exc:  # noqa: BLE001  (the planner must never stop the sensors)
