@@ -38,6 +38,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402  (after the backend choice above)
 import numpy as np  # noqa: E402
 
+from hybridvla_ros.sim.profiles import brake_speed, profile_speed  # noqa: E402
+
 __all__ = [
     "MissingAssetError",
     "find_package_dir",
@@ -274,33 +276,24 @@ class JointReference:
         return self.target.copy()
 
     def advance(self, dt_s: float, now_s: float) -> None:
-        """Move the reference over one sub-step ``dt_s`` starting at ``now_s``.
-
-        The rule of :func:`~hybridvla_ros.sim.profiles.profile_speed` and
-        :func:`~hybridvla_ros.sim.profiles.brake_speed`, written out with as few numpy calls
-        as it takes (it runs every 2 ms physics step, and the expert's plans step a twin
-        hundreds of times: it was a third of a plan's time)."""
-        q, vmax = self.q, self._vmax
-        a_dt = self._amax * dt_s
-        a_dt2, two_a = a_dt * a_dt, 2.0 * self._amax
+        """Move the reference over one sub-step ``dt_s`` starting at ``now_s`` (np.minimum /
+        np.maximum rather than np.clip: this runs every 2 ms physics step and hundreds of times
+        per expert plan, and np.clip's overhead was a third of a plan's time)."""
+        q, vmax, amax = self.q, self._vmax, self._amax
         err = self.target - q
-        # Toward the target no faster than braking at amax still stops on it (profile_speed).
-        desired = np.copysign(np.minimum(vmax, np.sqrt(a_dt2 + two_a * np.abs(err)) - a_dt), err)
+        desired = np.copysign(profile_speed(np.abs(err), vmax, amax, dt_s), err)
         time_left = self._cmd_time_s + self._period_s - now_s
-        streaming = self._stream if time_left > 1e-9 else None
-        if streaming is not None and streaming.any():
+        streaming = self._stream if time_left > 1e-9 and self._stream.any() else None
+        if streaming is not None:
             interp = np.minimum(np.maximum(err / max(time_left, dt_s), -vmax), vmax)
             desired = np.where(streaming, interp, desired)
-        else:
-            streaming = None
-        # No faster than braking at amax still stops before a position limit (brake_speed).
-        to_lo = np.sqrt(a_dt2 + two_a * np.maximum(q - self._lo, 0.0)) - a_dt
-        to_hi = np.sqrt(a_dt2 + two_a * np.maximum(self._hi - q, 0.0)) - a_dt
-        desired = np.minimum(np.maximum(desired, -to_lo), to_hi)
+        desired = np.minimum(np.maximum(desired, -brake_speed(q - self._lo, amax, dt_s)),
+                             brake_speed(self._hi - q, amax, dt_s))
         # A streamed joint follows its stream as commanded: the stream's acceleration between
         # periods is the sender's to limit (the safety filter does), and limiting it again per
         # sub-step would make the joint fall behind the stream, after which the next point is
         # out of reach, a goal, and is approached at full speed (a lunge into the cube).
+        a_dt = amax * dt_s
         accel_limited = np.minimum(np.maximum(desired, self.v - a_dt), self.v + a_dt)
         v = accel_limited if streaming is None else np.where(streaming, desired, accel_limited)
         v = np.minimum(np.maximum(v, -vmax), vmax)
