@@ -31,7 +31,7 @@ from hybridvla_ros.graph_run import READY_TIMEOUT_S, run_graph, verdict
 from hybridvla_ros.model.lerobot_data import lerobot_python_or_say
 from hybridvla_ros.params import ParameterError
 from hybridvla_ros.params.check import check_parameter_file
-from hybridvla_ros.params.config_files import embodiment_names
+from hybridvla_ros.params.config_files import default_config_dir, embodiment_names
 from hybridvla_ros.params.registry import ALL_SCHEMAS
 
 DEFAULT_CHECKPOINT = "checkpoints/default"
@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  ".npz) as a LeRobotDataset v3 for lerobot-train")
     demos.add_argument("--demos", required=True, help="the demonstration set (.npz)")
     demos.add_argument("--out", required=True, help="the dataset directory, which must not exist")
-    demos.add_argument("--config-dir", default="config", help="where <embodiment>.yaml names the joints")
+    demos.add_argument("--config-dir", default=default_config_dir(),
+                       help="where <embodiment>.yaml names the joints (default: the package's config/)")
     demos.add_argument("--repo-id", default="local/demos", help="the dataset's repo_id (nothing is pushed)")
     demos.add_argument("--camera", default="front", help="the image feature is observation.images.<camera>")
     demos.add_argument("--cameras", nargs="+", default=None,

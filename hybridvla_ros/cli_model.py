@@ -41,6 +41,7 @@ from hybridvla_ros.model.text import HASH_ENCODER, INSTRUCTION_DIM, MINILM, enco
 from hybridvla_ros.model.train import TrainConfig, TrainResult, expert_lines, train
 from hybridvla_ros.params import ParameterError, from_params, load_node_params
 from hybridvla_ros.params.adaptation import AdaptationParams
+from hybridvla_ros.params.config_files import default_config_dir
 from hybridvla_ros.params.embodiment import EMBODIMENTS
 from hybridvla_ros.sim.demos import CHUNK_LABELS
 
@@ -53,7 +54,8 @@ def build_train_parser() -> argparse.ArgumentParser:
                                             "for the listed embodiments.")
     p.add_argument("--embodiments", nargs="+", default=list(EMBODIMENTS), choices=EMBODIMENTS, metavar="NAME",
                    help=f"embodiments to train heads for (default: all of {', '.join(EMBODIMENTS)})")
-    p.add_argument("--config-dir", default="config", help="directory with <embodiment>.yaml (default: config)")
+    p.add_argument("--config-dir", default=default_config_dir(),
+                   help="directory with <embodiment>.yaml (default: the package's config/)")
     # 60 x 60 (+ a 4 px DrQ shift) rather than 30 x 120: the experts settle within about 1 s (50 steps), so
     # long episodes are mostly still frames; twice the targets at the same example count closed the gap
     # between held-out and training error (franka token head 142 % vs 45 % of hold-still before, 36 % vs 38 %

@@ -48,8 +48,10 @@ FRAME_KEYS = ("image", "state", "action", "episode_index", "frame_index", "task"
 
 
 def lerobot_python() -> str:
-    """The LeRobot environment's python (HYBRIDVLA_LEROBOT_PYTHON, else <repo>/.venv-lerobot/bin/python)."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    """The LeRobot environment's python (HYBRIDVLA_LEROBOT_PYTHON, else <repo>/.venv-lerobot/bin/python). The
+    repository is found from this file's real path: the installed ``hybridvla`` command imports the package
+    through colcon's symlinked build directory, where the environment is not."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
     return os.environ.get("HYBRIDVLA_LEROBOT_PYTHON", os.path.join(root, ".venv-lerobot", "bin", "python"))
 
 

@@ -101,3 +101,17 @@ def test_the_commands_that_need_lerobot_say_how_to_make_its_environment(tmp_path
         assert err.startswith(f"{prog}: error: {tmp_path / 'no-python'} is missing: run `bash "
                               "scripts/setup_lerobot.sh` to make the LeRobot environment"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.sqlite"]
+
+
+def test_the_commands_find_the_robots_files_from_any_directory(tmp_path, monkeypatch) -> None:
+    """``hybridvla train`` and ``export-demos`` read <embodiment>.yaml from the package's config/ by default,
+    not from a ``config`` folder under wherever the command is run (which said "no such file" outside the
+    repository)."""
+    from hybridvla_ros.cli import build_parser
+    from hybridvla_ros.cli_model import build_train_parser
+
+    monkeypatch.chdir(tmp_path)
+    for config_dir in (build_train_parser().parse_args([]).config_dir,
+                       build_parser().parse_args(["export-demos", "--demos", "d.npz", "--out", "o"]).config_dir):
+        assert config_dir == default_config_dir()
+        assert os.path.isfile(os.path.join(config_dir, "franka.yaml"))

@@ -169,3 +169,26 @@ def test_frames_of_several_cameras_stay_together_in_order() -> None:
     order = np.lexsort((frames["frame_index"], frames["episode_index"]))
     np.testing.assert_array_equal(demos["images"][:, 0], frames["image"][order])
     check_demos(demos, dataclasses.replace(EmbodimentSpec.from_params(FRANKA), cameras=("exterior", "wrist")))
+
+
+def test_the_installed_command_finds_the_lerobot_environment_of_its_repository(tmp_path) -> None:
+    """colcon's symlinked build puts the package at build/hybridvla_ros/hybridvla_ros -> <repo>/hybridvla_ros, and
+    the installed ``hybridvla`` command imports it from there: the LeRobot environment is still the repository's
+    (it was looked for beside the build directory, so ``hybridvla export-demos`` said it was missing)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "hybridvla_ros").symlink_to(repo / "hybridvla_ros")
+    env = {k: v for k, v in os.environ.items() if k != "HYBRIDVLA_LEROBOT_PYTHON"}
+    env["PYTHONPATH"] = str(tmp_path / "build")
+    done = subprocess.run([sys.executable, "-c", "import hybridvla_ros.model.lerobot_data as m; "
+                           "print(m.__file__); print(m.lerobot_python())"],
+                          capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    imported_from, python = done.stdout.split()
+    assert imported_from.startswith(str(tmp_path / "build"))  # the package as the command imports it
+    assert python == str(repo / ".venv-lerobot" / "bin" / "python")
