@@ -69,6 +69,10 @@ class Request_:
     state: np.ndarray        # (E,) float64 state joints
     prompt: str
 
+    def model_images(self, runner: PolicyRunner | ExportedRunner) -> np.ndarray | tuple[np.ndarray, ...]:
+        """The images as ``runner`` takes them: the one image for a one-camera head, else all of them."""
+        return self.images if runner.cameras else self.images[0]
+
 
 class ModelServer:
     """The loaded heads (one runner per embodiment) and the batched forward; no networking."""
@@ -126,7 +130,7 @@ class ModelServer:
         start = time.perf_counter()
         runner = self.runners[requests[0].embodiment]
         if len(requests) == 1 or not isinstance(runner, PolicyRunner):
-            preds = [runner.predict(r.images if runner.cameras else r.images[0], r.q, r.prompt,
+            preds = [runner.predict(r.model_images(runner), r.q, r.prompt,
                                     num_samples=self.confidence_samples, state=r.state)
                      for r in requests]
             self.forwards += len(requests)
@@ -145,7 +149,7 @@ class ModelServer:
 def predict_batch(runner: PolicyRunner, requests: Sequence[Request_],
                   num_samples: int) -> list[tuple[np.ndarray, float]]:
     """One forward of ``runner``'s model for several observations: (actions (T, D), confidence) each."""
-    images = [runner.image_input(r.images if runner.cameras else r.images[0])[1] for r in requests]  # ([K,] 3, S, S)
+    images = [runner.image_input(r.model_images(runner))[1] for r in requests]  # ([K,] 3, S, S)
     embeddings = {p: torch.from_numpy(embed_instruction(p, runner.config.instruction_dim,
                                                         runner.config.instruction_encoder))
                   for p in {r.prompt for r in requests}}                                             # p -> (E,)
