@@ -6,7 +6,8 @@ The mapping says how an observation becomes the server's request dict and how it
 our chunk (openpi's per-robot input/output transforms, as data):
 
 - request: each of ``remote_cameras`` (our camera names) under the key of the same index in
-  ``remote_image_keys``, resized with padding to ``remote_image_size`` (H, W; empty: as is);
+  ``remote_image_keys``, resized to ``remote_image_size`` (H, W; empty: as is) with padding
+  (``remote_image_resize: pad``, openpi's) or stretched (``stretch``, as exported demonstrations are);
   the state vector under ``remote_state_key``, in the order ``remote_state_layout`` names (our
   joint and state-joint names; empty: ``joint_names`` then ``state_joints``); the task text
   under ``remote_prompt_key``; the robot's name under ``remote_embodiment_key`` ('': not sent);
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from hybridvla_ros.params.base import ParameterError, param
 
 IGNORED_COLUMN = "_"
+IMAGE_RESIZES = ("pad", "stretch")  # remote_image_resize
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +53,9 @@ class RemotePolicyParams:
     remote_image_size: tuple[int, ...] = param("(height, width) each image is resized to with padding (aspect "
                                                "kept, openpi's resize_with_pad); empty: sent as is", (224, 224),
                                                min=1, max=8192)
+    remote_image_resize: str = param("how an image becomes remote_image_size: 'pad' (aspect kept, openpi's) or "
+                                     "'stretch' (the whole image squeezed to it, as hybridvla export-demos and our "
+                                     "model see it: a policy trained on those)", "pad", choices=IMAGE_RESIZES)
     remote_state_key: str = param("the server's key for the state vector", "observation/state")
     remote_state_layout: tuple[str, ...] = param("our joint / state-joint names in the server's state order; "
                                                  "empty: joint_names then state_joints", ())

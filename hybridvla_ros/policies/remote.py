@@ -60,6 +60,16 @@ def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
+def resize_to(image: np.ndarray, height: int, width: int, how: str) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 as a (height, width, 3) one: ``how`` "pad" (:func:`resize_with_pad`) or
+    "stretch" (the whole image squeezed to that size with cv2.INTER_AREA, as exported demonstrations are)."""
+    if how == "pad":
+        return resize_with_pad(image, height, width)
+    if image.shape[:2] == (height, width):
+        return image
+    return cv2.resize(np.ascontiguousarray(image), (width, height), interpolation=cv2.INTER_AREA)
+
+
 class RemoteMapping:
     """The robot's observation as the server's request dict, the server's reply as our chunk.
 
@@ -101,6 +111,7 @@ class RemoteMapping:
                              "(camera_name, extra_cameras)")
         self.image_keys = tuple(remote.remote_image_keys)
         self.image_size = tuple(remote.remote_image_size)
+        self.image_resize = remote.remote_image_resize
         self.state_key, self.prompt_key = remote.remote_state_key, remote.remote_prompt_key
         self.embodiment_key, self.embodiment = remote.remote_embodiment_key, robot.embodiment
         self.horizon_start = remote.remote_horizon_start
@@ -118,7 +129,8 @@ class RemoteMapping:
             out[self.embodiment_key] = self.embodiment
         for camera, key in zip(self.cameras, self.image_keys):
             image = obs.image(camera)                                                    # (H, W, 3) uint8
-            out[key] = resize_with_pad(image, *self.image_size) if self.image_size else np.ascontiguousarray(image)
+            out[key] = (resize_to(image, self.image_size[0], self.image_size[1], self.image_resize)
+                        if self.image_size else np.ascontiguousarray(image))
         return out
 
     def actions(self, reply: object, obs: PolicyObservation) -> tuple[np.ndarray, float | None]:

@@ -197,6 +197,7 @@ def test_lerobot_act_drives_the_whole_graph_on_the_simulated_franka(ros, franka_
         "inference": {
             "policy_source": "remote", "remote_url": sidecar.url,
             "remote_cameras": list(CAMERAS), "remote_image_keys": [CAM, WRIST], "remote_image_size": [IMAGE, IMAGE],
+            "remote_image_resize": "stretch",  # as the exported demonstrations have their frames
             "remote_state_key": "observation.state", "remote_prompt_key": "task", "remote_embodiment_key": "",
             # a loaded 2-core machine: a late reply is not a dead server; after a failure retry soon
             "remote_deadline_s": 5.0, "remote_connect_timeout_s": 5.0, "remote_backoff_s": [0.2, 1.0],

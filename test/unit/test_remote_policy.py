@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
+import cv2
 import numpy as np
 import pytest
 import remote_fault_server as fault  # test/remote_fault_server.py (test/ is on sys.path: its conftest)
@@ -88,6 +89,21 @@ def test_resize_with_pad_keeps_the_aspect() -> None:
     assert out.shape == (20, 20, 3)
     assert (out[:5] == 0).all() and (out[-5:] == 0).all() and (out[5:15] == 200).all()
     assert resize_with_pad(image, 40, 80) is image
+
+
+def test_stretch_sends_the_whole_image_as_exported_demonstrations_have_it() -> None:
+    """``remote_image_resize: stretch``: a policy trained on `hybridvla export-demos` data (each frame squeezed to
+    a square, as our model sees it) gets its frames the same way, not letterboxed."""
+    robot = _robot()
+    obs = _obs(robot, size=(120, 160))
+    camera = obs.image(robot.camera_name)
+    stretched = RemoteMapping(robot, RemotePolicyParams(remote_image_size=(48, 48), remote_image_resize="stretch"))
+    got = stretched.request(obs)["observation/image"]
+    np.testing.assert_array_equal(got, cv2.resize(camera, (48, 48), interpolation=cv2.INTER_AREA))
+    padded = RemoteMapping(robot, RemotePolicyParams(remote_image_size=(48, 48))).request(obs)["observation/image"]
+    assert (padded[:6] == 0).all() and not (got[:6] == 0).all()  # the default pads (openpi's resize_with_pad)
+    with pytest.raises(ParameterError, match="remote_image_resize"):
+        from_params(RemotePolicyParams, {"remote_image_resize": "crop"})
 
 
 def test_reply_maps_back_relative_scaled_reordered_and_from_the_horizon_start() -> None:
