@@ -114,11 +114,14 @@ def test_a_chunk_that_jumps_is_reshaped_or_rejected_with_the_reason_and_steps_ca
         np.testing.assert_array_equal(preview, first[s.step_index + 1:s.step_index + 11])
         assert s.preview_period_s == pytest.approx(p.control_period_s)
 
-    # The next chunk is the same motion 0.3 rad higher on joint 1: a jump from what is executing.
-    jumped = _cruise(p, 200, 0.0)
+    # The next chunk, one period newer, is the same motion 0.3 rad higher on joint 1: a jump from what is
+    # executing in that joint alone (the others go on exactly, whichever row is executing when it arrives;
+    # stamped half a period later they were 2 mrad behind, a jerk the check refused at some rows).
+    dt = p.control_period_s
+    jumped = _cruise(p, 200, 0.2 * dt)
     jumped[:, 0] += 0.3
     n_steps = len(steps)
-    pub.publish(_chunk_msg(p, t0 + 0.01, jumped, seq=1))
+    pub.publish(_chunk_msg(p, t0 + dt, jumped, seq=1))
     assert ros.spin_until(lambda: status[-1].last_chunk_check != "", 10.0), ros.logs()
     last = status[-1]
     verb = "reshaped" if mode == "reshape" else "rejected"
@@ -139,7 +142,7 @@ def test_a_chunk_that_jumps_is_reshaped_or_rejected_with_the_reason_and_steps_ca
     else:
         assert all(s.chunk_seq == 1 for s in after)
         # It ramps in: joint 1 moves at most max_velocity per elapsed slot, nowhere near the 0.3 jump.
-        slots = after[0].step_index - before.step_index
+        slots = after[0].step_index + 1 - before.step_index  # chunk 1's row k is chunk 0's row k + 1
         assert abs(after[0].action[0] - before.action[0]) <= p.max_velocity[0] * p.control_period_s * slots + 1e-9
         assert after[-1].action[0] < jumped[after[-1].step_index, 0] - 0.05
     assert ros.spin_until(lambda: any(
