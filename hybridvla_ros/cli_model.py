@@ -99,6 +99,9 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="with --dataset: only the episodes marked successful (next.success, as hybridvla record "
                         "writes it)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes the DAgger rounds' closed-loop episodes run on, one torch thread each; the "
+                        "data do not depend on it (default: --threads)")
     p.add_argument("--image-size", type=int, default=PolicyConfig.image_size,
                    help=f"policy image size in pixels (default: {PolicyConfig.image_size})")
     p.add_argument("--heads", default="coarse_to_fine", choices=("coarse_to_fine", "config"),
@@ -239,7 +242,8 @@ def train_main(argv: list[str] | None = None) -> int:
         if args.dagger_rounds:
             rounds = DaggerConfig(rounds=args.dagger_rounds, episodes=args.dagger_episodes,
                                   train_steps=args.dagger_train_steps, keep=args.dagger_keep,
-                                  chunk_labels=args.chunk_labels)
+                                  chunk_labels=args.chunk_labels,
+                                  workers=args.workers if args.workers is not None else args.threads)
             result = dagger(result, demos, specs, params, args.config_dir, rounds, train_config, out_dir=args.out,
                             progress=progress, extra_log=extra_log)
     except (ValueError, OSError) as exc:  # ParameterError and CheckpointError are ValueErrors

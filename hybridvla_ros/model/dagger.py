@@ -21,7 +21,7 @@ import dataclasses
 import itertools
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,11 @@ from hybridvla_ros.core.dataset_keys import DEMO_PROPRIO
 from hybridvla_ros.core.image import resize_views
 from hybridvla_ros.model.demo_data import default_steps_per_episode
 from hybridvla_ros.model.policy import EmbodimentSpec
-from hybridvla_ros.model.runner import PolicyRunner
+from hybridvla_ros.model.runner import SeededPredictor
 from hybridvla_ros.model.train import TrainConfig, TrainResult, train, write_outputs
 from hybridvla_ros.sim.base import Simulator, render_cameras
 from hybridvla_ros.sim.demos import CHUNK_LABELS, validate_demonstrations
+from hybridvla_ros.sim.parallel import run_episodes
 from hybridvla_ros.sim.registry import make_sim, state_vector
 from hybridvla_ros.sim.rollout import RolloutResult, control_path, expert_chunk, rollout
 
@@ -64,57 +65,81 @@ class PolicyStates:
 
 def record_policy_states(predict: Any, params: Any, buffer_config: Any, limits: Any, episodes: int,
                          max_s: float, image_size: int, seed: int = 0, record_every: int = 1,
-                         chunk_labels: str = "full", cameras: tuple[str, ...] = ()) -> PolicyStates:
+                         chunk_labels: str = "full", cameras: tuple[str, ...] = (), workers: int = 1,
+                         reseed: Callable[[int], None] | None = None) -> PolicyStates:
     """Run ``episodes`` closed-loop episodes of ``predict`` (a rollout Predictor: (image, q) ->
     (chunk, confidence)) on the simulator ``params`` name (SimRobotParams: physics, scene,
     image size) and record every ``record_every``-th control step: the policy's-size image,
     the joint positions and the expert's chunk from that state (``chunk_labels`` as the
     demonstrations': "until_event" cuts it at the next suction-cup change; ``cameras``: the
     robot's cameras a multi-camera policy reads, each recorded and shown to it). Returns the data as a
-    demonstration dict plus the episodes' results. Raises ValueError for non-positive counts."""
+    demonstration dict plus the episodes' results. Each episode runs on a simulator of its own, after
+    ``reseed(episode index)`` (a policy's sampling seed), so with ``workers`` > 1 processes
+    (:func:`hybridvla_ros.sim.parallel.run_episodes`; ``predict`` and ``reseed`` must then pickle, as
+    :class:`hybridvla_ros.model.runner.SeededPredictor`'s methods do) the data are the same as with one.
+    Raises ValueError for non-positive counts."""
     for name, value in (("episodes", episodes), ("image_size", image_size), ("record_every", record_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    width, height = int(getattr(params, "image_width", 160)), int(getattr(params, "image_height", 120))
-    sim = make_sim(params, width, height, seed=seed, physics=getattr(params, "physics", "kinematic"),
-                   scene=getattr(params, "scene", "nominal"))
-    chunk = params.chunk_size
-    anchor = str(getattr(params, "camera_name", ""))
-    images: list[np.ndarray] = []
-    proprio: list[np.ndarray] = []
-    state: list[np.ndarray] = []
-    state_joints = tuple(getattr(params, "state_joints", ()))
-    actions: list[np.ndarray] = []
-    episode_ids: list[int] = []
-    results = []
     seeds = np.random.SeedSequence(seed + DAGGER_SEED_OFFSET).generate_state(episodes)
-    for e in range(episodes):  # episodes are sequential on one simulator
-        steps = itertools.count()
-
-        def observe(s: Simulator, e: int = e, steps: Any = steps) -> None:
-            if next(steps) % record_every == 0:
-                images.append(resize_views(render_cameras(s, cameras, anchor), image_size))  # ([K,] S, S, 3) uint8
-                proprio.append(np.asarray(s.positions, dtype=np.float32))  # (D,)
-                state.append(state_vector(s, state_joints).astype(np.float32))  # (E,)
-                actions.append(expert_chunk(s, chunk, until_event=chunk_labels == "until_event")
-                               .astype(np.float32))  # (T, D)
-                episode_ids.append(e)
-
-        sim.reset(seed=int(seeds[e]))
-        results.append(rollout(sim, predict, buffer_config, limits, max_s, params.success_tolerance_m,
-                               observe=observe, state_joints=state_joints,
-                               render=lambda s: render_cameras(s, cameras, anchor)))
+    run_one = _DaggerEpisode(predict, reseed, params, buffer_config, limits, max_s, image_size, seed, record_every,
+                             chunk_labels, tuple(cameras), tuple(int(x) for x in seeds))
+    done = run_episodes(run_one, episodes, workers)
     demos = {  # every episode records its first step, so none of these is empty
-        "images": np.stack(images),
-        "proprio": np.stack(proprio),
-        "state": np.stack(state),
-        "actions": np.stack(actions),
-        "episode": np.asarray(episode_ids, dtype=np.int32),
+        **{key: np.stack([x for rec, _ in done for x in rec[key]])
+           for key in ("images", "proprio", "state", "actions")},
+        "episode": np.concatenate([np.full(len(rec["proprio"]), e, dtype=np.int32)
+                                   for e, (rec, _) in enumerate(done)]),
         "embodiment": params.embodiment,
         "instruction": params.instruction,
         "control_period_s": float(params.control_period_s),
     }
-    return PolicyStates(demos=demos, results=results)
+    return PolicyStates(demos=demos, results=[result for _, result in done])
+
+
+@dataclass(frozen=True)
+class _DaggerEpisode:
+    """One episode of :func:`record_policy_states` (a class, not a closure: it pickles into a worker)."""
+
+    predict: Any
+    reseed: Callable[[int], None] | None
+    params: Any
+    buffer_config: Any
+    limits: Any
+    max_s: float
+    image_size: int
+    seed: int
+    record_every: int
+    chunk_labels: str
+    cameras: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+    def __call__(self, e: int) -> tuple[dict[str, list[np.ndarray]], RolloutResult]:
+        params, cameras = self.params, self.cameras
+        width, height = int(getattr(params, "image_width", 160)), int(getattr(params, "image_height", 120))
+        anchor = str(getattr(params, "camera_name", ""))
+        state_joints = tuple(getattr(params, "state_joints", ()))
+        sim = make_sim(params, width, height, seed=self.seed, physics=getattr(params, "physics", "kinematic"),
+                       scene=getattr(params, "scene", "nominal"))
+        rec: dict[str, list[np.ndarray]] = {"images": [], "proprio": [], "state": [], "actions": []}
+        steps = itertools.count()
+
+        def observe(s: Simulator) -> None:
+            if next(steps) % self.record_every == 0:
+                view = render_cameras(s, cameras, anchor)
+                rec["images"].append(resize_views(view, self.image_size))  # ([K,] S, S, 3) uint8
+                rec["proprio"].append(np.asarray(s.positions, dtype=np.float32))  # (D,)
+                rec["state"].append(state_vector(s, state_joints).astype(np.float32))  # (E,)
+                rec["actions"].append(expert_chunk(s, params.chunk_size, until_event=self.chunk_labels == "until_event")
+                                      .astype(np.float32))  # (T, D)
+
+        if self.reseed is not None:
+            self.reseed(e)
+        sim.reset(seed=self.seeds[e])
+        result = rollout(sim, self.predict, self.buffer_config, self.limits, self.max_s, params.success_tolerance_m,
+                         observe=observe, state_joints=state_joints,
+                         render=lambda s: render_cameras(s, cameras, anchor))
+        return rec, result
 
 
 def merge_demonstrations(first: Mapping[str, Any], then: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,6 +173,7 @@ class DaggerConfig:
     train_steps: int = 500      # optimizer steps after each round, all embodiments together
     keep: str = "best"          # "best": the round with the best closed-loop success; "last": the last one
     chunk_labels: str = "full"  # the expert's labels: as the demonstrations' (sim.demos.CHUNK_LABELS)
+    workers: int = 1            # processes the closed-loop episodes run on (sim.parallel.run_episodes)
 
     def __post_init__(self) -> None:
         if self.keep not in DAGGER_KEEP:
@@ -156,7 +182,7 @@ class DaggerConfig:
             raise ValueError(f"chunk_labels: one of {CHUNK_LABELS}, got {self.chunk_labels!r}")
         if self.rounds < 0:
             raise ValueError(f"rounds: must be >= 0, got {self.rounds!r}")
-        for name in ("episodes", "train_steps"):
+        for name in ("episodes", "train_steps", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)!r}")
 
@@ -184,15 +210,16 @@ def dagger(result: TrainResult, demos: list[dict[str, Any]], specs: Sequence[Emb
     for rnd in range(rounds.rounds + 1):
         point: dict[str, Any] = {"round": rnd}
         for i, p in enumerate(params):
-            runner = PolicyRunner(result.policy, result.config, p.embodiment, seed=seed + rnd)
-            predict = runner.predictor(p.instruction)
-            states = record_policy_states(predict, p, *paths[p.embodiment], rounds.episodes,
+            policy = SeededPredictor(result.policy, result.config, p.embodiment, p.instruction, seed + rnd)
+            states = record_policy_states(policy.predict, p, *paths[p.embodiment], rounds.episodes,
                                           max(DAGGER_EPISODE_S[p.physics],
                                               default_steps_per_episode(p) * p.control_period_s),
                                           result.config.image_size,
                                           seed=seed + rnd, record_every=DAGGER_RECORD_EVERY,
                                           chunk_labels=rounds.chunk_labels,
-                                          cameras=result.config.embodiment(p.embodiment).cameras)
+                                          cameras=result.config.embodiment(p.embodiment).cameras,
+                                          workers=rounds.workers,
+                                          reseed=policy.reseed)
             point[p.embodiment] = {"success_rate": states.success_rate,
                                    "final_error_m_median": float(np.median([r.final_error_m for r in states.results])),
                                    "states": len(states.demos[DEMO_PROPRIO])}

@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -213,6 +214,11 @@ class PolicyRunner:
             raise ValueError(f"prefix: expected ({self.chunk_size}, {self.action_dim}) targets, "
                              f"got {prefix.targets.shape}")
 
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling noise from ``seed`` and forget the cached image (an episode of its own)."""
+        self._generator.manual_seed(int(seed))
+        self._last_image = self._last_image_tokens = None
+
     def predictor(self, instruction: str) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, float]]:
         """This runner as a :mod:`hybridvla_ros.sim.rollout` Predictor for ``instruction``:
         (image, joint positions, state joints) -> (actions (T, D), confidence)."""
@@ -343,6 +349,32 @@ def _predictor(runner: PolicyRunner | ExportedRunner,
         return out.actions, out.confidence
 
     return predict
+
+
+class SeededPredictor:
+    """A policy as a rollout Predictor that pickles into a worker: ``predict(image, q, state)`` and
+    ``reseed(episode)`` (the sampling seed of that episode of a collection seeded ``seed``). The runner
+    is made in the process that predicts (a torch generator does not travel)."""
+
+    def __init__(self, policy: Any, config: Any, embodiment: str, instruction: str, seed: int) -> None:
+        self.policy, self.config, self.embodiment = policy, config, embodiment
+        self.instruction, self.seed = instruction, int(seed)
+        self._runner: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_runner": None}
+
+    def _get_runner(self) -> Any:
+        if self._runner is None:
+            self._runner = PolicyRunner(self.policy, self.config, self.embodiment, seed=self.seed)
+        return self._runner
+
+    def reseed(self, episode: int) -> None:
+        self._get_runner().reseed(int(np.random.SeedSequence([self.seed, episode]).generate_state(1)[0]))
+
+    def predict(self, image: np.ndarray, q: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
+        out = self._get_runner().predict(image, q, self.instruction, state=state)
+        return out.actions, out.confidence
 
 
 def load_runner(checkpoint_dir: str | os.PathLike[str], embodiment: str, runtime: str = "torch",

@@ -39,6 +39,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -69,38 +70,58 @@ EPISODES_FILE = "episodes.json"
 
 
 def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: int, seed: int, max_s: float,
-                         scene: str = "nominal") -> list[dict[str, Any]]:
+                         scene: str = "nominal", workers: int = 1) -> list[dict[str, Any]]:
     """``episodes`` closed-loop episodes of ``policy`` (None: the scripted expert's own chunks) on
     fresh scenes ``seed .. seed + episodes - 1``: per episode success, final task error, the
     expert's phase at the end (simulators that name phases) and, where the simulator reports
     its grip (the Franka's suction cup), the cup's horizontal offset from the cube centre at
-    each grip and the cube's distance from the target at each release (m)."""
-    from hybridvla_ros.launch_description import default_config_dir, params_file_for
-    from hybridvla_ros.model.demo_data import load_embodiment
-    from hybridvla_ros.model.runner import PolicyRunner
-    from hybridvla_ros.sim.base import render_cameras
-    from hybridvla_ros.sim.registry import make_sim
-    from hybridvla_ros.sim.rollout import control_path, expert_predictor, rollout
+    each grip and the cube's distance from the target at each release (m). Each episode runs on
+    a simulator of its own with the policy's sampling seeded by its scene seed, so the episodes
+    give the same results on ``workers`` processes as on one
+    (:func:`hybridvla_ros.sim.parallel.run_episodes`)."""
+    from hybridvla_ros.sim.parallel import run_episodes
 
-    p = load_embodiment(default_config_dir(), embodiment)  # its sim_robot parameters
-    buffer_config, limits = control_path(params_file_for(embodiment))
-    sim = make_sim(p, p.image_width, p.image_height, seed=seed, physics=p.physics, scene=scene)
-    cameras: tuple[str, ...] = ()
-    if policy is None:  # the reference: the scripted expert's own chunks through the same path
-        predict = expert_predictor(sim, p.chunk_size)
-    else:
-        predict = PolicyRunner(policy, config, embodiment, seed=seed).predictor(p.instruction)
-        cameras = config.embodiment(embodiment).cameras  # a multi-camera policy sees each
-    out = []
-    for k in range(episodes):  # episodes run one after another on one simulator
+    return run_episodes(_EvalEpisode(policy, config, embodiment, seed, max_s, scene), episodes, workers)
+
+
+@dataclass(frozen=True)
+class _EvalEpisode:
+    """Episode k of :func:`closed_loop_episodes` (a class, not a closure: it pickles into a worker)."""
+
+    policy: Any
+    config: Any
+    embodiment: str
+    seed: int
+    max_s: float
+    scene: str
+
+    def __call__(self, k: int) -> dict[str, Any]:
+        from hybridvla_ros.launch_description import default_config_dir, params_file_for
+        from hybridvla_ros.model.demo_data import load_embodiment
+        from hybridvla_ros.model.runner import SeededPredictor
+        from hybridvla_ros.sim.base import render_cameras
+        from hybridvla_ros.sim.registry import make_sim
+        from hybridvla_ros.sim.rollout import control_path, expert_predictor, rollout
+
+        seed = self.seed
+        p = load_embodiment(default_config_dir(), self.embodiment)  # its sim_robot parameters
+        buffer_config, limits = control_path(params_file_for(self.embodiment))
+        sim = make_sim(p, p.image_width, p.image_height, seed=seed, physics=p.physics, scene=self.scene)
+        cameras: tuple[str, ...] = ()
+        if self.policy is None:  # the reference: the scripted expert's own chunks through the same path
+            predict = expert_predictor(sim, p.chunk_size)
+        else:
+            cameras = self.config.embodiment(self.embodiment).cameras  # a multi-camera policy sees each
+            policy = SeededPredictor(self.policy, self.config, self.embodiment, p.instruction, seed)
+            policy.reseed(k)
+            predict = policy.predict
         sim.reset(seed=seed + k)
         grip_points: list[list[float]] = []
         releases: list[float] = []
         held = [bool(getattr(sim, "grasped", False))]
         cube_start = getattr(sim, "cube_position", None)
 
-        def observe(s: Any, grip_points: list[list[float]] = grip_points, releases: list[float] = releases,
-                    held: list[bool] = held) -> None:
+        def observe(s: Any) -> None:
             now = bool(getattr(s, "grasped", False))
             if now and not held[0]:
                 cup, cube = s.end_effector_positions()[0][:2], s.cube_position[:2]
@@ -109,16 +130,15 @@ def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: in
                 releases.append(float(s.task_error_m()))
             held[0] = now
 
-        r = rollout(sim, predict, buffer_config, limits, max_s, p.success_tolerance_m, observe=observe,
+        r = rollout(sim, predict, buffer_config, limits, self.max_s, p.success_tolerance_m, observe=observe,
                     state_joints=p.state_joints, render=lambda s: render_cameras(s, cameras, p.camera_name))
-        out.append({"seed": seed + k, "success": bool(r.success), "final_error_m": float(r.final_error_m),
-                    "time_to_success_s": None if math.isnan(r.time_to_success_s) else r.time_to_success_s,
-                    "end_phase": getattr(sim, "phase", None),
-                    "grip_offsets_m": [float(np.hypot(x - cx, y - cy)) for x, y, cx, cy in grip_points],
-                    "grip_points_m": grip_points,  # [cup x, cup y, cube x, cube y] at each grip
-                    "cube_start_m": None if cube_start is None else [float(v) for v in cube_start[:2]],
-                    "release_errors_m": releases, "safety_modified": int(r.safety_modified)})
-    return out
+        return {"seed": seed + k, "success": bool(r.success), "final_error_m": float(r.final_error_m),
+                "time_to_success_s": None if math.isnan(r.time_to_success_s) else r.time_to_success_s,
+                "end_phase": getattr(sim, "phase", None),
+                "grip_offsets_m": [float(np.hypot(x - cx, y - cy)) for x, y, cx, cy in grip_points],
+                "grip_points_m": grip_points,  # [cup x, cup y, cube x, cube y] at each grip
+                "cube_start_m": None if cube_start is None else [float(v) for v in cube_start[:2]],
+                "release_errors_m": releases, "safety_modified": int(r.safety_modified)}
 
 
 def grip_tracking(episodes: list[dict[str, Any]]) -> float | None:

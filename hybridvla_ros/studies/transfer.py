@@ -36,12 +36,13 @@ def sim_params(embodiment: str) -> SimRobotParams:
 
 
 def policy_success(policy: Any, config: Any, embodiment: str, episodes: int, seed: int, max_s: float,
-                   scene: str = "nominal") -> dict[str, Any]:
-    """Closed-loop episodes of ``policy`` on fresh scenes (seeds ``seed..seed+episodes-1``): the
-    success rate and the median final error (:func:`policy_quality.closed_loop_episodes` has each one)."""
+                   scene: str = "nominal", workers: int = 1) -> dict[str, Any]:
+    """Closed-loop episodes of ``policy`` on fresh scenes (seeds ``seed..seed+episodes-1``, on ``workers``
+    processes): the success rate and the median final error (:func:`policy_quality.closed_loop_episodes`
+    has each one)."""
     from hybridvla_ros.studies.policy_quality import closed_loop_episodes
 
-    results = closed_loop_episodes(policy, config, embodiment, episodes, seed, max_s, scene)
+    results = closed_loop_episodes(policy, config, embodiment, episodes, seed, max_s, scene, workers)
     return {"episodes": episodes, "success_rate": float(np.mean([r["success"] for r in results])),
             "final_error_m_median": float(np.median([r["final_error_m"] for r in results]))}
 
@@ -68,7 +69,7 @@ def _train_with_dagger(demos: list[Any], specs: list[Any], params: list[Any], ar
                    out_dir=None if args.dagger_rounds else out_dir, progress=True)
     if args.dagger_rounds:
         rounds = DaggerConfig(rounds=args.dagger_rounds, episodes=args.dagger_episodes,
-                              train_steps=args.dagger_train_steps * n)
+                              train_steps=args.dagger_train_steps * n, workers=args.threads)
         result = dagger(result, list(demos), specs, params, default_config_dir(), rounds, train_config,
                         out_dir=out_dir, progress=True, extra_log={})
     return result

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from hybridvla_ros.cli_model import train_main
 from hybridvla_ros.model.checkpoint import load_checkpoint
@@ -35,7 +34,8 @@ EVAL_SEED = 50_000        # scene seeds no recording or DAgger round used
 # the README; before DAgger, 0/20 in each of three runs.
 STATED_PLACED = 1
 # 1500 optimizer steps, not the default 4500 (which places more, study 5): the floor was measured with
-# these, and the suite stays within its time.
+# these, and the suite stays within its time. The closed-loop episodes (DAgger's and the 40 here) run on
+# 2 processes (--threads 2 gives DAgger 2 workers): the same numbers as on one, in about half the time.
 RECIPE = ["--embodiments", "franka", "--train-steps", "1500", "--dagger-rounds", "2", "--dagger-episodes",
           str(DAGGER_EPISODES), "--threads", "2", "--quiet"]
 
@@ -47,8 +47,7 @@ def test_a_policy_trained_on_the_experts_demonstrations_places_cubes(tmp_path) -
     curve = [point["franka"]["success_rate"] for point in log["dagger"]]
     policy, config = load_checkpoint(out)
     assert config.embodiment("franka").state_joints == ("suction_cup",)
-    torch.set_num_threads(2)
-    result = policy_success(policy, config, "franka", EPISODES, EVAL_SEED, max_s=8.0)
+    result = policy_success(policy, config, "franka", EPISODES, EVAL_SEED, max_s=8.0, workers=2)
     placed = round(result["success_rate"] * EPISODES)
     print(f"DAgger curve {curve}, kept round {log['dagger_kept_round']}; {EPISODES} fresh episodes: {result}; "
           f"placed {placed} of {EPISODES}")
