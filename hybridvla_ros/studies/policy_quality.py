@@ -76,8 +76,8 @@ def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: in
     expert's phase at the end (simulators that name phases) and, where the simulator reports
     its grip (the Franka's suction cup), the cup's horizontal offset from the cube centre at
     each grip and the cube's distance from the target at each release (m). Each episode runs on
-    a simulator of its own with the policy's sampling seeded by its scene seed, so the episodes
-    give the same results on ``workers`` processes as on one
+    a simulator of its own with the policy's sampling seeded per episode (SeededPredictor.reseed),
+    so the episodes give the same results on ``workers`` processes as on one
     (:func:`hybridvla_ros.sim.parallel.run_episodes`)."""
     from hybridvla_ros.sim.parallel import run_episodes
 
