@@ -138,7 +138,7 @@ def test_a_teleop_session_on_the_simulated_franka_becomes_a_dataset_we_train_on(
         output = recorder.communicate(timeout=600)[0]
     assert recorder.returncode == 0, output[-3000:]
     episodes = [read_episode(p) for p in finished_episodes(rec)]
-    assert len(episodes) == EPISODES and all(len(e) > 10 for e in episodes), [len(e) for e in episodes]
+    assert len(episodes) == EPISODES and all(len(e) >= 10 for e in episodes), [len(e) for e in episodes]
     # The robot moved under the human's commands and the recorder saw it: the arm left home.
     moved = max(float(np.abs(e.state[:, :7] - e.state[0, :7]).max()) for e in episodes)
     assert moved > 0.02, f"the arm did not move under teleop ({moved:.4f} rad)\n{ros.logs()}"
