@@ -9,6 +9,7 @@
     hybridvla bench-precision                               # 1 mm reaching: token chunk vs flow-refined
     hybridvla bench-chunking                                # seams under inference delay: none / blend / RTC
     hybridvla bench-timing                                  # command period jitter: event vs timing thread
+    hybridvla bench-remote                                  # served (hybridvla serve) vs in-process time per chunk
     hybridvla serve --checkpoint runs/policy --port 8000    # our model to robots (policy_source: remote)
     hybridvla serve-lerobot --policy-dir DIR --port 8000    # a LeRobot policy, from .venv-lerobot
     hybridvla eval --embodiment franka --episodes 10        # closed-loop episodes through the graph
@@ -219,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "chunking (see hybridvla bench-chunking --help)", add_help=False)
     sub.add_parser("bench-timing", help="command period jitter per safety-filter timing mode under CPU load "
                                         "(see hybridvla bench-timing --help)", add_help=False)
+    sub.add_parser("bench-remote", help="time per chunk served by hybridvla serve (or a LeRobot sidecar) against "
+                                        "in-process (see hybridvla bench-remote --help)", add_help=False)
     sub.add_parser("bench-model", help="fp32 / int8 / bf16 / ONNX Runtime inference side by side "
                    "(see hybridvla bench-model --help)", add_help=False)
     sub.add_parser("record", help="record teleoperated demonstrations from the robot's topics into a "
@@ -299,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "bench-timing":
         from hybridvla_ros import bench_timing
         return bench_timing.main(argv[1:])
+    if argv and argv[0] == "bench-remote":
+        from hybridvla_ros import bench_remote
+        return bench_remote.main(argv[1:])
     if argv and argv[0] == "record":
         from hybridvla_ros import record
         return record.main(argv[1:])

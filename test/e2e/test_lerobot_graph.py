@@ -356,3 +356,20 @@ def test_lerobot_act_drives_the_whole_graph_on_the_simulated_franka(ros, franka_
         listener.close()
         sidecar.stop()
 
+
+def test_bench_remote_times_the_act_through_the_sidecar(franka_act: TrainedAct, tmp_path: Path) -> None:
+    """``hybridvla bench-remote --lerobot-policy-dir``: the sidecar's round trip and its model time per chunk."""
+    import json
+
+    from hybridvla_ros import bench_remote
+
+    out = tmp_path / "bench_remote.json"
+    assert bench_remote.main(["--no-checkpoint", "--lerobot-policy-dir", str(franka_act.policy_dir), "--requests",
+                              "3", "--warmup", "1", "--threads", "2", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    act = written["lerobot"]
+    assert "checkpoint" not in written
+    assert act["policy_type"] == "act" and act["action_horizon"] == CHUNK
+    assert set(act["input_features"]) == {CAM, WRIST, "observation.state"}
+    assert act["round_trip"]["n"] == act["model"]["n"] == 3
+    assert 0 < act["model"]["p50_ms"] <= act["round_trip"]["p50_ms"]

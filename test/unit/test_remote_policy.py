@@ -303,3 +303,32 @@ def test_batched_forward_matches_one_by_one(small_checkpoint: str) -> None:
         model.parse({"observation/image": requests[0].images[0], "observation/state": np.zeros(3)})
     with pytest.raises(ValueError, match="embodiment"):
         model.parse({"embodiment": "leap"})
+
+
+# --- hybridvla bench-remote
+def test_bench_remote_times_the_same_chunks_served_and_in_process(small_checkpoint: str, tmp_path) -> None:
+    """The benchmark's two sides compute the same chunks (else it refuses to compare them), and it writes
+    both sides' timings and their ratio."""
+    import json
+
+    from hybridvla_ros import cli
+
+    out = tmp_path / "bench_remote.json"
+    assert cli.main(["bench-remote", "--checkpoint", small_checkpoint, "--requests", "4", "--warmup", "1",
+                     "--out", str(out)]) == 0
+    ours = json.loads(out.read_text())["checkpoint"]
+    assert ours["embodiment"] == "franka" and ours["max_abs_diff"] < 1e-5
+    for side in ("builtin", "remote", "overhead"):
+        assert ours[side]["n"] == 4
+    assert ours["builtin"]["p50_ms"] > 0 and ours["remote"]["min_ms"] > 0
+    assert ours["ratio_p50"] == pytest.approx(ours["remote"]["p50_ms"] / ours["builtin"]["p50_ms"])
+
+
+def test_bench_remote_says_what_is_missing(tmp_path, capsys) -> None:
+    from hybridvla_ros import cli
+
+    assert cli.main(["bench-remote", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "b.json")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert cli.main(["bench-remote", "--no-checkpoint"]) == 2
+    assert "--lerobot-policy-dir" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
