@@ -302,6 +302,7 @@ def plot(result: dict[str, Any], path: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from hybridvla_ros.model.export import VARIANT_KINDS
     from hybridvla_ros.model.policy import HEAD_MODES
+    from hybridvla_ros.params.config_files import default_config_dir
 
     all_modes = sorted({m for modes in HEAD_MODES.values() for m in modes})
     ap = argparse.ArgumentParser(prog="hybridvla bench-model", description=__doc__,
@@ -311,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--kinds", nargs="+", default=list(VARIANT_KINDS), choices=VARIANT_KINDS)
     ap.add_argument("--modes", nargs="+", default=None, choices=all_modes,
                     help="inference modes to bench where the head serves them (default: every mode each head serves)")
-    ap.add_argument("--config-dir", default="config", help="directory with <embodiment>.yaml (default: config)")
+    ap.add_argument("--config-dir", default=default_config_dir(),
+                    help="directory with <embodiment>.yaml (default: the package's config/)")
     ap.add_argument("--episodes", type=int, default=2, help="held-out episodes recorded per embodiment (default: 2)")
     ap.add_argument("--steps-per-episode", type=int, default=40, help="control steps per held-out episode")
     ap.add_argument("--seed", type=int, default=12345, help="recording seed of the held-out episodes")

@@ -32,6 +32,7 @@ import torch
 
 from hybridvla_ros.model.policy import CoarseToFineHead
 from hybridvla_ros.model.runner import PolicyRunner
+from hybridvla_ros.params.config_files import default_config_dir
 
 DEFAULT_OUT = "runs/bench_precision.json"
 EPISODE_SEED_BASE = 1_000_003  # far from the demonstrations' per-episode seeds
@@ -176,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hybridvla bench-precision", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="checkpoints/default", help="a checkpoint with coarse_to_fine heads")
     p.add_argument("--embodiment", default="franka", help="an arm in config/ (default: franka)")
-    p.add_argument("--config-dir", default="config")
+    p.add_argument("--config-dir", default=default_config_dir(), help="directory with <embodiment>.yaml (default: the "
+                   "package's config/)")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--steps", type=int, default=120, help="control periods per episode (default: 120)")
     p.add_argument("--tolerance-mm", type=float, default=1.0)

@@ -104,14 +104,19 @@ def test_the_commands_that_need_lerobot_say_how_to_make_its_environment(tmp_path
 
 
 def test_the_commands_find_the_robots_files_from_any_directory(tmp_path, monkeypatch) -> None:
-    """``hybridvla train`` and ``export-demos`` read <embodiment>.yaml from the package's config/ by default,
+    """``hybridvla train``, ``export-demos`` and the model benchmarks read <embodiment>.yaml from the package's config/ by default,
     not from a ``config`` folder under wherever the command is run (which said "no such file" outside the
     repository)."""
+    from hybridvla_ros import bench_remote
     from hybridvla_ros.cli import build_parser
     from hybridvla_ros.cli_model import build_train_parser
+    from hybridvla_ros.model import bench_model, bench_precision
 
     monkeypatch.chdir(tmp_path)
     for config_dir in (build_train_parser().parse_args([]).config_dir,
-                       build_parser().parse_args(["export-demos", "--demos", "d.npz", "--out", "o"]).config_dir):
+                       build_parser().parse_args(["export-demos", "--demos", "d.npz", "--out", "o"]).config_dir,
+                       bench_model.build_parser().parse_args([]).config_dir,
+                       bench_precision.build_parser().parse_args([]).config_dir,
+                       bench_remote.build_parser().parse_args([]).config_dir):
         assert config_dir == default_config_dir()
         assert os.path.isfile(os.path.join(config_dir, "franka.yaml"))
