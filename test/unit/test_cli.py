@@ -104,9 +104,9 @@ def test_the_commands_that_need_lerobot_say_how_to_make_its_environment(tmp_path
 
 
 def test_the_commands_find_the_robots_files_from_any_directory(tmp_path, monkeypatch) -> None:
-    """``hybridvla train``, ``export-demos`` and the model benchmarks read <embodiment>.yaml from the package's config/ by default,
-    not from a ``config`` folder under wherever the command is run (which said "no such file" outside the
-    repository)."""
+    """``hybridvla train``, ``export-demos`` and the model benchmarks read <embodiment>.yaml from the package's
+    config/ by default, not from a ``config`` folder under wherever the command is run (which said "no such
+    file" outside the repository)."""
     from hybridvla_ros import bench_remote
     from hybridvla_ros.cli import build_parser
     from hybridvla_ros.cli_model import build_train_parser
