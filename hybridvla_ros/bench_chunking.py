@@ -10,8 +10,9 @@ chunks, in one run on the same episode seeds:
 - ``blend``: the buffer cross-fades ``blend_steps`` periods at the seam (the parameter file's);
 - ``rtc``: real-time chunking: the policy is given the executing chunk's targets for the slots
   that run before the new chunk arrives (:class:`~hybridvla_ros.core.rtc.ChunkPrefix`) and makes
-  its chunk agree with them (the scripted expert plans from where they leave the robot; our
-  flow and coarse-to-fine heads inpaint), no blending.
+  its chunk agree with them (the scripted expert plans from where they leave the robot, guided
+  toward the executing chunk over the rest of the overlap; our flow and coarse-to-fine heads
+  inpaint), no blending.
 
 Per policy, delay and mode: task success with a Wilson 95 % interval; the jump at the seams in
 what the buffer asks for (before the safety filter: the largest joint's step between two

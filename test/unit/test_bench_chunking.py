@@ -97,3 +97,19 @@ def test_the_benchmark_writes_its_table_and_plot(tmp_path) -> None:  # type: ign
     assert set(rows) == {"0s none", "0s blend", "0s rtc", "0.1s none", "0.1s blend", "0.1s rtc"}
     assert all(r["episodes"] == 1 and len(r["wilson95"]) == 2 for r in rows.values())
     assert png.stat().st_size > 0
+
+
+def test_rtc_keeps_the_experts_seams_as_smooth_as_its_chunks_at_300_ms(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17's goal, seam jerk <= 1.5x in-chunk jerk at 300 ms, for the scripted expert with real-time
+    chunking (kinematic Franka, 3 episodes: 0.9x here; without chunk joining 74x; before the expert was guided
+    over the overlap, only frozen, 6.0x)."""
+    import json
+
+    out = tmp_path / "c.json"
+    assert bench_main(["--physics", "kinematic", "--delays", "0.3", "--modes", "none", "rtc", "--episodes", "3",
+                       "--max-s", "6", "--out", str(out), "--plot", ""]) == 0
+    rows = json.loads(out.read_text())["policies"]["scripted expert"]["rows"]
+    rtc, none = rows["0.3s rtc"], rows["0.3s none"]
+    assert rtc["successes"] == 3 and rtc["seams"] >= 5
+    assert rtc["seam_to_chunk_jerk"] <= 1.5, rtc
+    assert rtc["seam_jump_max"] < 0.1 * none["seam_jump_max"], (rtc, none)
