@@ -110,7 +110,8 @@ def _observations(robot: Any, count: int, size: tuple[int, int], seed: int) -> l
 
 
 def bench_checkpoint(checkpoint: str, embodiment: str, config_dir: str, requests: int, warmup: int, threads: int,
-                     image_size: tuple[int, int], log_dir: str, say: Callable[[str], None] = print) -> dict[str, Any]:
+                     image_size: tuple[int, int], log_dir: str, runtime: str = "torch",
+                     say: Callable[[str], None] = print) -> dict[str, Any]:
     """``hybridvla serve`` + the remote source against the builtin source, for one checkpoint and head."""
     import torch
 
@@ -123,14 +124,14 @@ def bench_checkpoint(checkpoint: str, embodiment: str, config_dir: str, requests
     torch.set_num_threads(threads)
     robot = from_params(InferenceParams, load_node_params(os.path.join(config_dir, f"{embodiment}.yaml"),
                                                           "inference"))
-    robot = dataclasses.replace(robot, checkpoint_path=checkpoint, num_threads=threads)
+    robot = dataclasses.replace(robot, checkpoint_path=checkpoint, num_threads=threads, runtime=runtime)
     server = ServerProcess([sys.executable, "-m", "hybridvla_ros.serve", "--checkpoint", checkpoint, "--embodiment",
-                            embodiment, "--port", "0", "--threads", str(threads), "--confidence-samples",
-                            str(robot.confidence_samples)], log_dir, "serve")
+                            embodiment, "--port", "0", "--threads", str(threads), "--runtime", runtime,
+                            "--confidence-samples", str(robot.confidence_samples)], log_dir, "serve")
     local = make_builtin_policy(robot, checkpoint)
     local.warmup()
     url = server.start()
-    say(f"hybridvla serve at {url} ({embodiment}, {threads} thread(s))")
+    say(f"hybridvla serve at {url} ({embodiment}, {runtime}, {threads} thread(s))")
     try:
         remote_params = RemotePolicyParams(remote_url=url, remote_image_size=(), remote_deadline_s=60.0)
         remote = RemotePolicy(RemoteMapping(robot, remote_params), remote_params)
@@ -156,7 +157,8 @@ def bench_checkpoint(checkpoint: str, embodiment: str, config_dir: str, requests
                            f"did not compute the same thing, so their times are no comparison")
     overhead = [r - b for r, b in zip(times["remote"], times["builtin"])]
     result: dict[str, Any] = {
-              "checkpoint": checkpoint, "embodiment": embodiment, "threads": threads, "image_size": list(image_size),
+              "checkpoint": checkpoint, "embodiment": embodiment, "runtime": runtime, "threads": threads,
+              "image_size": list(image_size),
               "cameras": list(local.runner.cameras) or [robot.camera_name], "chunk_size": robot.chunk_size,
               "confidence_samples": robot.confidence_samples, "max_abs_diff": worst,
               "builtin": percentiles(times["builtin"]), "remote": percentiles(times["remote"]),
@@ -219,8 +221,8 @@ def _line(name: str, s: dict[str, float]) -> str:
 
 def report_checkpoint(ours: dict[str, Any]) -> str:
     """The lines printed for our model."""
-    return "\n".join([f"our {ours['embodiment']} head, {ours['builtin']['n']} requests each, chunks identical "
-                      f"(max |diff| {ours['max_abs_diff']:.1e}):",
+    return "\n".join([f"our {ours['embodiment']} head ({ours['runtime']}), {ours['builtin']['n']} requests each, "
+                      f"chunks identical (max |diff| {ours['max_abs_diff']:.1e}):",
                       *(_line(name, ours[name]) for name in ("builtin", "remote", "overhead")),
                       f"  remote / in-process (p50): {ours['ratio_p50']:.2f}x"])
 
@@ -232,6 +234,8 @@ def report_lerobot(lr: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hybridvla_ros.model.runner import RUNTIMES
+
     ap = argparse.ArgumentParser(prog="hybridvla bench-remote", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="checkpoints/default", help="our checkpoint (default: checkpoints/default)")
     ap.add_argument("--no-checkpoint", action="store_true", help="measure only --lerobot-policy-dir")
@@ -242,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--requests", type=int, default=200, help="timed requests per source (default: 200)")
     ap.add_argument("--warmup", type=int, default=10, help="untimed requests first (default: 10)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each side (default: 1)")
+    ap.add_argument("--runtime", default="torch", choices=RUNTIMES, help="what runs our model, on both sides "
+                    "(default: torch)")
     ap.add_argument("--image-size", type=int, nargs=2, default=(120, 160), metavar=("H", "W"),
                     help="camera image size (default: the simulated camera's 120 160)")
     ap.add_argument("--out", default="runs/bench_remote.json")
@@ -265,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if not args.no_checkpoint:
                 ours = bench_checkpoint(args.checkpoint, args.embodiment, args.config_dir, args.requests, args.warmup,
-                                        args.threads, tuple(args.image_size), log_dir)
+                                        args.threads, tuple(args.image_size), log_dir, args.runtime)
                 result["checkpoint"] = ours
                 print(report_checkpoint(ours))
             if args.lerobot_policy_dir:
