@@ -157,12 +157,11 @@ def bench_checkpoint(checkpoint: str, embodiment: str, config_dir: str, requests
                            f"did not compute the same thing, so their times are no comparison")
     overhead = [r - b for r, b in zip(times["remote"], times["builtin"])]
     result: dict[str, Any] = {
-              "checkpoint": checkpoint, "embodiment": embodiment, "runtime": runtime, "threads": threads,
-              "image_size": list(image_size),
-              "cameras": list(local.runner.cameras) or [robot.camera_name], "chunk_size": robot.chunk_size,
-              "confidence_samples": robot.confidence_samples, "max_abs_diff": worst,
-              "builtin": percentiles(times["builtin"]), "remote": percentiles(times["remote"]),
-              "overhead": percentiles(overhead)}
+        "checkpoint": checkpoint, "embodiment": embodiment, "runtime": runtime, "threads": threads,
+        "image_size": list(image_size), "cameras": list(local.runner.cameras) or [robot.camera_name],
+        "chunk_size": robot.chunk_size, "confidence_samples": robot.confidence_samples, "max_abs_diff": worst,
+        "builtin": percentiles(times["builtin"]), "remote": percentiles(times["remote"]),
+        "overhead": percentiles(overhead)}
     result["ratio_p50"] = result["remote"]["p50_ms"] / result["builtin"]["p50_ms"]
     return result
 

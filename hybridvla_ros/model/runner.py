@@ -359,22 +359,25 @@ class SeededPredictor:
     def __init__(self, policy: Any, config: Any, embodiment: str, instruction: str, seed: int) -> None:
         self.policy, self.config, self.embodiment = policy, config, embodiment
         self.instruction, self.seed = instruction, int(seed)
-        self._runner: Any = None
+        self._runner: PolicyRunner | None = None
+        self._predict: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, float]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runner": None}
+        return {**self.__dict__, "_runner": None, "_predict": None}
 
-    def _get_runner(self) -> Any:
+    def _get_runner(self) -> PolicyRunner:
         if self._runner is None:
             self._runner = PolicyRunner(self.policy, self.config, self.embodiment, seed=self.seed)
+            self._predict = self._runner.predictor(self.instruction)
         return self._runner
 
     def reseed(self, episode: int) -> None:
         self._get_runner().reseed(int(np.random.SeedSequence([self.seed, episode]).generate_state(1)[0]))
 
     def predict(self, image: np.ndarray, q: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, float]:
-        out = self._get_runner().predict(image, q, self.instruction, state=state)
-        return out.actions, out.confidence
+        self._get_runner()
+        assert self._predict is not None
+        return self._predict(image, q, state)
 
 
 def load_runner(checkpoint_dir: str | os.PathLike[str], embodiment: str, runtime: str = "torch",

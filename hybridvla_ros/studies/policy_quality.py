@@ -79,42 +79,44 @@ def closed_loop_episodes(policy: Any, config: Any, embodiment: str, episodes: in
     a simulator of its own with the policy's sampling seeded per episode (SeededPredictor.reseed),
     so the episodes give the same results on ``workers`` processes as on one
     (:func:`hybridvla_ros.sim.parallel.run_episodes`)."""
+    from hybridvla_ros.launch_description import default_config_dir, params_file_for
+    from hybridvla_ros.model.demo_data import load_embodiment
+    from hybridvla_ros.model.runner import SeededPredictor
     from hybridvla_ros.sim.parallel import run_episodes
+    from hybridvla_ros.sim.rollout import control_path
 
-    return run_episodes(_EvalEpisode(policy, config, embodiment, seed, max_s, scene), episodes, workers)
+    p = load_embodiment(default_config_dir(), embodiment)  # its sim_robot parameters
+    buffer_config, limits = control_path(params_file_for(embodiment))
+    seeded = None if policy is None else SeededPredictor(policy, config, embodiment, p.instruction, seed)
+    cameras = () if policy is None else tuple(config.embodiment(embodiment).cameras)  # a multi-camera policy sees each
+    return run_episodes(_EvalEpisode(seeded, p, buffer_config, limits, cameras, seed, max_s, scene), episodes, workers)
 
 
 @dataclass(frozen=True)
 class _EvalEpisode:
     """Episode k of :func:`closed_loop_episodes` (a class, not a closure: it pickles into a worker)."""
 
-    policy: Any
-    config: Any
-    embodiment: str
+    policy: Any                  # a SeededPredictor, or None: the scripted expert's own chunks
+    params: Any                  # the robot's sim_robot parameters
+    buffer_config: Any
+    limits: Any
+    cameras: tuple[str, ...]
     seed: int
     max_s: float
     scene: str
 
     def __call__(self, k: int) -> dict[str, Any]:
-        from hybridvla_ros.launch_description import default_config_dir, params_file_for
-        from hybridvla_ros.model.demo_data import load_embodiment
-        from hybridvla_ros.model.runner import SeededPredictor
         from hybridvla_ros.sim.base import render_cameras
         from hybridvla_ros.sim.registry import make_sim
-        from hybridvla_ros.sim.rollout import control_path, expert_predictor, rollout
+        from hybridvla_ros.sim.rollout import expert_predictor, rollout
 
-        seed = self.seed
-        p = load_embodiment(default_config_dir(), self.embodiment)  # its sim_robot parameters
-        buffer_config, limits = control_path(params_file_for(self.embodiment))
+        seed, p, cameras = self.seed, self.params, self.cameras
         sim = make_sim(p, p.image_width, p.image_height, seed=seed, physics=p.physics, scene=self.scene)
-        cameras: tuple[str, ...] = ()
         if self.policy is None:  # the reference: the scripted expert's own chunks through the same path
             predict = expert_predictor(sim, p.chunk_size)
         else:
-            cameras = self.config.embodiment(self.embodiment).cameras  # a multi-camera policy sees each
-            policy = SeededPredictor(self.policy, self.config, self.embodiment, p.instruction, seed)
-            policy.reseed(k)
-            predict = policy.predict
+            self.policy.reseed(k)
+            predict = self.policy.predict
         sim.reset(seed=seed + k)
         grip_points: list[list[float]] = []
         releases: list[float] = []
@@ -130,7 +132,7 @@ class _EvalEpisode:
                 releases.append(float(s.task_error_m()))
             held[0] = now
 
-        r = rollout(sim, predict, buffer_config, limits, self.max_s, p.success_tolerance_m, observe=observe,
+        r = rollout(sim, predict, self.buffer_config, self.limits, self.max_s, p.success_tolerance_m, observe=observe,
                     state_joints=p.state_joints, render=lambda s: render_cameras(s, cameras, p.camera_name))
         return {"seed": seed + k, "success": bool(r.success), "final_error_m": float(r.final_error_m),
                 "time_to_success_s": None if math.isnan(r.time_to_success_s) else r.time_to_success_s,
